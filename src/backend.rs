@@ -1,0 +1,336 @@
+//! Backends: where requests can go.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::uri::{Authority, Scheme, Uri};
+
+use crate::Error;
+
+/// The largest weight a backend may have.
+///
+/// HAProxy caps weights at 256 and nginx at `INT_MAX`; one million leaves room
+/// for fine-grained ratios while keeping the sum of 10,000 weights far from
+/// overflow.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+/// The longest backend id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// A target that requests can be sent to: scheme, authority, an optional
+/// path prefix, a stable id and a weight.
+///
+/// The id names the backend in hashing and in sticky cookies, so it must stay
+/// the same across restarts and gateway replicas. It defaults to the URI's
+/// authority (`127.0.0.1:8081`).
+///
+/// ```
+/// use tower_lb::Backend;
+///
+/// let b = Backend::new("http://127.0.0.1:8081")?.with_weight(5)?;
+/// assert_eq!(b.id(), "127.0.0.1:8081");
+/// assert_eq!(b.weight(), 5);
+///
+/// let named = Backend::new("https://api.internal/v2")?.with_id("api-eu-1")?;
+/// assert_eq!(named.id(), "api-eu-1");
+/// assert_eq!(named.path_prefix(), "/v2");
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Backend {
+    uri: Uri,
+    id: Arc<str>,
+    weight: u32,
+}
+
+impl Backend {
+    /// Parses a backend from a URI such as `http://10.0.0.1:8080` or
+    /// `https://api.internal/prefix`, with weight 1 and its authority as id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBackendUri`] when the input is not an absolute
+    /// `http`/`https` URI with a host, or carries credentials.
+    pub fn new(uri: &str) -> Result<Self, Error> {
+        let bad = |reason| Error::InvalidBackendUri {
+            uri: uri.to_owned(),
+            reason,
+        };
+        let parsed: Uri = uri.parse().map_err(|_| bad("not a valid URI"))?;
+        let scheme = parsed
+            .scheme()
+            .ok_or_else(|| bad("a scheme is required (http:// or https://)"))?;
+        if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
+            return Err(bad("the scheme must be http or https"));
+        }
+        let authority = parsed
+            .authority()
+            .ok_or_else(|| bad("a host is required"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("credentials in the URI are not allowed"));
+        }
+        if authority.host().is_empty() {
+            return Err(bad("a host is required"));
+        }
+        let id: Arc<str> = Arc::from(authority.as_str());
+        Ok(Backend {
+            uri: parsed,
+            id,
+            weight: 1,
+        })
+    }
+
+    /// Sets the stable id used by hashing and sticky cookies.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBackendId`] when the id is empty or longer than
+    /// [`MAX_ID_LEN`] bytes.
+    pub fn with_id(mut self, id: impl Into<String>) -> Result<Self, Error> {
+        let id = id.into();
+        if id.is_empty() || id.len() > MAX_ID_LEN {
+            return Err(Error::InvalidBackendId { id, max: MAX_ID_LEN });
+        }
+        self.id = Arc::from(id);
+        Ok(self)
+    }
+
+    /// Sets the weight (1 to [`MAX_WEIGHT`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidWeight`] for 0 or anything above [`MAX_WEIGHT`].
+    pub fn with_weight(mut self, weight: u32) -> Result<Self, Error> {
+        check_weight(&self.id, weight)?;
+        self.weight = weight;
+        Ok(self)
+    }
+
+    /// The stable id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The weight, at least 1.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// The full URI as configured.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The scheme, `http` or `https`.
+    pub fn scheme(&self) -> &Scheme {
+        // `new` guarantees a scheme.
+        self.uri.scheme().unwrap_or(&Scheme::HTTP)
+    }
+
+    /// The authority (`host:port`).
+    pub fn authority(&self) -> &Authority {
+        // `new` guarantees an authority; the fallback is never reached.
+        self.uri
+            .authority()
+            .expect("Backend::new checked that the URI has an authority")
+    }
+
+    /// The path prefix, `/` when none was given.
+    pub fn path_prefix(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// The query configured on the backend URI, if any; the director merges
+    /// it with each request's query.
+    pub fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+}
+
+pub(crate) fn check_weight(id: &str, weight: u32) -> Result<(), Error> {
+    if weight == 0 || weight > MAX_WEIGHT {
+        return Err(Error::InvalidWeight {
+            id: id.to_owned(),
+            weight: u64::from(weight),
+            max: MAX_WEIGHT,
+        });
+    }
+    Ok(())
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Backend::new(s)
+    }
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("id", &&*self.id)
+            .field("uri", &self.uri)
+            .field("weight", &self.weight)
+            .finish()
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.id, self.uri)
+    }
+}
+
+/// Live counters for one backend, shared by every snapshot of the set.
+///
+/// The load-balance layer keeps `in_flight` up to date and reports each
+/// outcome here; strategies such as least-request read it, and health
+/// tracking uses the failure counters. All operations are single atomic
+/// instructions: reporting never blocks a request.
+#[derive(Debug, Default)]
+pub struct Load {
+    in_flight: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    consecutive_failures: AtomicU64,
+}
+
+impl Load {
+    /// Requests sent to the backend and not yet answered.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests that completed successfully.
+    pub fn successes(&self) -> u64 {
+        self.successes.load(Ordering::Relaxed)
+    }
+
+    /// Requests that failed (inner error or a status the policy counts as
+    /// failure).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Failures since the last success.
+    pub fn consecutive_failures(&self) -> u64 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request as started; the returned guard counts it as
+    /// finished when dropped.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_lb::Load;
+    ///
+    /// let load = Arc::new(Load::default());
+    /// let guard = Load::start(&load);
+    /// assert_eq!(load.in_flight(), 1);
+    /// drop(guard);
+    /// assert_eq!(load.in_flight(), 0);
+    /// ```
+    pub fn start(this: &Arc<Load>) -> InFlight {
+        this.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            load: Arc::clone(this),
+        }
+    }
+
+    /// Records the outcome of one request.
+    pub fn record(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Success => {
+                self.successes.fetch_add(1, Ordering::Relaxed);
+                // A plain store would race with a concurrent failure the same
+                // way; consecutive failures are advisory.
+                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+            }
+            Outcome::Failure => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Guard for one request in flight; see [`Load::start`].
+#[derive(Debug)]
+pub struct InFlight {
+    load: Arc<Load>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How one request to a backend ended, as passive feedback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backend answered and the answer did not count as a failure.
+    Success,
+    /// The backend failed: a connection error, a timeout, or a status the
+    /// failure policy counts (by default 502, 503, 504).
+    Failure,
+}
+
+/// One backend as a [`Balancer`](crate::Balancer) sees it when it is built:
+/// the backend, whether it is up, and its live [`Load`].
+///
+/// ```
+/// use tower_lb::{Backend, Member};
+///
+/// let m = Member::new(Backend::new("http://10.0.0.1:80")?).with_up(false);
+/// assert!(!m.is_up());
+/// assert_eq!(m.backend().id(), "10.0.0.1:80");
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Member {
+    backend: Arc<Backend>,
+    up: bool,
+    load: Arc<Load>,
+}
+
+impl Member {
+    /// A member that is up, with fresh counters.
+    pub fn new(backend: Backend) -> Self {
+        Member {
+            backend: Arc::new(backend),
+            up: true,
+            load: Arc::default(),
+        }
+    }
+
+    pub(crate) fn from_parts(backend: Arc<Backend>, up: bool, load: Arc<Load>) -> Self {
+        Member { backend, up, load }
+    }
+
+    /// The same member, marked up or down.
+    pub fn with_up(mut self, up: bool) -> Self {
+        self.up = up;
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    /// Whether the backend may be picked.
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// The backend's live counters.
+    pub fn load(&self) -> &Arc<Load> {
+        &self.load
+    }
+}

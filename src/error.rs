@@ -1,0 +1,170 @@
+//! The crate's one error type.
+
+use std::fmt;
+
+/// A boxed error from an inner service or a user hook.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in tower-lb.
+///
+/// Each message says what to change. The enum is `#[non_exhaustive]`: match
+/// the variants you handle and keep a fallback arm.
+///
+/// ```
+/// use tower_lb::{Backend, Error};
+///
+/// let err = Backend::new("not a uri").unwrap_err();
+/// assert!(matches!(err, Error::InvalidBackendUri { .. }));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The backend set is empty.
+    #[error("no backends are configured: add at least one backend before sending requests")]
+    NoBackends,
+
+    /// Every configured backend is marked down.
+    #[error("all {count} backends are marked down: mark one up or add a healthy backend")]
+    AllBackendsDown {
+        /// How many backends are configured (all of them down).
+        count: usize,
+    },
+
+    /// A backend URI could not be used.
+    #[error("invalid backend URI `{uri}`: {reason}")]
+    InvalidBackendUri {
+        /// The input as given.
+        uri: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A backend id is empty or too long.
+    #[error("invalid backend id `{id}`: ids must be 1 to {max} bytes long")]
+    InvalidBackendId {
+        /// The id as given.
+        id: String,
+        /// The longest id accepted.
+        max: usize,
+    },
+
+    /// A weight is zero or larger than [`MAX_WEIGHT`](crate::MAX_WEIGHT).
+    #[error("invalid weight {weight} for backend `{id}`: weights must be between 1 and {max}")]
+    InvalidWeight {
+        /// The backend's id.
+        id: String,
+        /// The weight as given.
+        weight: u64,
+        /// The largest weight accepted.
+        max: u32,
+    },
+
+    /// Two backends share one id.
+    #[error("duplicate backend id `{id}`: give each backend a distinct id (`Backend::with_id`)")]
+    DuplicateId {
+        /// The id given twice.
+        id: String,
+    },
+
+    /// No backend has this id.
+    #[error("unknown backend id `{id}`")]
+    UnknownBackend {
+        /// The id asked for.
+        id: String,
+    },
+
+    /// A strategy name is not one of the known ones.
+    #[error("unknown strategy `{name}`: expected one of {}", crate::Strategy::NAMES.join(", "))]
+    UnknownStrategy {
+        /// The name as given.
+        name: String,
+    },
+
+    /// A strategy's configuration is out of range.
+    #[error("invalid strategy configuration: {reason}")]
+    InvalidConfig {
+        /// What is out of range and what is accepted.
+        reason: String,
+    },
+
+    /// The consistent-hash ring would hold too many points.
+    #[error(
+        "the hash ring would hold {points} points (more than {max}): lower the virtual nodes per weight or the weights"
+    )]
+    RingTooLarge {
+        /// Points the configuration asks for.
+        points: u64,
+        /// The most points a ring may hold.
+        max: u64,
+    },
+
+    /// The inner (upstream) service failed; a proxy answers 502 Bad Gateway.
+    #[error("upstream request to `{backend}` failed: {source}")]
+    Upstream {
+        /// The id of the backend the request went to, or empty if none was picked.
+        backend: String,
+        /// The inner service's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A director or modify-response hook failed; a proxy answers 502 Bad Gateway.
+    #[error("{stage} hook failed: {source}")]
+    Hook {
+        /// Which hook: `director` or `modify_response`.
+        stage: HookStage,
+        /// The hook's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The request lacks what a layer needs (for example the picked backend).
+    #[error("the request has no {what}: {hint}")]
+    MissingExtension {
+        /// What is missing.
+        what: &'static str,
+        /// How to fix the stack.
+        hint: &'static str,
+    },
+}
+
+/// Which user hook failed, in [`Error::Hook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HookStage {
+    /// The director, which rewrites the outgoing request.
+    Director,
+    /// The modify-response hook.
+    ModifyResponse,
+}
+
+impl fmt::Display for HookStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HookStage::Director => "director",
+            HookStage::ModifyResponse => "modify_response",
+        })
+    }
+}
+
+impl Error {
+    /// The HTTP status a proxy should answer with for this error.
+    ///
+    /// `503 Service Unavailable` when no backend can take the request,
+    /// `502 Bad Gateway` when the upstream or a hook failed, and
+    /// `500 Internal Server Error` for configuration mistakes.
+    ///
+    /// ```
+    /// use tower_lb::Error;
+    ///
+    /// assert_eq!(Error::NoBackends.status_code(), http::StatusCode::SERVICE_UNAVAILABLE);
+    /// ```
+    pub fn status_code(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            Error::NoBackends | Error::AllBackendsDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Upstream { .. } | Error::Hook { .. } => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}

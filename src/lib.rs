@@ -1,0 +1,53 @@
+//! Load balancing for [tower]: the four classic strategies, done to the
+//! letter of nginx and HAProxy, behind one small pure trait.
+//!
+//! * [`Balancer`] — the seam: built from a set of [`Member`]s, it picks one
+//!   for an optional affinity key and lists failover candidates. No I/O, no
+//!   async runtime, `&self` from any number of threads.
+//! * Strategies in [`strategy`]: [`Random`], [`RoundRobin`], nginx's smooth
+//!   [`WeightedRoundRobin`] (same sequence, `O(1)` picks) and
+//!   [`ConsistentHash`] (a SipHash ring with virtual nodes), and the
+//!   [`Strategy`] factory that builds any of them by name.
+//! * [`LoadBalancer`] — the runtime handle: add, remove, reweight, mark down
+//!   and up while requests pick, with linearizable snapshot swaps.
+//!
+//! # Quick start
+//!
+//! ```
+//! use tower_lb::{LoadBalancer, Strategy};
+//!
+//! let strategy: Strategy = "weighted_round_robin".parse()?;
+//! let lb = LoadBalancer::new(strategy, ["http://127.0.0.1:8081", "http://127.0.0.1:8082"])?;
+//! let backend = lb.pick(None)?;
+//! assert_eq!(backend.uri(), "http://127.0.0.1:8081/");
+//! # Ok::<(), tower_lb::Error>(())
+//! ```
+//!
+//! [tower]: https://docs.rs/tower
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rust_2018_idioms, unreachable_pub)]
+#![warn(
+    clippy::all,
+    clippy::dbg_macro,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::mem_forget,
+    clippy::needless_borrow,
+    clippy::inefficient_to_string
+)]
+
+mod backend;
+mod balancer;
+mod error;
+mod load_balancer;
+pub mod strategy;
+
+#[doc(inline)]
+pub use crate::{
+    backend::{Backend, InFlight, Load, Member, Outcome, MAX_ID_LEN, MAX_WEIGHT},
+    balancer::{no_pick_error, Balancer, BuildBalancer},
+    error::{BoxError, Error, HookStage},
+    load_balancer::{IntoBackend, LoadBalancer, MAX_BACKENDS},
+    strategy::{ConsistentHash, Random, RoundRobin, Strategy, WeightedRoundRobin},
+};

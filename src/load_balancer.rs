@@ -1,0 +1,402 @@
+//! The runtime handle: membership, up/down state and the current balancer.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::backend::check_weight;
+use crate::{Backend, Balancer, BuildBalancer, Error, Member, Outcome};
+
+/// The most backends one load balancer holds.
+pub const MAX_BACKENDS: usize = 1 << 24;
+
+/// Something that names a backend: a [`Backend`] or a URI string.
+///
+/// ```
+/// use tower_lb::IntoBackend;
+///
+/// let b = "http://10.0.0.1:8080".into_backend()?;
+/// assert_eq!(b.id(), "10.0.0.1:8080");
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+pub trait IntoBackend {
+    /// Converts, parsing if needed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBackendUri`] for strings that do not parse.
+    fn into_backend(self) -> Result<Backend, Error>;
+}
+
+impl IntoBackend for Backend {
+    fn into_backend(self) -> Result<Backend, Error> {
+        Ok(self)
+    }
+}
+
+impl IntoBackend for &str {
+    fn into_backend(self) -> Result<Backend, Error> {
+        Backend::new(self)
+    }
+}
+
+impl IntoBackend for String {
+    fn into_backend(self) -> Result<Backend, Error> {
+        Backend::new(&self)
+    }
+}
+
+impl IntoBackend for &String {
+    fn into_backend(self) -> Result<Backend, Error> {
+        Backend::new(self)
+    }
+}
+
+/// A set of backends, their up/down state, and the balancer over them,
+/// changeable at runtime while requests pick from it.
+///
+/// Cloning is cheap (one `Arc`); clones share everything.
+///
+/// **Consistency.** The set, the up/down states and the balancer built for
+/// them form one immutable snapshot. An update (add, remove, weight, down,
+/// up) builds the next snapshot aside, then swaps a pointer under a write
+/// lock held for nothing else. A pick reads the snapshot under a read lock
+/// held only for the pick itself, so it sees the old set or the new one,
+/// never a mix, and waits at most for a pointer swap. Updates are serialized
+/// by a separate mutex, so they are linearizable. A failed update (a
+/// duplicate id, a ring that would be too large) leaves the state as it was.
+///
+/// ```
+/// use tower_lb::{LoadBalancer, Strategy};
+///
+/// let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://127.0.0.1:8081", "http://127.0.0.1:8082"])?;
+/// assert_eq!(lb.pick(None)?.id(), "127.0.0.1:8081");
+/// assert_eq!(lb.pick(None)?.id(), "127.0.0.1:8082");
+///
+/// lb.mark_down("127.0.0.1:8081")?;
+/// assert_eq!(lb.pick(None)?.id(), "127.0.0.1:8082");
+/// assert_eq!(lb.pick(None)?.id(), "127.0.0.1:8082");
+///
+/// lb.add("http://127.0.0.1:8083")?;
+/// assert!(matches!(lb.add("http://127.0.0.1:8083"), Err(tower_lb::Error::DuplicateId { .. })));
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct LoadBalancer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    current: RwLock<Arc<Snapshot>>,
+    /// Serializes updates; never taken by picks.
+    writer: Mutex<()>,
+    builder: Box<dyn BuildBalancer>,
+}
+
+struct Snapshot {
+    members: Vec<Member>,
+    by_id: HashMap<Arc<str>, usize>,
+    balancer: Box<dyn Balancer>,
+    version: u64,
+}
+
+impl LoadBalancer {
+    /// A load balancer over `backends` (URIs or [`Backend`]s, all up) using
+    /// `strategy`: a [`Strategy`](crate::Strategy) or any
+    /// [`BuildBalancer`]. An empty list is allowed: picks fail with
+    /// [`Error::NoBackends`] until a backend is added.
+    ///
+    /// # Errors
+    ///
+    /// An unparsable URI, a duplicate id, or a configuration the strategy
+    /// rejects.
+    pub fn new<I>(strategy: impl BuildBalancer + 'static, backends: I) -> Result<Self, Error>
+    where
+        I: IntoIterator,
+        I::Item: IntoBackend,
+    {
+        let members = backends
+            .into_iter()
+            .map(|b| b.into_backend().map(Member::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let builder: Box<dyn BuildBalancer> = Box::new(strategy);
+        let snapshot = Snapshot::build(&*builder, members, 0)?;
+        Ok(LoadBalancer {
+            shared: Arc::new(Shared {
+                current: RwLock::new(Arc::new(snapshot)),
+                writer: Mutex::new(()),
+                builder,
+            }),
+        })
+    }
+
+    /// Picks a backend for a request, by affinity key where the strategy
+    /// uses one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoBackends`] or [`Error::AllBackendsDown`].
+    #[inline]
+    pub fn pick(&self, key: Option<&[u8]>) -> Result<Member, Error> {
+        let current = read(&self.shared.current);
+        let index = current.balancer.pick(key)?;
+        Ok(current.members[index].clone())
+    }
+
+    /// The backends to try after `failed` failed, in the strategy's order:
+    /// every other backend that is up, each once. If `failed` is no longer
+    /// a member, the list starts with a fresh pick.
+    pub fn failover(&self, key: Option<&[u8]>, failed: &str) -> Vec<Member> {
+        let current = self.snapshot();
+        let (first, mut order) = match current.by_id.get(failed) {
+            Some(&index) => (index, Vec::new()),
+            None => match current.balancer.pick(key) {
+                Ok(index) => (index, vec![current.members[index].clone()]),
+                Err(_) => return Vec::new(),
+            },
+        };
+        order.extend(
+            current
+                .balancer
+                .failover(key, first)
+                .into_iter()
+                .map(|i| current.members[i].clone()),
+        );
+        order
+    }
+
+    /// The member with this id, if any, up or down.
+    pub fn get(&self, id: &str) -> Option<Member> {
+        let current = read(&self.shared.current);
+        current.by_id.get(id).map(|&i| current.members[i].clone())
+    }
+
+    /// Every member, in listing order.
+    pub fn members(&self) -> Vec<Member> {
+        self.snapshot().members.clone()
+    }
+
+    /// How many backends are configured, up or down.
+    pub fn len(&self) -> usize {
+        read(&self.shared.current).members.len()
+    }
+
+    /// Whether no backend is configured.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A number that grows with every successful update.
+    pub fn version(&self) -> u64 {
+        read(&self.shared.current).version
+    }
+
+    /// Adds a backend, up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateId`] if its id is taken; nothing changes then.
+    pub fn add(&self, backend: impl IntoBackend) -> Result<(), Error> {
+        let backend = backend.into_backend()?;
+        self.update(|members| {
+            members.push(Member::new(backend));
+            Ok(true)
+        })
+    }
+
+    /// Removes the backend with this id and returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownBackend`] if no backend has this id.
+    pub fn remove(&self, id: &str) -> Result<Arc<Backend>, Error> {
+        let mut removed = None;
+        self.update(|members| {
+            let index = position(members, id)?;
+            removed = Some(members.remove(index).backend().clone());
+            Ok(true)
+        })?;
+        Ok(removed.expect("update ran the closure successfully"))
+    }
+
+    /// Changes a backend's weight.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownBackend`] or [`Error::InvalidWeight`].
+    pub fn set_weight(&self, id: &str, weight: u32) -> Result<(), Error> {
+        check_weight(id, weight)?;
+        self.update(|members| {
+            let index = position(members, id)?;
+            let m = &members[index];
+            if m.backend().weight() == weight {
+                return Ok(false);
+            }
+            let backend = Backend::clone(m.backend()).with_weight(weight)?;
+            members[index] = Member::from_parts(Arc::new(backend), m.is_up(), m.load().clone());
+            Ok(true)
+        })
+    }
+
+    /// Marks a backend down: no strategy picks it until [`mark_up`](Self::mark_up).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownBackend`].
+    pub fn mark_down(&self, id: &str) -> Result<(), Error> {
+        self.set_up(id, false)
+    }
+
+    /// Marks a backend up again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownBackend`].
+    pub fn mark_up(&self, id: &str) -> Result<(), Error> {
+        self.set_up(id, true)
+    }
+
+    /// Replaces the whole set (as service discovery does). Backends whose id
+    /// stays keep their up/down state and counters.
+    ///
+    /// # Errors
+    ///
+    /// An unparsable URI or a duplicate id; nothing changes then.
+    pub fn set_backends<I>(&self, backends: I) -> Result<(), Error>
+    where
+        I: IntoIterator,
+        I::Item: IntoBackend,
+    {
+        let backends = backends
+            .into_iter()
+            .map(IntoBackend::into_backend)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.update(|members| {
+            let old: HashMap<&str, &Member> =
+                members.iter().map(|m| (m.backend().id(), m)).collect();
+            let next = backends
+                .into_iter()
+                .map(|b| match old.get(b.id()) {
+                    Some(m) => Member::from_parts(Arc::new(b), m.is_up(), m.load().clone()),
+                    None => Member::new(b),
+                })
+                .collect();
+            *members = next;
+            Ok(true)
+        })
+    }
+
+    /// Records how a request to `member` ended (passive feedback). One atomic
+    /// add; never blocks.
+    pub fn report(&self, member: &Member, outcome: Outcome) {
+        member.load().record(outcome);
+    }
+
+    fn set_up(&self, id: &str, up: bool) -> Result<(), Error> {
+        self.update(|members| {
+            let index = position(members, id)?;
+            if members[index].is_up() == up {
+                return Ok(false);
+            }
+            members[index] = members[index].clone().with_up(up);
+            Ok(true)
+        })
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        read(&self.shared.current).clone()
+    }
+
+    /// Runs `edit` on a copy of the members; if it reports a change, builds
+    /// and swaps in the next snapshot.
+    fn update(
+        &self,
+        edit: impl FnOnce(&mut Vec<Member>) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        let _writer = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.snapshot();
+        let mut members = current.members.clone();
+        if !edit(&mut members)? {
+            return Ok(());
+        }
+        let next = Snapshot::build(&*self.shared.builder, members, current.version + 1)?;
+        let old = {
+            let mut slot = self
+                .shared
+                .current
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            std::mem::replace(&mut *slot, Arc::new(next))
+        };
+        // The old snapshot (and its balancer) is freed outside the lock.
+        drop(old);
+        Ok(())
+    }
+}
+
+fn read(lock: &RwLock<Arc<Snapshot>>) -> std::sync::RwLockReadGuard<'_, Arc<Snapshot>> {
+    // Nothing panics while the write lock is held (it only swaps a pointer),
+    // so a poisoned lock still holds a whole snapshot.
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn position(members: &[Member], id: &str) -> Result<usize, Error> {
+    members
+        .iter()
+        .position(|m| m.backend().id() == id)
+        .ok_or_else(|| Error::UnknownBackend { id: id.to_owned() })
+}
+
+impl Snapshot {
+    fn build(
+        builder: &dyn BuildBalancer,
+        members: Vec<Member>,
+        version: u64,
+    ) -> Result<Snapshot, Error> {
+        if members.len() > MAX_BACKENDS {
+            return Err(Error::InvalidConfig {
+                reason: format!("at most {MAX_BACKENDS} backends are supported"),
+            });
+        }
+        let mut by_id = HashMap::with_capacity(members.len());
+        for (index, member) in members.iter().enumerate() {
+            let id: Arc<str> = Arc::from(member.backend().id());
+            if by_id.insert(id, index).is_some() {
+                return Err(Error::DuplicateId {
+                    id: member.backend().id().to_owned(),
+                });
+            }
+        }
+        let balancer = builder.build(&members)?;
+        Ok(Snapshot {
+            members,
+            by_id,
+            balancer,
+            version,
+        })
+    }
+}
+
+impl fmt::Debug for LoadBalancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = self.snapshot();
+        f.debug_struct("LoadBalancer")
+            .field("version", &current.version)
+            .field("members", &current.members)
+            .finish()
+    }
+}
+
+impl Deref for Member {
+    type Target = Backend;
+
+    fn deref(&self) -> &Backend {
+        self.backend()
+    }
+}
+

@@ -1,0 +1,289 @@
+//! Consistent hashing: a ring of virtual nodes hashed with SipHash.
+//!
+//! Each backend is placed on a ring of 64-bit positions at `vnodes × weight`
+//! points (160 per unit of weight by default, like nginx's `hash ...
+//! consistent`, which uses 160 points per weight). A key is hashed onto the
+//! ring and owned by the first point at or after it, clockwise. So:
+//!
+//! * the same key lands on the same backend in every process and every build:
+//!   the hash is SipHash-1-3 under the fixed key documented in
+//!   [`RING_HASH_KEYS`], over a byte layout documented in
+//!   `docs/algorithms.md`, independent of the order backends are listed in;
+//! * removing one of `n` backends moves only the keys it owned, each to the
+//!   next point clockwise; adding one moves keys only to it;
+//! * when a key's backend is down, the key moves to the next point clockwise
+//!   whose backend is up (the source article's "the key moves to the next
+//!   node on the ring"), and comes back when the backend does.
+//!
+//! A pick without a key is handled as HAProxy handles a hash-based `balance`
+//! whose input is missing: it falls back to round robin over the backends
+//! that are up.
+//!
+//! Lookups are `O(1)` expected: a table indexed by the hash's top bits narrows
+//! the binary search to a handful of points.
+
+use std::hash::Hasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use siphasher::sip::SipHasher13;
+
+use crate::balancer::{rotation_after, up_indices, Distinct};
+use crate::{no_pick_error, Balancer, Error, Member};
+
+/// Virtual nodes per unit of weight, by default.
+pub const DEFAULT_VNODES: u32 = 160;
+
+/// The most points one ring may hold (about 300 MiB at 16 bytes a point).
+pub const MAX_RING_POINTS: u64 = 1 << 24;
+
+/// The SipHash-1-3 keys `(k0, k1)` for ring points and affinity keys: the
+/// ASCII bytes of `tower-lb` and `ring-v01`, big-endian. They are part of the
+/// crate's stable behaviour: changing them would move every key, so they only
+/// change with a major version.
+pub const RING_HASH_KEYS: (u64, u64) = (0x746f_7765_722d_6c62, 0x7269_6e67_2d76_3031);
+
+/// A consistent-hash ring over the members (up or down).
+///
+/// ```
+/// use tower_lb::{Balancer, ConsistentHash, Member};
+///
+/// let members: Vec<Member> = (1..=3)
+///     .map(|i| Ok(Member::new(format!("http://10.0.0.{i}").parse()?)))
+///     .collect::<Result<_, tower_lb::Error>>()?;
+/// let ring = ConsistentHash::new(&members)?;
+/// let first = ring.pick(Some(b"user-42"))?;
+/// assert_eq!(ring.pick(Some(b"user-42"))?, first); // same key, same backend
+///
+/// // When that backend is down the key moves on, clockwise.
+/// let mut down = members.clone();
+/// down[first] = down[first].clone().with_up(false);
+/// let ring2 = ConsistentHash::new(&down)?;
+/// assert_eq!(ring2.pick(Some(b"user-42"))?, ring.failover(Some(b"user-42"), first)[0]);
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct ConsistentHash {
+    /// Ring positions, ascending.
+    hashes: Vec<u64>,
+    /// The member owning each position.
+    owners: Vec<u32>,
+    /// `table[b]` is the first position whose top bits are `>= b`.
+    table: Vec<u32>,
+    shift: u32,
+    up: Vec<bool>,
+    up_list: Vec<u32>,
+    /// Round-robin counter for picks without a key.
+    keyless: AtomicUsize,
+}
+
+impl ConsistentHash {
+    /// A ring with [`DEFAULT_VNODES`] points per unit of weight.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RingTooLarge`] when the weights ask for more than
+    /// [`MAX_RING_POINTS`] points.
+    pub fn new(members: &[Member]) -> Result<Self, Error> {
+        Self::with_vnodes(members, DEFAULT_VNODES)
+    }
+
+    /// A ring with `vnodes` points per unit of weight.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `vnodes` is 0, [`Error::RingTooLarge`]
+    /// when the ring would exceed [`MAX_RING_POINTS`].
+    pub fn with_vnodes(members: &[Member], vnodes: u32) -> Result<Self, Error> {
+        if vnodes == 0 {
+            return Err(Error::InvalidConfig {
+                reason: "consistent hashing needs at least 1 virtual node per weight".into(),
+            });
+        }
+        let points: u64 = members
+            .iter()
+            .map(|m| u64::from(m.backend().weight()) * u64::from(vnodes))
+            .sum();
+        if points > MAX_RING_POINTS {
+            return Err(Error::RingTooLarge {
+                points,
+                max: MAX_RING_POINTS,
+            });
+        }
+        let mut ring: Vec<(u64, u32)> = Vec::with_capacity(points as usize);
+        for (index, member) in members.iter().enumerate() {
+            let id = member.backend().id().as_bytes();
+            for replica in 0..member.backend().weight() * vnodes {
+                ring.push((point_hash(id, replica), index as u32));
+            }
+        }
+        // Ties (vanishingly rare) are broken by id, so the ring does not
+        // depend on the order the backends were listed in.
+        ring.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| {
+                members[a.1 as usize]
+                    .backend()
+                    .id()
+                    .cmp(members[b.1 as usize].backend().id())
+            })
+        });
+        let (hashes, owners): (Vec<u64>, Vec<u32>) = ring.into_iter().unzip();
+
+        // About one point per bucket, between 2^4 and 2^20 buckets.
+        let bits = (hashes.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
+        let shift = 64 - bits;
+        let mut table = Vec::with_capacity((1 << bits) + 1);
+        let mut pos = 0;
+        for bucket in 0..(1u64 << bits) {
+            while pos < hashes.len() && (hashes[pos] >> shift) < bucket {
+                pos += 1;
+            }
+            table.push(pos as u32);
+        }
+        table.push(hashes.len() as u32);
+
+        Ok(ConsistentHash {
+            hashes,
+            owners,
+            table,
+            shift,
+            up: members.iter().map(Member::is_up).collect(),
+            up_list: up_indices(members),
+            keyless: AtomicUsize::new(0),
+        })
+    }
+
+    /// The ring position of an affinity key: SipHash-1-3 of the key's bytes
+    /// under [`RING_HASH_KEYS`].
+    pub fn hash_key(key: &[u8]) -> u64 {
+        let mut h = SipHasher13::new_with_keys(RING_HASH_KEYS.0, RING_HASH_KEYS.1);
+        h.write(key);
+        h.finish()
+    }
+
+    /// How many points the ring holds.
+    pub fn points(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// Heap bytes the ring uses (positions, owners and lookup table).
+    pub fn heap_bytes(&self) -> usize {
+        self.hashes.capacity() * 8
+            + self.owners.capacity() * 4
+            + self.table.capacity() * 4
+            + self.up.capacity()
+            + self.up_list.capacity() * 4
+    }
+
+    /// The index of the first point at or after `hash`, wrapping to 0.
+    #[inline]
+    fn first_point(&self, hash: u64) -> usize {
+        let bucket = (hash >> self.shift) as usize;
+        let lo = self.table[bucket] as usize;
+        let hi = self.table[bucket + 1] as usize;
+        let pos = lo + self.hashes[lo..hi].partition_point(|&p| p < hash);
+        if pos == self.hashes.len() {
+            0
+        } else {
+            pos
+        }
+    }
+}
+
+/// The ring position of replica `replica` of the backend with id `id`:
+/// SipHash-1-3 under [`RING_HASH_KEYS`] of the id's length (u64,
+/// little-endian), the id's bytes and the replica number (u32,
+/// little-endian).
+fn point_hash(id: &[u8], replica: u32) -> u64 {
+    let mut h = SipHasher13::new_with_keys(RING_HASH_KEYS.0, RING_HASH_KEYS.1);
+    h.write(&(id.len() as u64).to_le_bytes());
+    h.write(id);
+    h.write(&replica.to_le_bytes());
+    h.finish()
+}
+
+impl Balancer for ConsistentHash {
+    #[inline]
+    fn pick(&self, key: Option<&[u8]>) -> Result<usize, Error> {
+        if self.up_list.is_empty() {
+            return Err(no_pick_error(self.up.len()));
+        }
+        let Some(key) = key else {
+            let ticket = self.keyless.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.up_list[ticket % self.up_list.len()] as usize);
+        };
+        let start = self.first_point(Self::hash_key(key));
+        let len = self.owners.len();
+        // The first point clockwise whose backend is up. Some member is up,
+        // and every member has at least one point, so this finds one.
+        for step in 0..len {
+            let owner = self.owners[(start + step) % len] as usize;
+            if self.up[owner] {
+                return Ok(owner);
+            }
+        }
+        Err(no_pick_error(self.up.len()))
+    }
+
+    /// The next distinct backends that are up, clockwise from the key; for no
+    /// key, the round-robin order.
+    fn failover(&self, key: Option<&[u8]>, first: usize) -> Vec<usize> {
+        let Some(key) = key else {
+            let pos = self
+                .up_list
+                .iter()
+                .position(|&i| i as usize == first)
+                .unwrap_or(0);
+            return if self.up_list.is_empty() {
+                Vec::new()
+            } else {
+                rotation_after(&self.up_list, pos, first)
+            };
+        };
+        let mut order = Distinct::new(self.up.len(), &self.up_list, first);
+        let start = self.first_point(Self::hash_key(key));
+        let len = self.owners.len();
+        for step in 0..len {
+            let owner = self.owners[(start + step) % len] as usize;
+            if self.up[owner] && order.take(owner) {
+                break;
+            }
+        }
+        order.into_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_positions_are_pinned() {
+        // These values are part of the crate's stable behaviour: replicas built
+        // from different versions must agree. A change here moves every key.
+        assert_eq!(ConsistentHash::hash_key(b"user-42"), 0xa72f_a011_c575_4330);
+        assert_eq!(point_hash(b"10.0.0.1:80", 0), 0x4795_887d_35b9_5a49);
+    }
+
+    #[test]
+    fn zero_vnodes_is_an_error() {
+        let m = vec![Member::new("http://a".parse().unwrap())];
+        assert!(matches!(
+            ConsistentHash::with_vnodes(&m, 0),
+            Err(Error::InvalidConfig { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_ring_is_an_error() {
+        let m = vec![Member::new(
+            crate::Backend::new("http://a")
+                .unwrap()
+                .with_weight(crate::MAX_WEIGHT)
+                .unwrap(),
+        )];
+        assert!(matches!(
+            ConsistentHash::new(&m),
+            Err(Error::RingTooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,124 @@
+//! The load-balancing algorithms, one module each, and the [`Strategy`]
+//! factory that builds any of them by name.
+//!
+//! | strategy | picks | key | failover order |
+//! |---|---|---|---|
+//! | [`Random`] | uniform (or weighted) among the backends that are up | ignored | rotation from a random start |
+//! | [`RoundRobin`] | strict rotation, lock-free | ignored | rotation after the failed one |
+//! | [`WeightedRoundRobin`] | nginx's smooth weighted round robin, `O(1)` | ignored | the sequence's next picks |
+//! | [`ConsistentHash`] | ring with virtual nodes, SipHash | the affinity key | clockwise on the ring |
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Balancer, BuildBalancer, Error, Member};
+
+pub mod consistent_hash;
+pub mod random;
+pub mod round_robin;
+pub mod weighted_round_robin;
+
+#[doc(inline)]
+pub use self::{
+    consistent_hash::ConsistentHash, random::Random, round_robin::RoundRobin,
+    weighted_round_robin::WeightedRoundRobin,
+};
+
+/// Picks an algorithm by value or by name: the factory.
+///
+/// ```
+/// use tower_lb::{LoadBalancer, Strategy};
+///
+/// let strategy: Strategy = "weighted_round_robin".parse()?;
+/// assert_eq!(strategy, Strategy::WeightedRoundRobin);
+/// assert_eq!(strategy.to_string(), "weighted_round_robin");
+///
+/// let lb = LoadBalancer::new(strategy, ["http://127.0.0.1:8081", "http://127.0.0.1:8082"])?;
+/// assert_eq!(lb.pick(None)?.id(), "127.0.0.1:8081");
+///
+/// let err = "fastest".parse::<Strategy>().unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "unknown strategy `fastest`: expected one of random, round_robin, weighted_round_robin, consistent_hash"
+/// );
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// [`Random`], uniform.
+    Random,
+    /// [`RoundRobin`].
+    RoundRobin,
+    /// [`WeightedRoundRobin`], nginx's smooth variant.
+    WeightedRoundRobin,
+    /// [`ConsistentHash`] with `vnodes` points per unit of weight.
+    ConsistentHash {
+        /// Virtual nodes per unit of weight (default
+        /// [`DEFAULT_VNODES`](consistent_hash::DEFAULT_VNODES)).
+        vnodes: u32,
+    },
+}
+
+impl Strategy {
+    /// The names [`FromStr`] accepts, in the order they are listed in errors.
+    pub const NAMES: [&'static str; 4] = [
+        "random",
+        "round_robin",
+        "weighted_round_robin",
+        "consistent_hash",
+    ];
+
+    /// Consistent hashing with the default number of virtual nodes.
+    pub const fn consistent_hash() -> Strategy {
+        Strategy::ConsistentHash {
+            vnodes: consistent_hash::DEFAULT_VNODES,
+        }
+    }
+
+    /// The strategy's name, as [`FromStr`] accepts it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Random => Self::NAMES[0],
+            Strategy::RoundRobin => Self::NAMES[1],
+            Strategy::WeightedRoundRobin => Self::NAMES[2],
+            Strategy::ConsistentHash { .. } => Self::NAMES[3],
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = Error;
+
+    /// Parses `random`, `round_robin`, `weighted_round_robin` or
+    /// `consistent_hash` (also with `-` for `_`, in any case).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let normal = s.trim().to_ascii_lowercase().replace('-', "_");
+        match normal.as_str() {
+            "random" => Ok(Strategy::Random),
+            "round_robin" => Ok(Strategy::RoundRobin),
+            "weighted_round_robin" => Ok(Strategy::WeightedRoundRobin),
+            "consistent_hash" => Ok(Strategy::consistent_hash()),
+            _ => Err(Error::UnknownStrategy { name: s.to_owned() }),
+        }
+    }
+}
+
+impl BuildBalancer for Strategy {
+    fn build(&self, members: &[Member]) -> Result<Box<dyn Balancer>, Error> {
+        Ok(match *self {
+            Strategy::Random => Box::new(Random::new(members)),
+            Strategy::RoundRobin => Box::new(RoundRobin::new(members)),
+            Strategy::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(members)),
+            Strategy::ConsistentHash { vnodes } => {
+                Box::new(ConsistentHash::with_vnodes(members, vnodes)?)
+            }
+        })
+    }
+}
