@@ -119,3 +119,21 @@ impl<B> KeyExtractor<B> for NoKey {
         None
     }
 }
+
+/// The address of the client that sent a request, as the server accepted
+/// the connection: the server inserts it into each request's extensions.
+///
+/// The director appends it to `X-Forwarded-For` and the client-IP extractor
+/// reads it. With hyper, insert it where the connection is accepted:
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use tower_lb::sticky::ClientAddr;
+///
+/// let peer: SocketAddr = "192.0.2.7:50123".parse().unwrap();
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(ClientAddr(peer));
+/// assert_eq!(req.extensions().get::<ClientAddr>().unwrap().0.ip().to_string(), "192.0.2.7");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub std::net::SocketAddr);
