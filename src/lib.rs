@@ -41,6 +41,7 @@ mod backend;
 mod balancer;
 mod error;
 mod load_balancer;
+pub mod layer;
 pub mod sticky;
 pub mod strategy;
 
