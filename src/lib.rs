@@ -40,8 +40,8 @@
 mod backend;
 mod balancer;
 mod error;
-mod load_balancer;
 pub mod layer;
+mod load_balancer;
 pub mod sticky;
 pub mod strategy;
 

@@ -131,9 +131,7 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| upstream_error(e, ""))
+        self.inner.poll_ready(cx).map_err(|e| upstream_error(e, ""))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {

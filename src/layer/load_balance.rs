@@ -103,7 +103,9 @@ impl Default for FailurePolicy {
         FailurePolicy::new(|s| {
             matches!(
                 s,
-                StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
             )
         })
     }
@@ -213,9 +215,7 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| upstream_error(e, ""))
+        self.inner.poll_ready(cx).map_err(|e| upstream_error(e, ""))
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
@@ -325,4 +325,3 @@ impl<F> fmt::Debug for ResponseFuture<F> {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
-

@@ -57,7 +57,9 @@ pub use self::{
     director::{Direct, Director, DirectorLayer},
     load_balance::{FailurePolicy, LoadBalance, LoadBalanceLayer},
     modify_response::{ModifyResponse, ModifyResponseHook, ModifyResponseLayer},
-    proxy_director::{remove_hop_by_hop_headers, strip_hop_by_hop_response, HostHeader, ProxyDirector},
+    proxy_director::{
+        remove_hop_by_hop_headers, strip_hop_by_hop_response, HostHeader, ProxyDirector,
+    },
 };
 
 /// Turns an inner service's error into a tower-lb [`Error`]: an error that

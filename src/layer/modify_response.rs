@@ -141,9 +141,7 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| upstream_error(e, ""))
+        self.inner.poll_ready(cx).map_err(|e| upstream_error(e, ""))
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {

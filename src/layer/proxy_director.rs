@@ -163,15 +163,11 @@ impl ProxyDirector {
         };
 
         // What the client asked for, before anything changes.
-        let original_host = req
-            .headers()
-            .get(HOST)
-            .cloned()
-            .or_else(|| {
-                req.uri()
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
+        let original_host = req.headers().get(HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let proto = match req.uri().scheme_str() {
             Some("https") => "https",
             Some(_) => "http",
@@ -330,10 +326,8 @@ fn is_token_char(b: u8) -> bool {
 /// Whether a comma-separated header's values contain `token` (case-insensitive).
 fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
 }
 

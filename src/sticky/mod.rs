@@ -69,7 +69,11 @@ impl<'a> From<&'a str> for AffinityKey<'a> {
 
 impl fmt::Debug for AffinityKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AffinityKey({:?})", String::from_utf8_lossy(self.as_bytes()))
+        write!(
+            f,
+            "AffinityKey({:?})",
+            String::from_utf8_lossy(self.as_bytes())
+        )
     }
 }
 
