@@ -28,8 +28,9 @@ use tower_lb::sticky::ClientAddr;
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// Starts a backend on an ephemeral loopback port. It answers every request
-/// with `x-backend: NAME` and a body naming itself, except `POST /echo`,
-/// whose body it streams back.
+/// with `x-backend: NAME` and a body naming itself; `POST /echo` streams
+/// the request body back, `/headers` lists the request headers it got, and
+/// `/status/CODE` answers with that status.
 pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -45,6 +46,20 @@ pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
                         Response::builder()
                             .header("x-backend", name)
                             .body(Either::Left(req.into_body()))
+                    } else if req.uri().path() == "/headers" {
+                        let mut text = String::new();
+                        for (k, v) in req.headers() {
+                            text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                        }
+                        Response::builder()
+                            .header("x-backend", name)
+                            .body(Either::Right(Full::from(text)))
+                    } else if let Some(code) = req.uri().path().strip_prefix("/status/") {
+                        let status = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok());
+                        Response::builder()
+                            .status(status.unwrap_or(StatusCode::BAD_REQUEST))
+                            .header("x-backend", name)
+                            .body(Either::Right(Full::from(format!("{name}\n"))))
                     } else {
                         let text = format!(
                             "{name}: {} {} host={}\n",
