@@ -44,7 +44,9 @@ async fn gateway(strategy: Strategy, weights: &[u32]) -> (SocketAddr, LoadBalanc
 
 async fn proxy_for(lb: LoadBalancer) -> SocketAddr {
     let stack = ServiceBuilder::new()
-        .layer(ModifyResponseLayer::new(strip_hop_by_hop_response::<Incoming>))
+        .layer(ModifyResponseLayer::new(
+            strip_hop_by_hop_response::<Incoming>,
+        ))
         .layer(LoadBalanceLayer::new(lb).key(user_key))
         .layer(DirectorLayer::new(ProxyDirector::new()))
         .service(support::Upstream::new());
@@ -222,8 +224,14 @@ async fn the_backend_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     let a = send(req).await;
     assert_eq!(a.status, StatusCode::OK);
     let headers = a.body;
-    assert!(headers.contains("x-forwarded-for: 198.51.100.1, 127.0.0.1\n"), "{headers}");
-    assert!(headers.contains(&format!("x-forwarded-host: {proxy}\n")), "{headers}");
+    assert!(
+        headers.contains("x-forwarded-for: 198.51.100.1, 127.0.0.1\n"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains(&format!("x-forwarded-host: {proxy}\n")),
+        "{headers}"
+    );
     assert!(headers.contains("x-forwarded-proto: http\n"), "{headers}");
     assert!(headers.contains(&format!("host: {proxy}\n")), "{headers}");
     assert!(!headers.contains("x-private"), "{headers}");

@@ -55,7 +55,10 @@ pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
                             .header("x-backend", name)
                             .body(Either::Right(Full::from(text)))
                     } else if let Some(code) = req.uri().path().strip_prefix("/status/") {
-                        let status = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok());
+                        let status = code
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|c| StatusCode::from_u16(c).ok());
                         Response::builder()
                             .status(status.unwrap_or(StatusCode::BAD_REQUEST))
                             .header("x-backend", name)
