@@ -55,7 +55,6 @@
 //! # Ok::<(), tower_lb::Error>(())
 //! ```
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -69,7 +68,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use crate::layer::Direct;
 use crate::sticky::ClientAddr;
-use crate::{BoxError, Error, Member};
+use crate::{Backend, BoxError, Error, Member};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -161,74 +160,33 @@ impl ProxyDirector {
                 })
             }
         };
+        let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
 
-        // What the client asked for, before anything changes.
-        let original_host = req.headers().get(HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        let proto = match req.uri().scheme_str() {
+        // The request URI is taken apart rather than copied: its path and
+        // query move into the new URI.
+        let original = std::mem::take(req.uri_mut()).into_parts();
+        let proto = match original.scheme.as_ref().map(|s| s.as_str()) {
             Some("https") => "https",
             Some(_) => "http",
             None => self.proto,
         };
-
-        remove_hop_by_hop_headers(req.headers_mut());
-
-        // The URI: backend scheme and authority, joined path, merged query.
-        let path_and_query = {
-            let uri = req.uri();
-            let prefix = backend.path_prefix();
-            let path = uri.path();
-            let path = if prefix.is_empty() || prefix == "/" {
-                Cow::Borrowed(path)
-            } else {
-                Cow::Owned(join_paths(prefix, path))
-            };
-            match (backend.query(), uri.query(), &path) {
-                (None, _, Cow::Borrowed(_)) => uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
-                (target_query, req_query, _) => {
-                    let mut s = path.into_owned();
-                    match (target_query, req_query) {
-                        (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => {
-                            let _ = write!(s, "?{a}&{b}");
-                        }
-                        (Some(q), _) | (None, Some(q)) if !q.is_empty() => {
-                            let _ = write!(s, "?{q}");
-                        }
-                        (Some(a), Some(b)) => {
-                            let _ = write!(s, "?{a}{b}");
-                        }
-                        _ => {}
-                    }
-                    PathAndQuery::from_maybe_shared(s).map_err(|_| Error::InvalidBackendUri {
-                        uri: backend.uri().to_string(),
-                        reason: "joining its path with the request's gave an invalid URI",
-                    })?
-                }
-            }
-        };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(backend.scheme().clone());
-        parts.authority = Some(backend.authority().clone());
-        parts.path_and_query = Some(path_and_query);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Error::InvalidBackendUri {
-            uri: backend.uri().to_string(),
-            reason: "it cannot be combined with the request URI",
-        })?;
-
-        let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
         let headers = req.headers_mut();
-        match &self.host {
-            HostHeader::Preserve => {
-                if let Some(host) = &original_host {
-                    headers.insert(HOST, host.clone());
-                }
+        remove_hop_by_hop_headers(headers);
+
+        // What the client asked for: its Host header, or (HTTP/2, absolute
+        // form) the URI's authority, which then becomes the Host header.
+        if !headers.contains_key(HOST) {
+            if let Some(value) = original
+                .authority
+                .as_ref()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(HOST, value);
             }
+        }
+        let original_host = headers.get(HOST).cloned();
+        match &self.host {
+            HostHeader::Preserve => {}
             HostHeader::Backend => {
                 headers.insert(HOST, backend.host_header().clone());
             }
@@ -249,8 +207,54 @@ impl ProxyDirector {
         if self.forwarded {
             append_forwarded(headers, client, original_host.as_ref(), proto);
         }
+
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(backend.scheme().clone());
+        parts.authority = Some(backend.authority().clone());
+        parts.path_and_query = Some(join_path_and_query(&backend, original.path_and_query)?);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Error::InvalidBackendUri {
+            uri: backend.uri().to_string(),
+            reason: "it cannot be combined with the request URI",
+        })?;
         Ok(())
     }
+}
+
+/// The backend's path prefix joined with the request path, and the backend's
+/// query merged with the request's. Without a prefix or backend query the
+/// request's own path and query are reused as they are.
+fn join_path_and_query(
+    backend: &Backend,
+    requested: Option<PathAndQuery>,
+) -> Result<PathAndQuery, Error> {
+    let requested = requested.unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let prefix = backend.path_prefix();
+    let has_prefix = !(prefix.is_empty() || prefix == "/");
+    if !has_prefix && backend.query().is_none() {
+        return Ok(requested);
+    }
+    let path = requested.path();
+    let mut s = if has_prefix {
+        join_paths(prefix, path)
+    } else {
+        path.to_owned()
+    };
+    match (backend.query(), requested.query()) {
+        (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => {
+            let _ = write!(s, "?{a}&{b}");
+        }
+        (Some(a), Some(b)) => {
+            let _ = write!(s, "?{a}{b}");
+        }
+        (Some(q), None) | (None, Some(q)) => {
+            let _ = write!(s, "?{q}");
+        }
+        (None, None) => {}
+    }
+    PathAndQuery::from_maybe_shared(s).map_err(|_| Error::InvalidBackendUri {
+        uri: backend.uri().to_string(),
+        reason: "joining its path with the request's gave an invalid URI",
+    })
 }
 
 impl<B> Direct<B> for ProxyDirector {
@@ -271,15 +275,27 @@ fn join_paths(a: &str, b: &str) -> String {
 /// Appends `ip` to `X-Forwarded-For`, folding earlier values into one line
 /// (`a, b, ip`) as Go's `ReverseProxy` does.
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
-    let mut line = String::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
+    // The address is formatted on the stack first so that the line is
+    // allocated once, at its exact size.
+    let mut ip_text = [0u8; 48];
+    let ip_len = {
+        let mut cursor = std::io::Cursor::new(&mut ip_text[..]);
+        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
+        cursor.position() as usize
+    };
+    let ip_text = std::str::from_utf8(&ip_text[..ip_len]).unwrap_or_default();
+    let previous = headers.get_all(&X_FORWARDED_FOR);
+    let len: usize = previous.iter().map(|v| v.len() + 2).sum::<usize>() + ip_text.len();
+    let mut line = String::with_capacity(len);
+    for value in previous {
         if let Ok(s) = value.to_str() {
             line.push_str(s);
             line.push_str(", ");
         }
     }
-    let _ = write!(line, "{ip}");
-    if let Ok(value) = HeaderValue::from_str(&line) {
+    line.push_str(ip_text);
+    // From a String, the value takes over the buffer instead of copying it.
+    if let Ok(value) = HeaderValue::try_from(line) {
         headers.insert(X_FORWARDED_FOR, value);
     }
 }
@@ -356,12 +372,33 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// assert!(headers.get("x-private").is_none() && headers.get("keep-alive").is_none());
 /// ```
 pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
-    let upgrade = if contains_token(headers, &CONNECTION, "upgrade") {
+    // One pass finds the hop-by-hop headers present (usually none, or just
+    // Connection), so only those are removed.
+    const MAX_FOUND: usize = 8;
+    let mut found: [Option<HeaderName>; MAX_FOUND] = Default::default();
+    let mut count = 0;
+    for name in headers.keys() {
+        if is_hop_by_hop(name) && !found[..count].iter().any(|f| f.as_ref() == Some(name)) {
+            if count == MAX_FOUND {
+                // More distinct names than the fixed list holds cannot
+                // happen; stay correct regardless.
+                count += 1;
+                break;
+            }
+            found[count] = Some(name.clone());
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return;
+    }
+    let has = |name: &HeaderName| found.iter().any(|f| f.as_ref() == Some(name));
+    let upgrade = if has(&CONNECTION) && contains_token(headers, &CONNECTION, "upgrade") {
         headers.get(UPGRADE).cloned()
     } else {
         None
     };
-    let keep_trailers = contains_token(headers, &TE, "trailers");
+    let keep_trailers = has(&TE) && contains_token(headers, &TE, "trailers");
 
     // Headers named by Connection. A single Connection value (the usual
     // case) is moved out of the map and needs no allocation.
@@ -382,18 +419,17 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
             listed(value, headers);
         }
     }
-    for name in [
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
-        headers.remove(name);
+    if count > MAX_FOUND {
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
+        headers.remove(KEEP_ALIVE);
+        headers.remove(PROXY_CONNECTION);
+    } else {
+        for name in found.into_iter().flatten() {
+            headers.remove(name);
+        }
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 
     if let Some(protocol) = upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -402,6 +438,22 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
     if keep_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+}
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || *name == KEEP_ALIVE || *name == PROXY_CONNECTION
 }
 
 /// A modify-response hook that removes hop-by-hop headers from a backend's
