@@ -10,6 +10,9 @@
 //!   [`Strategy`] factory that builds any of them by name.
 //! * [`LoadBalancer`] — the runtime handle: add, remove, reweight, mark down
 //!   and up while requests pick, with linearizable snapshot swaps.
+//! * `testing` (with the `testing` feature) — the property-test kit: the
+//!   conformance suite for the [`Balancer`] contract and proptest generators,
+//!   to test a balancer of your own as thoroughly as these.
 //!
 //! # Quick start
 //!
@@ -25,6 +28,7 @@
 //!
 //! [tower]: https://docs.rs/tower
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![warn(
@@ -43,6 +47,9 @@ mod error;
 mod load_balancer;
 pub mod sticky;
 pub mod strategy;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 #[doc(inline)]
 pub use crate::{
