@@ -1,13 +1,15 @@
 //! Load balancing for [tower]: the four classic strategies, done to the
-//! letter of nginx and HAProxy, behind one small pure trait.
+//! letter of nginx and HAProxy, and least request by the power of two
+//! choices, behind one small pure trait.
 //!
 //! * [`Balancer`] — the seam: built from a set of [`Member`]s, it picks one
 //!   for an optional affinity key and lists failover candidates. No I/O, no
 //!   async runtime, `&self` from any number of threads.
 //! * Strategies in [`strategy`]: [`Random`], [`RoundRobin`], nginx's smooth
-//!   [`WeightedRoundRobin`] (same sequence, `O(1)` picks) and
-//!   [`ConsistentHash`] (a SipHash ring with virtual nodes), and the
-//!   [`Strategy`] factory that builds any of them by name.
+//!   [`WeightedRoundRobin`] (same sequence, `O(1)` picks),
+//!   [`ConsistentHash`] (a SipHash ring with virtual nodes) and
+//!   [`LeastRequest`] (the power of two choices over requests in flight),
+//!   and the [`Strategy`] factory that builds any of them by name.
 //! * [`LoadBalancer`] — the runtime handle: add, remove, reweight, mark down
 //!   and up while requests pick, with linearizable snapshot swaps.
 //! * `testing` (with the `testing` feature) — the property-test kit: the
@@ -57,5 +59,5 @@ pub use crate::{
     balancer::{no_pick_error, Balancer, BuildBalancer},
     error::{BoxError, Error, HookStage},
     load_balancer::{IntoBackend, LoadBalancer, MAX_BACKENDS},
-    strategy::{ConsistentHash, Random, RoundRobin, Strategy, WeightedRoundRobin},
+    strategy::{ConsistentHash, LeastRequest, Random, RoundRobin, Strategy, WeightedRoundRobin},
 };

@@ -68,6 +68,13 @@ fn consistent_hash_with_one_vnode_is_still_minimally_disruptive() {
 }
 
 #[test]
+fn least_request_conforms() {
+    Conformance::new(Strategy::LeastRequest)
+        .name("least_request")
+        .check();
+}
+
+#[test]
 fn the_suite_runs_the_checks_a_strategy_opts_into() {
     let suite = Conformance::new(Strategy::consistent_hash())
         .deterministic_keys()
