@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Barrier, Mutex};
 
 use proptest::collection::vec;
 use proptest::prelude::{Just, Strategy};
@@ -566,11 +566,15 @@ impl<B: BuildBalancer> Conformance<B> {
         let first_problem: Mutex<Option<String>> = Mutex::new(None);
         let stop = AtomicBool::new(false);
         let context = format!("while {THREADS} threads picked at once, ");
+        // All threads start picking together, for as much contention as the
+        // machine allows.
+        let start = Barrier::new(THREADS);
         std::thread::scope(|scope| {
             for thread in 0..THREADS {
                 let (balancer, keys, context) = (&balancer, &keys, &context);
-                let (first_problem, stop) = (&first_problem, &stop);
+                let (first_problem, stop, start) = (&first_problem, &stop, &start);
                 scope.spawn(move || {
+                    start.wait();
                     for i in 0..PICKS_PER_THREAD {
                         if stop.load(Ordering::Relaxed) {
                             return;
@@ -693,15 +697,21 @@ impl<B: BuildBalancer> Conformance<B> {
                 if b != a {
                     return Err(fail(format!(
                         "with backends {set}, pick({key}) returned {a} from one build and {b} \
-                         from a second build of the same set"
+                         from another build of the same set"
                     )));
                 }
             }
             if let Some(c) = pick(&*third, &relisted)? {
+                if c != a && relisted == *set {
+                    return Err(fail(format!(
+                        "with backends {set}, pick({key}) returned {a} from one build and {c} \
+                         from another build of the same set"
+                    )));
+                }
                 if c != a {
                     return Err(fail(format!(
-                        "with backends {set}, pick({key}) returned {a}, but {c} when the same \
-                         backends are listed as {relisted}"
+                        "with backends {set}, pick({key}) returned {a}, but {c} from a build \
+                         listing the same backends as {relisted}"
                     )));
                 }
             }
