@@ -358,12 +358,25 @@ fn a_builder_that_refuses_most_sets_says_how_to_narrow_them() {
 
 #[test]
 fn a_builder_that_refuses_some_sets_passes_and_reports_them() {
-    // A ring of 160 points per unit of weight refuses the largest weights
-    // (`RingTooLarge`); those cases are skipped and counted.
-    let report = Conformance::new(Strategy::consistent_hash())
-        .cases(16)
-        .seed(7)
-        .check();
-    assert_eq!(report.cases(), 16);
-    let _ = report.refused();
+    // As a hash ring refuses weights that would make it too large
+    // (`RingTooLarge`): those cases are skipped and counted.
+    let report = Conformance::new(|m: &[Member]| {
+        if m.len() > 6 && m.iter().any(Member::is_up) {
+            Err(Error::InvalidConfig {
+                reason: "at most 6 backends".into(),
+            })
+        } else {
+            Ok(Random::new(m))
+        }
+    })
+    .cases(32)
+    .check();
+    assert_eq!(report.cases(), 32);
+    assert!(report.refused() > 0, "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("refused by the builder, skipped"),
+        "{report}"
+    );
 }

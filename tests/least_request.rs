@@ -44,6 +44,14 @@ fn requests_that_pile_up_never_go_to_the_strictly_busiest_backend() {
     assert!(counts.iter().all(|&n| n >= 60), "{counts:?}");
 }
 
+#[test]
+fn least_request_is_built_by_name() {
+    let strategy: Strategy = "least-request".parse().unwrap();
+    assert_eq!(strategy, Strategy::LeastRequest);
+    assert_eq!(strategy.to_string(), "least_request");
+    assert!(Strategy::NAMES.contains(&"least_request"));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
