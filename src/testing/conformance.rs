@@ -216,7 +216,8 @@ impl<B: BuildBalancer> Conformance<B> {
     /// A builder may also refuse a set by returning an error (other than
     /// for an empty or all-down set, which must build): such a case is
     /// skipped and counted in the [`Report`], and the check fails only if
-    /// it refuses most of them.
+    /// it refuses more than twice as many sets as there are cases (about
+    /// two thirds of those drawn).
     pub fn max_weight(mut self, max: u32) -> Self {
         self.max_weight = max.clamp(1, MAX_WEIGHT);
         self
@@ -417,23 +418,15 @@ impl<B: BuildBalancer> Conformance<B> {
         match result {
             Ok(()) => Ok(refusals.count.get()),
             Err(detail) => {
-                let detail =
-                    match detail {
-                        Verdict::Failed(detail) => detail,
-                        Verdict::Aborted(reason) => {
-                            format!(
-                        "{reason}: the builder refused {} of the generated sets, for example \
-                         with: {}. Narrow the sets with `max_weight` or `max_backends` to what \
-                         it accepts",
-                        refusals.count.get(),
-                        refusals.last.borrow().as_deref().unwrap_or("no error recorded"),
-                    )
-                        }
-                    };
+                let (detail, shrunk) = match detail {
+                    Verdict::Failed(detail) => (detail, true),
+                    Verdict::Aborted(reason) => (refusals.explain(&reason), false),
+                };
                 Err(Failure {
                     name: self.display_name(),
                     check,
                     detail,
+                    shrunk,
                     seed,
                     cases,
                 })
@@ -797,6 +790,20 @@ struct Refusals {
     last: RefCell<Option<String>>,
 }
 
+impl Refusals {
+    /// Why proptest gave up, and what to do about it.
+    fn explain(&self, reason: &str) -> String {
+        let last = self.last.borrow();
+        format!(
+            "the builder refused {} of the generated sets and proptest gave up ({reason}); for \
+             example it refused {}. Narrow the sets to what it accepts with `max_weight` or \
+             `max_backends`",
+            self.count.get(),
+            last.as_deref().unwrap_or("(no error recorded)"),
+        )
+    }
+}
+
 enum Verdict {
     Failed(String),
     Aborted(String),
@@ -955,6 +962,8 @@ pub struct Failure {
     name: String,
     check: Check,
     detail: String,
+    /// Whether `detail` is a shrunk counter-example (else proptest gave up).
+    shrunk: bool,
     seed: u64,
     cases: u32,
 }
@@ -980,18 +989,24 @@ impl Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+        writeln!(
             f,
-            "{} failed the conformance check `{}` ({}):\n    {}\n\
-             This is the smallest failing case proptest found in {} cases; replay them with \
-             `.seed({:#x})`.",
+            "{} failed the conformance check `{}` ({}):\n    {}",
             self.name,
             self.check.name(),
             self.check.property(),
             self.detail,
-            self.cases,
-            self.seed,
-        )
+        )?;
+        if self.shrunk {
+            write!(
+                f,
+                "This is the smallest failing case proptest found in {} cases; replay them \
+                 with `.seed({:#x})`.",
+                self.cases, self.seed
+            )
+        } else {
+            write!(f, "Replay the cases with `.seed({:#x})`.", self.seed)
+        }
     }
 }
 
