@@ -234,6 +234,16 @@ impl Load {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
 
+    /// Counters showing `in_flight` requests that never finish: the load the
+    /// testing kit simulates.
+    #[cfg(feature = "testing")]
+    pub(crate) fn with_in_flight(in_flight: u64) -> Load {
+        Load {
+            in_flight: AtomicU64::new(in_flight),
+            ..Load::default()
+        }
+    }
+
     /// Counts one request as started; the returned guard counts it as
     /// finished when dropped.
     ///
