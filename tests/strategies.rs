@@ -990,6 +990,43 @@ fn backend_uris_must_be_absolute_http_or_https_without_credentials() {
     );
 }
 
+/// `http` parses any text after the host's colon and then reports no
+/// port, which clients (hyper-util's connector) read as the default port:
+/// `http://10.0.0.1:80800` would reach `10.0.0.1:80`. Such ports are
+/// rejected.
+#[test]
+fn backend_ports_must_be_numbers_from_1_to_65535() {
+    for bad in [
+        "http://10.0.0.1:80800",
+        "http://10.0.0.1:65536",
+        "http://backend:http",
+        "http://backend:0",
+        "http://backend:",
+        "http://[::1]:99999",
+        "https://backend:+443",
+    ] {
+        assert_eq!(
+            uri_reason(bad),
+            "the port must be a number from 1 to 65535",
+            "{bad}"
+        );
+    }
+    for (good, port) in [
+        ("http://10.0.0.1:1", Some(1)),
+        ("http://10.0.0.1:65535", Some(65535)),
+        ("https://backend:8443/v1", Some(8443)),
+        ("http://[::1]:8080", Some(8080)),
+        ("http://[::1]", None),
+        ("http://backend", None),
+    ] {
+        assert_eq!(
+            Backend::new(good).unwrap().authority().port_u16(),
+            port,
+            "{good}"
+        );
+    }
+}
+
 #[test]
 fn backend_defaults_to_weight_1_and_its_authority_as_id() {
     let b = Backend::new("https://api.internal:8443/v2?x=1").unwrap();
