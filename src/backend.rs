@@ -55,7 +55,8 @@ impl Backend {
     /// # Errors
     ///
     /// [`Error::InvalidBackendUri`] when the input is not an absolute
-    /// `http`/`https` URI with a host, or carries credentials.
+    /// `http`/`https` URI with a host, has a port that is not a number from
+    /// 1 to 65535, or carries credentials.
     pub fn new(uri: &str) -> Result<Self, Error> {
         let bad = |reason| Error::InvalidBackendUri {
             uri: uri.to_owned(),
@@ -76,6 +77,19 @@ impl Backend {
         }
         if authority.host().is_empty() {
             return Err(bad("a host is required"));
+        }
+        // `http` accepts any text after the host's `:` and then reports no
+        // port, which clients read as the scheme's default: a typo such as
+        // `:80800` would silently send requests to port 80.
+        let after_host = &authority.as_str()[authority.host().len()..];
+        if !after_host.is_empty() {
+            let port = after_host
+                .strip_prefix(':')
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u16>().ok());
+            if !matches!(port, Some(1..)) {
+                return Err(bad("the port must be a number from 1 to 65535"));
+            }
         }
         let id: Arc<str> = Arc::from(authority.as_str());
         let host = HeaderValue::from_str(authority.as_str())

@@ -260,6 +260,11 @@ impl LoadBalancer {
     /// Replaces the whole set (as service discovery does). Backends whose id
     /// stays keep their up/down state and counters.
     ///
+    /// A list identical to the current one (same backends, weights and
+    /// order) changes nothing: the balancer is not rebuilt and the version
+    /// stays, so a discovery loop that re-sends an unchanged list does not
+    /// restart the rotation at the first backend on every refresh.
+    ///
     /// # Errors
     ///
     /// An unparsable URI or a duplicate id; nothing changes then.
@@ -273,6 +278,14 @@ impl LoadBalancer {
             .map(IntoBackend::into_backend)
             .collect::<Result<Vec<_>, _>>()?;
         self.update(|members| {
+            let unchanged = members.len() == backends.len()
+                && members
+                    .iter()
+                    .zip(&backends)
+                    .all(|(m, b)| **m.backend() == *b);
+            if unchanged {
+                return Ok(false);
+            }
             let old: HashMap<&str, &Member> =
                 members.iter().map(|m| (m.backend().id(), m)).collect();
             let next = backends

@@ -46,6 +46,10 @@ const MAX_BUILD_WORK: u64 = 1 << 25;
 /// it has not reached in listing order (bounds failover to microseconds when
 /// one weight dwarfs the others).
 const MAX_FAILOVER_STEPS: u64 = 1 << 16;
+/// Most class comparisons a failover simulation makes (steps times distinct
+/// weights), so that a failover costs about a millisecond at most however
+/// many distinct weights there are.
+const MAX_FAILOVER_WORK: u64 = 1 << 18;
 
 /// nginx's smooth weighted round robin with `O(1)` picks.
 ///
@@ -249,7 +253,11 @@ impl Balancer for WeightedRoundRobin {
             }
             Mode::Online(state) => {
                 let mut ahead = lock(state).clone();
-                for _ in 0..ahead.period.min(MAX_FAILOVER_STEPS) {
+                let steps = ahead
+                    .period
+                    .min(MAX_FAILOVER_STEPS)
+                    .min(MAX_FAILOVER_WORK / ahead.classes.len() as u64);
+                for _ in 0..steps {
                     if order.take(ahead.next() as usize) {
                         break;
                     }
