@@ -885,7 +885,7 @@ fn unknown_strategy_error_lists_the_valid_names() {
         assert_eq!(
             err.to_string(),
             format!(
-                "unknown strategy `{name}`: expected one of random, round_robin, weighted_round_robin, consistent_hash"
+                "unknown strategy `{name}`: expected one of random, round_robin, weighted_round_robin, consistent_hash, least_request"
             )
         );
     }
