@@ -834,7 +834,9 @@ fn every_strategy_name_round_trips_through_display_and_from_str() {
         Strategy::RoundRobin,
         Strategy::WeightedRoundRobin,
         Strategy::consistent_hash(),
+        Strategy::LeastRequest,
     ];
+    assert_eq!(all.len(), Strategy::NAMES.len());
     for (strategy, name) in all.iter().zip(Strategy::NAMES) {
         assert_eq!(strategy.to_string(), name);
         assert_eq!(strategy.name(), name);
