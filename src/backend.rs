@@ -337,8 +337,14 @@ pub enum Outcome {
 /// assert_eq!(m.backend().id(), "10.0.0.1:80");
 /// # Ok::<(), tower_lb::Error>(())
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Cloning is one reference-count increment: picks hand out clones.
+#[derive(Clone)]
 pub struct Member {
+    inner: Arc<MemberInner>,
+}
+
+struct MemberInner {
     backend: Arc<Backend>,
     up: bool,
     load: Arc<Load>,
@@ -347,35 +353,45 @@ pub struct Member {
 impl Member {
     /// A member that is up, with fresh counters.
     pub fn new(backend: Backend) -> Self {
-        Member {
-            backend: Arc::new(backend),
-            up: true,
-            load: Arc::default(),
-        }
+        Member::from_parts(Arc::new(backend), true, Arc::default())
     }
 
     pub(crate) fn from_parts(backend: Arc<Backend>, up: bool, load: Arc<Load>) -> Self {
-        Member { backend, up, load }
+        Member {
+            inner: Arc::new(MemberInner { backend, up, load }),
+        }
     }
 
-    /// The same member, marked up or down.
-    pub fn with_up(mut self, up: bool) -> Self {
-        self.up = up;
-        self
+    /// The same member (same backend, same counters), marked up or down.
+    pub fn with_up(self, up: bool) -> Self {
+        if self.inner.up == up {
+            return self;
+        }
+        Member::from_parts(self.inner.backend.clone(), up, self.inner.load.clone())
     }
 
     /// The backend.
     pub fn backend(&self) -> &Arc<Backend> {
-        &self.backend
+        &self.inner.backend
     }
 
     /// Whether the backend may be picked.
     pub fn is_up(&self) -> bool {
-        self.up
+        self.inner.up
     }
 
     /// The backend's live counters.
     pub fn load(&self) -> &Arc<Load> {
-        &self.load
+        &self.inner.load
+    }
+}
+
+impl fmt::Debug for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Member")
+            .field("backend", &self.inner.backend)
+            .field("up", &self.inner.up)
+            .field("load", &self.inner.load)
+            .finish()
     }
 }
