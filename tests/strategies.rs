@@ -88,7 +88,7 @@ fn nginx_swrr(peers: &[(u32, bool)], n: usize) -> Vec<usize> {
                 }
                 current[i] += i128::from(weight);
                 total += i128::from(weight);
-                if best.map_or(true, |b| current[i] > current[b]) {
+                if best.is_none_or(|b| current[i] > current[b]) {
                     best = Some(i);
                 }
             }

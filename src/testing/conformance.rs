@@ -625,7 +625,7 @@ impl<B: BuildBalancer> Conformance<B> {
         for (i, b) in set.backends().iter().enumerate().filter(|(_, b)| b.up) {
             let expected = picks * u64::from(b.weight) / total;
             let deviation = counts[i].abs_diff(expected) as f64 / picks as f64;
-            if deviation > tolerance + 1e-12 && worst.map_or(true, |(d, _)| deviation > d) {
+            if deviation > tolerance + 1e-12 && worst.is_none_or(|(d, _)| deviation > d) {
                 worst = Some((deviation, i));
             }
         }
