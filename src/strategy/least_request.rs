@@ -13,9 +13,15 @@
 //! The counts are [`Load::in_flight`](crate::Load::in_flight), shared by
 //! every snapshot of a member: the load-balance layer keeps them, and so
 //! does anything holding a [`Load::start`](crate::Load::start) guard for the
-//! duration of a request. A tie goes to the member with the higher weight;
-//! between equal weights, to the first drawn, so ties are broken at random.
-//! Weights count only in ties: with equal loads the picks are uniform.
+//! duration of a request (the layer counts a request until its response
+//! head arrives, as `tower::load`'s default does: a long-lived stream or
+//! WebSocket tunnel counts as finished once it is established).
+//!
+//! Weights decide how often a member is *drawn* as a candidate: each of the
+//! two is drawn with probability proportional to its weight (the second
+//! among the others). A tie in load goes to the first drawn. So with equal
+//! loads (an idle system) the picks follow the weights, as Envoy's weighted
+//! least request does, and with equal weights this is plain P2C.
 //!
 //! This strategy is written with the crate's public API only, as a balancer
 //! of your own would be, and tested with the conformance suite of
@@ -48,6 +54,8 @@ use crate::{no_pick_error, Balancer, Error, Load, Member};
 #[derive(Debug)]
 pub struct LeastRequest {
     up: Vec<Candidate>,
+    /// Running sums of the candidates' weights, for weighted draws.
+    cumulative: Vec<u64>,
     total: usize,
 }
 
@@ -59,7 +67,7 @@ struct Candidate {
 }
 
 impl Candidate {
-    /// Lower is better: fewer in flight, then a higher weight.
+    /// For failover, lower is better: fewer in flight, then a higher weight.
     fn rank(&self) -> (u64, Reverse<u32>) {
         (self.load.in_flight(), Reverse(self.weight))
     }
@@ -69,19 +77,34 @@ impl LeastRequest {
     /// Builds the balancer over the members that are up, reading their live
     /// counters on every pick.
     pub fn new(members: &[Member]) -> Self {
+        let up: Vec<Candidate> = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.is_up())
+            .map(|(index, m)| Candidate {
+                index,
+                weight: m.backend().weight(),
+                load: Arc::clone(m.load()),
+            })
+            .collect();
+        let mut sum = 0;
+        let cumulative = up
+            .iter()
+            .map(|c| {
+                sum += u64::from(c.weight);
+                sum
+            })
+            .collect();
         LeastRequest {
-            up: members
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.is_up())
-                .map(|(index, m)| Candidate {
-                    index,
-                    weight: m.backend().weight(),
-                    load: Arc::clone(m.load()),
-                })
-                .collect(),
+            up,
+            cumulative,
             total: members.len(),
         }
+    }
+
+    /// The position holding weight unit `ticket`.
+    fn position(&self, ticket: u64) -> usize {
+        self.cumulative.partition_point(|&c| c <= ticket)
     }
 }
 
@@ -92,15 +115,19 @@ impl Balancer for LeastRequest {
             0 => Err(no_pick_error(self.total)),
             1 => Ok(self.up[0].index),
             _ => {
-                // Two distinct positions: the second is drawn from the other
-                // n - 1 and shifted past the first.
-                let a = rand::random_range(0..n);
-                let mut b = rand::random_range(0..n - 1);
-                if b >= a {
-                    b += 1;
+                // Two distinct candidates, each drawn by weight: the second
+                // from the weight left once the first is set aside.
+                let total = self.cumulative[n - 1];
+                let a = self.position(rand::random_range(0..total));
+                let a_weight = u64::from(self.up[a].weight);
+                let a_start = self.cumulative[a] - a_weight;
+                let mut ticket = rand::random_range(0..total - a_weight);
+                if ticket >= a_start {
+                    ticket += a_weight;
                 }
+                let b = self.position(ticket);
                 let (a, b) = (&self.up[a], &self.up[b]);
-                Ok(if b.rank() < a.rank() {
+                Ok(if b.load.in_flight() < a.load.in_flight() {
                     b.index
                 } else {
                     a.index
@@ -153,9 +180,23 @@ mod tests {
     }
 
     #[test]
-    fn a_tie_goes_to_the_higher_weight() {
-        let m = members(&[1, 5]);
+    fn with_equal_loads_picks_follow_the_weights() {
+        let m = members(&[1, 2]);
         let least = LeastRequest::new(&m);
+        let heavy = (0..30_000)
+            .filter(|_| least.pick(None).unwrap() == 1)
+            .count();
+        // Binomial(30_000, 2/3): sd 81.6, so ±500 is over 6 sigma.
+        assert!((19_500..=20_500).contains(&heavy), "{heavy} of 30000");
+    }
+
+    #[test]
+    fn candidates_are_always_two_distinct_members() {
+        // With a busy heavy member and an idle light one, a draw of the
+        // heavy one twice would pick it; distinct draws never do.
+        let m = members(&[1_000_000, 1]);
+        let least = LeastRequest::new(&m);
+        let _busy = Load::start(m[0].load());
         assert!((0..1000).all(|_| least.pick(None).unwrap() == 1));
     }
 
