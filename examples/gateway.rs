@@ -99,10 +99,12 @@ fn parse_args() -> Result<Options, String> {
             other => return Err(format!("unknown option `{other}` (try --help)")),
         }
     }
+    // `--weights` names one weight per backend, so it sets the count too.
     if let Some(w) = &o.weights {
-        if w.len() != o.backends {
-            o.backends = w.len();
+        if !(1..=64).contains(&w.len()) {
+            return Err("--weights takes 1 to 64 weights".into());
         }
+        o.backends = w.len();
     }
     Ok(o)
 }

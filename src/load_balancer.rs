@@ -161,12 +161,14 @@ impl LoadBalancer {
     ///
     /// # Errors
     ///
-    /// [`Error::NoBackends`] or [`Error::AllBackendsDown`].
+    /// [`Error::NoBackends`] or [`Error::AllBackendsDown`]; a custom
+    /// balancer that answers an index outside the set gets
+    /// [`Error::InvalidConfig`] rather than a panic.
     #[inline]
     pub fn pick(&self, key: Option<&[u8]>) -> Result<Member, Error> {
         let current = self.read();
         let index = current.balancer.pick(key)?;
-        Ok(current.members[index].clone())
+        current.member(index).cloned()
     }
 
     /// The backends to try after `failed` failed, in the strategy's order:
@@ -176,17 +178,22 @@ impl LoadBalancer {
         let current = self.snapshot();
         let (first, mut order) = match current.by_id.get(failed) {
             Some(&index) => (index, Vec::new()),
-            None => match current.balancer.pick(key) {
-                Ok(index) => (index, vec![current.members[index].clone()]),
+            None => match current
+                .balancer
+                .pick(key)
+                .and_then(|i| Ok((i, current.member(i)?.clone())))
+            {
+                Ok((index, member)) => (index, vec![member]),
                 Err(_) => return Vec::new(),
             },
         };
+        // Indices outside the set (a custom balancer's bug) are skipped.
         order.extend(
             current
                 .balancer
                 .failover(key, first)
                 .into_iter()
-                .map(|i| current.members[i].clone()),
+                .filter_map(|i| current.members.get(i).cloned()),
         );
         order
     }
@@ -411,6 +418,17 @@ fn position(members: &[Member], id: &str) -> Result<usize, Error> {
 }
 
 impl Snapshot {
+    /// The member a balancer's answer names.
+    #[inline]
+    fn member(&self, index: usize) -> Result<&Member, Error> {
+        self.members.get(index).ok_or_else(|| Error::InvalidConfig {
+            reason: format!(
+                "the balancer picked index {index} of a set of {} backends (a bug in the balancer)",
+                self.members.len()
+            ),
+        })
+    }
+
     fn build(
         builder: &dyn BuildBalancer,
         members: Vec<Member>,

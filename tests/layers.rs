@@ -153,9 +153,84 @@ fn director_replaces_forged_x_forwarded_host_and_proto() {
         "http://b",
         "/",
         &[("host", "f")],
-        ProxyDirector::new().proto("https"),
+        ProxyDirector::new().https(true),
     );
     assert_eq!(tls.headers()["x-forwarded-proto"], "https");
+}
+
+#[test]
+fn a_client_cannot_claim_https_with_an_absolute_target() {
+    let d = || ProxyDirector::new().forwarded(true);
+    let req = direct("http://b", "https://front.example/x", &[], d());
+    assert_eq!(req.headers()["x-forwarded-proto"], "http");
+    assert!(req.headers()["forwarded"]
+        .to_str()
+        .unwrap()
+        .ends_with(";proto=http"));
+}
+
+#[test]
+fn an_absolute_target_authority_wins_over_the_host_header() {
+    // RFC 9112 §3.2.2: the request-target's authority replaces Host.
+    let req = direct(
+        "http://b",
+        "http://a.example/x",
+        &[("host", "b.example")],
+        ProxyDirector::new(),
+    );
+    assert_eq!(req.headers()["host"], "a.example");
+    assert_eq!(req.headers()["x-forwarded-host"], "a.example");
+}
+
+#[test]
+fn connection_cannot_make_the_proxy_drop_host() {
+    let req = direct(
+        "http://b",
+        "/",
+        &[
+            ("host", "front.example"),
+            ("connection", "host, x-a"),
+            ("x-a", "1"),
+        ],
+        ProxyDirector::new(),
+    );
+    assert_eq!(req.headers()["host"], "front.example");
+    assert!(req.headers().get("x-a").is_none());
+}
+
+#[test]
+fn without_a_client_address_an_incoming_x_forwarded_for_is_dropped() {
+    let mut req = Request::builder()
+        .uri("/")
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert(Member::new(Backend::new("http://b").unwrap()));
+    ProxyDirector::new().direct(&mut req).unwrap();
+    assert!(req.headers().get("x-forwarded-for").is_none());
+}
+
+#[test]
+fn dot_segments_cannot_climb_out_of_the_backend_prefix() {
+    let cases = [
+        ("/../internal/secret", "http://b/api/internal/secret"),
+        ("/%2e%2e/internal", "http://b/api/internal"),
+        ("/a/./b/../c", "http://b/api/a/c"),
+        ("/a/..", "http://b/api/"),
+        ("/..", "http://b/api/"),
+        ("/a/.%2E/../../x?q=1", "http://b/api/x?q=1"),
+        ("/plain/path", "http://b/api/plain/path"),
+    ];
+    for (uri, want) in cases {
+        assert_eq!(rewritten("http://b/api", uri), want, "{uri}");
+    }
+}
+
+#[test]
+fn an_empty_backend_query_adds_no_question_mark() {
+    assert_eq!(rewritten("http://b/?", "/x"), "http://b/x");
+    assert_eq!(rewritten("http://b/p?", "/x?a=1"), "http://b/p/x?a=1");
 }
 
 #[test]
@@ -168,6 +243,27 @@ fn director_can_skip_x_forwarded_headers() {
     );
     assert!(req.headers().get("x-forwarded-for").is_none());
     assert!(req.headers().get("x-forwarded-host").is_none());
+}
+
+#[test]
+fn forwarded_keeps_the_elements_of_every_earlier_line() {
+    let req = direct(
+        "http://b",
+        "/",
+        &[
+            ("host", "front"),
+            ("forwarded", "for=6.6.6.6"),
+            ("forwarded", "for=203.0.113.50"),
+        ],
+        ProxyDirector::new().forwarded(true),
+    );
+    assert_eq!(
+        req.headers()
+            .get_all("forwarded")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["for=6.6.6.6, for=203.0.113.50, for=192.0.2.7;host=front;proto=http"]
+    );
 }
 
 #[test]

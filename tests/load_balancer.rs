@@ -609,3 +609,37 @@ fn random_picks_race_safely_with_updates() {
 fn consistent_hash_picks_race_safely_with_updates() {
     picks_race_with_updates(Strategy::consistent_hash(), 4);
 }
+
+/// A balancer with a bug: it answers an index past the end of the set.
+struct OutOfRange;
+
+impl tower_lb::Balancer for OutOfRange {
+    fn pick(&self, _key: Option<&[u8]>) -> Result<usize, Error> {
+        Ok(99)
+    }
+    fn failover(&self, _key: Option<&[u8]>, _first: usize) -> Vec<usize> {
+        vec![0, 99]
+    }
+}
+
+#[test]
+fn a_balancer_answering_out_of_range_is_an_error_not_a_panic() {
+    let lb = LoadBalancer::new(
+        |_: &[tower_lb::Member]| Ok::<_, Error>(OutOfRange),
+        ["http://a", "http://b"],
+    )
+    .unwrap();
+    let err = lb.pick(None).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "invalid strategy configuration: the balancer picked index 99 of a set of 2 backends (a bug in the balancer)"
+    );
+    let ids: Vec<String> = lb
+        .failover(None, "a")
+        .iter()
+        .map(|m| m.id().to_owned())
+        .collect();
+    assert_eq!(ids, ["a"]);
+    assert!(lb.failover(None, "gone").is_empty());
+}

@@ -2,9 +2,10 @@
 //!
 //! [`Director`] runs a hook on each request before the inner service sends
 //! it. The hook may change anything: URI, headers, extensions. A hook that
-//! fails stops the request with [`Error::Hook`] (a proxy answers
-//! `502 Bad Gateway`, as Go's `ReverseProxy` does when its `Rewrite` fails)
-//! and the inner service is not called.
+//! fails stops the request with [`Error::Hook`] and the inner service is not
+//! called; a proxy answers `502 Bad Gateway`, what Go's `ReverseProxy`
+//! answers for any failure between receiving the request and relaying the
+//! response.
 //!
 //! [`ProxyDirector`](crate::layer::ProxyDirector) is the ready-made hook
 //! that does what a reverse proxy does; any closure

@@ -4,23 +4,29 @@
 //! [`ProxyDirector`] follows Go's multi-host `httputil.ReverseProxy` and
 //! nginx's `proxy_pass`:
 //!
-//! * the URI's scheme and authority become the backend's; the backend's path
-//!   prefix and the request path are joined with exactly one slash
-//!   (`/api/` + `/users` → `/api/users`, Go's `singleJoiningSlash`); the
-//!   backend URI's query and the request's are merged with `&`;
+//! * the URI's scheme and authority become the backend's, whatever the
+//!   request target said; the backend's path prefix and the request path are
+//!   joined with exactly one slash (`/api/` + `/users` → `/api/users`, Go's
+//!   `singleJoiningSlash`), after resolving `.` and `..` segments so that a
+//!   path cannot climb out of the prefix (as nginx normalizes); the backend
+//!   URI's query and the request's are merged with `&`;
 //! * `Host` is kept as the client sent it (Go's default) or set to the
 //!   backend's authority (nginx's default, `proxy_set_header Host
 //!   $proxy_host`), or to a fixed value — see [`HostHeader`];
 //! * the client's address (the [`ClientAddr`] extension the server fills) is
-//!   appended to `X-Forwarded-For`; `X-Forwarded-Host` and
-//!   `X-Forwarded-Proto` are set (replacing whatever the client sent);
-//!   optionally an RFC 7239 `Forwarded` element is appended;
+//!   appended to `X-Forwarded-For` (without that extension an incoming
+//!   `X-Forwarded-For` is dropped: it cannot be vouched for);
+//!   `X-Forwarded-Host` and `X-Forwarded-Proto` are set, replacing whatever
+//!   the client sent, the protocol from configuration
+//!   ([`ProxyDirector::https`]), never from the request; optionally an
+//!   RFC 7239 `Forwarded` element is appended after every earlier one;
 //! * hop-by-hop headers are removed as RFC 9110 §7.6.1 requires:
 //!   `Connection` and every header it lists, `Keep-Alive`,
 //!   `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
 //!   `Trailer`, `Transfer-Encoding` and `Upgrade`, except that an upgrade
 //!   handshake (WebSocket) keeps `Connection: upgrade` and its `Upgrade`
-//!   header, and `TE: trailers` is kept (as Go does, for gRPC).
+//!   header, and `TE: trailers` is kept (as Go does, for gRPC); `Host` is
+//!   never removed because `Connection` lists it.
 //!
 //! The pick must already be in the request's extensions: put
 //! [`LoadBalanceLayer`](crate::layer::LoadBalanceLayer) outside the
@@ -55,6 +61,7 @@
 //! # Ok::<(), tower_lb::Error>(())
 //! ```
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -95,7 +102,7 @@ pub enum HostHeader {
 /// let director = ProxyDirector::new()
 ///     .host(HostHeader::Backend)
 ///     .forwarded(true)
-///     .proto("https");
+///     .https(true);
 /// # let _ = director;
 /// ```
 #[derive(Debug, Clone)]
@@ -103,7 +110,7 @@ pub struct ProxyDirector {
     host: HostHeader,
     x_forwarded: bool,
     forwarded: bool,
-    proto: &'static str,
+    https: bool,
 }
 
 impl Default for ProxyDirector {
@@ -113,14 +120,14 @@ impl Default for ProxyDirector {
 }
 
 impl ProxyDirector {
-    /// Preserve `Host`, set `X-Forwarded-*`, no `Forwarded`, the client
-    /// connection is plain `http`.
+    /// Preserve `Host`, set `X-Forwarded-*`, no `Forwarded`, clients reach
+    /// the proxy over plain `http`.
     pub fn new() -> Self {
         ProxyDirector {
             host: HostHeader::Preserve,
             x_forwarded: true,
             forwarded: false,
-            proto: "http",
+            https: false,
         }
     }
 
@@ -142,11 +149,13 @@ impl ProxyDirector {
         self
     }
 
-    /// The protocol clients use to reach the proxy, `http` or `https`, for
-    /// `X-Forwarded-Proto` and `Forwarded` when the request URI has no
-    /// scheme (set `https` when the proxy terminates TLS).
-    pub fn proto(mut self, proto: &'static str) -> Self {
-        self.proto = proto;
+    /// Whether clients reach the proxy over TLS (default `false`): the
+    /// `X-Forwarded-Proto` and `Forwarded` protocol. It is configuration,
+    /// never read from the request, whose scheme a client chooses (an
+    /// absolute-form target or HTTP/2's `:scheme`), as nginx's `$scheme` is
+    /// the listener's and Go's comes from the TLS state.
+    pub fn https(mut self, on: bool) -> Self {
+        self.https = on;
         self
     }
 
@@ -165,24 +174,19 @@ impl ProxyDirector {
         // The request URI is taken apart rather than copied: its path and
         // query move into the new URI.
         let original = std::mem::take(req.uri_mut()).into_parts();
-        let proto = match original.scheme.as_ref().map(|s| s.as_str()) {
-            Some("https") => "https",
-            Some(_) => "http",
-            None => self.proto,
-        };
+        let proto = if self.https { "https" } else { "http" };
         let headers = req.headers_mut();
         remove_hop_by_hop_headers(headers);
 
-        // What the client asked for: its Host header, or (HTTP/2, absolute
-        // form) the URI's authority, which then becomes the Host header.
-        if !headers.contains_key(HOST) {
-            if let Some(value) = original
-                .authority
-                .as_ref()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                headers.insert(HOST, value);
-            }
+        // What the client asked for. An authority in the request target
+        // (absolute form, HTTP/2) wins over a Host header, as RFC 9112
+        // §3.2.2 requires, and becomes the Host header.
+        if let Some(value) = original
+            .authority
+            .as_ref()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(HOST, value);
         }
         let original_host = headers.get(HOST).cloned();
         match &self.host {
@@ -195,8 +199,13 @@ impl ProxyDirector {
             }
         }
         if self.x_forwarded {
-            if let Some(ip) = client {
-                append_forwarded_for(headers, ip);
+            match client {
+                Some(ip) => append_forwarded_for(headers, ip),
+                // Without the peer address the chain cannot be extended
+                // truthfully, and what the client sent cannot be vouched for.
+                None => {
+                    headers.remove(&X_FORWARDED_FOR);
+                }
             }
             match &original_host {
                 Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
@@ -230,16 +239,19 @@ fn join_path_and_query(
     let requested = requested.unwrap_or_else(|| PathAndQuery::from_static("/"));
     let prefix = backend.path_prefix();
     let has_prefix = !(prefix.is_empty() || prefix == "/");
-    if !has_prefix && backend.query().is_none() {
+    if !has_prefix && backend.query().is_none_or(str::is_empty) {
         return Ok(requested);
     }
     let path = requested.path();
     let mut s = if has_prefix {
-        join_paths(prefix, path)
+        // `..` must not climb out of the prefix (nginx normalizes the path
+        // before proxy_pass; Go does not, and a prefix there is no boundary).
+        join_paths(prefix, &remove_dot_segments(path))
     } else {
         path.to_owned()
     };
-    match (backend.query(), requested.query()) {
+    let target_query = backend.query().filter(|q| !q.is_empty());
+    match (target_query, requested.query()) {
         (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => {
             let _ = write!(s, "?{a}&{b}");
         }
@@ -261,6 +273,39 @@ impl<B> Direct<B> for ProxyDirector {
     fn direct(&mut self, req: &mut Request<B>) -> Result<(), BoxError> {
         self.rewrite(req).map_err(Into::into)
     }
+}
+
+/// `path` with its `.` and `..` segments resolved as RFC 3986 §5.2.4 does
+/// (`%2e` counts as `.`), never climbing above the root.
+fn remove_dot_segments(path: &str) -> Cow<'_, str> {
+    let is_dot = |seg: &str| seg == "." || seg.eq_ignore_ascii_case("%2e");
+    let is_dot_dot = |seg: &str| {
+        matches!(
+            seg.to_ascii_lowercase().as_str(),
+            ".." | ".%2e" | "%2e." | "%2e%2e"
+        )
+    };
+    if !path.split('/').any(|seg| is_dot(seg) || is_dot_dot(seg)) {
+        return Cow::Borrowed(path);
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        if is_dot(seg) {
+            if i == last {
+                out.push("");
+            }
+        } else if is_dot_dot(seg) {
+            out.pop();
+            if i == last {
+                out.push("");
+            }
+        } else {
+            out.push(seg);
+        }
+    }
+    Cow::Owned(format!("/{}", out.join("/")))
 }
 
 /// `a` and `b` joined with exactly one slash between them.
@@ -326,10 +371,15 @@ fn append_forwarded(
         }
     }
     let _ = write!(element, ";proto={proto}");
-    let line = match headers.get(FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {element}"),
-        None => element,
-    };
+    // Earlier elements, from every Forwarded line, stay in order.
+    let mut line = String::new();
+    for existing in headers.get_all(FORWARDED) {
+        if let Ok(existing) = existing.to_str() {
+            line.push_str(existing);
+            line.push_str(", ");
+        }
+    }
+    line.push_str(&element);
     if let Ok(value) = HeaderValue::from_str(&line) {
         headers.insert(FORWARDED, value);
     }
@@ -374,17 +424,14 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
     // One pass finds the hop-by-hop headers present (usually none, or just
     // Connection), so only those are removed.
-    const MAX_FOUND: usize = 8;
+    // The seven of HOP_BY_HOP, Keep-Alive and Proxy-Connection.
+    const MAX_FOUND: usize = 9;
     let mut found: [Option<HeaderName>; MAX_FOUND] = Default::default();
     let mut count = 0;
     for name in headers.keys() {
-        if is_hop_by_hop(name) && !found[..count].iter().any(|f| f.as_ref() == Some(name)) {
-            if count == MAX_FOUND {
-                // More distinct names than the fixed list holds cannot
-                // happen; stay correct regardless.
-                count += 1;
-                break;
-            }
+        // `keys()` yields each name once, and at most MAX_FOUND names are
+        // hop-by-hop, so `found` cannot overflow.
+        if is_hop_by_hop(name) {
             found[count] = Some(name.clone());
             count += 1;
         }
@@ -404,8 +451,12 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
     // case) is moved out of the map and needs no allocation.
     let listed = |value: &HeaderValue, headers: &mut HeaderMap| {
         if let Ok(s) = value.to_str() {
-            for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                headers.remove(token);
+            // Host is never a connection option (RFC 9110 §7.6.1): a
+            // client cannot make the proxy drop it.
+            for token in s.split(',').map(str::trim) {
+                if !token.is_empty() && !token.eq_ignore_ascii_case("host") {
+                    headers.remove(token);
+                }
             }
         }
     };
@@ -419,16 +470,8 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
             listed(value, headers);
         }
     }
-    if count > MAX_FOUND {
-        for name in HOP_BY_HOP {
-            headers.remove(name);
-        }
-        headers.remove(KEEP_ALIVE);
-        headers.remove(PROXY_CONNECTION);
-    } else {
-        for name in found.into_iter().flatten() {
-            headers.remove(name);
-        }
+    for name in found.into_iter().flatten() {
+        headers.remove(name);
     }
 
     if let Some(protocol) = upgrade {

@@ -99,10 +99,10 @@ impl ConsistentHash {
                 reason: "consistent hashing needs at least 1 virtual node per weight".into(),
             });
         }
-        let points: u64 = members
-            .iter()
-            .map(|m| u64::from(m.backend().weight()) * u64::from(vnodes))
-            .sum();
+        // Saturating: a sum past u64 is as much "too large" as any other.
+        let points: u64 = members.iter().fold(0u64, |sum, m| {
+            sum.saturating_add(u64::from(m.backend().weight()).saturating_mul(u64::from(vnodes)))
+        });
         if points > MAX_RING_POINTS {
             return Err(Error::RingTooLarge {
                 points,
