@@ -91,7 +91,10 @@ impl Backend {
     pub fn with_id(mut self, id: impl Into<String>) -> Result<Self, Error> {
         let id = id.into();
         if id.is_empty() || id.len() > MAX_ID_LEN {
-            return Err(Error::InvalidBackendId { id, max: MAX_ID_LEN });
+            return Err(Error::InvalidBackendId {
+                id,
+                max: MAX_ID_LEN,
+            });
         }
         self.id = Arc::from(id);
         Ok(self)

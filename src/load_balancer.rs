@@ -399,4 +399,3 @@ impl Deref for Member {
         self.backend()
     }
 }
-

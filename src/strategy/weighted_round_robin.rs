@@ -212,7 +212,9 @@ impl WeightedRoundRobin {
 
 fn lock(state: &Mutex<Smooth>) -> std::sync::MutexGuard<'_, Smooth> {
     // `Smooth::next` cannot panic midway, so a poisoned state is consistent.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Balancer for WeightedRoundRobin {
