@@ -56,36 +56,37 @@ pub(crate) fn decode_into(input: &[u8], out: &mut [u8]) -> Option<usize> {
     }
     let len = input.len() / 4 * 3 + (input.len() % 4).saturating_sub(1);
     let out = out.get_mut(..len)?;
-    let sextet = |b: u8| {
+    // Invalid bytes decode to 0xFF; OR-ing every table value together and
+    // checking once at the end keeps the loop free of branches.
+    let mut invalid = 0u8;
+    let mut sextet = |b: u8| {
         let v = DECODE[usize::from(b)];
-        (v != 0xFF).then_some(u32::from(v))
+        invalid |= v;
+        u32::from(v & 63)
     };
     let mut chunks = input.chunks_exact(4);
-    let mut at = 0;
-    for c in &mut chunks {
-        let n = sextet(c[0])? << 18 | sextet(c[1])? << 12 | sextet(c[2])? << 6 | sextet(c[3])?;
-        out[at] = (n >> 16) as u8;
-        out[at + 1] = (n >> 8) as u8;
-        out[at + 2] = n as u8;
-        at += 3;
+    let mut outs = out.chunks_exact_mut(3);
+    for (c, o) in (&mut chunks).zip(&mut outs) {
+        let n = sextet(c[0]) << 18 | sextet(c[1]) << 12 | sextet(c[2]) << 6 | sextet(c[3]);
+        o.copy_from_slice(&n.to_be_bytes()[1..]);
     }
+    let at = len - len % 3;
     match *chunks.remainder() {
         [a, b] => {
-            let n = sextet(a)? << 18 | sextet(b)? << 12;
-            if n & 0xFFFF != 0 {
-                return None;
-            }
+            let n = sextet(a) << 18 | sextet(b) << 12;
+            invalid |= u8::from(n & 0xFFFF != 0) << 7;
             out[at] = (n >> 16) as u8;
         }
         [a, b, c] => {
-            let n = sextet(a)? << 18 | sextet(b)? << 12 | sextet(c)? << 6;
-            if n & 0xFF != 0 {
-                return None;
-            }
+            let n = sextet(a) << 18 | sextet(b) << 12 | sextet(c) << 6;
+            invalid |= u8::from(n & 0xFF != 0) << 7;
             out[at] = (n >> 16) as u8;
             out[at + 1] = (n >> 8) as u8;
         }
         _ => {}
+    }
+    if invalid & 0x80 != 0 {
+        return None;
     }
     Some(len)
 }

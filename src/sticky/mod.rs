@@ -36,20 +36,23 @@
 //! The token, base64url without padding:
 //!
 //! ```text
-//! version (1 byte, 0x01) ‖ nonce (12 random bytes) ‖ ciphertext ‖ tag (16 bytes)
+//! version (1 byte, 0x01) ‖ nonce (12 random bytes) ‖ expiry ‖ ciphertext ‖ tag (16 bytes)
 //!
-//! plaintext  = expiry (Unix seconds, u64 LE; u64::MAX: session cookie)
-//!              ‖ (id length − 1) (1 byte) ‖ id ‖ zero padding to a multiple of 16
+//! expiry     = Unix seconds, u64 little-endian (u64::MAX: a session cookie);
+//!              authenticated, not encrypted: it is the Expires the client got
+//! plaintext  = id ‖ 0x80 ‖ 0x00… to a multiple of 16 bytes (ISO/IEC 7816-4 padding)
 //! ciphertext = plaintext ⊕ keystream,
 //!              block i = SipHash-2-4-128(k_enc, nonce ‖ i as u8)
-//! tag        = SipHash-2-4-128(k_mac, version ‖ nonce ‖ ciphertext)
-//! k_enc, k_mac = SipHash-2-4-128(fold(secret), "tower-lb/sticky-cookie/v1/" ‖ "enc" | "mac" ‖ "/" ‖ secret)
+//! tag        = SipHash-2-4-128(k_mac, version ‖ nonce ‖ expiry ‖ ciphertext)
+//! k_enc, k_mac = SipHash-2-4-128(fold(secret),
+//!                "tower-lb/sticky-cookie/v1/" ‖ "enc" | "mac" ‖ "/" ‖ secret),
 //!              where fold XORs the secret's bytes into 16
 //! ```
 //!
-//! The tag is checked first, in constant time; nothing is decrypted unless
-//! it matches. A backend id of up to 7 bytes gives a 60-character cookie
-//! value, and each 16 more bytes of id add about 21 characters. See
+//! An expired token is rejected on its expiry alone; otherwise the tag is
+//! checked, in constant time, and nothing is decrypted unless it matches.
+//! A backend id of up to 15 bytes (`10.0.0.1:8080`) gives a 71-character
+//! cookie value; each 16 more bytes of id add about 21 characters. See
 //! `docs/sticky.md` for sharing the secret across gateway replicas and
 //! rotating it.
 
@@ -63,7 +66,7 @@ mod extract;
 mod sticky_cookie;
 mod token;
 
-pub use self::cookie::Cookies;
+pub use self::cookie::{Cookies, Named};
 pub use self::extract::{ClientIp, CookieKey, FirstOf, HeaderKey, PathKey, QueryKey};
 pub use self::sticky_cookie::{SameSite, StickyCookie, VerifiedCookie, MIN_SECRET_LEN};
 

@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue};
 use super::base64url;
 use super::cookie::{remove_cookie, Cookies};
 use super::extract::check_cookie_name;
-use super::token::{Keys, MAX_PLAIN, MAX_TOKEN, MIN_TOKEN, NEVER, NONCE_LEN};
+use super::token::{unverified_expiry, Keys, MAX_PLAIN, MAX_TOKEN, MIN_TOKEN, NEVER, NONCE_LEN};
 use crate::{Error, MAX_ID_LEN};
 
 /// The shortest secret accepted, in bytes.
@@ -260,48 +260,82 @@ impl StickyCookie {
     /// not expired. Several `Cookie` headers, other cookies and quotes are
     /// handled; anything else counts as no cookie.
     pub fn verify(&self, headers: &HeaderMap) -> Option<VerifiedCookie> {
-        self.verify_at(headers, SystemTime::now())
+        self.verify_with(headers, SystemTime::now)
     }
 
     /// [`verify`](Self::verify) as of `now`.
     pub fn verify_at(&self, headers: &HeaderMap, now: SystemTime) -> Option<VerifiedCookie> {
-        Cookies::new(headers)
-            .named(self.name.as_bytes())
-            .take(MAX_CANDIDATES)
-            .find_map(|value| self.verify_token_at(value, now))
+        self.verify_with(headers, || now)
     }
 
     /// Checks one cookie value (a token as made by
     /// [`token_at`](Self::token_at)) as of `now`.
     pub fn verify_token_at(&self, token: &[u8], now: SystemTime) -> Option<VerifiedCookie> {
+        self.verify_token_with(token, || now)
+    }
+
+    fn verify_with(
+        &self,
+        headers: &HeaderMap,
+        now: impl Fn() -> SystemTime,
+    ) -> Option<VerifiedCookie> {
+        for value in Cookies::new(headers)
+            .named(self.name.as_bytes())
+            .take(MAX_CANDIDATES)
+        {
+            if let Some(verified) = self.verify_token_with(value, &now) {
+                return Some(verified);
+            }
+        }
+        None
+    }
+
+    /// The clock is read only for a genuine token that can expire.
+    fn verify_token_with(
+        &self,
+        token: &[u8],
+        now: impl Fn() -> SystemTime,
+    ) -> Option<VerifiedCookie> {
         let encoded_range = base64url::encoded_len(MIN_TOKEN)..=base64url::encoded_len(MAX_TOKEN);
         if !encoded_range.contains(&token.len()) {
             return None;
         }
         let mut raw = [0u8; MAX_TOKEN];
-        let len = base64url::decode_into(token, &mut raw)?;
-        let raw = &raw[..len];
-        let mut plain = [0u8; MAX_PLAIN];
-        let (opened, previous) = match self.keys.open(raw, &mut plain) {
-            Some(opened) => (opened, false),
-            None => (self.previous.as_ref()?.open(raw, &mut plain)?, true),
+        let raw_len = base64url::decode_into(token, &mut raw)?;
+        let raw = &raw[..raw_len];
+        // An expired token is rejected before any hashing; the expiry is
+        // authenticated below with the rest.
+        let expiry = unverified_expiry(raw)?;
+        let mut now_secs = None;
+        if expiry != NEVER {
+            let now = unix_seconds(now());
+            if expiry <= now {
+                return None;
+            }
+            now_secs = Some(now);
+        }
+        // Decrypted in place, so that the id is never copied.
+        let mut verified = VerifiedCookie {
+            plain: [0; MAX_PLAIN],
+            len: 0,
+            expiry,
+            reissue: false,
         };
-        let (expiry, id) = opened;
-        let now = unix_seconds(now);
-        if expiry <= now || std::str::from_utf8(id).is_err() {
+        let len = match self.keys.open(raw, &mut verified.plain) {
+            Some((_, len)) => len,
+            None => {
+                verified.reissue = true;
+                self.previous.as_ref()?.open(raw, &mut verified.plain)?.1
+            }
+        };
+        if std::str::from_utf8(&verified.plain[..len]).is_err() {
             return None;
         }
-        let past_half_life = match self.max_age {
-            Some(max_age) if expiry != NEVER => expiry - now < max_age.div_ceil(2),
-            _ => false,
-        };
-        let mut verified = VerifiedCookie {
-            id: [0; MAX_ID_LEN],
-            len: id.len() as u16,
-            expiry,
-            reissue: previous || past_half_life,
-        };
-        verified.id[..id.len()].copy_from_slice(id);
+        // Past half its lifetime, a cookie in use is renewed.
+        if let (Some(now), Some(max_age)) = (now_secs, self.max_age) {
+            verified.reissue |= expiry - now < max_age.div_ceil(2);
+        }
+        verified.len = len as u16;
         Some(verified)
     }
 
@@ -431,7 +465,8 @@ impl fmt::Debug for StickyCookie {
 /// without allocating.
 #[derive(Clone)]
 pub struct VerifiedCookie {
-    id: [u8; MAX_ID_LEN],
+    /// The decrypted plaintext, starting with the id.
+    plain: [u8; MAX_PLAIN],
     len: u16,
     expiry: u64,
     reissue: bool,
@@ -442,7 +477,8 @@ impl VerifiedCookie {
     /// configured, or be down: the load-balance layer then redispatches.
     pub fn id(&self) -> &str {
         // `verify_token_at` checked that the id is UTF-8.
-        std::str::from_utf8(&self.id[..usize::from(self.len)]).unwrap_or_default()
+        let id = &self.plain[..usize::from(self.len)];
+        std::str::from_utf8(id).unwrap_or_default()
     }
 
     /// When the cookie expires, or `None` for a session cookie.
@@ -737,10 +773,11 @@ mod tests {
         let b = s.token_at("b1", at(1)).unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), b.len());
-        // Ids of up to 7 bytes give tokens of the same length.
+        // Ids of up to 15 bytes give tokens of the same length, 71 characters.
+        assert_eq!(s.token_at("10.0.0.1:8080", at(1)).unwrap().len(), 71);
         assert_eq!(
             s.token_at("b", at(1)).unwrap().len(),
-            s.token_at("abcdefg", at(1)).unwrap().len()
+            s.token_at("abcdefghijklmno", at(1)).unwrap().len()
         );
     }
 

@@ -1,19 +1,24 @@
 //! The sticky-cookie token: a backend id, encrypted and authenticated.
 //!
 //! ```text
-//! token     = base64url-nopad( version ‖ nonce ‖ ciphertext ‖ tag )
-//! version   = 0x01                                    1 byte
-//! nonce     = random (thread RNG)                     12 bytes
-//! plaintext = expiry ‖ (id length − 1) ‖ id ‖ zeros   padded to a multiple of 16
-//!   expiry  = Unix seconds, u64 little-endian; u64::MAX for a session cookie
+//! token      = base64url-nopad( version ‖ nonce ‖ expiry ‖ ciphertext ‖ tag )
+//! version    = 0x01                                       1 byte
+//! nonce      = random (thread RNG)                        12 bytes
+//! expiry     = Unix seconds, u64 little-endian            8 bytes
+//!              (u64::MAX for a session cookie)
+//! plaintext  = id ‖ 0x80 ‖ 0x00…                          to a multiple of 16
 //! ciphertext = plaintext ⊕ keystream
 //!   keystream block i (16 bytes) = SipHash-2-4-128(k_enc, nonce ‖ i as u8)
-//! tag       = SipHash-2-4-128(k_mac, version ‖ nonce ‖ ciphertext)
+//! tag        = SipHash-2-4-128(k_mac, version ‖ nonce ‖ expiry ‖ ciphertext)
 //! ```
 //!
 //! Encrypt-then-MAC with SipHash as the PRF: the tag is checked first, in
-//! constant time, and nothing is decrypted unless it matches. Padding the id
-//! to a multiple of 16 bytes hides its exact length.
+//! constant time, and nothing is decrypted unless it matches. The id is
+//! padded as ISO/IEC 7816-4 does (a `0x80` byte, then zeros), so an id of up
+//! to 15 bytes takes one block and only its length to within 16 bytes shows.
+//! The expiry is authenticated but not encrypted: it is the `Expires` the
+//! client was sent anyway, and reading it first rejects an expired token
+//! without any hashing.
 //!
 //! `k_enc` and `k_mac` are derived from the user's secret with domain
 //! separation: the secret is XOR-folded into a 16-byte SipHash key `f`, and
@@ -31,7 +36,9 @@ pub(crate) const NONCE_LEN: usize = 12;
 pub(crate) const TAG_LEN: usize = 16;
 const BLOCK: usize = 16;
 const EXPIRY_LEN: usize = 8;
-const HEADER_LEN: usize = 1 + NONCE_LEN;
+const HEADER_LEN: usize = 1 + NONCE_LEN + EXPIRY_LEN;
+/// The padding marker after the id.
+const MARK: u8 = 0x80;
 
 /// The expiry of a token that never expires (a session cookie).
 pub(crate) const NEVER: u64 = u64::MAX;
@@ -40,8 +47,8 @@ const fn padded(n: usize) -> usize {
     n.div_ceil(BLOCK) * BLOCK
 }
 
-/// The largest plaintext: expiry, length byte, the longest id, padding.
-pub(crate) const MAX_PLAIN: usize = padded(EXPIRY_LEN + 1 + MAX_ID_LEN);
+/// The largest plaintext: the longest id and its padding.
+pub(crate) const MAX_PLAIN: usize = padded(MAX_ID_LEN + 1);
 /// The smallest and largest tokens, in bytes before encoding.
 pub(crate) const MIN_TOKEN: usize = HEADER_LEN + BLOCK + TAG_LEN;
 pub(crate) const MAX_TOKEN: usize = HEADER_LEN + MAX_PLAIN + TAG_LEN;
@@ -51,6 +58,13 @@ pub(crate) const MAX_TOKEN: usize = HEADER_LEN + MAX_PLAIN + TAG_LEN;
 pub(crate) struct Keys {
     enc: [u8; 16],
     mac: [u8; 16],
+}
+
+/// The expiry written in a token, read before the token is authenticated:
+/// only to reject an expired token early.
+pub(crate) fn unverified_expiry(token: &[u8]) -> Option<u64> {
+    let bytes = token.get(1 + NONCE_LEN..HEADER_LEN)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
 impl Keys {
@@ -65,7 +79,11 @@ impl Keys {
             h.write(label);
             h.write(b"/");
             h.write(secret);
-            h.finish128().as_bytes()
+            let h = h.finish128();
+            let mut key = [0; 16];
+            key[..8].copy_from_slice(&h.h1.to_le_bytes());
+            key[8..].copy_from_slice(&h.h2.to_le_bytes());
+            key
         };
         Keys {
             enc: derive(b"enc"),
@@ -83,28 +101,25 @@ impl Keys {
         out: &mut [u8; MAX_TOKEN],
     ) -> usize {
         debug_assert!(!id.is_empty() && id.len() <= MAX_ID_LEN);
-        let plain_len = padded(EXPIRY_LEN + 1 + id.len());
+        let plain_len = padded(id.len() + 1);
         let total = HEADER_LEN + plain_len + TAG_LEN;
         out[..total].fill(0);
         out[0] = VERSION;
-        out[1..HEADER_LEN].copy_from_slice(&nonce);
+        out[1..1 + NONCE_LEN].copy_from_slice(&nonce);
+        out[1 + NONCE_LEN..HEADER_LEN].copy_from_slice(&expiry.to_le_bytes());
         let body = &mut out[HEADER_LEN..HEADER_LEN + plain_len];
-        body[..EXPIRY_LEN].copy_from_slice(&expiry.to_le_bytes());
-        body[EXPIRY_LEN] = (id.len() - 1) as u8;
-        body[EXPIRY_LEN + 1..EXPIRY_LEN + 1 + id.len()].copy_from_slice(id);
+        body[..id.len()].copy_from_slice(id);
+        body[id.len()] = MARK;
         self.apply_keystream(&nonce, body);
         let tag = self.tag(&out[..HEADER_LEN + plain_len]);
         out[HEADER_LEN + plain_len..total].copy_from_slice(&tag);
         total
     }
 
-    /// Checks and decrypts a token into `plain`: the expiry and the id, or
-    /// `None` if the token is malformed or was not made with these keys.
-    pub(crate) fn open<'p>(
-        &self,
-        token: &[u8],
-        plain: &'p mut [u8; MAX_PLAIN],
-    ) -> Option<(u64, &'p [u8])> {
+    /// Checks and decrypts a token into `plain`: the expiry and the length
+    /// of the id (at the start of `plain`), or `None` if the token is
+    /// malformed or was not made with these keys.
+    pub(crate) fn open(&self, token: &[u8], plain: &mut [u8; MAX_PLAIN]) -> Option<(u64, usize)> {
         let len = token.len();
         if !(MIN_TOKEN..=MAX_TOKEN).contains(&len)
             || (len - HEADER_LEN - TAG_LEN) % BLOCK != 0
@@ -116,26 +131,21 @@ impl Keys {
         if !equal_in_constant_time(&self.tag(signed), tag) {
             return None;
         }
-        let nonce: &[u8; NONCE_LEN] = signed[1..HEADER_LEN].try_into().ok()?;
+        let nonce: &[u8; NONCE_LEN] = signed[1..1 + NONCE_LEN].try_into().ok()?;
+        let expiry = unverified_expiry(signed)?;
         let body = &mut plain[..signed.len() - HEADER_LEN];
         body.copy_from_slice(&signed[HEADER_LEN..]);
         self.apply_keystream(nonce, body);
-        let expiry = u64::from_le_bytes(body[..EXPIRY_LEN].try_into().ok()?);
-        let id_len = usize::from(body[EXPIRY_LEN]) + 1;
-        let id_end = EXPIRY_LEN + 1 + id_len;
-        // A genuine token is padded with the fewest zero bytes; anything
-        // else was not made by `seal`.
-        if id_end > body.len()
-            || padded(id_end) != body.len()
-            || body[id_end..].iter().any(|&b| b != 0)
-        {
+        // A genuine token ends in the marker and fewer than 16 zeros.
+        let mark = body.iter().rposition(|&b| b != 0)?;
+        if body[mark] != MARK || mark == 0 || body.len() - mark > BLOCK {
             return None;
         }
-        Some((expiry, &body[EXPIRY_LEN + 1..id_end]))
+        Some((expiry, mark))
     }
 
     fn tag(&self, signed: &[u8]) -> [u8; TAG_LEN] {
-        SipHasher24::new_with_key(&self.mac).hash(signed).as_bytes()
+        sip128(&self.mac, signed)
     }
 
     fn apply_keystream(&self, nonce: &[u8; NONCE_LEN], body: &mut [u8]) {
@@ -144,12 +154,22 @@ impl Keys {
         for (i, block) in body.chunks_mut(BLOCK).enumerate() {
             // At most MAX_PLAIN / BLOCK = 17 blocks, so the counter fits.
             input[NONCE_LEN] = i as u8;
-            let stream = SipHasher24::new_with_key(&self.enc).hash(&input).as_bytes();
+            let stream = sip128(&self.enc, &input);
             for (b, s) in block.iter_mut().zip(stream) {
                 *b ^= s;
             }
         }
     }
+}
+
+/// SipHash-2-4-128, its output as `Hash128::as_bytes` lays it out.
+#[inline]
+fn sip128(key: &[u8; 16], msg: &[u8]) -> [u8; 16] {
+    let h = SipHasher24::new_with_key(key).hash(msg);
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&h.h1.to_le_bytes());
+    out[8..].copy_from_slice(&h.h2.to_le_bytes());
+    out
 }
 
 /// Compares two tags without an early exit, so that the time taken does not
@@ -179,13 +199,29 @@ mod tests {
     #[test]
     fn sizes_follow_the_documented_layout() {
         assert_eq!(MAX_PLAIN, 272);
-        assert_eq!(MIN_TOKEN, 45);
-        assert_eq!(MAX_TOKEN, 301);
+        assert_eq!(MIN_TOKEN, 53);
+        assert_eq!(MAX_TOKEN, 309);
         let keys = Keys::derive(b"0123456789abcdef");
         assert_eq!(seal(&keys, b"a", 0).len(), MIN_TOKEN);
-        assert_eq!(seal(&keys, &[b'x'; 7], 0).len(), MIN_TOKEN);
-        assert_eq!(seal(&keys, &[b'x'; 8], 0).len(), MIN_TOKEN + 16);
+        assert_eq!(seal(&keys, &[b'x'; 15], 0).len(), MIN_TOKEN);
+        assert_eq!(seal(&keys, &[b'x'; 16], 0).len(), MIN_TOKEN + 16);
         assert_eq!(seal(&keys, &[b'x'; MAX_ID_LEN], 0).len(), MAX_TOKEN);
+    }
+
+    #[test]
+    fn ids_ending_in_zero_or_marker_bytes_round_trip() {
+        let keys = Keys::derive(b"0123456789abcdef");
+        let mut plain = [0; MAX_PLAIN];
+        for id in [
+            &b"a\0"[..],
+            b"\x80",
+            b"\0\0\x80\0",
+            &[0x80; 16],
+            &[0; MAX_ID_LEN],
+        ] {
+            let (_, len) = keys.open(&seal(&keys, id, 9), &mut plain).unwrap();
+            assert_eq!(&plain[..len], id);
+        }
     }
 
     #[test]
@@ -216,9 +252,9 @@ mod tests {
             let keys = Keys::derive(b"a secret of sixteen bytes or more");
             let token = seal(&keys, &id, expiry);
             let mut plain = [0; MAX_PLAIN];
-            let (e, got) = keys.open(&token, &mut plain).unwrap();
+            let (e, len) = keys.open(&token, &mut plain).unwrap();
             prop_assert_eq!(e, expiry);
-            prop_assert_eq!(got, &id[..]);
+            prop_assert_eq!(&plain[..len], &id[..]);
         }
 
         #[test]
