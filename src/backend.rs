@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::uri::{Authority, Scheme, Uri};
+use http::HeaderValue;
 
 use crate::Error;
 
@@ -43,6 +44,8 @@ pub struct Backend {
     uri: Uri,
     id: Arc<str>,
     weight: u32,
+    /// The authority as a `Host` header value, made once.
+    host: HeaderValue,
 }
 
 impl Backend {
@@ -75,10 +78,13 @@ impl Backend {
             return Err(bad("a host is required"));
         }
         let id: Arc<str> = Arc::from(authority.as_str());
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| bad("the host is not a valid Host header value"))?;
         Ok(Backend {
             uri: parsed,
             id,
             weight: 1,
+            host,
         })
     }
 
@@ -138,6 +144,11 @@ impl Backend {
         self.uri
             .authority()
             .expect("Backend::new checked that the URI has an authority")
+    }
+
+    /// The authority as a `Host` header value.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host
     }
 
     /// The path prefix, `/` when none was given.
@@ -266,6 +277,13 @@ impl Load {
 #[derive(Debug)]
 pub struct InFlight {
     load: Arc<Load>,
+}
+
+impl InFlight {
+    /// The counters this request is counted in.
+    pub fn load(&self) -> &Load {
+        &self.load
+    }
 }
 
 impl Drop for InFlight {

@@ -99,7 +99,7 @@ pub enum Error {
     },
 
     /// The inner (upstream) service failed; a proxy answers 502 Bad Gateway.
-    #[error("upstream request to `{backend}` failed: {source}")]
+    #[error("upstream request{} failed: {source}", to_backend(backend))]
     Upstream {
         /// The id of the backend the request went to, or empty if none was picked.
         backend: String,
@@ -144,6 +144,14 @@ impl fmt::Display for HookStage {
             HookStage::Director => "director",
             HookStage::ModifyResponse => "modify_response",
         })
+    }
+}
+
+fn to_backend(backend: &str) -> String {
+    if backend.is_empty() {
+        String::new()
+    } else {
+        format!(" to `{backend}`")
     }
 }
 

@@ -40,6 +40,7 @@
 mod backend;
 mod balancer;
 mod error;
+pub mod layer;
 mod load_balancer;
 pub mod sticky;
 pub mod strategy;
@@ -52,3 +53,8 @@ pub use crate::{
     load_balancer::{IntoBackend, LoadBalancer, MAX_BACKENDS},
     strategy::{ConsistentHash, Random, RoundRobin, Strategy, WeightedRoundRobin},
 };
+
+// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,222 @@
+//! The source article's gateway, in Rust: a reverse proxy on loopback,
+//! balancing real HTTP backends with tower-lb.
+//!
+//! ```text
+//! cargo run --example gateway                       # 2 backends, round robin, serve until Ctrl-C
+//! cargo run --example gateway -- --strategy weighted_round_robin --backends 3 --demo
+//! cargo run --example gateway -- --strategy consistent_hash --demo
+//! ```
+//!
+//! Options: `--strategy NAME` (random, round_robin, weighted_round_robin,
+//! consistent_hash), `--backends N` (default 2), `--weights 5,1,1` (default:
+//! the first backend 3, the others 1, for weighted_round_robin; all 1
+//! otherwise), `--listen ADDR` (default 127.0.0.1:8080, or any free port if
+//! that is taken), `--demo` (send a batch of requests, print who answered,
+//! exit), `--requests N` (for `--demo`, default 12).
+//!
+//! The affinity key is the `x-user` request header: with `consistent_hash`
+//! every request of one user reaches the same backend.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_lb::layer::{
+    strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
+};
+use tower_lb::sticky::AffinityKey;
+use tower_lb::{Backend, LoadBalancer, Strategy};
+
+struct Options {
+    strategy: Strategy,
+    backends: usize,
+    weights: Option<Vec<u32>>,
+    listen: SocketAddr,
+    demo: bool,
+    requests: usize,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        strategy: Strategy::RoundRobin,
+        backends: 2,
+        weights: None,
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        demo: false,
+        requests: 12,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--strategy" => {
+                o.strategy = value("--strategy")?.parse().map_err(|e| format!("{e}"))?
+            }
+            "--backends" => {
+                o.backends = value("--backends")?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or("--backends takes a number from 1 to 64")?
+            }
+            "--weights" => {
+                o.weights = Some(
+                    value("--weights")?
+                        .split(',')
+                        .map(|w| w.trim().parse::<u32>())
+                        .collect::<Result<_, _>>()
+                        .map_err(|_| "--weights takes numbers like 5,1,1")?,
+                )
+            }
+            "--listen" => {
+                o.listen = value("--listen")?
+                    .parse()
+                    .map_err(|_| "--listen takes an address like 127.0.0.1:8080")?
+            }
+            "--requests" => {
+                o.requests = value("--requests")?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=100_000).contains(n))
+                    .ok_or("--requests takes a number from 1 to 100000")?
+            }
+            "--demo" => o.demo = true,
+            "-h" | "--help" => {
+                return Err(
+                    "usage: gateway [--strategy NAME] [--backends N] [--weights 5,1,1] \
+                     [--listen ADDR] [--demo] [--requests N]"
+                        .into(),
+                )
+            }
+            other => return Err(format!("unknown option `{other}` (try --help)")),
+        }
+    }
+    if let Some(w) = &o.weights {
+        if w.len() != o.backends {
+            o.backends = w.len();
+        }
+    }
+    Ok(o)
+}
+
+/// The affinity key: the `x-user` header.
+fn user_key(req: &Request<Incoming>) -> Option<AffinityKey<'_>> {
+    req.headers().get("x-user").map(|v| v.as_bytes().into())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = match parse_args() {
+        Ok(o) => o,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("gateway: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
+    let weights = o.weights.clone().unwrap_or_else(|| {
+        (0..o.backends)
+            .map(|i| match (o.strategy, i) {
+                (Strategy::WeightedRoundRobin, 0) => 3,
+                _ => 1,
+            })
+            .collect()
+    });
+
+    let mut backends = Vec::new();
+    for (i, &weight) in weights.iter().enumerate() {
+        let name = format!("backend-{}", i + 1);
+        let addr = support::spawn_backend(&name).await?;
+        let backend = Backend::new(&format!("http://{addr}"))?
+            .with_id(name.clone())?
+            .with_weight(weight)?;
+        println!("{name:>10}  http://{addr}  weight {weight}");
+        backends.push(backend);
+    }
+    let lb = LoadBalancer::new(o.strategy, backends)?;
+
+    let stack = ServiceBuilder::new()
+        .layer(ModifyResponseLayer::new(
+            strip_hop_by_hop_response::<Incoming>,
+        ))
+        .layer(LoadBalanceLayer::new(lb.clone()).key(user_key))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(support::Upstream::new());
+
+    let listener = match TcpListener::bind(o.listen).await {
+        Ok(l) => l,
+        Err(e) if !o.demo => {
+            eprintln!("cannot listen on {} ({e}); using a free port", o.listen);
+            TcpListener::bind("127.0.0.1:0").await?
+        }
+        Err(_) => TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let proxy = listener.local_addr()?;
+    println!("   gateway  http://{proxy}  strategy {}", o.strategy);
+    tokio::spawn(support::serve_proxy(listener, stack));
+
+    if o.demo {
+        return demo(proxy, o.requests, o.strategy).await;
+    }
+    println!("\ntry: curl -i http://{proxy}/hello   (Ctrl-C to stop)");
+    tokio::signal::ctrl_c().await?;
+    println!("stopped");
+    Ok(())
+}
+
+/// Sends `requests` requests through the proxy and prints who answered.
+async fn demo(
+    proxy: SocketAddr,
+    requests: usize,
+    strategy: Strategy,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let client = support::client();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    println!();
+    for i in 0..requests {
+        let user = format!("user-{}", i % 4);
+        let req = Request::get(format!("http://{proxy}/demo/{i}"))
+            .header("x-user", &user)
+            .body(Full::<Bytes>::default())?;
+        let res = client.request(req).await?;
+        let status = res.status();
+        let backend = res
+            .headers()
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        let body = res.into_body().collect().await?.to_bytes();
+        if status != StatusCode::OK {
+            println!(
+                "request {i:>3} ({user}) -> {status} {}",
+                String::from_utf8_lossy(&body).trim()
+            );
+            continue;
+        }
+        println!("request {i:>3} ({user}) -> {backend}");
+        *counts.entry(backend).or_default() += 1;
+    }
+    println!("\n{strategy}: requests per backend");
+    for (backend, count) in &counts {
+        println!("{backend:>10}  {count:>4}  {}", "#".repeat(*count.min(&60)));
+    }
+    Ok(())
+}

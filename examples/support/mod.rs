@@ -1,0 +1,206 @@
+//! Shared by the examples and the loopback integration tests: small HTTP
+//! backends, an upstream client that passes upgrades (WebSocket) through,
+//! and a hyper server that runs a tower-lb stack as a reverse proxy.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, UPGRADE};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tower::{Service, ServiceExt};
+use tower_lb::sticky::ClientAddr;
+
+/// What the proxy answers with: the backend's streamed body, or its own
+/// short error text.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Starts a backend on an ephemeral loopback port. It answers every request
+/// with `x-backend: NAME` and a body naming itself; `POST /echo` streams
+/// the request body back, `/headers` lists the request headers it got, and
+/// `/status/CODE` answers with that status.
+pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    let res = if req.method() == http::Method::POST && req.uri().path() == "/echo" {
+                        Response::builder()
+                            .header("x-backend", name)
+                            .body(Either::Left(req.into_body()))
+                    } else if req.uri().path() == "/headers" {
+                        let mut text = String::new();
+                        for (k, v) in req.headers() {
+                            text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                        }
+                        Response::builder()
+                            .header("x-backend", name)
+                            .body(Either::Right(Full::from(text)))
+                    } else if let Some(code) = req.uri().path().strip_prefix("/status/") {
+                        let status = code
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|c| StatusCode::from_u16(c).ok());
+                        Response::builder()
+                            .status(status.unwrap_or(StatusCode::BAD_REQUEST))
+                            .header("x-backend", name)
+                            .body(Either::Right(Full::from(format!("{name}\n"))))
+                    } else {
+                        let text = format!(
+                            "{name}: {} {} host={}\n",
+                            req.method(),
+                            req.uri(),
+                            req.headers()
+                                .get("host")
+                                .and_then(|h| h.to_str().ok())
+                                .unwrap_or("-")
+                        );
+                        Response::builder()
+                            .header("x-backend", name)
+                            .body(Either::Right(Full::from(text)))
+                    };
+                    Ok::<_, Infallible>(res.expect("static response parts are valid"))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The innermost service of the proxy: sends the request to the URI the
+/// director wrote, and splices upgraded connections (WebSocket) together.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Upstream {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Upstream {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(UPGRADE)
+        && req.headers().get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+impl Service<Request<Incoming>> for Upstream {
+    type Response = Response<Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let client_side = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let sent = self.client.request(req);
+        Box::pin(async move {
+            let mut res = sent.await?;
+            if let Some(client_side) = client_side {
+                if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let backend_side = hyper::upgrade::on(&mut res);
+                    tokio::spawn(async move {
+                        if let (Ok(client), Ok(backend)) = tokio::join!(client_side, backend_side) {
+                            let _ = tokio::io::copy_bidirectional(
+                                &mut TokioIo::new(client),
+                                &mut TokioIo::new(backend),
+                            )
+                            .await;
+                        }
+                    });
+                }
+            }
+            Ok(res)
+        })
+    }
+}
+
+/// Serves `stack` on `listener` as a reverse proxy: each request gets the
+/// client's address as a [`ClientAddr`] extension, and a tower-lb error
+/// becomes its status (`502`/`503`) with a short text that names no backend.
+pub async fn serve_proxy<S>(listener: TcpListener, stack: S)
+where
+    S: Service<Request<Incoming>, Response = Response<Incoming>, Error = tower_lb::Error>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let stack = stack.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                let stack = stack.clone();
+                async move {
+                    Ok::<_, Infallible>(match stack.oneshot(req).await {
+                        Ok(res) => res.map(Either::Left),
+                        Err(error) => error_response(&error),
+                    })
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+/// The answer for a failed request. The detail (which may name a backend
+/// address) goes to the log, never to the client.
+pub fn error_response(error: &tower_lb::Error) -> Response<ProxyBody> {
+    eprintln!("proxy error: {error}");
+    let status = error.status_code();
+    let text = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no backend is available\n",
+        StatusCode::BAD_GATEWAY => "502 Bad Gateway: the backend failed to answer\n",
+        _ => "500 Internal Server Error: the gateway is misconfigured\n",
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Either::Right(Full::from(text)))
+        .expect("static response parts are valid")
+}
+
+/// A plain client for talking to the proxy.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}

@@ -1,0 +1,327 @@
+//! Pick a backend for each request.
+//!
+//! [`LoadBalance`] asks its [`KeyExtractor`] for the request's affinity key,
+//! picks a backend from the [`LoadBalancer`] and inserts the chosen
+//! [`Member`](crate::Member) into the request's extensions, where the
+//! [director](crate::layer::director) and the inner service read it. It
+//! counts the request as in flight on that backend until the response
+//! arrives, and reports the outcome (passive feedback) according to its
+//! [`FailurePolicy`].
+//!
+//! It does not send anything itself: the inner service does (for a proxy, a
+//! client that sends to the URI the director wrote). Unlike
+//! `tower::balance`, which balances over a set of inner services, this layer
+//! balances over addresses for one inner client, as a reverse proxy does.
+//!
+//! When no backend can be picked the service answers
+//! [`Error::NoBackends`] or [`Error::AllBackendsDown`] without calling the
+//! inner service; [`Error::status_code`] turns them into `503 Service
+//! Unavailable`:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_lb::layer::LoadBalanceLayer;
+//! use tower_lb::{LoadBalancer, Member, Strategy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_lb::Error> {
+//! let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1", "http://10.0.0.2"])?;
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(LoadBalanceLayer::new(lb.clone()))
+//!     .service_fn(|req: Request<()>| async move {
+//!         // The inner service finds the pick in the extensions.
+//!         let member = req.extensions().get::<Member>().unwrap();
+//!         Ok::<_, Infallible>(Response::new(member.id().to_owned()))
+//!     });
+//!
+//! let res = svc.ready().await?.call(Request::new(())).await?;
+//! assert_eq!(res.body(), "10.0.0.1");
+//!
+//! lb.mark_down("10.0.0.1")?;
+//! lb.mark_down("10.0.0.2")?;
+//! let err = svc.ready().await?.call(Request::new(())).await.unwrap_err();
+//! assert_eq!(err.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower::Layer;
+use tower_service::Service;
+
+use crate::layer::upstream_error;
+use crate::sticky::{KeyExtractor, NoKey};
+use crate::{Backend, BoxError, Error, InFlight, Load, LoadBalancer, Outcome};
+
+/// Which responses count as a backend failure for passive feedback.
+///
+/// An inner-service error always counts. By default so do `502`, `503` and
+/// `504` (the statuses nginx's `proxy_next_upstream http_502 http_503
+/// http_504` and HAProxy's `observe layer7` treat as the server's fault);
+/// any other status counts as a success.
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_lb::layer::FailurePolicy;
+///
+/// let default = FailurePolicy::default();
+/// assert!(default.is_failure(StatusCode::BAD_GATEWAY));
+/// assert!(!default.is_failure(StatusCode::INTERNAL_SERVER_ERROR));
+///
+/// let all_5xx = FailurePolicy::new(|s| s.is_server_error());
+/// assert!(all_5xx.is_failure(StatusCode::INTERNAL_SERVER_ERROR));
+/// ```
+#[derive(Clone, Copy)]
+pub struct FailurePolicy {
+    is_failure: fn(StatusCode) -> bool,
+}
+
+impl FailurePolicy {
+    /// A policy from a predicate over the response status.
+    pub fn new(is_failure: fn(StatusCode) -> bool) -> Self {
+        FailurePolicy { is_failure }
+    }
+
+    /// Whether a response with this status counts as a failure.
+    #[inline]
+    pub fn is_failure(&self, status: StatusCode) -> bool {
+        (self.is_failure)(status)
+    }
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy::new(|s| {
+            matches!(
+                s,
+                StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
+            )
+        })
+    }
+}
+
+impl fmt::Debug for FailurePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailurePolicy").finish_non_exhaustive()
+    }
+}
+
+/// Applies [`LoadBalance`] to a service. Cheap to clone (one `Arc` and the
+/// extractor).
+///
+/// ```
+/// use tower_lb::layer::LoadBalanceLayer;
+/// use tower_lb::sticky::AffinityKey;
+/// use tower_lb::{LoadBalancer, Strategy};
+///
+/// let lb = LoadBalancer::new(Strategy::consistent_hash(), ["http://10.0.0.1", "http://10.0.0.2"])?;
+/// // Affinity by a header: the same tenant always reaches the same backend.
+/// fn tenant(req: &http::Request<String>) -> Option<AffinityKey<'_>> {
+///     req.headers().get("x-tenant").map(|v| v.as_bytes().into())
+/// }
+/// let layer = LoadBalanceLayer::new(lb).key(tenant);
+/// # let _ = layer;
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LoadBalanceLayer<K = NoKey> {
+    lb: LoadBalancer,
+    key: K,
+    policy: FailurePolicy,
+}
+
+impl LoadBalanceLayer {
+    /// Balances over `lb`'s backends, without an affinity key.
+    pub fn new(lb: LoadBalancer) -> Self {
+        LoadBalanceLayer {
+            lb,
+            key: NoKey,
+            policy: FailurePolicy::default(),
+        }
+    }
+}
+
+impl<K> LoadBalanceLayer<K> {
+    /// Uses `key` to find each request's affinity key.
+    pub fn key<K2>(self, key: K2) -> LoadBalanceLayer<K2> {
+        LoadBalanceLayer {
+            lb: self.lb,
+            key,
+            policy: self.policy,
+        }
+    }
+
+    /// Sets which responses count as failures.
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+impl<S, K: Clone> Layer<S> for LoadBalanceLayer<K> {
+    type Service = LoadBalance<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LoadBalance {
+            inner,
+            lb: self.lb.clone(),
+            key: self.key.clone(),
+            policy: self.policy,
+        }
+    }
+}
+
+/// Picks a backend for each request; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct LoadBalance<S, K = NoKey> {
+    inner: S,
+    lb: LoadBalancer,
+    key: K,
+    policy: FailurePolicy,
+}
+
+impl<S, K> LoadBalance<S, K> {
+    /// The load balancer picks come from.
+    pub fn load_balancer(&self) -> &LoadBalancer {
+        &self.lb
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for LoadBalance<S, K>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    K: KeyExtractor<ReqBody>,
+{
+    type Response = Response<ResBody>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(|e| upstream_error(e, ""))
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let picked = {
+            let key = self.key.extract(&req);
+            self.lb.pick(key.as_ref().map(|k| k.as_bytes()))
+        };
+        let member = match picked {
+            Ok(member) => member,
+            Err(error) => return ResponseFuture::failed(error),
+        };
+        let in_flight = Load::start(member.load());
+        let backend = Arc::clone(member.backend());
+        req.extensions_mut().insert(member);
+        ResponseFuture {
+            state: State::Called {
+                future: self.inner.call(req),
+                backend,
+                in_flight: Some(in_flight),
+                policy: self.policy,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`LoadBalance`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called {
+            #[pin]
+            future: F,
+            backend: Arc<Backend>,
+            in_flight: Option<InFlight>,
+            policy: FailurePolicy,
+        },
+        Failed {
+            error: Option<Error>,
+        },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    fn failed(error: Error) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<B>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Called {
+                future,
+                backend,
+                in_flight,
+                policy,
+            } => {
+                let result = ready!(future.poll(cx));
+                // Dropping the guard counts the request as finished.
+                let Some(in_flight) = in_flight.take() else {
+                    panic!("ResponseFuture polled after completion");
+                };
+                let load = in_flight.load();
+                Poll::Ready(match result {
+                    Ok(res) => {
+                        load.record(if policy.is_failure(res.status()) {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        });
+                        Ok(res)
+                    }
+                    Err(error) => {
+                        let error = upstream_error(error, backend.id());
+                        // A hook's mistake is not the backend's fault.
+                        if !matches!(error, Error::Hook { .. } | Error::MissingExtension { .. }) {
+                            load.record(Outcome::Failure);
+                        }
+                        Err(error)
+                    }
+                })
+            }
+            StateProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

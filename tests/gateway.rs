@@ -1,0 +1,239 @@
+//! The gateway stack over real loopback sockets: two (or three) hyper
+//! backends, a hyper proxy built from the tower-lb layers, a hyper client.
+
+#[path = "../examples/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_lb::layer::{
+    strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
+};
+use tower_lb::sticky::AffinityKey;
+use tower_lb::{Backend, LoadBalancer, Strategy};
+
+fn user_key(req: &Request<Incoming>) -> Option<AffinityKey<'_>> {
+    req.headers().get("x-user").map(|v| v.as_bytes().into())
+}
+
+/// Backends named a, b, c... with the given weights, and a proxy in front.
+async fn gateway(strategy: Strategy, weights: &[u32]) -> (SocketAddr, LoadBalancer) {
+    let mut backends = Vec::new();
+    for (i, &w) in weights.iter().enumerate() {
+        let name = ((b'a' + i as u8) as char).to_string();
+        let addr = support::spawn_backend(&name).await.unwrap();
+        backends.push(
+            Backend::new(&format!("http://{addr}"))
+                .unwrap()
+                .with_id(name)
+                .unwrap()
+                .with_weight(w)
+                .unwrap(),
+        );
+    }
+    let lb = LoadBalancer::new(strategy, backends).unwrap();
+    (proxy_for(lb.clone()).await, lb)
+}
+
+async fn proxy_for(lb: LoadBalancer) -> SocketAddr {
+    let stack = ServiceBuilder::new()
+        .layer(ModifyResponseLayer::new(
+            strip_hop_by_hop_response::<Incoming>,
+        ))
+        .layer(LoadBalanceLayer::new(lb).key(user_key))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(support::Upstream::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(support::serve_proxy(listener, stack));
+    addr
+}
+
+struct Answer {
+    status: StatusCode,
+    backend: String,
+    body: String,
+}
+
+async fn get(proxy: SocketAddr, path: &str, user: Option<&str>) -> Answer {
+    let mut req = Request::get(format!("http://{proxy}{path}"));
+    if let Some(user) = user {
+        req = req.header("x-user", user);
+    }
+    send(req.body(Full::default()).unwrap()).await
+}
+
+async fn send(req: Request<Full<Bytes>>) -> Answer {
+    let res = support::client().request(req).await.unwrap();
+    let status = res.status();
+    let backend = res
+        .headers()
+        .get("x-backend")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        backend,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn sequence(proxy: SocketAddr, n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n {
+        let a = get(proxy, &format!("/r/{i}"), None).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        out.push_str(&a.backend);
+    }
+    out
+}
+
+#[tokio::test]
+async fn round_robin_alternates_over_real_sockets() {
+    let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1, 1]).await;
+    assert_eq!(sequence(proxy, 8).await, "abababab");
+}
+
+#[tokio::test]
+async fn weighted_round_robin_gives_nginx_sequence_over_real_sockets() {
+    let (proxy, _lb) = gateway(Strategy::WeightedRoundRobin, &[5, 1, 1]).await;
+    assert_eq!(sequence(proxy, 14).await, "aabacaaaabacaa");
+}
+
+#[tokio::test]
+async fn random_spreads_within_bounds_over_real_sockets() {
+    let (proxy, _lb) = gateway(Strategy::Random, &[1, 1]).await;
+    let seq = sequence(proxy, 400).await;
+    let a = seq.matches('a').count();
+    // Binomial(400, 1/2): sd 10, so 200 ± 60 is a 6-sigma bound.
+    assert!((140..=260).contains(&a), "a answered {a} of 400");
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_each_user_on_one_backend_over_real_sockets() {
+    let (proxy, _lb) = gateway(Strategy::consistent_hash(), &[1, 1]).await;
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for u in 0..20 {
+            let user = format!("user-{u}");
+            let a = get(proxy, &format!("/r/{round}"), Some(&user)).await;
+            assert_eq!(a.status, StatusCode::OK);
+            let first = owner.entry(user.clone()).or_insert(a.backend.clone());
+            assert_eq!(*first, a.backend, "{user} moved");
+        }
+    }
+    // 20 users over 2 backends: both get some (P(all on one) = 2^-19).
+    let on_a = owner.values().filter(|b| *b == "a").count();
+    assert!((1..20).contains(&on_a), "{on_a} of 20 users on a");
+}
+
+#[tokio::test]
+async fn consistent_hash_moves_users_of_a_down_backend_and_back() {
+    let (proxy, lb) = gateway(Strategy::consistent_hash(), &[1, 1, 1]).await;
+    let mut before = HashMap::new();
+    for u in 0..30 {
+        let user = format!("user-{u}");
+        before.insert(user.clone(), get(proxy, "/", Some(&user)).await.backend);
+    }
+    lb.mark_down("b").unwrap();
+    for (user, backend) in &before {
+        let now = get(proxy, "/", Some(user)).await.backend;
+        if backend == "b" {
+            assert_ne!(now, "b");
+        } else {
+            assert_eq!(&now, backend, "{user} moved though its backend is up");
+        }
+    }
+    lb.mark_up("b").unwrap();
+    for (user, backend) in &before {
+        assert_eq!(&get(proxy, "/", Some(user)).await.backend, backend);
+    }
+}
+
+#[tokio::test]
+async fn all_backends_down_answers_503_without_naming_them() {
+    let (proxy, lb) = gateway(Strategy::RoundRobin, &[1, 1]).await;
+    lb.mark_down("a").unwrap();
+    lb.mark_down("b").unwrap();
+    let a = get(proxy, "/", None).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.body, "503 Service Unavailable: no backend is available\n");
+}
+
+#[tokio::test]
+async fn a_dead_backend_answers_502_and_is_counted_as_a_failure() {
+    // A port that was free a moment ago: nothing listens there.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{dead_addr}")]).unwrap();
+    let proxy = proxy_for(lb.clone()).await;
+    let a = get(proxy, "/", None).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert!(!a.body.contains(&dead_addr.to_string()), "{}", a.body);
+    let member = lb.get(&dead_addr.to_string()).unwrap();
+    assert_eq!(member.load().failures(), 1);
+    assert_eq!(member.load().in_flight(), 0);
+}
+
+#[tokio::test]
+async fn backend_status_is_forwarded_and_5xx_counts_as_failure() {
+    let (proxy, lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    let a = get(proxy, "/status/503", None).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.body, "a\n");
+    let b = get(proxy, "/status/404", None).await;
+    assert_eq!(b.status, StatusCode::NOT_FOUND);
+    let load = lb.get("a").unwrap().load().clone();
+    assert_eq!((load.failures(), load.successes()), (1, 1));
+}
+
+#[tokio::test]
+async fn bodies_stream_through_both_ways() {
+    let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let req = Request::post(format!("http://{proxy}/echo"))
+        .body(Full::from(payload.clone()))
+        .unwrap();
+    let res = support::client().request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), payload.len());
+    assert!(body[..] == payload[..]);
+}
+
+#[tokio::test]
+async fn the_backend_sees_forwarding_headers_and_no_hop_by_hop_ones() {
+    let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    let req = Request::get(format!("http://{proxy}/headers"))
+        .header("x-forwarded-for", "198.51.100.1")
+        .header("x-forwarded-host", "forged.example")
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .body(Full::default())
+        .unwrap();
+    let a = send(req).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let headers = a.body;
+    assert!(
+        headers.contains("x-forwarded-for: 198.51.100.1, 127.0.0.1\n"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains(&format!("x-forwarded-host: {proxy}\n")),
+        "{headers}"
+    );
+    assert!(headers.contains("x-forwarded-proto: http\n"), "{headers}");
+    assert!(headers.contains(&format!("host: {proxy}\n")), "{headers}");
+    assert!(!headers.contains("x-private"), "{headers}");
+    assert!(!headers.contains("proxy-authorization"), "{headers}");
+}

@@ -1,0 +1,651 @@
+//! Each layer alone, over `service_fn` inner services.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, Request, Response, StatusCode};
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower_lb::layer::{
+    remove_hop_by_hop_headers, strip_hop_by_hop_response, Direct, DirectorLayer, FailurePolicy,
+    HostHeader, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
+};
+use tower_lb::sticky::{AffinityKey, ClientAddr};
+use tower_lb::{Backend, Error, HookStage, LoadBalancer, Member, Strategy};
+
+type Req = Request<()>;
+
+fn direct(backend: &str, uri: &str, headers: &[(&str, &str)], director: ProxyDirector) -> Req {
+    let mut b = Request::builder().uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let mut req = b.body(()).unwrap();
+    req.extensions_mut()
+        .insert(Member::new(Backend::new(backend).unwrap()));
+    req.extensions_mut()
+        .insert(ClientAddr("192.0.2.7:4444".parse().unwrap()));
+    let mut director = director;
+    director.direct(&mut req).unwrap();
+    req
+}
+
+fn rewritten(backend: &str, uri: &str) -> String {
+    direct(backend, uri, &[], ProxyDirector::new())
+        .uri()
+        .to_string()
+}
+
+#[test]
+fn director_joins_paths_with_exactly_one_slash() {
+    let cases = [
+        ("http://b:1", "/x", "http://b:1/x"),
+        ("http://b:1/", "/x", "http://b:1/x"),
+        ("http://b:1/api", "/x", "http://b:1/api/x"),
+        ("http://b:1/api/", "/x", "http://b:1/api/x"),
+        ("http://b:1/api", "/", "http://b:1/api/"),
+        ("http://b:1/api/", "/", "http://b:1/api/"),
+        ("http://b:1/a/b", "/c/d/", "http://b:1/a/b/c/d/"),
+        ("https://b:1/api", "/x", "https://b:1/api/x"),
+    ];
+    for (backend, uri, want) in cases {
+        assert_eq!(rewritten(backend, uri), want, "{backend} + {uri}");
+    }
+}
+
+#[test]
+fn director_merges_query_strings() {
+    let cases = [
+        ("http://b/", "/x?a=1", "http://b/x?a=1"),
+        ("http://b/?k=v", "/x", "http://b/x?k=v"),
+        ("http://b/?k=v", "/x?a=1", "http://b/x?k=v&a=1"),
+        ("http://b/p?k=v", "/x?a=1&b=2", "http://b/p/x?k=v&a=1&b=2"),
+        ("http://b/", "/x?", "http://b/x?"),
+    ];
+    for (backend, uri, want) in cases {
+        assert_eq!(rewritten(backend, uri), want, "{backend} + {uri}");
+    }
+}
+
+#[test]
+fn director_replaces_an_absolute_request_uri_with_the_backend() {
+    // A forward-proxy style absolute URI must not choose the destination.
+    assert_eq!(
+        rewritten("http://10.0.0.1:80", "http://evil.example:9999/x?q=1"),
+        "http://10.0.0.1:80/x?q=1"
+    );
+}
+
+#[test]
+fn director_host_header_is_preserved_backend_or_fixed() {
+    let h = [("host", "front.example")];
+    let keep = direct("http://10.0.0.1:81", "/", &h, ProxyDirector::new());
+    assert_eq!(keep.headers()["host"], "front.example");
+    let backend = direct(
+        "http://10.0.0.1:81",
+        "/",
+        &h,
+        ProxyDirector::new().host(HostHeader::Backend),
+    );
+    assert_eq!(backend.headers()["host"], "10.0.0.1:81");
+    let fixed = direct(
+        "http://10.0.0.1:81",
+        "/",
+        &h,
+        ProxyDirector::new().host(HostHeader::Fixed("api.internal".parse().unwrap())),
+    );
+    assert_eq!(fixed.headers()["host"], "api.internal");
+    // HTTP/2 style: the authority is in the URI, not in a Host header.
+    let h2 = direct(
+        "http://10.0.0.1:81",
+        "http://front.example/x",
+        &[],
+        ProxyDirector::new(),
+    );
+    assert_eq!(h2.headers()["host"], "front.example");
+}
+
+#[test]
+fn director_appends_the_client_to_x_forwarded_for() {
+    let none = direct("http://b", "/", &[], ProxyDirector::new());
+    assert_eq!(none.headers()["x-forwarded-for"], "192.0.2.7");
+    let one = direct(
+        "http://b",
+        "/",
+        &[("x-forwarded-for", "203.0.113.1")],
+        ProxyDirector::new(),
+    );
+    assert_eq!(one.headers()["x-forwarded-for"], "203.0.113.1, 192.0.2.7");
+    let two = direct(
+        "http://b",
+        "/",
+        &[
+            ("x-forwarded-for", "203.0.113.1, 10.1.1.1"),
+            ("x-forwarded-for", "10.2.2.2"),
+        ],
+        ProxyDirector::new(),
+    );
+    assert_eq!(
+        two.headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["203.0.113.1, 10.1.1.1, 10.2.2.2, 192.0.2.7"]
+    );
+}
+
+#[test]
+fn director_replaces_forged_x_forwarded_host_and_proto() {
+    let req = direct(
+        "http://b",
+        "/",
+        &[
+            ("host", "front.example"),
+            ("x-forwarded-host", "forged.example"),
+            ("x-forwarded-proto", "https"),
+        ],
+        ProxyDirector::new(),
+    );
+    assert_eq!(req.headers()["x-forwarded-host"], "front.example");
+    assert_eq!(req.headers()["x-forwarded-proto"], "http");
+    let tls = direct(
+        "http://b",
+        "/",
+        &[("host", "f")],
+        ProxyDirector::new().proto("https"),
+    );
+    assert_eq!(tls.headers()["x-forwarded-proto"], "https");
+}
+
+#[test]
+fn director_can_skip_x_forwarded_headers() {
+    let req = direct(
+        "http://b",
+        "/",
+        &[("host", "f")],
+        ProxyDirector::new().x_forwarded(false),
+    );
+    assert!(req.headers().get("x-forwarded-for").is_none());
+    assert!(req.headers().get("x-forwarded-host").is_none());
+}
+
+#[test]
+fn director_appends_an_rfc7239_forwarded_element() {
+    let d = || ProxyDirector::new().forwarded(true);
+    let req = direct("http://b", "/", &[("host", "front.example:8443")], d());
+    assert_eq!(
+        req.headers()["forwarded"],
+        "for=192.0.2.7;host=\"front.example:8443\";proto=http"
+    );
+    let chained = direct(
+        "http://b",
+        "/",
+        &[("host", "front"), ("forwarded", "for=198.51.100.17")],
+        d(),
+    );
+    assert_eq!(
+        chained.headers()["forwarded"],
+        "for=198.51.100.17, for=192.0.2.7;host=front;proto=http"
+    );
+    let mut v6 = Request::builder().uri("/").body(()).unwrap();
+    v6.extensions_mut()
+        .insert(Member::new(Backend::new("http://b").unwrap()));
+    v6.extensions_mut()
+        .insert(ClientAddr("[2001:db8::1]:1".parse().unwrap()));
+    d().direct(&mut v6).unwrap();
+    assert_eq!(
+        v6.headers()["forwarded"],
+        "for=\"[2001:db8::1]\";proto=http"
+    );
+}
+
+#[test]
+fn director_removes_every_hop_by_hop_header() {
+    let req = direct(
+        "http://b",
+        "/",
+        &[
+            ("connection", "keep-alive, x-conn-a"),
+            ("connection", "X-Conn-B"),
+            ("x-conn-a", "1"),
+            ("x-conn-b", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("te", "gzip"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-end-to-end", "kept"),
+        ],
+        ProxyDirector::new(),
+    );
+    for name in [
+        "connection",
+        "x-conn-a",
+        "x-conn-b",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        assert!(req.headers().get(name).is_none(), "{name} leaked upstream");
+    }
+    assert_eq!(req.headers()["x-end-to-end"], "kept");
+}
+
+#[test]
+fn director_keeps_a_websocket_upgrade_and_te_trailers() {
+    let req = direct(
+        "http://b",
+        "/ws",
+        &[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("te", "trailers, gzip"),
+        ],
+        ProxyDirector::new(),
+    );
+    assert_eq!(req.headers()["connection"], "upgrade");
+    assert_eq!(req.headers()["upgrade"], "websocket");
+    assert_eq!(
+        req.headers()["sec-websocket-key"],
+        "dGhlIHNhbXBsZSBub25jZQ=="
+    );
+    assert_eq!(req.headers()["te"], "trailers");
+}
+
+#[test]
+fn an_upgrade_header_without_connection_upgrade_is_dropped() {
+    let mut headers = HeaderMap::new();
+    headers.insert("upgrade", "websocket".parse().unwrap());
+    remove_hop_by_hop_headers(&mut headers);
+    assert!(headers.is_empty());
+}
+
+#[test]
+fn responses_lose_hop_by_hop_headers_but_101_keeps_its_upgrade() {
+    let res = Response::builder()
+        .header("connection", "close, x-internal")
+        .header("x-internal", "1")
+        .header("upgrade", "websocket")
+        .header("keep-alive", "timeout=5")
+        .header("content-type", "text/plain")
+        .body(())
+        .unwrap();
+    let res = strip_hop_by_hop_response(res).unwrap();
+    assert_eq!(res.headers().len(), 1);
+    assert_eq!(res.headers()["content-type"], "text/plain");
+
+    let switching = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        .body(())
+        .unwrap();
+    let switching = strip_hop_by_hop_response(switching).unwrap();
+    assert_eq!(switching.headers()["connection"], "upgrade");
+    assert_eq!(switching.headers()["upgrade"], "websocket");
+    assert!(switching.headers().contains_key("sec-websocket-accept"));
+}
+
+#[tokio::test]
+async fn director_without_a_pick_fails_and_does_not_call_the_inner_service() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(service_fn(move |_req: Req| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(())) }
+        }));
+    let err = svc.oneshot(Request::new(())).await.unwrap_err();
+    assert!(matches!(err, Error::MissingExtension { .. }), "{err:?}");
+    assert_eq!(err.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_failing_director_hook_is_a_502_hook_error() {
+    let svc = ServiceBuilder::new()
+        .layer(DirectorLayer::new(|_req: &mut Req| {
+            Err("no route for tenant")
+        }))
+        .service(service_fn(|_req: Req| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+    let err = svc.oneshot(Request::new(())).await.unwrap_err();
+    match &err {
+        Error::Hook { stage, source } => {
+            assert_eq!(*stage, HookStage::Director);
+            assert_eq!(source.to_string(), "no route for tenant");
+        }
+        other => panic!("expected a hook error, got {other:?}"),
+    }
+    assert_eq!(err.status_code(), StatusCode::BAD_GATEWAY);
+    assert_eq!(err.to_string(), "director hook failed: no route for tenant");
+}
+
+#[tokio::test]
+async fn a_failing_modify_response_hook_is_a_502_hook_error() {
+    let svc = ServiceBuilder::new()
+        .layer(ModifyResponseLayer::new(|_res: Response<()>| {
+            Err::<Response<()>, _>("bad body")
+        }))
+        .service(service_fn(|_req: Req| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+    let err = svc.oneshot(Request::new(())).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Hook {
+                stage: HookStage::ModifyResponse,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.status_code(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn modify_response_edits_status_headers_and_maps_the_body() {
+    let svc = ServiceBuilder::new()
+        .layer(ModifyResponseLayer::new(|res: Response<&'static str>| {
+            let (mut parts, body) = res.into_parts();
+            parts.status = StatusCode::ACCEPTED;
+            parts
+                .headers
+                .insert("x-len", body.len().to_string().parse().unwrap());
+            Ok::<_, Infallible>(Response::from_parts(parts, body.to_uppercase()))
+        }))
+        .service(service_fn(|_req: Req| async {
+            Ok::<_, Infallible>(Response::new("hello"))
+        }));
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(res.headers()["x-len"], "5");
+    assert_eq!(res.body(), "HELLO");
+}
+
+#[tokio::test]
+async fn inner_errors_pass_modify_response_untouched() {
+    let svc = ServiceBuilder::new()
+        .layer(ModifyResponseLayer::new(|res: Response<()>| {
+            Ok::<_, Infallible>(res)
+        }))
+        .service(service_fn(|_req: Req| async {
+            Err::<Response<()>, _>(std::io::Error::other("connection reset"))
+        }));
+    let err = svc.oneshot(Request::new(())).await.unwrap_err();
+    assert!(matches!(err, Error::Upstream { .. }), "{err:?}");
+    assert_eq!(err.status_code(), StatusCode::BAD_GATEWAY);
+}
+
+fn lb(strategy: Strategy, uris: &[&str]) -> LoadBalancer {
+    LoadBalancer::new(strategy, uris.iter().copied()).unwrap()
+}
+
+/// An inner service that answers with the id of the picked backend.
+fn echo_pick(
+) -> impl Service<Req, Response = Response<String>, Error = Infallible, Future: Send> + Clone {
+    service_fn(|req: Req| async move {
+        let member = req
+            .extensions()
+            .get::<Member>()
+            .expect("pick in extensions");
+        Ok::<_, Infallible>(Response::new(member.id().to_owned()))
+    })
+}
+
+#[tokio::test]
+async fn load_balance_puts_the_pick_in_the_extensions_in_strategy_order() {
+    let lb = lb(Strategy::RoundRobin, &["http://a", "http://b", "http://c"]);
+    let mut svc = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb))
+        .service(echo_pick());
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        seen.push(res.into_body());
+    }
+    assert_eq!(seen, ["a", "b", "c", "a"]);
+}
+
+#[tokio::test]
+async fn load_balance_uses_the_key_extractor() {
+    let lb = lb(
+        Strategy::consistent_hash(),
+        &["http://a", "http://b", "http://c"],
+    );
+    fn tenant(req: &Req) -> Option<AffinityKey<'_>> {
+        req.headers().get("x-tenant").map(|v| v.as_bytes().into())
+    }
+    let mut svc = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()).key(tenant))
+        .service(echo_pick());
+    for t in ["acme", "globex", "initech", "umbrella"] {
+        let expected = lb.pick(Some(t.as_bytes())).unwrap().id().to_owned();
+        for _ in 0..3 {
+            let req = Request::builder().header("x-tenant", t).body(()).unwrap();
+            let res = svc.ready().await.unwrap().call(req).await.unwrap();
+            assert_eq!(res.body(), &expected, "tenant {t}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn load_balance_without_backends_is_a_503_error_and_skips_the_inner_service() {
+    let lb = LoadBalancer::new(Strategy::RoundRobin, Vec::<&str>::new()).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .service(service_fn(|_req: Req| async {
+            panic!("inner service called without a backend");
+            #[allow(unreachable_code)]
+            Ok::<Response<()>, Infallible>(Response::new(()))
+        }));
+    let err = svc.clone().oneshot(Request::new(())).await.unwrap_err();
+    assert!(matches!(err, Error::NoBackends));
+    assert_eq!(err.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+
+    lb.add("http://a").unwrap();
+    lb.mark_down("a").unwrap();
+    let err = svc.oneshot(Request::new(())).await.unwrap_err();
+    assert!(matches!(err, Error::AllBackendsDown { count: 1 }));
+    assert_eq!(err.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn load_balance_counts_in_flight_requests_until_the_response() {
+    let lb = lb(Strategy::RoundRobin, &["http://a"]);
+    let (release, wait) = tokio::sync::oneshot::channel::<()>();
+    let wait = Arc::new(tokio::sync::Mutex::new(Some(wait)));
+    let svc = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .service(service_fn(move |_req: Req| {
+            let wait = wait.clone();
+            async move {
+                if let Some(rx) = wait.lock().await.take() {
+                    let _ = rx.await;
+                }
+                Ok::<_, Infallible>(Response::new(()))
+            }
+        }));
+    let pending = tokio::spawn(svc.oneshot(Request::new(())));
+    let load = lb.get("a").unwrap().load().clone();
+    for _ in 0..100 {
+        if load.in_flight() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(load.in_flight(), 1);
+    release.send(()).unwrap();
+    pending.await.unwrap().unwrap();
+    assert_eq!(load.in_flight(), 0);
+    assert_eq!(load.successes(), 1);
+}
+
+#[tokio::test]
+async fn load_balance_reports_failures_by_policy() {
+    let lb = lb(Strategy::RoundRobin, &["http://a"]);
+    let status_inner = |code: u16| {
+        service_fn(move |_req: Req| async move {
+            Ok::<_, Infallible>(Response::builder().status(code).body(()).unwrap())
+        })
+    };
+    let load = lb.get("a").unwrap().load().clone();
+    for code in [200, 404, 500, 502, 503, 504] {
+        ServiceBuilder::new()
+            .layer(LoadBalanceLayer::new(lb.clone()))
+            .service(status_inner(code))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+    }
+    // Default policy: 502, 503, 504 are failures; 500 is the app's answer.
+    assert_eq!((load.successes(), load.failures()), (3, 3));
+    assert_eq!(load.consecutive_failures(), 3);
+
+    let strict = LoadBalanceLayer::new(lb.clone())
+        .failure_policy(FailurePolicy::new(|s| s.is_server_error()));
+    ServiceBuilder::new()
+        .layer(strict)
+        .service(status_inner(500))
+        .oneshot(Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(load.failures(), 4);
+}
+
+#[tokio::test]
+async fn load_balance_wraps_inner_errors_with_the_backend_and_counts_them() {
+    let lb = lb(Strategy::RoundRobin, &["http://a"]);
+    let err = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .service(service_fn(|_req: Req| async {
+            Err::<Response<()>, _>(std::io::Error::other("connection refused"))
+        }))
+        .oneshot(Request::new(()))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Upstream { backend, source } => {
+            assert_eq!(backend, "a");
+            assert_eq!(source.to_string(), "connection refused");
+        }
+        other => panic!("expected an upstream error, got {other:?}"),
+    }
+    assert_eq!(lb.get("a").unwrap().load().failures(), 1);
+}
+
+#[tokio::test]
+async fn hook_errors_are_not_counted_against_the_backend() {
+    let lb = lb(Strategy::RoundRobin, &["http://a"]);
+    let err = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .layer(DirectorLayer::new(|_req: &mut Req| {
+            Err("refused by policy")
+        }))
+        .service(service_fn(|_req: Req| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }))
+        .oneshot(Request::new(()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Hook { .. }));
+    assert_eq!(lb.get("a").unwrap().load().failures(), 0);
+}
+
+/// Ready only after `open` is set: checks that readiness passes through.
+#[derive(Clone)]
+struct Gate {
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Service<Req> for Gate {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.open.load(Ordering::SeqCst) {
+            Poll::Ready(Ok(()))
+        } else {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _req: Req) -> Self::Future {
+        std::future::ready(Ok(Response::new(())))
+    }
+}
+
+#[test]
+fn every_layer_passes_back_pressure_through() {
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut svc = ServiceBuilder::new()
+        .layer(ModifyResponseLayer::new(|r: Response<()>| {
+            Ok::<_, Infallible>(r)
+        }))
+        .layer(LoadBalanceLayer::new(lb(
+            Strategy::RoundRobin,
+            &["http://a"],
+        )))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(Gate { open: open.clone() });
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    assert!(svc.poll_ready(&mut cx).is_pending());
+    open.store(true, Ordering::SeqCst);
+    assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+}
+
+#[tokio::test]
+async fn the_full_stack_rewrites_the_request_for_the_picked_backend() {
+    let lb = lb(
+        Strategy::RoundRobin,
+        &["http://10.0.0.1:8080/a", "http://10.0.0.2:9090/b"],
+    );
+    let mut svc = ServiceBuilder::new()
+        .layer(ModifyResponseLayer::new(|mut res: Response<String>| {
+            res.headers_mut()
+                .insert("via", "1.1 tower-lb".parse().unwrap());
+            Ok::<_, Infallible>(res)
+        }))
+        .layer(LoadBalanceLayer::new(lb))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(service_fn(|req: Req| async move {
+            Ok::<_, Infallible>(Response::new(req.uri().to_string()))
+        }));
+    let mut uris = Vec::new();
+    for _ in 0..2 {
+        let req = Request::builder().uri("/x?q=1").body(()).unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.headers()["via"], "1.1 tower-lb");
+        uris.push(res.into_body());
+    }
+    assert_eq!(
+        uris,
+        [
+            "http://10.0.0.1:8080/a/x?q=1",
+            "http://10.0.0.2:9090/b/x?q=1"
+        ]
+    );
+}
