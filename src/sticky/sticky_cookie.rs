@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::header::{CACHE_CONTROL, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
 use super::base64url;
@@ -111,6 +112,7 @@ pub struct StickyCookie {
     secure: bool,
     same_site: Option<SameSite>,
     strip_upstream: bool,
+    nocache: bool,
 }
 
 impl StickyCookie {
@@ -118,7 +120,8 @@ impl StickyCookie {
     ///
     /// Defaults: `Path=/`, `HttpOnly`, no `Domain`, no `Secure`, no
     /// `SameSite`, a session cookie (no `Max-Age`), stripped from the
-    /// request sent upstream.
+    /// request sent upstream, responses that carry it marked
+    /// `Cache-Control: private`.
     ///
     /// Use 32 random bytes as the secret (`openssl rand 32`); anyone who
     /// knows it can make cookies for any configured backend.
@@ -140,6 +143,7 @@ impl StickyCookie {
             secure: false,
             same_site: None,
             strip_upstream: true,
+            nocache: true,
         })
     }
 
@@ -242,6 +246,15 @@ impl StickyCookie {
     /// request it sends upstream (default `true`: backends never see it).
     pub fn strip_upstream(mut self, on: bool) -> Self {
         self.strip_upstream = on;
+        self
+    }
+
+    /// Whether a response that gets the cookie is also marked
+    /// `Cache-Control: private` (default `true`, HAProxy's `nocache`), so
+    /// that a shared cache does not hand one client's cookie, and so its
+    /// backend, to everyone who asks for the same page.
+    pub fn nocache(mut self, on: bool) -> Self {
+        self.nocache = on;
         self
     }
 
@@ -421,12 +434,55 @@ impl StickyCookie {
         Ok(())
     }
 
+    /// Adds the cookie naming backend `id` to a response's headers: a
+    /// `Set-Cookie` header and, with [`nocache`](Self::nocache), a
+    /// `Cache-Control: private` directive unless the response already says
+    /// `private` or `no-store`.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tower_lb::sticky::StickyCookie;
+    ///
+    /// let sticky = StickyCookie::new("lb", b"32 random bytes from the vault!!")?;
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("cache-control", "max-age=60".parse().unwrap());
+    /// sticky.insert(&mut headers, "game-7")?;
+    /// assert!(headers["set-cookie"].to_str().unwrap().starts_with("lb="));
+    /// let cache: Vec<_> = headers.get_all("cache-control").iter().collect();
+    /// assert_eq!(cache, ["max-age=60", "private"]);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`set_cookie`](Self::set_cookie); the headers are unchanged then.
+    pub fn insert(&self, headers: &mut HeaderMap, id: &str) -> Result<(), Error> {
+        let value = self.set_cookie(id)?;
+        headers.append(SET_COOKIE, value);
+        if self.nocache && !is_private(headers) {
+            headers.append(CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+        Ok(())
+    }
+
     /// Removes the sticky cookie from the request's `Cookie` headers,
     /// keeping every other cookie; a header left empty is removed. Returns
     /// whether it was there. Allocates only when it removes something.
     pub fn strip(&self, headers: &mut HeaderMap) -> bool {
         remove_cookie(headers, self.name.as_bytes())
     }
+}
+
+/// Whether `Cache-Control` already keeps shared caches from storing the
+/// response.
+fn is_private(headers: &HeaderMap) -> bool {
+    headers.get_all(CACHE_CONTROL).iter().any(|value| {
+        value.as_bytes().split(|&b| b == b',').any(|directive| {
+            let name = directive.split(|&b| b == b'=').next().unwrap_or_default();
+            let name = name.trim_ascii();
+            name.eq_ignore_ascii_case(b"private") || name.eq_ignore_ascii_case(b"no-store")
+        })
+    })
 }
 
 fn derive_keys(secret: &[u8]) -> Result<Keys, Error> {
@@ -457,6 +513,7 @@ impl fmt::Debug for StickyCookie {
             .field("secure", &self.secure)
             .field("same_site", &self.same_site)
             .field("strip_upstream", &self.strip_upstream)
+            .field("nocache", &self.nocache)
             .finish()
     }
 }
@@ -809,6 +866,36 @@ mod tests {
             .map(|v| v.to_str().unwrap())
             .collect();
         assert_eq!(lines, ["a=1; b=2"]);
+    }
+
+    #[test]
+    fn insert_marks_the_response_private_unless_it_already_is() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let cache = |initial: &[&str], sticky: &StickyCookie| {
+            let mut h = HeaderMap::new();
+            for v in initial {
+                h.append(CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
+            }
+            sticky.insert(&mut h, "b1").unwrap();
+            assert_eq!(h.get_all(SET_COOKIE).iter().count(), 1);
+            h.get_all(CACHE_CONTROL)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cache(&[], &s), ["private"]);
+        assert_eq!(
+            cache(&["public, max-age=60"], &s),
+            ["public, max-age=60", "private"]
+        );
+        assert_eq!(cache(&["max-age=0, Private"], &s), ["max-age=0, Private"]);
+        assert_eq!(
+            cache(&["private=\"set-cookie\""], &s),
+            ["private=\"set-cookie\""]
+        );
+        assert_eq!(cache(&["no-store"], &s), ["no-store"]);
+        assert!(cache(&[], &s.clone().nocache(false)).is_empty());
+        assert!(s.insert(&mut HeaderMap::new(), "").is_err());
     }
 
     #[test]
