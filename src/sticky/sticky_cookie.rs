@@ -284,7 +284,8 @@ impl StickyCookie {
     /// Checks one cookie value (a token as made by
     /// [`token_at`](Self::token_at)) as of `now`.
     pub fn verify_token_at(&self, token: &[u8], now: SystemTime) -> Option<VerifiedCookie> {
-        self.verify_token_with(token, || now)
+        let mut verified = VerifiedCookie::empty();
+        self.check(token, || now, &mut verified).then_some(verified)
     }
 
     fn verify_with(
@@ -292,66 +293,74 @@ impl StickyCookie {
         headers: &HeaderMap,
         now: impl Fn() -> SystemTime,
     ) -> Option<VerifiedCookie> {
+        // One result, filled in place and returned without copying; made
+        // only when the request carries a cookie of the sticky name.
+        let mut verified: Option<VerifiedCookie> = None;
         for value in Cookies::new(headers)
             .named(self.name.as_bytes())
             .take(MAX_CANDIDATES)
         {
-            if let Some(verified) = self.verify_token_with(value, &now) {
-                return Some(verified);
+            let slot = verified.get_or_insert_with(VerifiedCookie::empty);
+            if self.check(value, &now, slot) {
+                return verified;
             }
         }
         None
     }
 
-    /// The clock is read only for a genuine token that can expire.
-    fn verify_token_with(
+    /// Whether `token` is valid, filling `verified` if so. The clock is read
+    /// only for a token that can expire.
+    fn check(
         &self,
         token: &[u8],
         now: impl Fn() -> SystemTime,
-    ) -> Option<VerifiedCookie> {
+        verified: &mut VerifiedCookie,
+    ) -> bool {
         let encoded_range = base64url::encoded_len(MIN_TOKEN)..=base64url::encoded_len(MAX_TOKEN);
         if !encoded_range.contains(&token.len()) {
-            return None;
+            return false;
         }
         let mut raw = [0u8; MAX_TOKEN];
-        let raw_len = base64url::decode_into(token, &mut raw)?;
+        let Some(raw_len) = base64url::decode_into(token, &mut raw) else {
+            return false;
+        };
         let raw = &raw[..raw_len];
         // An expired token is rejected before any hashing; the expiry is
         // authenticated below with the rest.
-        let expiry = unverified_expiry(raw)?;
+        let Some(expiry) = unverified_expiry(raw) else {
+            return false;
+        };
         let mut now_secs = None;
         if expiry != NEVER {
             let now = unix_seconds(now());
             if expiry <= now {
-                return None;
+                return false;
             }
             now_secs = Some(now);
         }
         // Decrypted in place, so that the id is never copied.
-        let mut verified = VerifiedCookie {
-            plain: [0; MAX_PLAIN],
-            len: 0,
-            expiry,
-            reissue: false,
-        };
-        let len = match self.keys.open(raw, &mut verified.plain) {
-            Some((_, len)) => len,
-            None => {
-                verified.reissue = true;
-                self.previous.as_ref()?.open(raw, &mut verified.plain)?.1
-            }
+        let (len, previous) = match self.keys.open(raw, &mut verified.plain) {
+            Some((_, len)) => (len, false),
+            None => match self
+                .previous
+                .as_ref()
+                .and_then(|keys| keys.open(raw, &mut verified.plain))
+            {
+                Some((_, len)) => (len, true),
+                None => return false,
+            },
         };
         // Ids are nearly always ASCII, checked without a call.
         let id = &verified.plain[..len];
         if !id.is_ascii() && std::str::from_utf8(id).is_err() {
-            return None;
-        }
-        // Past half its lifetime, a cookie in use is renewed.
-        if let (Some(now), Some(max_age)) = (now_secs, self.max_age) {
-            verified.reissue |= expiry - now < max_age.div_ceil(2);
+            return false;
         }
         verified.len = len as u16;
-        Some(verified)
+        verified.expiry = expiry;
+        // Made with the previous secret, or past half its lifetime: renew.
+        verified.reissue = previous
+            || matches!((now_secs, self.max_age), (Some(now), Some(max_age)) if expiry - now < max_age.div_ceil(2));
+        true
     }
 
     /// The `Set-Cookie` value naming the backend `id`:
@@ -532,6 +541,15 @@ pub struct VerifiedCookie {
 }
 
 impl VerifiedCookie {
+    fn empty() -> Self {
+        VerifiedCookie {
+            plain: [0; MAX_PLAIN],
+            len: 0,
+            expiry: 0,
+            reissue: false,
+        }
+    }
+
     /// The id of the backend the cookie names. It may no longer be
     /// configured, or be down: the load-balance layer then redispatches.
     pub fn id(&self) -> &str {
