@@ -1,1 +1,302 @@
-fn main() {}
+//! Criterion benchmarks for the strategies.
+//!
+//! Groups (one table row per group, one column per function):
+//!
+//! * `pick/{n}` for n = 3, 100, 1000, 10000 backends (weights 1..=5
+//!   cycling), one thread: `baseline_atomic_mod` (a bare `AtomicUsize`
+//!   `fetch_add(1) % n` indexing a `Vec`, the floor any rotation pays),
+//!   `random`, `round_robin`, `weighted_round_robin`, `consistent_hash`
+//!   (16-byte keys, a different one each iteration from 1024 precomputed),
+//!   `siphash_key_only` (just hashing that key: the floor for a keyed
+//!   lookup), and `load_balancer_round_robin` / `load_balancer_consistent_hash`
+//!   (the same picks through [`LoadBalancer::pick`]: read lock, snapshot,
+//!   `Member` clone).
+//! * `pick_2threads/{n}`: the same balancers with two threads picking at
+//!   once from one shared balancer. The time reported is **per pick per
+//!   thread**: each thread does `iters` picks after a common start barrier,
+//!   and the slower thread's elapsed time is returned (thread spawning is
+//!   not timed). Aggregate throughput is two picks per reported time.
+//! * `build/1000`: building each balancer for 1,000 backends: the ring with
+//!   the default 160 virtual nodes per unit of weight, for weight 1
+//!   (`consistent_hash`, 160,000 points) and weights 1..=5
+//!   (`consistent_hash_weights_1_to_5`, 480,000 points); and
+//!   `load_balancer_mark_down_up_consistent_hash` (two updates, each a ring
+//!   rebuild and snapshot swap).
+//!
+//! Ring memory cannot be measured by criterion; it is printed to stderr
+//! (from `ConsistentHash::heap_bytes`) before the `build` group runs.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use tower_lb::{
+    Backend, Balancer, ConsistentHash, LoadBalancer, Member, Random, RoundRobin, Strategy,
+    WeightedRoundRobin,
+};
+
+const SIZES: [usize; 4] = [3, 100, 1_000, 10_000];
+const KEYS: usize = 1024;
+
+fn backend(i: usize, weight: u32) -> Backend {
+    Backend::new(&format!(
+        "http://10.{}.{}.{}:8080",
+        i >> 16,
+        (i >> 8) & 255,
+        i & 255
+    ))
+    .unwrap()
+    .with_weight(weight)
+    .unwrap()
+}
+
+/// `n` backends with weights 1, 2, 3, 4, 5, 1, 2, ...
+fn backends(n: usize) -> Vec<Backend> {
+    (0..n).map(|i| backend(i, 1 + (i % 5) as u32)).collect()
+}
+
+fn members(n: usize) -> Vec<Member> {
+    backends(n).into_iter().map(Member::new).collect()
+}
+
+/// 1024 pseudo-random 16-byte keys (SplitMix64), the same on every run.
+fn keys() -> Vec<[u8; 16]> {
+    let mut state = 0x5eed_u64;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    (0..KEYS)
+        .map(|_| {
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&next().to_le_bytes());
+            key[8..].copy_from_slice(&next().to_le_bytes());
+            key
+        })
+        .collect()
+}
+
+/// The floor for any shared rotation: one relaxed `fetch_add`, a modulo
+/// and an index, as `RoundRobin` does without the empty-set check.
+struct Baseline {
+    next: AtomicUsize,
+    up: Vec<u32>,
+}
+
+impl Baseline {
+    fn new(n: usize) -> Self {
+        Baseline {
+            next: AtomicUsize::new(0),
+            up: (0..n as u32).collect(),
+        }
+    }
+
+    #[inline]
+    fn pick(&self) -> usize {
+        self.up[self.next.fetch_add(1, Ordering::Relaxed) % self.up.len()] as usize
+    }
+}
+
+/// Everything picked from, built once per size.
+struct Fixture {
+    baseline: Baseline,
+    random: Random,
+    round_robin: RoundRobin,
+    weighted_round_robin: WeightedRoundRobin,
+    consistent_hash: ConsistentHash,
+    lb_round_robin: LoadBalancer,
+    lb_consistent_hash: LoadBalancer,
+    keys: Vec<[u8; 16]>,
+}
+
+impl Fixture {
+    fn new(n: usize) -> Self {
+        let members = members(n);
+        Fixture {
+            baseline: Baseline::new(n),
+            random: Random::new(&members),
+            round_robin: RoundRobin::new(&members),
+            weighted_round_robin: WeightedRoundRobin::new(&members),
+            consistent_hash: ConsistentHash::new(&members).unwrap(),
+            lb_round_robin: LoadBalancer::new(Strategy::RoundRobin, backends(n)).unwrap(),
+            lb_consistent_hash: LoadBalancer::new(Strategy::consistent_hash(), backends(n))
+                .unwrap(),
+            keys: keys(),
+        }
+    }
+}
+
+fn pick_single_thread(c: &mut Criterion) {
+    for n in SIZES {
+        let f = Fixture::new(n);
+        let mut group = c.benchmark_group(format!("pick/{n}"));
+        group.bench_function("baseline_atomic_mod", |b| {
+            b.iter(|| black_box(f.baseline.pick()))
+        });
+        group.bench_function("random", |b| {
+            b.iter(|| black_box(f.random.pick(black_box(None))))
+        });
+        group.bench_function("round_robin", |b| {
+            b.iter(|| black_box(f.round_robin.pick(black_box(None))))
+        });
+        group.bench_function("weighted_round_robin", |b| {
+            b.iter(|| black_box(f.weighted_round_robin.pick(black_box(None))))
+        });
+        group.bench_function("consistent_hash", |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % KEYS;
+                black_box(f.consistent_hash.pick(Some(black_box(&f.keys[i]))))
+            })
+        });
+        group.bench_function("siphash_key_only", |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % KEYS;
+                black_box(ConsistentHash::hash_key(black_box(&f.keys[i])))
+            })
+        });
+        group.bench_function("load_balancer_round_robin", |b| {
+            b.iter(|| black_box(f.lb_round_robin.pick(black_box(None))))
+        });
+        group.bench_function("load_balancer_consistent_hash", |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % KEYS;
+                black_box(f.lb_consistent_hash.pick(Some(black_box(&f.keys[i]))))
+            })
+        });
+        group.finish();
+    }
+}
+
+/// Runs `pick(thread, iteration)` `iters` times on each of two threads that
+/// start together; returns the slower thread's elapsed time.
+fn two_threads(iters: u64, pick: impl Fn(usize, u64) + Sync) -> Duration {
+    let start = Barrier::new(2);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|t| {
+                let (start, pick) = (&start, &pick);
+                scope.spawn(move || {
+                    start.wait();
+                    let began = Instant::now();
+                    for i in 0..iters {
+                        pick(t, i);
+                    }
+                    began.elapsed()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .max()
+            .unwrap()
+    })
+}
+
+fn pick_two_threads(c: &mut Criterion) {
+    for n in SIZES {
+        let f = Fixture::new(n);
+        let key = |t: usize, i: u64| &f.keys[(i as usize + t * KEYS / 2) % KEYS];
+        let mut group = c.benchmark_group(format!("pick_2threads/{n}"));
+        group.bench_function("baseline_atomic_mod", |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, |_, _| {
+                    black_box(f.baseline.pick());
+                })
+            })
+        });
+        group.bench_function("random", |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, |_, _| {
+                    let _ = black_box(f.random.pick(black_box(None)));
+                })
+            })
+        });
+        group.bench_function("round_robin", |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, |_, _| {
+                    let _ = black_box(f.round_robin.pick(black_box(None)));
+                })
+            })
+        });
+        group.bench_function("weighted_round_robin", |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, |_, _| {
+                    let _ = black_box(f.weighted_round_robin.pick(black_box(None)));
+                })
+            })
+        });
+        group.bench_function("consistent_hash", |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, |t, i| {
+                    let _ = black_box(f.consistent_hash.pick(Some(black_box(key(t, i)))));
+                })
+            })
+        });
+        group.bench_function("load_balancer_round_robin", |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, |_, _| {
+                    let _ = black_box(f.lb_round_robin.pick(black_box(None)));
+                })
+            })
+        });
+        group.finish();
+    }
+}
+
+/// Prints the ring's memory for a few sizes (criterion measures time only).
+fn print_ring_memory() {
+    for weight in [1u32, 3] {
+        for n in [100usize, 1_000, 10_000] {
+            let members: Vec<Member> = (0..n).map(|i| Member::new(backend(i, weight))).collect();
+            let ring = ConsistentHash::new(&members).unwrap();
+            eprintln!(
+                "ring memory: {n} backends of weight {weight}: {} points, {} heap bytes, {:.0} bytes per backend, {:.1} bytes per point",
+                ring.points(),
+                ring.heap_bytes(),
+                ring.heap_bytes() as f64 / n as f64,
+                ring.heap_bytes() as f64 / ring.points() as f64,
+            );
+        }
+    }
+}
+
+fn build(c: &mut Criterion) {
+    print_ring_memory();
+    let n = 1_000;
+    let members = members(n);
+    let unit: Vec<Member> = (0..n).map(|i| Member::new(backend(i, 1))).collect();
+    let mut group = c.benchmark_group(format!("build/{n}"));
+    group.bench_function("consistent_hash", |b| {
+        b.iter(|| black_box(ConsistentHash::new(black_box(&unit)).unwrap()))
+    });
+    group.bench_function("consistent_hash_weights_1_to_5", |b| {
+        b.iter(|| black_box(ConsistentHash::new(black_box(&members)).unwrap()))
+    });
+    group.bench_function("weighted_round_robin", |b| {
+        b.iter(|| black_box(WeightedRoundRobin::new(black_box(&members))))
+    });
+    group.bench_function("round_robin", |b| {
+        b.iter(|| black_box(RoundRobin::new(black_box(&members))))
+    });
+    let lb = LoadBalancer::new(Strategy::consistent_hash(), backends(n)).unwrap();
+    let id = lb.members()[n / 2].id().to_owned();
+    group.bench_function("load_balancer_mark_down_up_consistent_hash", |b| {
+        b.iter(|| {
+            lb.mark_down(&id).unwrap();
+            lb.mark_up(&id).unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pick_single_thread, pick_two_threads, build);
+criterion_main!(benches);

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Options: `--strategy NAME` (random, round_robin, weighted_round_robin,
-//! consistent_hash), `--backends N` (default 2), `--weights 5,1,1` (default:
+//! consistent_hash, least_request), `--backends N` (default 2), `--weights 5,1,1` (default:
 //! the first backend 3, the others 1, for weighted_round_robin; all 1
 //! otherwise), `--listen ADDR` (default 127.0.0.1:8080, or any free port if
 //! that is taken), `--demo` (send a batch of requests, print who answered,

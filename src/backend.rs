@@ -55,7 +55,8 @@ impl Backend {
     /// # Errors
     ///
     /// [`Error::InvalidBackendUri`] when the input is not an absolute
-    /// `http`/`https` URI with a host, or carries credentials.
+    /// `http`/`https` URI with a host, has a port that is not a number from
+    /// 1 to 65535, or carries credentials.
     pub fn new(uri: &str) -> Result<Self, Error> {
         let bad = |reason| Error::InvalidBackendUri {
             uri: uri.to_owned(),
@@ -76,6 +77,19 @@ impl Backend {
         }
         if authority.host().is_empty() {
             return Err(bad("a host is required"));
+        }
+        // `http` accepts any text after the host's `:` and then reports no
+        // port, which clients read as the scheme's default: a typo such as
+        // `:80800` would silently send requests to port 80.
+        let after_host = &authority.as_str()[authority.host().len()..];
+        if !after_host.is_empty() {
+            let port = after_host
+                .strip_prefix(':')
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u16>().ok());
+            if !matches!(port, Some(1..)) {
+                return Err(bad("the port must be a number from 1 to 65535"));
+            }
         }
         let id: Arc<str> = Arc::from(authority.as_str());
         let host = HeaderValue::from_str(authority.as_str())
@@ -234,6 +248,16 @@ impl Load {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
 
+    /// Counters showing `in_flight` requests that never finish: the load the
+    /// testing kit simulates.
+    #[cfg(feature = "testing")]
+    pub(crate) fn with_in_flight(in_flight: u64) -> Load {
+        Load {
+            in_flight: AtomicU64::new(in_flight),
+            ..Load::default()
+        }
+    }
+
     /// Counts one request as started; the returned guard counts it as
     /// finished when dropped.
     ///
@@ -313,8 +337,14 @@ pub enum Outcome {
 /// assert_eq!(m.backend().id(), "10.0.0.1:80");
 /// # Ok::<(), tower_lb::Error>(())
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Cloning is one reference-count increment: picks hand out clones.
+#[derive(Clone)]
 pub struct Member {
+    inner: Arc<MemberInner>,
+}
+
+struct MemberInner {
     backend: Arc<Backend>,
     up: bool,
     load: Arc<Load>,
@@ -323,35 +353,45 @@ pub struct Member {
 impl Member {
     /// A member that is up, with fresh counters.
     pub fn new(backend: Backend) -> Self {
-        Member {
-            backend: Arc::new(backend),
-            up: true,
-            load: Arc::default(),
-        }
+        Member::from_parts(Arc::new(backend), true, Arc::default())
     }
 
     pub(crate) fn from_parts(backend: Arc<Backend>, up: bool, load: Arc<Load>) -> Self {
-        Member { backend, up, load }
+        Member {
+            inner: Arc::new(MemberInner { backend, up, load }),
+        }
     }
 
-    /// The same member, marked up or down.
-    pub fn with_up(mut self, up: bool) -> Self {
-        self.up = up;
-        self
+    /// The same member (same backend, same counters), marked up or down.
+    pub fn with_up(self, up: bool) -> Self {
+        if self.inner.up == up {
+            return self;
+        }
+        Member::from_parts(self.inner.backend.clone(), up, self.inner.load.clone())
     }
 
     /// The backend.
     pub fn backend(&self) -> &Arc<Backend> {
-        &self.backend
+        &self.inner.backend
     }
 
     /// Whether the backend may be picked.
     pub fn is_up(&self) -> bool {
-        self.up
+        self.inner.up
     }
 
     /// The backend's live counters.
     pub fn load(&self) -> &Arc<Load> {
-        &self.load
+        &self.inner.load
+    }
+}
+
+impl fmt::Debug for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Member")
+            .field("backend", &self.inner.backend)
+            .field("up", &self.inner.up)
+            .field("load", &self.inner.load)
+            .finish()
     }
 }

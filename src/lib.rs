@@ -1,15 +1,20 @@
 //! Load balancing for [tower]: the four classic strategies, done to the
-//! letter of nginx and HAProxy, behind one small pure trait.
+//! letter of nginx and HAProxy, and least request by the power of two
+//! choices, behind one small pure trait.
 //!
 //! * [`Balancer`] — the seam: built from a set of [`Member`]s, it picks one
 //!   for an optional affinity key and lists failover candidates. No I/O, no
 //!   async runtime, `&self` from any number of threads.
 //! * Strategies in [`strategy`]: [`Random`], [`RoundRobin`], nginx's smooth
-//!   [`WeightedRoundRobin`] (same sequence, `O(1)` picks) and
-//!   [`ConsistentHash`] (a SipHash ring with virtual nodes), and the
-//!   [`Strategy`] factory that builds any of them by name.
+//!   [`WeightedRoundRobin`] (same sequence, `O(1)` picks),
+//!   [`ConsistentHash`] (a SipHash ring with virtual nodes) and
+//!   [`LeastRequest`] (the power of two choices over requests in flight),
+//!   and the [`Strategy`] factory that builds any of them by name.
 //! * [`LoadBalancer`] — the runtime handle: add, remove, reweight, mark down
 //!   and up while requests pick, with linearizable snapshot swaps.
+//! * `testing` (with the `testing` feature) — the property-test kit: the
+//!   conformance suite for the [`Balancer`] contract and proptest generators,
+//!   to test a balancer of your own as thoroughly as these.
 //!
 //! # Quick start
 //!
@@ -25,6 +30,7 @@
 //!
 //! [tower]: https://docs.rs/tower
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![warn(
@@ -44,6 +50,9 @@ pub mod layer;
 mod load_balancer;
 pub mod sticky;
 pub mod strategy;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 #[doc(inline)]
 pub use crate::{
@@ -51,7 +60,7 @@ pub use crate::{
     balancer::{no_pick_error, Balancer, BuildBalancer},
     error::{BoxError, Error, HookStage},
     load_balancer::{IntoBackend, LoadBalancer, MAX_BACKENDS},
-    strategy::{ConsistentHash, Random, RoundRobin, Strategy, WeightedRoundRobin},
+    strategy::{ConsistentHash, LeastRequest, Random, RoundRobin, Strategy, WeightedRoundRobin},
 };
 
 // The README's examples compile and run as doctests.

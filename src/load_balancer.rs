@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::backend::check_weight;
@@ -60,12 +61,18 @@ impl IntoBackend for &String {
 ///
 /// **Consistency.** The set, the up/down states and the balancer built for
 /// them form one immutable snapshot. An update (add, remove, weight, down,
-/// up) builds the next snapshot aside, then swaps a pointer under a write
-/// lock held for nothing else. A pick reads the snapshot under a read lock
-/// held only for the pick itself, so it sees the old set or the new one,
-/// never a mix, and waits at most for a pointer swap. Updates are serialized
-/// by a separate mutex, so they are linearizable. A failed update (a
-/// duplicate id, a ring that would be too large) leaves the state as it was.
+/// up) builds the next snapshot aside, then swaps pointers under write locks
+/// held for nothing else. A pick reads the snapshot under a read lock held
+/// only for the pick itself, so it sees the old set or the new one, never a
+/// mix, and waits at most for a pointer swap. Updates are serialized by a
+/// separate mutex, so they are linearizable. A failed update (a duplicate
+/// id, a ring that would be too large) leaves the state as it was.
+///
+/// The snapshot pointer is kept in several copies, each behind its own lock
+/// on its own cache line, and each thread reads the copy assigned to it: picks
+/// on different cores do not contend on a shared lock word. An update holds
+/// every copy's write lock at once while it swaps them, so all copies change
+/// at one instant.
 ///
 /// ```
 /// use tower_lb::{LoadBalancer, Strategy};
@@ -87,8 +94,23 @@ pub struct LoadBalancer {
     shared: Arc<Shared>,
 }
 
+/// Copies of the snapshot pointer, one cache line each.
+const SHARDS: usize = 8;
+
+#[repr(align(128))]
+struct Shard(RwLock<Arc<Snapshot>>);
+
+/// The copy this thread reads: threads are dealt copies in turn.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
 struct Shared {
-    current: RwLock<Arc<Snapshot>>,
+    shards: [Shard; SHARDS],
     /// Serializes updates; never taken by picks.
     writer: Mutex<()>,
     builder: Box<dyn BuildBalancer>,
@@ -124,7 +146,10 @@ impl LoadBalancer {
         let snapshot = Snapshot::build(&*builder, members, 0)?;
         Ok(LoadBalancer {
             shared: Arc::new(Shared {
-                current: RwLock::new(Arc::new(snapshot)),
+                shards: {
+                    let snapshot = Arc::new(snapshot);
+                    std::array::from_fn(|_| Shard(RwLock::new(Arc::clone(&snapshot))))
+                },
                 writer: Mutex::new(()),
                 builder,
             }),
@@ -139,7 +164,7 @@ impl LoadBalancer {
     /// [`Error::NoBackends`] or [`Error::AllBackendsDown`].
     #[inline]
     pub fn pick(&self, key: Option<&[u8]>) -> Result<Member, Error> {
-        let current = read(&self.shared.current);
+        let current = self.read();
         let index = current.balancer.pick(key)?;
         Ok(current.members[index].clone())
     }
@@ -168,7 +193,7 @@ impl LoadBalancer {
 
     /// The member with this id, if any, up or down.
     pub fn get(&self, id: &str) -> Option<Member> {
-        let current = read(&self.shared.current);
+        let current = self.read();
         current.by_id.get(id).map(|&i| current.members[i].clone())
     }
 
@@ -179,7 +204,7 @@ impl LoadBalancer {
 
     /// How many backends are configured, up or down.
     pub fn len(&self) -> usize {
-        read(&self.shared.current).members.len()
+        self.read().members.len()
     }
 
     /// Whether no backend is configured.
@@ -189,7 +214,7 @@ impl LoadBalancer {
 
     /// A number that grows with every successful update.
     pub fn version(&self) -> u64 {
-        read(&self.shared.current).version
+        self.read().version
     }
 
     /// Adds a backend, up.
@@ -260,6 +285,11 @@ impl LoadBalancer {
     /// Replaces the whole set (as service discovery does). Backends whose id
     /// stays keep their up/down state and counters.
     ///
+    /// A list identical to the current one (same backends, weights and
+    /// order) changes nothing: the balancer is not rebuilt and the version
+    /// stays, so a discovery loop that re-sends an unchanged list does not
+    /// restart the rotation at the first backend on every refresh.
+    ///
     /// # Errors
     ///
     /// An unparsable URI or a duplicate id; nothing changes then.
@@ -273,6 +303,14 @@ impl LoadBalancer {
             .map(IntoBackend::into_backend)
             .collect::<Result<Vec<_>, _>>()?;
         self.update(|members| {
+            let unchanged = members.len() == backends.len()
+                && members
+                    .iter()
+                    .zip(&backends)
+                    .all(|(m, b)| **m.backend() == *b);
+            if unchanged {
+                return Ok(false);
+            }
             let old: HashMap<&str, &Member> =
                 members.iter().map(|m| (m.backend().id(), m)).collect();
             let next = backends
@@ -305,7 +343,7 @@ impl LoadBalancer {
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        read(&self.shared.current).clone()
+        self.read().clone()
     }
 
     /// Runs `edit` on a copy of the members; if it reports a change, builds
@@ -324,25 +362,45 @@ impl LoadBalancer {
         if !edit(&mut members)? {
             return Ok(());
         }
-        let next = Snapshot::build(&*self.shared.builder, members, current.version + 1)?;
-        let old = {
-            let mut slot = self
-                .shared
-                .current
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            std::mem::replace(&mut *slot, Arc::new(next))
-        };
-        // The old snapshot (and its balancer) is freed outside the lock.
+        let next = Arc::new(Snapshot::build(
+            &*self.shared.builder,
+            members,
+            current.version + 1,
+        )?);
+        drop(current);
+        // Take every copy's write lock (always in the same order), then swap
+        // them all: readers see the old snapshot or the new one everywhere.
+        let mut slots: Vec<_> = self
+            .shared
+            .shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .0
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            })
+            .collect();
+        let old: Vec<Arc<Snapshot>> = slots
+            .iter_mut()
+            .map(|slot| std::mem::replace(&mut **slot, Arc::clone(&next)))
+            .collect();
+        drop(slots);
+        // The old snapshot (and its balancer) is freed outside the locks.
         drop(old);
         Ok(())
     }
-}
 
-fn read(lock: &RwLock<Arc<Snapshot>>) -> std::sync::RwLockReadGuard<'_, Arc<Snapshot>> {
-    // Nothing panics while the write lock is held (it only swaps a pointer),
-    // so a poisoned lock still holds a whole snapshot.
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Read access to this thread's copy of the snapshot pointer.
+    #[inline]
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Arc<Snapshot>> {
+        // Nothing panics while a write lock is held (it only swaps a
+        // pointer), so a poisoned lock still holds a whole snapshot.
+        self.shared.shards[shard_index()]
+            .0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 fn position(members: &[Member], id: &str) -> Result<usize, Error> {

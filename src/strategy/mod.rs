@@ -7,6 +7,7 @@
 //! | [`RoundRobin`] | strict rotation, lock-free | ignored | rotation after the failed one |
 //! | [`WeightedRoundRobin`] | nginx's smooth weighted round robin, `O(1)` | ignored | the sequence's next picks |
 //! | [`ConsistentHash`] | ring with virtual nodes, SipHash | the affinity key | clockwise on the ring |
+//! | [`LeastRequest`] | fewer requests in flight of two random backends (power of two choices) | ignored | least loaded first |
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,14 +15,15 @@ use std::str::FromStr;
 use crate::{Balancer, BuildBalancer, Error, Member};
 
 pub mod consistent_hash;
+pub mod least_request;
 pub mod random;
 pub mod round_robin;
 pub mod weighted_round_robin;
 
 #[doc(inline)]
 pub use self::{
-    consistent_hash::ConsistentHash, random::Random, round_robin::RoundRobin,
-    weighted_round_robin::WeightedRoundRobin,
+    consistent_hash::ConsistentHash, least_request::LeastRequest, random::Random,
+    round_robin::RoundRobin, weighted_round_robin::WeightedRoundRobin,
 };
 
 /// Picks an algorithm by value or by name: the factory.
@@ -39,7 +41,7 @@ pub use self::{
 /// let err = "fastest".parse::<Strategy>().unwrap_err();
 /// assert_eq!(
 ///     err.to_string(),
-///     "unknown strategy `fastest`: expected one of random, round_robin, weighted_round_robin, consistent_hash"
+///     "unknown strategy `fastest`: expected one of random, round_robin, weighted_round_robin, consistent_hash, least_request"
 /// );
 /// # Ok::<(), tower_lb::Error>(())
 /// ```
@@ -58,15 +60,19 @@ pub enum Strategy {
         /// [`DEFAULT_VNODES`](consistent_hash::DEFAULT_VNODES)).
         vnodes: u32,
     },
+    /// [`LeastRequest`]: the fewer requests in flight of two random
+    /// backends.
+    LeastRequest,
 }
 
 impl Strategy {
     /// The names [`FromStr`] accepts, in the order they are listed in errors.
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 5] = [
         "random",
         "round_robin",
         "weighted_round_robin",
         "consistent_hash",
+        "least_request",
     ];
 
     /// Consistent hashing with the default number of virtual nodes.
@@ -83,6 +89,7 @@ impl Strategy {
             Strategy::RoundRobin => Self::NAMES[1],
             Strategy::WeightedRoundRobin => Self::NAMES[2],
             Strategy::ConsistentHash { .. } => Self::NAMES[3],
+            Strategy::LeastRequest => Self::NAMES[4],
         }
     }
 }
@@ -96,8 +103,9 @@ impl fmt::Display for Strategy {
 impl FromStr for Strategy {
     type Err = Error;
 
-    /// Parses `random`, `round_robin`, `weighted_round_robin` or
-    /// `consistent_hash` (also with `-` for `_`, in any case).
+    /// Parses `random`, `round_robin`, `weighted_round_robin`,
+    /// `consistent_hash` or `least_request` (also with `-` for `_`, in any
+    /// case).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let normal = s.trim().to_ascii_lowercase().replace('-', "_");
         match normal.as_str() {
@@ -105,6 +113,7 @@ impl FromStr for Strategy {
             "round_robin" => Ok(Strategy::RoundRobin),
             "weighted_round_robin" => Ok(Strategy::WeightedRoundRobin),
             "consistent_hash" => Ok(Strategy::consistent_hash()),
+            "least_request" => Ok(Strategy::LeastRequest),
             _ => Err(Error::UnknownStrategy { name: s.to_owned() }),
         }
     }
@@ -119,6 +128,7 @@ impl BuildBalancer for Strategy {
             Strategy::ConsistentHash { vnodes } => {
                 Box::new(ConsistentHash::with_vnodes(members, vnodes)?)
             }
+            Strategy::LeastRequest => Box::new(LeastRequest::new(members)),
         })
     }
 }

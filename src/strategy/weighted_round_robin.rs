@@ -42,8 +42,14 @@ use crate::{no_pick_error, Balancer, Error, Member};
 const MAX_SCHEDULE: u64 = 1 << 20;
 /// Largest build effort for a schedule, in class comparisons.
 const MAX_BUILD_WORK: u64 = 1 << 25;
-/// Most steps a failover simulation walks before finishing in listing order.
+/// Most steps a failover walks along the sequence before listing the members
+/// it has not reached in listing order (bounds failover to microseconds when
+/// one weight dwarfs the others).
 const MAX_FAILOVER_STEPS: u64 = 1 << 16;
+/// Most class comparisons a failover simulation makes (steps times distinct
+/// weights), so that a failover costs about a millisecond at most however
+/// many distinct weights there are.
+const MAX_FAILOVER_WORK: u64 = 1 << 18;
 
 /// nginx's smooth weighted round robin with `O(1)` picks.
 ///
@@ -238,7 +244,8 @@ impl Balancer for WeightedRoundRobin {
             Mode::Empty => {}
             Mode::Schedule { schedule, next } => {
                 let start = next.load(Ordering::Relaxed);
-                for step in 0..schedule.len() {
+                let steps = schedule.len().min(MAX_FAILOVER_STEPS as usize);
+                for step in 0..steps {
                     if order.take(schedule[(start + step) % schedule.len()] as usize) {
                         break;
                     }
@@ -246,7 +253,11 @@ impl Balancer for WeightedRoundRobin {
             }
             Mode::Online(state) => {
                 let mut ahead = lock(state).clone();
-                for _ in 0..ahead.period.min(MAX_FAILOVER_STEPS) {
+                let steps = ahead
+                    .period
+                    .min(MAX_FAILOVER_STEPS)
+                    .min(MAX_FAILOVER_WORK / ahead.classes.len() as u64);
+                for _ in 0..steps {
                     if order.take(ahead.next() as usize) {
                         break;
                     }

@@ -1,0 +1,185 @@
+//! Least request by the power of two choices.
+//!
+//! For each pick, two distinct members that are up are drawn at random and
+//! the one with fewer requests in flight wins. This is the approach of
+//! `tower::balance::p2c` and of Envoy's `LEAST_REQUEST` policy (with its
+//! default `choice_count` of 2), after Mitzenmacher's *The Power of Two
+//! Choices in Randomized Load Balancing*: comparing two random members
+//! already brings the busiest member's load down from `log n / log log n`
+//! above the mean (uniform random) to `log log n`, while never sending every
+//! request to the same "least loaded" member at once, as a scan for the
+//! global minimum does when many pickers see the same stale counts.
+//!
+//! The counts are [`Load::in_flight`](crate::Load::in_flight), shared by
+//! every snapshot of a member: the load-balance layer keeps them, and so
+//! does anything holding a [`Load::start`](crate::Load::start) guard for the
+//! duration of a request. A tie goes to the member with the higher weight;
+//! between equal weights, to the first drawn, so ties are broken at random.
+//! Weights count only in ties: with equal loads the picks are uniform.
+//!
+//! This strategy is written with the crate's public API only, as a balancer
+//! of your own would be, and tested with the conformance suite of
+//! `tower_lb::testing` (the `testing` feature).
+//!
+//! The affinity key is ignored.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use crate::{no_pick_error, Balancer, Error, Load, Member};
+
+/// Least request by the power of two choices: of two members that are up,
+/// drawn at random, the one with fewer requests in flight.
+///
+/// ```
+/// use tower_lb::{Balancer, LeastRequest, Load, Member};
+///
+/// let members = vec![Member::new("http://a".parse()?), Member::new("http://b".parse()?)];
+/// let least = LeastRequest::new(&members);
+///
+/// // A request in flight on `a`: with two members, `b` always wins.
+/// let busy = Load::start(members[0].load());
+/// assert!((0..100).all(|_| least.pick(None).unwrap() == 1));
+///
+/// drop(busy);
+/// assert!((0..100).any(|_| least.pick(None).unwrap() == 0));
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct LeastRequest {
+    up: Vec<Candidate>,
+    total: usize,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    index: usize,
+    weight: u32,
+    load: Arc<Load>,
+}
+
+impl Candidate {
+    /// Lower is better: fewer in flight, then a higher weight.
+    fn rank(&self) -> (u64, Reverse<u32>) {
+        (self.load.in_flight(), Reverse(self.weight))
+    }
+}
+
+impl LeastRequest {
+    /// Builds the balancer over the members that are up, reading their live
+    /// counters on every pick.
+    pub fn new(members: &[Member]) -> Self {
+        LeastRequest {
+            up: members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.is_up())
+                .map(|(index, m)| Candidate {
+                    index,
+                    weight: m.backend().weight(),
+                    load: Arc::clone(m.load()),
+                })
+                .collect(),
+            total: members.len(),
+        }
+    }
+}
+
+impl Balancer for LeastRequest {
+    fn pick(&self, _key: Option<&[u8]>) -> Result<usize, Error> {
+        let n = self.up.len();
+        match n {
+            0 => Err(no_pick_error(self.total)),
+            1 => Ok(self.up[0].index),
+            _ => {
+                // Two distinct positions: the second is drawn from the other
+                // n - 1 and shifted past the first.
+                let a = rand::random_range(0..n);
+                let mut b = rand::random_range(0..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (&self.up[a], &self.up[b]);
+                Ok(if b.rank() < a.rank() {
+                    b.index
+                } else {
+                    a.index
+                })
+            }
+        }
+    }
+
+    /// The other members that are up, least loaded first (then by higher
+    /// weight, then in listing order), as the counts stand at the call.
+    fn failover(&self, _key: Option<&[u8]>, first: usize) -> Vec<usize> {
+        // Read each count once: they move while we sort.
+        let mut order: Vec<((u64, Reverse<u32>), usize)> = self
+            .up
+            .iter()
+            .filter(|c| c.index != first)
+            .map(|c| (c.rank(), c.index))
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, index)| index).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Backend;
+
+    fn members(weights: &[u32]) -> Vec<Member> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                Member::new(
+                    Backend::new(&format!("http://b{i}"))
+                        .unwrap()
+                        .with_weight(w)
+                        .unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn two_members_one_busy_always_picks_the_idle_one() {
+        let m = members(&[1, 1]);
+        let least = LeastRequest::new(&m);
+        let _busy = Load::start(m[1].load());
+        assert!((0..1000).all(|_| least.pick(None).unwrap() == 0));
+    }
+
+    #[test]
+    fn a_tie_goes_to_the_higher_weight() {
+        let m = members(&[1, 5]);
+        let least = LeastRequest::new(&m);
+        assert!((0..1000).all(|_| least.pick(None).unwrap() == 1));
+    }
+
+    #[test]
+    fn the_strictly_busiest_member_is_never_picked() {
+        let m = members(&[1, 1, 1, 1]);
+        let least = LeastRequest::new(&m);
+        let _busy = [Load::start(m[2].load()), Load::start(m[2].load())];
+        let _one = Load::start(m[0].load());
+        let mut counts = [0; 4];
+        for _ in 0..4000 {
+            counts[least.pick(None).unwrap()] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        // Idle members win every draw against busy ones.
+        assert!(counts[1] > counts[0] && counts[3] > counts[0], "{counts:?}");
+    }
+
+    #[test]
+    fn failover_starts_with_the_least_loaded() {
+        let m = members(&[1, 1, 3, 1]);
+        let least = LeastRequest::new(&m);
+        let _busy = [Load::start(m[1].load()), Load::start(m[1].load())];
+        let _one = Load::start(m[3].load());
+        assert_eq!(least.failover(None, 0), [2, 3, 1]);
+    }
+}
