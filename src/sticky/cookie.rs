@@ -82,44 +82,25 @@ impl<'h> Iterator for Named<'h, '_> {
     type Item = &'h [u8];
 
     fn next(&mut self) -> Option<&'h [u8]> {
-        // `rest` always starts where a segment does. Rather than splitting
-        // every segment, jump to the next byte that could start the name and
-        // check that it does start a segment's name.
-        let first = *self.name.first()?;
         loop {
             if self.rest.is_empty() {
                 self.rest = self.lines.next()?.as_bytes();
             }
-            let rest = self.rest;
-            let Some(at) = find_byte(rest, first) else {
-                self.rest = &[];
-                continue;
-            };
-            // Only whitespace may stand between the segment's start (the
-            // last `;` before `at`, or the line's start) and the name.
-            let segment_start = rest[..at]
+            let (segment, rest) = split_segment(self.rest);
+            self.rest = rest;
+            // Most segments are other cookies: reject them on their first
+            // bytes before parsing.
+            let start = segment
                 .iter()
-                .rposition(|&b| b == b';')
-                .map_or(0, |i| i + 1);
-            let starts_name = rest[segment_start..at]
-                .iter()
-                .all(|&b| b == b' ' || b == b'\t');
-            // The segment that holds `at`, and what follows it.
-            let (segment, tail) = split_segment(&rest[segment_start..]);
-            self.rest = tail;
-            if !starts_name {
+                .position(|&b| b != b' ' && b != b'\t')
+                .unwrap_or(segment.len());
+            if !starts_with(&segment[start..], self.name) {
                 continue;
             }
-            let after_name = &rest[at..segment_start + segment.len()];
-            if !starts_with(after_name, self.name) {
-                continue;
-            }
-            match trim(&after_name[self.name.len()..]) {
-                [b'=', ..] => {}
-                _ => continue,
-            }
-            if let Some((_, value)) = parse_pair(segment) {
-                return Some(value);
+            if let Some((name, value)) = parse_pair(segment) {
+                if name.len() == self.name.len() && starts_with(name, self.name) {
+                    return Some(value);
+                }
             }
         }
     }
