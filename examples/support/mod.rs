@@ -88,6 +88,105 @@ pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// Starts a WebSocket echo backend on an ephemeral loopback port. On each
+/// connection it first says `hello from NAME`; then it answers `cookies?`
+/// with the `Cookie` header of the handshake it got (or `none`) and echoes
+/// any other text as `NAME: TEXT`.
+pub async fn spawn_ws_backend(name: &str) -> std::io::Result<SocketAddr> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::server::{
+        Request as WsRequest, Response as WsResponse,
+    };
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let name = name.clone();
+            tokio::spawn(async move {
+                let mut cookies = String::from("none");
+                // The callback's signature is tungstenite's.
+                #[allow(clippy::result_large_err)]
+                let record = |req: &WsRequest, res: WsResponse| {
+                    let seen: Vec<&str> = req
+                        .headers()
+                        .get_all(http::header::COOKIE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect();
+                    if !seen.is_empty() {
+                        cookies = seen.join("; ");
+                    }
+                    Ok(res)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+                    return;
+                };
+                if ws
+                    .send(Message::text(format!("hello from {name}")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                while let Some(Ok(message)) = ws.next().await {
+                    let reply = match message {
+                        Message::Text(text) if text.as_str() == "cookies?" => cookies.clone(),
+                        Message::Text(text) => format!("{name}: {}", text.as_str()),
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if ws.send(Message::text(reply)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A WebSocket client connection to `proxy`, from the local address `from`
+/// (any of 127.0.0.0/8 works on Linux: a client whose IP changed), with an
+/// optional `Cookie` header. Returns the stream and the handshake response
+/// (`101 Switching Protocols`, with any `Set-Cookie`).
+pub async fn ws_connect(
+    proxy: SocketAddr,
+    from: std::net::IpAddr,
+    cookie: Option<&str>,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let stream = socket.connect(proxy).await?;
+    let mut request = format!("ws://{proxy}/play").into_client_request()?;
+    if let Some(cookie) = cookie {
+        request
+            .headers_mut()
+            .insert(http::header::COOKIE, cookie.parse()?);
+    }
+    Ok(tokio_tungstenite::client_async(request, stream).await?)
+}
+
+/// The `name=value` part of a `Set-Cookie` header, ready to send back as a
+/// `Cookie` header.
+pub fn cookie_pair<B>(res: &Response<B>) -> Option<String> {
+    let set_cookie = res.headers().get(http::header::SET_COOKIE)?.to_str().ok()?;
+    Some(set_cookie.split(';').next()?.trim().to_owned())
+}
+
 /// The innermost service of the proxy: sends the request to the URI the
 /// director wrote, and splices upgraded connections (WebSocket) together.
 #[derive(Clone)]

@@ -2,7 +2,7 @@
 //!
 //! [`LoadBalance`] asks its [`KeyExtractor`] for the request's affinity key,
 //! picks a backend from the [`LoadBalancer`] and inserts the chosen
-//! [`Member`](crate::Member) into the request's extensions, where the
+//! [`Member`] into the request's extensions, where the
 //! [director](crate::layer::director) and the inner service read it. It
 //! counts the request as in flight on that backend until the response
 //! arrives, and reports the outcome (passive feedback) according to its
@@ -46,6 +46,73 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Sticky sessions
+//!
+//! With [`LoadBalanceLayer::sticky`] the layer keeps each client on one
+//! backend by cookie insertion, as HAProxy's `cookie SRV insert indirect
+//! nocache` with `option redispatch` does (see [`StickyCookie`]):
+//!
+//! * a request without a valid sticky cookie is balanced as usual, and the
+//!   response gets `Set-Cookie` naming the chosen backend (a `101 Switching
+//!   Protocols` too: a WebSocket reconnect then finds its backend again);
+//! * a request whose cookie names a backend that is up goes to it, whatever
+//!   the strategy or affinity key would pick, and the response gets no new
+//!   cookie unless the old one was made with the previous secret or is past
+//!   half its lifetime;
+//! * when that backend is down or no longer configured, the request is
+//!   balanced as usual and the response re-issues the cookie for the new
+//!   backend;
+//! * a forged, tampered, expired or unreadable cookie counts as none: no
+//!   cookie value can send a request anywhere but to a configured backend;
+//! * the sticky cookie is removed from the request sent upstream
+//!   ([`StickyCookie::strip_upstream`]);
+//! * a response the [`FailurePolicy`] counts as a failure gets no cookie, so
+//!   a client is not pinned to a backend that just failed it.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{header, Request, Response};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_lb::layer::LoadBalanceLayer;
+//! use tower_lb::sticky::StickyCookie;
+//! use tower_lb::{LoadBalancer, Member, Strategy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_lb::Error> {
+//! let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1", "http://10.0.0.2"])?;
+//! let sticky = StickyCookie::new("lb", b"32 random bytes from the vault!!")?;
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(LoadBalanceLayer::new(lb.clone()).sticky(sticky))
+//!     .service_fn(|req: Request<()>| async move {
+//!         let member = req.extensions().get::<Member>().unwrap();
+//!         Ok::<_, Infallible>(Response::new(member.id().to_owned()))
+//!     });
+//!
+//! // A new client: balanced, and given a cookie.
+//! let res = svc.ready().await?.call(Request::new(())).await?;
+//! assert_eq!(res.body(), "10.0.0.1");
+//! let set_cookie = res.headers()[header::SET_COOKIE].to_str().unwrap();
+//! let cookie = set_cookie.split(';').next().unwrap().to_owned();
+//!
+//! // It comes back with the cookie: the same backend, though round robin
+//! // would pick the other one.
+//! for _ in 0..3 {
+//!     let req = Request::builder().header(header::COOKIE, &cookie).body(()).unwrap();
+//!     let res = svc.ready().await?.call(req).await?;
+//!     assert_eq!(res.body(), "10.0.0.1");
+//!     assert!(res.headers().get(header::SET_COOKIE).is_none());
+//! }
+//!
+//! // Its backend goes down: redispatched, with a new cookie.
+//! lb.mark_down("10.0.0.1")?;
+//! let req = Request::builder().header(header::COOKIE, &cookie).body(()).unwrap();
+//! let res = svc.ready().await?.call(req).await?;
+//! assert_eq!(res.body(), "10.0.0.2");
+//! assert!(res.headers().contains_key(header::SET_COOKIE));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::future::Future;
@@ -59,8 +126,8 @@ use tower::Layer;
 use tower_service::Service;
 
 use crate::layer::upstream_error;
-use crate::sticky::{KeyExtractor, NoKey};
-use crate::{Backend, BoxError, Error, InFlight, Load, LoadBalancer, Outcome};
+use crate::sticky::{KeyExtractor, NoKey, StickyCookie};
+use crate::{Backend, BoxError, Error, InFlight, Load, LoadBalancer, Member, Outcome};
 
 /// Which responses count as a backend failure for passive feedback.
 ///
@@ -139,6 +206,7 @@ pub struct LoadBalanceLayer<K = NoKey> {
     lb: LoadBalancer,
     key: K,
     policy: FailurePolicy,
+    sticky: Option<Arc<StickyCookie>>,
 }
 
 impl LoadBalanceLayer {
@@ -148,6 +216,7 @@ impl LoadBalanceLayer {
             lb,
             key: NoKey,
             policy: FailurePolicy::default(),
+            sticky: None,
         }
     }
 }
@@ -159,12 +228,20 @@ impl<K> LoadBalanceLayer<K> {
             lb: self.lb,
             key,
             policy: self.policy,
+            sticky: self.sticky,
         }
     }
 
     /// Sets which responses count as failures.
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Keeps each client on one backend with an inserted cookie; see
+    /// [Sticky sessions](self#sticky-sessions).
+    pub fn sticky(mut self, cookie: StickyCookie) -> Self {
+        self.sticky = Some(Arc::new(cookie));
         self
     }
 }
@@ -178,6 +255,7 @@ impl<S, K: Clone> Layer<S> for LoadBalanceLayer<K> {
             lb: self.lb.clone(),
             key: self.key.clone(),
             policy: self.policy,
+            sticky: self.sticky.clone(),
         }
     }
 }
@@ -189,6 +267,7 @@ pub struct LoadBalance<S, K = NoKey> {
     lb: LoadBalancer,
     key: K,
     policy: FailurePolicy,
+    sticky: Option<Arc<StickyCookie>>,
 }
 
 impl<S, K> LoadBalance<S, K> {
@@ -219,9 +298,23 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let picked = {
-            let key = self.key.extract(&req);
-            self.lb.pick(key.as_ref().map(|k| k.as_bytes()))
+        let (picked, set_cookie) = match &self.sticky {
+            None => (self.pick(&req), None),
+            Some(sticky) => {
+                let (picked, insert) = match sticky.verify(req.headers()) {
+                    Some(cookie) => match self.lb.get(cookie.id()) {
+                        // Its backend, whatever the strategy would pick.
+                        Some(member) if member.is_up() => (Ok(member), cookie.should_reissue()),
+                        // Down or removed: redispatch, and re-issue.
+                        _ => (self.pick(&req), true),
+                    },
+                    None => (self.pick(&req), true),
+                };
+                if picked.is_ok() && sticky.strips_upstream() {
+                    sticky.strip(req.headers_mut());
+                }
+                (picked, insert.then(|| Arc::clone(sticky)))
+            }
         };
         let member = match picked {
             Ok(member) => member,
@@ -236,8 +329,20 @@ where
                 backend,
                 in_flight: Some(in_flight),
                 policy: self.policy,
+                set_cookie,
             },
         }
+    }
+}
+
+impl<S, K> LoadBalance<S, K> {
+    /// A pick by the strategy, with the request's affinity key.
+    fn pick<B>(&self, req: &Request<B>) -> Result<Member, Error>
+    where
+        K: KeyExtractor<B>,
+    {
+        let key = self.key.extract(req);
+        self.lb.pick(key.as_ref().map(|k| k.as_bytes()))
     }
 }
 
@@ -258,6 +363,8 @@ pin_project! {
             backend: Arc<Backend>,
             in_flight: Option<InFlight>,
             policy: FailurePolicy,
+            // Set when the response is to carry a sticky cookie.
+            set_cookie: Option<Arc<StickyCookie>>,
         },
         Failed {
             error: Option<Error>,
@@ -287,6 +394,7 @@ where
                 backend,
                 in_flight,
                 policy,
+                set_cookie,
             } => {
                 let result = ready!(future.poll(cx));
                 // Dropping the guard counts the request as finished.
@@ -295,12 +403,19 @@ where
                 };
                 let load = in_flight.load();
                 Poll::Ready(match result {
-                    Ok(res) => {
-                        load.record(if policy.is_failure(res.status()) {
-                            Outcome::Failure
+                    Ok(mut res) => {
+                        if policy.is_failure(res.status()) {
+                            load.record(Outcome::Failure);
                         } else {
-                            Outcome::Success
-                        });
+                            load.record(Outcome::Success);
+                            // A client is not pinned to a backend that just
+                            // failed it.
+                            if let Some(sticky) = set_cookie.take() {
+                                // Ids are valid by construction; a failure
+                                // only means no cookie this time.
+                                let _ = sticky.insert(res.headers_mut(), backend.id());
+                            }
+                        }
                         Ok(res)
                     }
                     Err(error) => {

@@ -1,13 +1,74 @@
 //! Session affinity: affinity-key extractors and sticky cookies.
 //!
-//! A [`KeyExtractor`] reads an affinity key from a request (a cookie, a
-//! header, the client address...). With [`ConsistentHash`](crate::ConsistentHash)
-//! the key gives hash-based affinity: the same key goes to the same backend
-//! while it is up.
+//! Two ways to keep a client on one backend:
+//!
+//! * **Hash-based affinity.** A [`KeyExtractor`] reads an affinity key from
+//!   a request: a cookie ([`CookieKey`]), a header ([`HeaderKey`]), the
+//!   client's address ([`ClientIp`]), a query parameter ([`QueryKey`]), the
+//!   path ([`PathKey`]), or the first of several ([`FirstOf`]). With
+//!   [`ConsistentHash`](crate::ConsistentHash) the same key goes to the same
+//!   backend while it is up. Extracting a key never allocates.
+//! * **Cookie insertion** ([`StickyCookie`]), HAProxy's
+//!   `cookie SRV insert indirect nocache` with `option redispatch`: the
+//!   balancer picks as usual for a new client and inserts a cookie naming the
+//!   chosen backend into the response; the client sends it back and is routed
+//!   to the same backend, whatever the strategy, until that backend is down
+//!   or removed, when the request fails over and the cookie is re-issued.
+//!
+//! # Why a cookie and not the client's IP
+//!
+//! A game client on a WebSocket reconnects after a network drop, often from
+//! another address (Wi-Fi to 4G). Affinity keyed on the client IP sends it to
+//! another backend and its session is lost. The WebSocket handshake is plain
+//! HTTP, so the `101 Switching Protocols` response can carry the inserted
+//! cookie, and the reconnect's handshake carries it back: the client lands
+//! on the same backend from any address.
+//!
+//! # The cookie reveals nothing and cannot be forged
+//!
+//! The value is an opaque token naming the backend by its id, encrypted and
+//! authenticated under a secret the user supplies. A client cannot tell
+//! which backend (or address) it names, and a tampered, forged, expired or
+//! unknown token counts as no cookie: the request is balanced as if it had
+//! none. No header or cookie value can route a request anywhere but to a
+//! configured backend.
+//!
+//! The token, base64url without padding:
+//!
+//! ```text
+//! version (1 byte, 0x01) ‖ nonce (12 random bytes) ‖ expiry ‖ ciphertext ‖ tag (16 bytes)
+//!
+//! expiry     = Unix seconds, u64 little-endian (u64::MAX: a session cookie);
+//!              authenticated, not encrypted: it is the Expires the client got
+//! plaintext  = id ‖ 0x80 ‖ 0x00… to a multiple of 16 bytes (ISO/IEC 7816-4 padding)
+//! ciphertext = plaintext ⊕ keystream,
+//!              block i = SipHash-2-4-128(k_enc, nonce ‖ i as u8)
+//! tag        = SipHash-2-4-128(k_mac, version ‖ nonce ‖ expiry ‖ ciphertext)
+//! k_enc, k_mac = SipHash-2-4-128(fold(secret),
+//!                "tower-lb/sticky-cookie/v1/" ‖ "enc" | "mac" ‖ "/" ‖ secret),
+//!              where fold XORs the secret's bytes into 16
+//! ```
+//!
+//! An expired token is rejected on its expiry alone; otherwise the tag is
+//! checked, in constant time, and nothing is decrypted unless it matches.
+//! A backend id of up to 15 bytes (`10.0.0.1:8080`) gives a 71-character
+//! cookie value; each 16 more bytes of id add about 21 characters. See
+//! `docs/sticky.md` for sharing the secret across gateway replicas and
+//! rotating it.
 
 use std::fmt;
 
 use http::Request;
+
+mod base64url;
+mod cookie;
+mod extract;
+mod sticky_cookie;
+mod token;
+
+pub use self::cookie::{Cookies, Named};
+pub use self::extract::{ClientIp, CookieKey, FirstOf, HeaderKey, PathKey, QueryKey};
+pub use self::sticky_cookie::{SameSite, StickyCookie, VerifiedCookie, MIN_SECRET_LEN};
 
 /// The longest key kept inline, without allocating.
 const INLINE: usize = 16;

@@ -1,0 +1,162 @@
+//! Per-request cost of session affinity: extracting a key and verifying a
+//! sticky cookie, each group with its baseline (a plain header lookup).
+//!
+//! The request carries five cookies, as a browser commonly sends (analytics,
+//! consent, session, preferences and the sticky cookie).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Request};
+use tower_lb::sticky::{
+    ClientAddr, ClientIp, CookieKey, FirstOf, HeaderKey, KeyExtractor, StickyCookie,
+};
+
+const SECRET: &[u8] = b"benchmark secret, thirty-two b!!";
+
+fn request(cookie: &str) -> Request<()> {
+    let mut req = Request::builder()
+        .uri("/play?room=lobby-7")
+        .header("host", "game.example.com")
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
+        )
+        .header("accept", "*/*")
+        .header("x-session", "s-7c1f0b2e")
+        .header("x-forwarded-for", "198.51.100.23, 203.0.113.9")
+        .header("cookie", cookie)
+        .body(())
+        .expect("a valid request");
+    req.extensions_mut()
+        .insert(ClientAddr("192.0.2.1:51234".parse().expect("an address")));
+    req
+}
+
+fn five_cookies(sticky: &str) -> String {
+    format!(
+        "_ga=GA1.2.1234567890.1700000000; consent=analytics%3Dno; session=u-42-8f3a; theme=dark; lb={sticky}"
+    )
+}
+
+fn extract(c: &mut Criterion) {
+    let req = request(&five_cookies("x"));
+    let mut g = c.benchmark_group("sticky/extract");
+    g.bench_function("baseline: headers.get(cookie)", |b| {
+        b.iter(|| {
+            black_box(&req)
+                .headers()
+                .get("cookie")
+                .map(HeaderValue::len)
+        })
+    });
+    let cookie = CookieKey::new("session").expect("a cookie name");
+    g.bench_function("cookie, third of five", |b| {
+        b.iter(|| cookie.extract(black_box(&req)).map(|k| k.as_bytes().len()))
+    });
+    let header = HeaderKey::new("x-session").expect("a header name");
+    g.bench_function("header", |b| {
+        b.iter(|| header.extract(black_box(&req)).map(|k| k.as_bytes().len()))
+    });
+    let peer = ClientIp::new();
+    g.bench_function("client ip, peer", |b| {
+        b.iter(|| peer.extract(black_box(&req)).map(|k| k.as_bytes().len()))
+    });
+    let forwarded = ClientIp::new().trusted_hops(1);
+    g.bench_function("client ip, x-forwarded-for, 1 trusted hop", |b| {
+        b.iter(|| {
+            forwarded
+                .extract(black_box(&req))
+                .map(|k| k.as_bytes().len())
+        })
+    });
+    let chain = FirstOf((
+        CookieKey::new("sid").expect("a cookie name"),
+        HeaderKey::new("x-sid").expect("a header name"),
+        ClientIp::new(),
+    ));
+    g.bench_function("first of: cookie miss, header miss, client ip", |b| {
+        b.iter(|| chain.extract(black_box(&req)).map(|k| k.as_bytes().len()))
+    });
+    g.finish();
+}
+
+fn verify(c: &mut Criterion) {
+    let sticky = StickyCookie::new("lb", SECRET)
+        .expect("a valid configuration")
+        .max_age(Duration::from_secs(3600))
+        .expect("a valid max-age");
+    let token = sticky
+        .token_at("10.0.0.1:8080", std::time::SystemTime::now())
+        .expect("a valid id");
+    let valid = request(&five_cookies(&token)).into_parts().0.headers;
+    // One character of the tag changed: the whole MAC is computed before
+    // the token is rejected.
+    let mut forged_token = token.clone().into_bytes();
+    let i = forged_token.len() - 5;
+    forged_token[i] = if forged_token[i] == b'A' { b'B' } else { b'A' };
+    let forged = request(&five_cookies(
+        std::str::from_utf8(&forged_token).expect("ascii"),
+    ))
+    .into_parts()
+    .0
+    .headers;
+    let absent = request("_ga=GA1.2.1; consent=no; session=u-42; theme=dark; lang=fr")
+        .into_parts()
+        .0
+        .headers;
+
+    // The default configuration: a session cookie, whose token has no
+    // expiry, so verifying it reads no clock.
+    let session = StickyCookie::new("lb", SECRET).expect("a valid configuration");
+    let session_token = session
+        .token_at("10.0.0.1:8080", std::time::SystemTime::now())
+        .expect("a valid id");
+    let valid_session = request(&five_cookies(&session_token))
+        .into_parts()
+        .0
+        .headers;
+
+    let mut g = c.benchmark_group("sticky/verify");
+    g.bench_function("baseline: headers.get(cookie)", |b| {
+        b.iter(|| black_box(&valid).get("cookie").map(HeaderValue::len))
+    });
+    g.bench_function("valid cookie (max-age), last of five", |b| {
+        b.iter(|| sticky.verify(black_box(&valid)).map(|v| v.id().len()))
+    });
+    g.bench_function("valid session cookie (no max-age), last of five", |b| {
+        b.iter(|| {
+            session
+                .verify(black_box(&valid_session))
+                .map(|v| v.id().len())
+        })
+    });
+    g.bench_function("forged cookie, last of five", |b| {
+        b.iter(|| sticky.verify(black_box(&forged)).is_some())
+    });
+    g.bench_function("no sticky cookie among five", |b| {
+        b.iter(|| sticky.verify(black_box(&absent)).is_some())
+    });
+    g.bench_function("issue: set_cookie", |b| {
+        b.iter(|| {
+            sticky
+                .set_cookie(black_box("10.0.0.1:8080"))
+                .map(|v| v.len())
+        })
+    });
+    g.bench_function("strip from five cookies", |b| {
+        b.iter_batched(
+            || valid.clone(),
+            |mut h: HeaderMap| {
+                sticky.strip(&mut h);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, extract, verify);
+criterion_main!(benches);

@@ -1,0 +1,156 @@
+//! Base64url without padding (RFC 4648 §5), the alphabet of cookie values.
+//!
+//! Decoding is strict so that every token has exactly one spelling: a length
+//! of `4k + 1`, a byte outside the alphabet, padding, or non-zero bits left
+//! over in the last character are all rejected.
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// `0xFF` marks a byte outside the alphabet.
+const DECODE: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut i = 0;
+    while i < 64 {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The length of the encoding of `n` bytes.
+pub(crate) const fn encoded_len(n: usize) -> usize {
+    (n * 4).div_ceil(3)
+}
+
+/// Appends the encoding of `input` to `out`.
+pub(crate) fn encode_into(input: &[u8], out: &mut String) {
+    out.reserve(encoded_len(input.len()));
+    let mut chunks = input.chunks_exact(3);
+    for c in &mut chunks {
+        let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
+        for shift in [18, 12, 6, 0] {
+            out.push(char::from(ALPHABET[(n >> shift) as usize & 63]));
+        }
+    }
+    match *chunks.remainder() {
+        [a] => {
+            let n = u32::from(a) << 16;
+            out.push(char::from(ALPHABET[(n >> 18) as usize & 63]));
+            out.push(char::from(ALPHABET[(n >> 12) as usize & 63]));
+        }
+        [a, b] => {
+            let n = u32::from(a) << 16 | u32::from(b) << 8;
+            out.push(char::from(ALPHABET[(n >> 18) as usize & 63]));
+            out.push(char::from(ALPHABET[(n >> 12) as usize & 63]));
+            out.push(char::from(ALPHABET[(n >> 6) as usize & 63]));
+        }
+        _ => {}
+    }
+}
+
+/// Decodes `input` into the front of `out` and returns the decoded length;
+/// `None` if `input` is not canonical base64url or does not fit in `out`.
+pub(crate) fn decode_into(input: &[u8], out: &mut [u8]) -> Option<usize> {
+    if input.len() % 4 == 1 {
+        return None;
+    }
+    let len = input.len() / 4 * 3 + (input.len() % 4).saturating_sub(1);
+    let out = out.get_mut(..len)?;
+    // Invalid bytes decode to 0xFF; OR-ing every table value together and
+    // checking once at the end keeps the loop free of branches.
+    let mut invalid = 0u8;
+    let mut sextet = |b: u8| {
+        let v = DECODE[usize::from(b)];
+        invalid |= v;
+        u32::from(v & 63)
+    };
+    let mut chunks = input.chunks_exact(4);
+    let mut outs = out.chunks_exact_mut(3);
+    for (c, o) in (&mut chunks).zip(&mut outs) {
+        let n = sextet(c[0]) << 18 | sextet(c[1]) << 12 | sextet(c[2]) << 6 | sextet(c[3]);
+        o.copy_from_slice(&n.to_be_bytes()[1..]);
+    }
+    let at = len - len % 3;
+    match *chunks.remainder() {
+        [a, b] => {
+            let n = sextet(a) << 18 | sextet(b) << 12;
+            invalid |= u8::from(n & 0xFFFF != 0) << 7;
+            out[at] = (n >> 16) as u8;
+        }
+        [a, b, c] => {
+            let n = sextet(a) << 18 | sextet(b) << 12 | sextet(c) << 6;
+            invalid |= u8::from(n & 0xFF != 0) << 7;
+            out[at] = (n >> 16) as u8;
+            out[at + 1] = (n >> 8) as u8;
+        }
+        _ => {}
+    }
+    if invalid & 0x80 != 0 {
+        return None;
+    }
+    Some(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(input: &[u8]) -> String {
+        let mut s = String::new();
+        encode_into(input, &mut s);
+        s
+    }
+
+    #[test]
+    fn matches_rfc_4648_test_vectors_without_padding() {
+        let vectors: [(&[u8], &str); 7] = [
+            (b"", ""),
+            (b"f", "Zg"),
+            (b"fo", "Zm8"),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg"),
+            (b"fooba", "Zm9vYmE"),
+            (b"foobar", "Zm9vYmFy"),
+        ];
+        for (raw, encoded) in vectors {
+            assert_eq!(encode(raw), encoded);
+            let mut buf = [0; 8];
+            let n = decode_into(encoded.as_bytes(), &mut buf).unwrap();
+            assert_eq!(&buf[..n], raw);
+        }
+        assert_eq!(encode(&[0xFB, 0xFF]), "-_8");
+    }
+
+    #[test]
+    fn rejects_padding_foreign_bytes_bad_lengths_and_leftover_bits() {
+        let mut buf = [0; 16];
+        for bad in [
+            "Zg==", "Zm9v+", "Zm9v/", "Z", "Zm9vY", "Zh", "Zm9", "Zm+v", "Zm 9v",
+        ] {
+            assert_eq!(decode_into(bad.as_bytes(), &mut buf), None, "{bad}");
+        }
+        // Valid, but longer than the buffer.
+        assert_eq!(decode_into(b"Zm9vYmFy", &mut [0; 5]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_inverts_encoding(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let encoded = encode(&bytes);
+            prop_assert_eq!(encoded.len(), encoded_len(bytes.len()));
+            let mut buf = [0; 64];
+            let n = decode_into(encoded.as_bytes(), &mut buf).unwrap();
+            prop_assert_eq!(&buf[..n], &bytes[..]);
+        }
+
+        #[test]
+        fn every_accepted_input_is_the_canonical_encoding(input in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let mut buf = [0; 40];
+            if let Some(n) = decode_into(&input, &mut buf) {
+                let again = encode(&buf[..n]);
+                prop_assert_eq!(again.as_bytes(), &input[..]);
+            }
+        }
+    }
+}

@@ -1,0 +1,983 @@
+//! `StickyCookie`: the configuration and the checks of an inserted cookie.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{CACHE_CONTROL, SET_COOKIE};
+use http::{HeaderMap, HeaderValue};
+
+use super::base64url;
+use super::cookie::{remove_cookie, Cookies};
+use super::extract::check_cookie_name;
+use super::token::{unverified_expiry, Keys, MAX_PLAIN, MAX_TOKEN, MIN_TOKEN, NEVER, NONCE_LEN};
+use crate::{Error, MAX_ID_LEN};
+
+/// The shortest secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// How many cookies of the sticky name one request may make the gateway
+/// check. A client holds at most a few (one per path or domain); more are
+/// an attempt to make the gateway work, and are ignored.
+const MAX_CANDIDATES: usize = 4;
+
+/// The `SameSite` attribute of the inserted cookie (RFC 6265bis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SameSite {
+    /// Sent only with requests from the same site.
+    Strict,
+    /// Sent with same-site requests and top-level navigations.
+    Lax,
+    /// Sent with every request; browsers require [`secure`](StickyCookie::secure)
+    /// with it.
+    None,
+}
+
+impl SameSite {
+    fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// Session persistence by cookie insertion, as HAProxy's
+/// `cookie NAME insert indirect nocache` with `option redispatch`.
+///
+/// The load-balance layer calls [`verify`](Self::verify) on each request:
+/// a valid cookie names the backend to use. When a request has none (or its
+/// backend is down or gone), the layer picks as usual and adds
+/// [`set_cookie`](Self::set_cookie) for the chosen backend to the response.
+/// [`strip`](Self::strip) removes the cookie from the request sent upstream.
+///
+/// The cookie's value is an opaque token: the backend's id, encrypted and
+/// authenticated under the secret (see the [module docs](super) for the
+/// format). A client can neither read which backend it names nor make one
+/// that names another: a tampered, forged, expired or unknown token counts
+/// as no cookie at all, so no cookie value can send a request anywhere but
+/// to a configured backend.
+///
+/// **Several gateway replicas** honour each other's cookies when they are
+/// given the same secret and the same backend ids (ids default to the
+/// backend's `host:port`; set them with
+/// [`Backend::with_id`](crate::Backend::with_id) when replicas see the
+/// backends under different addresses). Load the secret from your secret
+/// store; never compile it in.
+///
+/// **Rotating the secret** without losing sessions: deploy the new secret
+/// with the old one as [`accept_previous_secret`](Self::accept_previous_secret)
+/// to every replica, wait at least the cookie's lifetime (cookies made with
+/// the old secret are re-issued under the new one as they come back), then
+/// drop the old one.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::HeaderMap;
+/// use tower_lb::sticky::{SameSite, StickyCookie};
+///
+/// let sticky = StickyCookie::new("lb", b"32 random bytes from the vault!!")?
+///     .max_age(Duration::from_secs(3600))?
+///     .secure(true)
+///     .same_site(SameSite::Lax);
+///
+/// // A response gets the cookie naming the chosen backend...
+/// let set_cookie = sticky.set_cookie("game-7")?;
+/// let value = set_cookie.to_str().unwrap();
+/// assert!(value.starts_with("lb="));
+/// assert!(value.contains("; Path=/; Max-Age=3600; Expires="));
+/// assert!(value.ends_with(" GMT; HttpOnly; Secure; SameSite=Lax"));
+/// assert!(!value.contains("game-7"));
+///
+/// // ...and the client's next request names it again.
+/// let token = value.split(';').next().unwrap();
+/// let mut headers = HeaderMap::new();
+/// headers.insert("cookie", format!("theme=dark; {token}").parse().unwrap());
+/// assert_eq!(sticky.verify(&headers).unwrap().id(), "game-7");
+///
+/// // Anything else is no cookie.
+/// headers.insert("cookie", "lb=10.0.0.9:8080".parse().unwrap());
+/// assert!(sticky.verify(&headers).is_none());
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct StickyCookie {
+    name: Box<str>,
+    keys: Keys,
+    previous: Option<Keys>,
+    path: Option<Box<str>>,
+    domain: Option<Box<str>>,
+    max_age: Option<u64>,
+    http_only: bool,
+    secure: bool,
+    same_site: Option<SameSite>,
+    strip_upstream: bool,
+    nocache: bool,
+}
+
+impl StickyCookie {
+    /// A sticky cookie called `name`, authenticated under `secret`.
+    ///
+    /// Defaults: `Path=/`, `HttpOnly`, no `Domain`, no `Secure`, no
+    /// `SameSite`, a session cookie (no `Max-Age`), stripped from the
+    /// request sent upstream, responses that carry it marked
+    /// `Cache-Control: private`.
+    ///
+    /// Use 32 random bytes as the secret (`openssl rand 32`); anyone who
+    /// knows it can make cookies for any configured backend.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] if `name` is not a valid cookie name or the
+    /// secret is shorter than [`MIN_SECRET_LEN`] bytes.
+    pub fn new(name: &str, secret: impl AsRef<[u8]>) -> Result<Self, Error> {
+        check_cookie_name(name)?;
+        Ok(StickyCookie {
+            name: name.into(),
+            keys: derive_keys(secret.as_ref())?,
+            previous: None,
+            path: Some("/".into()),
+            domain: None,
+            max_age: None,
+            http_only: true,
+            secure: false,
+            same_site: None,
+            strip_upstream: true,
+            nocache: true,
+        })
+    }
+
+    /// Also accepts cookies made with `old`, the secret being rotated out;
+    /// cookies are still made with the current secret, and a cookie made
+    /// with `old` is re-issued ([`VerifiedCookie::should_reissue`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] if `old` is shorter than
+    /// [`MIN_SECRET_LEN`] bytes.
+    pub fn accept_previous_secret(mut self, old: impl AsRef<[u8]>) -> Result<Self, Error> {
+        self.previous = Some(derive_keys(old.as_ref())?);
+        Ok(self)
+    }
+
+    /// Sets the `Path` attribute (default `/`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] unless `path` starts with `/` and holds only
+    /// visible ASCII other than `;`.
+    pub fn path(mut self, path: &str) -> Result<Self, Error> {
+        let ok = path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic() && b != b';');
+        if !ok {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "`{path}` is not a usable cookie Path: start it with `/`, without spaces, `;` or control characters"
+                ),
+            });
+        }
+        self.path = Some(path.into());
+        Ok(self)
+    }
+
+    /// Sets the `Domain` attribute (by default there is none, and the
+    /// cookie goes back only to the host that set it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] unless `domain` is a host name: letters,
+    /// digits, `-` and `.`, at most 253 bytes.
+    pub fn domain(mut self, domain: &str) -> Result<Self, Error> {
+        let host = domain.strip_prefix('.').unwrap_or(domain);
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "`{domain}` is not a usable cookie Domain: give a host name such as `example.com`"
+                ),
+            });
+        }
+        self.domain = Some(domain.into());
+        Ok(self)
+    }
+
+    /// Makes the cookie persistent: `Max-Age` and `Expires` attributes, and
+    /// a token that expires at the same time (whole seconds). While a client
+    /// keeps using it, the cookie is re-issued once past half its lifetime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a lifetime under one second.
+    pub fn max_age(mut self, max_age: Duration) -> Result<Self, Error> {
+        if max_age.as_secs() == 0 {
+            return Err(Error::InvalidConfig {
+                reason: "the sticky cookie's max_age must be at least one second".into(),
+            });
+        }
+        self.max_age = Some(max_age.as_secs());
+        Ok(self)
+    }
+
+    /// Sets the `HttpOnly` attribute (default on: page scripts never need
+    /// the balancer's cookie).
+    pub fn http_only(mut self, on: bool) -> Self {
+        self.http_only = on;
+        self
+    }
+
+    /// Sets the `Secure` attribute (default off; turn it on when clients
+    /// reach the gateway over TLS).
+    pub fn secure(mut self, on: bool) -> Self {
+        self.secure = on;
+        self
+    }
+
+    /// Sets the `SameSite` attribute (by default there is none, and browsers
+    /// treat the cookie as `Lax`).
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.same_site = Some(same_site);
+        self
+    }
+
+    /// Whether the load-balance layer removes the sticky cookie from the
+    /// request it sends upstream (default `true`: backends never see it).
+    pub fn strip_upstream(mut self, on: bool) -> Self {
+        self.strip_upstream = on;
+        self
+    }
+
+    /// Whether a response that gets the cookie is also marked
+    /// `Cache-Control: private` (default `true`, HAProxy's `nocache`), so
+    /// that a shared cache does not hand one client's cookie, and so its
+    /// backend, to everyone who asks for the same page.
+    pub fn nocache(mut self, on: bool) -> Self {
+        self.nocache = on;
+        self
+    }
+
+    /// The cookie's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the cookie is removed from requests sent upstream.
+    pub fn strips_upstream(&self) -> bool {
+        self.strip_upstream
+    }
+
+    /// The backend named by the request's sticky cookie, if it carries a
+    /// valid one: made with the secret (or the previous one), untampered,
+    /// not expired. Several `Cookie` headers, other cookies and quotes are
+    /// handled; anything else counts as no cookie.
+    pub fn verify(&self, headers: &HeaderMap) -> Option<VerifiedCookie> {
+        self.verify_with(headers, SystemTime::now)
+    }
+
+    /// [`verify`](Self::verify) as of `now`.
+    pub fn verify_at(&self, headers: &HeaderMap, now: SystemTime) -> Option<VerifiedCookie> {
+        self.verify_with(headers, || now)
+    }
+
+    /// Checks one cookie value (a token as made by
+    /// [`token_at`](Self::token_at)) as of `now`.
+    pub fn verify_token_at(&self, token: &[u8], now: SystemTime) -> Option<VerifiedCookie> {
+        let mut verified = VerifiedCookie::empty();
+        self.check(token, || now, &mut verified).then_some(verified)
+    }
+
+    fn verify_with(
+        &self,
+        headers: &HeaderMap,
+        now: impl Fn() -> SystemTime,
+    ) -> Option<VerifiedCookie> {
+        // One result, filled in place and returned without copying; made
+        // only when the request carries a cookie of the sticky name.
+        let mut verified: Option<VerifiedCookie> = None;
+        for value in Cookies::new(headers)
+            .named(self.name.as_bytes())
+            .take(MAX_CANDIDATES)
+        {
+            let slot = verified.get_or_insert_with(VerifiedCookie::empty);
+            if self.check(value, &now, slot) {
+                return verified;
+            }
+        }
+        None
+    }
+
+    /// Whether `token` is valid, filling `verified` if so. The clock is read
+    /// only for a token that can expire.
+    fn check(
+        &self,
+        token: &[u8],
+        now: impl Fn() -> SystemTime,
+        verified: &mut VerifiedCookie,
+    ) -> bool {
+        let encoded_range = base64url::encoded_len(MIN_TOKEN)..=base64url::encoded_len(MAX_TOKEN);
+        if !encoded_range.contains(&token.len()) {
+            return false;
+        }
+        let mut raw = [0u8; MAX_TOKEN];
+        let Some(raw_len) = base64url::decode_into(token, &mut raw) else {
+            return false;
+        };
+        let raw = &raw[..raw_len];
+        // An expired token is rejected before any hashing; the expiry is
+        // authenticated below with the rest.
+        let Some(expiry) = unverified_expiry(raw) else {
+            return false;
+        };
+        let mut now_secs = None;
+        if expiry != NEVER {
+            let now = unix_seconds(now());
+            if expiry <= now {
+                return false;
+            }
+            now_secs = Some(now);
+        }
+        // Decrypted in place, so that the id is never copied.
+        let (len, previous) = match self.keys.open(raw, &mut verified.plain) {
+            Some((_, len)) => (len, false),
+            None => match self
+                .previous
+                .as_ref()
+                .and_then(|keys| keys.open(raw, &mut verified.plain))
+            {
+                Some((_, len)) => (len, true),
+                None => return false,
+            },
+        };
+        // Ids are nearly always ASCII, checked without a call.
+        let id = &verified.plain[..len];
+        if !id.is_ascii() && std::str::from_utf8(id).is_err() {
+            return false;
+        }
+        verified.len = len as u16;
+        verified.expiry = expiry;
+        // Made with the previous secret, or past half its lifetime: renew.
+        verified.reissue = previous
+            || matches!((now_secs, self.max_age), (Some(now), Some(max_age)) if expiry - now < max_age.div_ceil(2));
+        true
+    }
+
+    /// The `Set-Cookie` value naming the backend `id`:
+    /// `name=token; Path=/; ...`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBackendId`] if `id` is empty or longer than
+    /// [`MAX_ID_LEN`] bytes.
+    pub fn set_cookie(&self, id: &str) -> Result<HeaderValue, Error> {
+        self.set_cookie_at(id, SystemTime::now())
+    }
+
+    /// [`set_cookie`](Self::set_cookie) as of `now`.
+    ///
+    /// # Errors
+    ///
+    /// As [`set_cookie`](Self::set_cookie).
+    pub fn set_cookie_at(&self, id: &str, now: SystemTime) -> Result<HeaderValue, Error> {
+        let mut out = String::with_capacity(160);
+        out.push_str(&self.name);
+        out.push('=');
+        self.write_token(id, now, &mut out)?;
+        if let Some(path) = &self.path {
+            out.push_str("; Path=");
+            out.push_str(path);
+        }
+        if let Some(domain) = &self.domain {
+            out.push_str("; Domain=");
+            out.push_str(domain);
+        }
+        if let Some(max_age) = self.max_age {
+            out.push_str("; Max-Age=");
+            out.push_str(&max_age.to_string());
+            out.push_str("; Expires=");
+            write_http_date(unix_seconds(now).saturating_add(max_age), &mut out);
+        }
+        if self.http_only {
+            out.push_str("; HttpOnly");
+        }
+        if self.secure {
+            out.push_str("; Secure");
+        }
+        if let Some(same_site) = self.same_site {
+            out.push_str("; SameSite=");
+            out.push_str(same_site.as_str());
+        }
+        // Every part was validated to be visible ASCII.
+        HeaderValue::try_from(out).map_err(|_| Error::InvalidConfig {
+            reason: "the sticky cookie's attributes do not form a valid header value".into(),
+        })
+    }
+
+    /// The cookie value alone (the opaque token) naming backend `id`, as of
+    /// `now`: for carrying it somewhere other than a `Set-Cookie` header.
+    ///
+    /// # Errors
+    ///
+    /// As [`set_cookie`](Self::set_cookie).
+    pub fn token_at(&self, id: &str, now: SystemTime) -> Result<String, Error> {
+        let mut out = String::new();
+        self.write_token(id, now, &mut out)?;
+        Ok(out)
+    }
+
+    fn write_token(&self, id: &str, now: SystemTime, out: &mut String) -> Result<(), Error> {
+        if id.is_empty() || id.len() > MAX_ID_LEN {
+            return Err(Error::InvalidBackendId {
+                id: id.to_owned(),
+                max: MAX_ID_LEN,
+            });
+        }
+        let expiry = match self.max_age {
+            Some(max_age) => unix_seconds(now).saturating_add(max_age).min(NEVER - 1),
+            None => NEVER,
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce);
+        let mut raw = [0u8; MAX_TOKEN];
+        let len = self.keys.seal(id.as_bytes(), expiry, nonce, &mut raw);
+        base64url::encode_into(&raw[..len], out);
+        Ok(())
+    }
+
+    /// Adds the cookie naming backend `id` to a response's headers: a
+    /// `Set-Cookie` header and, with [`nocache`](Self::nocache), a
+    /// `Cache-Control: private` directive unless the response already says
+    /// `private` or `no-store`.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tower_lb::sticky::StickyCookie;
+    ///
+    /// let sticky = StickyCookie::new("lb", b"32 random bytes from the vault!!")?;
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("cache-control", "max-age=60".parse().unwrap());
+    /// sticky.insert(&mut headers, "game-7")?;
+    /// assert!(headers["set-cookie"].to_str().unwrap().starts_with("lb="));
+    /// let cache: Vec<_> = headers.get_all("cache-control").iter().collect();
+    /// assert_eq!(cache, ["max-age=60", "private"]);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`set_cookie`](Self::set_cookie); the headers are unchanged then.
+    pub fn insert(&self, headers: &mut HeaderMap, id: &str) -> Result<(), Error> {
+        let value = self.set_cookie(id)?;
+        headers.append(SET_COOKIE, value);
+        if self.nocache && !is_private(headers) {
+            headers.append(CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+        Ok(())
+    }
+
+    /// Removes the sticky cookie from the request's `Cookie` headers,
+    /// keeping every other cookie; a header left empty is removed. Returns
+    /// whether it was there. Allocates only when it removes something.
+    pub fn strip(&self, headers: &mut HeaderMap) -> bool {
+        remove_cookie(headers, self.name.as_bytes())
+    }
+}
+
+/// Whether `Cache-Control` already keeps shared caches from storing the
+/// response.
+fn is_private(headers: &HeaderMap) -> bool {
+    headers.get_all(CACHE_CONTROL).iter().any(|value| {
+        value.as_bytes().split(|&b| b == b',').any(|directive| {
+            let name = directive.split(|&b| b == b'=').next().unwrap_or_default();
+            let name = name.trim_ascii();
+            name.eq_ignore_ascii_case(b"private") || name.eq_ignore_ascii_case(b"no-store")
+        })
+    })
+}
+
+fn derive_keys(secret: &[u8]) -> Result<Keys, Error> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(Error::InvalidConfig {
+            reason: format!(
+                "the sticky-cookie secret is {} bytes long; it must be at least {MIN_SECRET_LEN} (use 32 random bytes)",
+                secret.len()
+            ),
+        });
+    }
+    Ok(Keys::derive(secret))
+}
+
+impl fmt::Debug for StickyCookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StickyCookie")
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .field(
+                "previous_secret",
+                &self.previous.as_ref().map(|_| "<redacted>"),
+            )
+            .field("path", &self.path)
+            .field("domain", &self.domain)
+            .field("max_age", &self.max_age.map(Duration::from_secs))
+            .field("http_only", &self.http_only)
+            .field("secure", &self.secure)
+            .field("same_site", &self.same_site)
+            .field("strip_upstream", &self.strip_upstream)
+            .field("nocache", &self.nocache)
+            .finish()
+    }
+}
+
+/// A valid sticky cookie: the backend id it names, read from the request
+/// without allocating.
+#[derive(Clone)]
+pub struct VerifiedCookie {
+    /// The decrypted plaintext, starting with the id.
+    plain: [u8; MAX_PLAIN],
+    len: u16,
+    expiry: u64,
+    reissue: bool,
+}
+
+impl VerifiedCookie {
+    fn empty() -> Self {
+        VerifiedCookie {
+            plain: [0; MAX_PLAIN],
+            len: 0,
+            expiry: 0,
+            reissue: false,
+        }
+    }
+
+    /// The id of the backend the cookie names. It may no longer be
+    /// configured, or be down: the load-balance layer then redispatches.
+    pub fn id(&self) -> &str {
+        // `verify_token_at` checked that the id is UTF-8.
+        let id = &self.plain[..usize::from(self.len)];
+        std::str::from_utf8(id).unwrap_or_default()
+    }
+
+    /// When the cookie expires, or `None` for a session cookie.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        (self.expiry != NEVER).then(|| UNIX_EPOCH + Duration::from_secs(self.expiry))
+    }
+
+    /// Whether the response should carry a fresh cookie for the same
+    /// backend: the cookie was made with the previous secret, or is past
+    /// half its lifetime.
+    pub fn should_reissue(&self) -> bool {
+        self.reissue
+    }
+}
+
+impl fmt::Debug for VerifiedCookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedCookie")
+            .field("id", &self.id())
+            .field("expires_at", &self.expires_at())
+            .field("should_reissue", &self.reissue)
+            .finish()
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Writes an IMF-fixdate (RFC 9110 §5.6.7): `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn write_http_date(secs: u64, out: &mut String) {
+    use std::fmt::Write;
+    // Past year 9999 the format has no room; browsers cap lifetimes at 400
+    // days anyway.
+    let secs = secs.min(253_402_300_799);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let _ = write!(
+        out,
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        WEEKDAYS[(days % 7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+}
+
+/// Howard Hinnant's `civil_from_days`, for days since 1970-01-01.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::COOKIE;
+    use proptest::prelude::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const OLD: &[u8] = b"the old secret, being rotated out";
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn token_of(set_cookie: &HeaderValue) -> String {
+        let v = set_cookie.to_str().unwrap();
+        let pair = v.split(';').next().unwrap();
+        pair.split_once('=').unwrap().1.to_owned()
+    }
+
+    fn with_cookies(lines: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for line in lines {
+            h.append(COOKIE, HeaderValue::from_str(line).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_short_secret_or_bad_attribute_is_a_configuration_error() {
+        let err = StickyCookie::new("lb", b"too short").unwrap_err();
+        assert!(err.to_string().contains("at least 16"), "{err}");
+        assert!(StickyCookie::new("l b", SECRET).is_err());
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        assert!(s.clone().accept_previous_secret(b"short").is_err());
+        assert!(s.clone().path("no-slash").is_err());
+        assert!(s.clone().path("/a;b").is_err());
+        assert!(s.clone().domain("a b").is_err());
+        assert!(s.clone().domain("").is_err());
+        assert!(s.clone().max_age(Duration::from_millis(500)).is_err());
+        assert!(s.clone().domain(".example.com").is_ok());
+    }
+
+    #[test]
+    fn the_default_cookie_is_a_session_cookie_for_the_whole_site() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let v = s.set_cookie("b1").unwrap();
+        let v = v.to_str().unwrap();
+        let token = v
+            .strip_prefix("lb=")
+            .unwrap()
+            .strip_suffix("; Path=/; HttpOnly")
+            .unwrap();
+        assert!(!token.is_empty());
+        assert!(token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    }
+
+    #[test]
+    fn set_cookie_carries_every_configured_attribute() {
+        let s = StickyCookie::new("SRV", SECRET)
+            .unwrap()
+            .path("/game")
+            .unwrap()
+            .domain("example.com")
+            .unwrap()
+            .max_age(Duration::from_secs(3600))
+            .unwrap()
+            .http_only(false)
+            .secure(true)
+            .same_site(SameSite::None);
+        let v = s.set_cookie_at("b1", at(784_111_777)).unwrap();
+        let v = v.to_str().unwrap();
+        let attrs = v.split_once("; ").unwrap().1;
+        assert_eq!(
+            attrs,
+            "Path=/game; Domain=example.com; Max-Age=3600; Expires=Sun, 06 Nov 1994 09:49:37 GMT; Secure; SameSite=None"
+        );
+    }
+
+    #[test]
+    fn http_dates_match_known_values() {
+        let date = |secs| {
+            let mut s = String::new();
+            write_http_date(secs, &mut s);
+            s
+        };
+        assert_eq!(date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(date(4_102_444_799), "Thu, 31 Dec 2099 23:59:59 GMT");
+        assert_eq!(date(u64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
+    }
+
+    #[test]
+    fn a_cookie_round_trips_among_other_cookies_and_headers() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let token = token_of(&s.set_cookie("10.0.0.1:8080").unwrap());
+        let h = with_cookies(&["a=1; b=2", &format!("c=3; lb=\"{token}\"; d=4"), "e=5"]);
+        let v = s.verify(&h).unwrap();
+        assert_eq!(v.id(), "10.0.0.1:8080");
+        assert_eq!(v.expires_at(), None);
+        assert!(!v.should_reissue());
+    }
+
+    #[test]
+    fn the_first_valid_cookie_of_the_name_wins_and_garbage_ones_are_skipped() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let token = token_of(&s.set_cookie("b2").unwrap());
+        let h = with_cookies(&["lb=garbage", &format!("lb={token}")]);
+        assert_eq!(s.verify(&h).unwrap().id(), "b2");
+    }
+
+    #[test]
+    fn only_a_few_cookies_of_the_name_are_checked() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let token = token_of(&s.set_cookie("b2").unwrap());
+        let mut line = "lb=x; ".repeat(MAX_CANDIDATES);
+        line.push_str(&format!("lb={token}"));
+        assert!(s.verify(&with_cookies(&[&line])).is_none());
+    }
+
+    #[test]
+    fn ids_and_addresses_are_never_accepted_as_values() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        for value in [
+            "b1",
+            "10.0.0.1:8080",
+            "http://evil.example",
+            "",
+            "\"\"",
+            "AAAA",
+        ] {
+            let h = with_cookies(&[&format!("lb={value}")]);
+            assert!(s.verify(&h).is_none(), "{value}");
+        }
+    }
+
+    #[test]
+    fn another_secret_rejects_the_cookie() {
+        let a = StickyCookie::new("lb", SECRET).unwrap();
+        let b = StickyCookie::new("lb", b"another secret, also long enough").unwrap();
+        let h = with_cookies(&[&format!("lb={}", token_of(&a.set_cookie("b1").unwrap()))]);
+        assert!(b.verify(&h).is_none());
+        assert_eq!(a.verify(&h).unwrap().id(), "b1");
+    }
+
+    #[test]
+    fn replicas_with_the_same_secret_honour_each_other() {
+        let replica_a = StickyCookie::new("lb", SECRET).unwrap();
+        let replica_b =
+            StickyCookie::new("lb", String::from_utf8(SECRET.to_vec()).unwrap()).unwrap();
+        let h = with_cookies(&[&format!(
+            "lb={}",
+            token_of(&replica_a.set_cookie("b1").unwrap())
+        )]);
+        assert_eq!(replica_b.verify(&h).unwrap().id(), "b1");
+    }
+
+    #[test]
+    fn rotation_accepts_the_old_secret_and_issues_with_the_new() {
+        let old = StickyCookie::new("lb", OLD).unwrap();
+        let rotated = StickyCookie::new("lb", SECRET)
+            .unwrap()
+            .accept_previous_secret(OLD)
+            .unwrap();
+        let new_only = StickyCookie::new("lb", SECRET).unwrap();
+
+        let from_old = with_cookies(&[&format!("lb={}", token_of(&old.set_cookie("b1").unwrap()))]);
+        let v = rotated.verify(&from_old).unwrap();
+        assert_eq!(v.id(), "b1");
+        assert!(
+            v.should_reissue(),
+            "a cookie made with the old secret is re-issued"
+        );
+        assert!(new_only.verify(&from_old).is_none());
+
+        let issued = with_cookies(&[&format!(
+            "lb={}",
+            token_of(&rotated.set_cookie("b1").unwrap())
+        )]);
+        assert!(!rotated.verify(&issued).unwrap().should_reissue());
+        assert!(
+            new_only.verify(&issued).is_some(),
+            "issued with the new secret"
+        );
+        assert!(old.verify(&issued).is_none());
+    }
+
+    #[test]
+    fn tokens_expire_with_max_age_and_are_refreshed_past_half_life() {
+        let s = StickyCookie::new("lb", SECRET)
+            .unwrap()
+            .max_age(Duration::from_secs(100))
+            .unwrap();
+        let h = with_cookies(&[&format!(
+            "lb={}",
+            token_of(&s.set_cookie_at("b1", at(1_000)).unwrap())
+        )]);
+        let fresh = s.verify_at(&h, at(1_010)).unwrap();
+        assert_eq!(fresh.expires_at(), Some(at(1_100)));
+        assert!(!fresh.should_reissue());
+        assert!(s.verify_at(&h, at(1_060)).unwrap().should_reissue());
+        assert!(s.verify_at(&h, at(1_099)).is_some());
+        assert!(s.verify_at(&h, at(1_100)).is_none());
+        assert!(s.verify_at(&h, at(u64::MAX / 2)).is_none());
+    }
+
+    #[test]
+    fn a_session_token_does_not_expire() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let h = with_cookies(&[&format!(
+            "lb={}",
+            token_of(&s.set_cookie_at("b1", at(5)).unwrap())
+        )]);
+        assert!(s.verify_at(&h, at(u64::MAX / 4)).is_some());
+    }
+
+    #[test]
+    fn tokens_differ_each_time_so_they_do_not_identify_the_backend() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let a = s.token_at("b1", at(1)).unwrap();
+        let b = s.token_at("b1", at(1)).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), b.len());
+        // Ids of up to 15 bytes give tokens of the same length, 71 characters.
+        assert_eq!(s.token_at("10.0.0.1:8080", at(1)).unwrap().len(), 71);
+        assert_eq!(
+            s.token_at("b", at(1)).unwrap().len(),
+            s.token_at("abcdefghijklmno", at(1)).unwrap().len()
+        );
+    }
+
+    #[test]
+    fn invalid_ids_cannot_be_issued() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        assert!(matches!(
+            s.set_cookie(""),
+            Err(Error::InvalidBackendId { .. })
+        ));
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        assert!(s.set_cookie(&long).is_err());
+        let longest = "x".repeat(MAX_ID_LEN);
+        let h = with_cookies(&[&format!(
+            "lb={}",
+            token_of(&s.set_cookie(&longest).unwrap())
+        )]);
+        assert_eq!(s.verify(&h).unwrap().id(), longest);
+    }
+
+    #[test]
+    fn strip_removes_only_the_sticky_cookie() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let mut h = with_cookies(&["a=1; lb=x; b=2", "lb=y"]);
+        assert!(s.strip(&mut h));
+        let lines: Vec<_> = h
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(lines, ["a=1; b=2"]);
+    }
+
+    #[test]
+    fn insert_marks_the_response_private_unless_it_already_is() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let cache = |initial: &[&str], sticky: &StickyCookie| {
+            let mut h = HeaderMap::new();
+            for v in initial {
+                h.append(CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
+            }
+            sticky.insert(&mut h, "b1").unwrap();
+            assert_eq!(h.get_all(SET_COOKIE).iter().count(), 1);
+            h.get_all(CACHE_CONTROL)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cache(&[], &s), ["private"]);
+        assert_eq!(
+            cache(&["public, max-age=60"], &s),
+            ["public, max-age=60", "private"]
+        );
+        assert_eq!(cache(&["max-age=0, Private"], &s), ["max-age=0, Private"]);
+        assert_eq!(
+            cache(&["private=\"set-cookie\""], &s),
+            ["private=\"set-cookie\""]
+        );
+        assert_eq!(cache(&["no-store"], &s), ["no-store"]);
+        assert!(cache(&[], &s.clone().nocache(false)).is_empty());
+        assert!(s.insert(&mut HeaderMap::new(), "").is_err());
+    }
+
+    #[test]
+    fn debug_output_does_not_show_the_secret() {
+        let s = StickyCookie::new("lb", SECRET)
+            .unwrap()
+            .accept_previous_secret(OLD)
+            .unwrap();
+        let shown = format!("{s:?}");
+        assert!(shown.contains("<redacted>"));
+        assert!(!shown.contains("0123456789abcdef"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_id_round_trips(id in "[^\\x00]{1,64}", now in 0u64..4_000_000_000) {
+            prop_assume!(id.len() <= MAX_ID_LEN);
+            let s = StickyCookie::new("lb", SECRET).unwrap().max_age(Duration::from_secs(60)).unwrap();
+            let token = s.token_at(&id, at(now)).unwrap();
+            let v = s.verify_token_at(token.as_bytes(), at(now)).unwrap();
+            prop_assert_eq!(v.id(), id.as_str());
+        }
+
+        #[test]
+        fn any_single_character_change_is_rejected(pos in any::<prop::sample::Index>(), c in "[A-Za-z0-9_-]") {
+            let s = StickyCookie::new("lb", SECRET).unwrap();
+            let token = s.token_at("backend-1", at(1)).unwrap();
+            let i = pos.index(token.len());
+            let mut changed = token.clone().into_bytes();
+            changed[i] = c.as_bytes()[0];
+            prop_assume!(changed != token.as_bytes());
+            prop_assert!(s.verify_token_at(&changed, at(1)).is_none());
+        }
+
+        #[test]
+        fn every_bit_flip_of_the_encoded_cookie_is_rejected(id in "[a-z0-9.:-]{1,24}") {
+            let s = StickyCookie::new("lb", SECRET).unwrap();
+            let token = s.token_at(&id, at(1)).unwrap().into_bytes();
+            for bit in 0..token.len() * 8 {
+                let mut t = token.clone();
+                t[bit / 8] ^= 1 << (bit % 8);
+                prop_assert!(s.verify_token_at(&t, at(1)).is_none(), "bit {}", bit);
+            }
+        }
+
+        #[test]
+        fn garbage_cookie_headers_never_verify_or_panic(
+            lines in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 0..4),
+        ) {
+            let s = StickyCookie::new("lb", SECRET).unwrap();
+            let mut h = HeaderMap::new();
+            for raw in &lines {
+                let mut prefixed = b"lb=".to_vec();
+                prefixed.extend_from_slice(raw);
+                for line in [&prefixed[..], &raw[..]] {
+                    if let Ok(v) = HeaderValue::from_bytes(line) {
+                        h.append(COOKIE, v);
+                    }
+                }
+            }
+            prop_assert!(s.verify(&h).is_none());
+            s.strip(&mut h);
+        }
+    }
+}

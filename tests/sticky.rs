@@ -1,0 +1,672 @@
+//! Sticky sessions by cookie insertion: the load-balance layer in process,
+//! then the whole gateway over real loopback sockets, for HTTP and for
+//! WebSocket (the source article's reconnect from a changed IP address).
+
+#[path = "../examples/support/mod.rs"]
+mod support;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use proptest::prelude::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower_lb::layer::{
+    strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
+};
+use tower_lb::sticky::{ClientAddr, ClientIp, KeyExtractor, StickyCookie};
+use tower_lb::{Backend, LoadBalancer, Member, Strategy};
+
+const SECRET: &[u8] = b"integration-test secret, 32 bytes";
+const OLD_SECRET: &[u8] = b"the secret being rotated out, 32b";
+
+fn sticky() -> StickyCookie {
+    StickyCookie::new("lb", SECRET).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// In process: the layer over a service that answers with the picked id.
+// ---------------------------------------------------------------------------
+
+/// What the inner service saw of one request.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    cookies: Vec<String>,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// The layer with `sticky` over a service answering `status` with the
+/// picked backend's id; the log records what reached it.
+fn stack(
+    lb: &LoadBalancer,
+    sticky: StickyCookie,
+    status: StatusCode,
+) -> (
+    impl Service<Request<()>, Response = Response<String>, Error = tower_lb::Error>,
+    Log,
+) {
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    let svc = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()).sticky(sticky))
+        .service(service_fn(move |req: Request<()>| {
+            let backend = req.extensions().get::<Member>().unwrap().id().to_owned();
+            let cookies = req
+                .headers()
+                .get_all(COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            seen.lock().unwrap().push(Seen { cookies });
+            let res = Response::builder().status(status).body(backend).unwrap();
+            async move { Ok::<_, Infallible>(res) }
+        }));
+    (svc, log)
+}
+
+fn round_robin(n: usize) -> LoadBalancer {
+    let backends: Vec<Backend> = (1..=n)
+        .map(|i| {
+            Backend::new(&format!("http://10.0.0.{i}:80"))
+                .unwrap()
+                .with_id(format!("b{i}"))
+                .unwrap()
+        })
+        .collect();
+    LoadBalancer::new(Strategy::RoundRobin, backends).unwrap()
+}
+
+fn with_cookie(cookie: &str) -> Request<()> {
+    Request::builder().header(COOKIE, cookie).body(()).unwrap()
+}
+
+/// Sends one request; returns the backend and the `name=value` of any
+/// `Set-Cookie`.
+async fn send<S>(svc: &mut S, req: Request<()>) -> (String, Option<String>, HeaderMap)
+where
+    S: Service<Request<()>, Response = Response<String>, Error = tower_lb::Error>,
+{
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    let cookie = support::cookie_pair(&res);
+    let (parts, body) = res.into_parts();
+    (body, cookie, parts.headers)
+}
+
+#[tokio::test]
+async fn a_new_client_is_balanced_and_given_a_cookie() {
+    let lb = round_robin(2);
+    let (mut svc, _) = stack(&lb, sticky(), StatusCode::OK);
+    let (first, cookie, headers) = send(&mut svc, Request::new(())).await;
+    let (second, _, _) = send(&mut svc, Request::new(())).await;
+    assert_eq!((first.as_str(), second.as_str()), ("b1", "b2"));
+    let set_cookie = headers[SET_COOKIE].to_str().unwrap();
+    assert!(set_cookie.ends_with("; Path=/; HttpOnly"), "{set_cookie}");
+    assert!(!set_cookie.contains("b1") && !set_cookie.contains("10.0.0.1"));
+    assert_eq!(headers[CACHE_CONTROL], "private");
+    assert!(cookie.unwrap().starts_with("lb="));
+}
+
+#[tokio::test]
+async fn a_valid_cookie_wins_over_the_strategy_and_is_not_reissued() {
+    let lb = round_robin(3);
+    let (mut svc, _) = stack(&lb, sticky(), StatusCode::OK);
+    send(&mut svc, Request::new(())).await; // b1
+    let (backend, cookie, _) = send(&mut svc, Request::new(())).await;
+    assert_eq!(backend, "b2");
+    let cookie = cookie.unwrap();
+    for _ in 0..6 {
+        let (b, reissued, headers) = send(&mut svc, with_cookie(&cookie)).await;
+        assert_eq!(b, "b2");
+        assert_eq!(reissued, None);
+        assert!(headers.get(CACHE_CONTROL).is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_valid_cookie_wins_over_the_affinity_key() {
+    let lb = LoadBalancer::new(
+        Strategy::consistent_hash(),
+        ["http://10.0.0.1", "http://10.0.0.2", "http://10.0.0.3"],
+    )
+    .unwrap();
+    fn user<B>(req: &Request<B>) -> Option<tower_lb::sticky::AffinityKey<'_>> {
+        req.headers().get("x-user").map(|v| v.as_bytes().into())
+    }
+    let mut svc = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()).key(user).sticky(sticky()))
+        .service(service_fn(|req: Request<()>| async move {
+            let id = req.extensions().get::<Member>().unwrap().id().to_owned();
+            Ok::<_, Infallible>(Response::new(id))
+        }));
+    let cookie = sticky().token_at("10.0.0.3", SystemTime::now()).unwrap();
+    for user in (0..20).map(|i| format!("user-{i}")) {
+        let req = Request::builder()
+            .header("x-user", &user)
+            .header(COOKIE, format!("lb={cookie}"))
+            .body(())
+            .unwrap();
+        assert_eq!(send(&mut svc, req).await.0, "10.0.0.3", "{user}");
+    }
+}
+
+#[tokio::test]
+async fn a_cookie_for_a_down_backend_is_redispatched_and_reissued() {
+    let lb = round_robin(2);
+    let (mut svc, _) = stack(&lb, sticky(), StatusCode::OK);
+    let (first, cookie, _) = send(&mut svc, Request::new(())).await;
+    let cookie = cookie.unwrap();
+    lb.mark_down(&first).unwrap();
+
+    let (moved, fresh, _) = send(&mut svc, with_cookie(&cookie)).await;
+    assert_ne!(moved, first);
+    let fresh = fresh.expect("the failover re-issues the cookie");
+    assert_ne!(fresh, cookie);
+    // The fresh cookie holds, even once the old backend is back.
+    lb.mark_up(&first).unwrap();
+    for _ in 0..3 {
+        let (b, reissued, _) = send(&mut svc, with_cookie(&fresh)).await;
+        assert_eq!((b.as_str(), reissued), (moved.as_str(), None));
+    }
+    // And the old cookie goes back to the old backend, now up again.
+    assert_eq!(send(&mut svc, with_cookie(&cookie)).await.0, first);
+}
+
+#[tokio::test]
+async fn a_cookie_for_a_removed_backend_is_redispatched_and_reissued() {
+    let lb = round_robin(2);
+    let (mut svc, _) = stack(&lb, sticky(), StatusCode::OK);
+    let (first, cookie, _) = send(&mut svc, Request::new(())).await;
+    lb.remove(&first).unwrap();
+    let (moved, fresh, _) = send(&mut svc, with_cookie(&cookie.unwrap())).await;
+    assert_eq!(moved, "b2");
+    assert!(fresh.is_some());
+}
+
+#[tokio::test]
+async fn all_backends_down_is_503_whatever_the_cookie() {
+    let lb = round_robin(2);
+    let (mut svc, _) = stack(&lb, sticky(), StatusCode::OK);
+    let (_, cookie, _) = send(&mut svc, Request::new(())).await;
+    lb.mark_down("b1").unwrap();
+    lb.mark_down("b2").unwrap();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(with_cookie(&cookie.unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn forged_tampered_expired_and_foreign_cookies_count_as_none() {
+    let lb = round_robin(2);
+    let (mut svc, log) = stack(&lb, sticky(), StatusCode::OK);
+    let genuine = sticky().token_at("b2", SystemTime::now()).unwrap();
+    let mut tampered = genuine.clone().into_bytes();
+    tampered[30] = if tampered[30] == b'a' { b'b' } else { b'a' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let foreign = StickyCookie::new("lb", b"somebody else's secret, 32 bytes")
+        .unwrap()
+        .token_at("b2", SystemTime::now())
+        .unwrap();
+    let expired = sticky()
+        .max_age(Duration::from_secs(60))
+        .unwrap()
+        .token_at("b2", SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    let bad = [
+        "lb=b2".to_owned(),
+        "lb=10.0.0.2:80".to_owned(),
+        "lb=http://10.0.0.2:80".to_owned(),
+        "lb=127.0.0.1:1".to_owned(),
+        format!("lb={tampered}"),
+        format!("lb={foreign}"),
+        format!("lb={expired}"),
+        format!("lb={}", &genuine[..genuine.len() - 1]),
+        format!("lb={genuine}A"),
+        "lb=\"\"; lb=; lb".to_owned(),
+    ];
+    // Round robin from b1: every one of these is balanced as if it had no
+    // cookie, and gets a real one.
+    for (i, cookie) in bad.iter().enumerate() {
+        let (backend, fresh, _) = send(&mut svc, with_cookie(cookie)).await;
+        let expected = if i % 2 == 0 { "b1" } else { "b2" };
+        assert_eq!(backend, expected, "{cookie}");
+        assert!(fresh.is_some(), "{cookie}");
+    }
+    // None of them reached a backend either: every cookie called `lb` is
+    // stripped (a bare `lb` without `=` names no cookie and is left).
+    let log = log.lock().unwrap();
+    assert!(
+        log.iter()
+            .flat_map(|s| &s.cookies)
+            .all(|c| !c.contains("lb=")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_genuine_cookie_for_an_unknown_backend_is_redispatched() {
+    let lb = round_robin(2);
+    let (mut svc, _) = stack(&lb, sticky(), StatusCode::OK);
+    // Made with the right secret for an id that is not configured (a
+    // backend removed before this gateway started, say).
+    let unknown = sticky().token_at("10.9.9.9:80", SystemTime::now()).unwrap();
+    let (backend, fresh, _) = send(&mut svc, with_cookie(&format!("lb={unknown}"))).await;
+    assert_eq!(backend, "b1");
+    assert!(fresh.is_some());
+}
+
+#[tokio::test]
+async fn the_sticky_cookie_is_stripped_upstream_and_the_others_kept() {
+    let lb = round_robin(2);
+    let (mut svc, log) = stack(&lb, sticky(), StatusCode::OK);
+    let (_, cookie, _) = send(&mut svc, Request::new(())).await;
+    let cookie = cookie.unwrap();
+    let req = Request::builder()
+        .header(COOKIE, format!("a=1; {cookie}; b=2"))
+        .header(COOKIE, cookie.clone())
+        .header(COOKIE, "c=3")
+        .body(())
+        .unwrap();
+    send(&mut svc, req).await;
+    assert_eq!(log.lock().unwrap()[1].cookies, ["a=1; b=2", "c=3"]);
+
+    let (mut keep, log) = stack(&lb, sticky().strip_upstream(false), StatusCode::OK);
+    send(&mut keep, with_cookie(&format!("a=1; {cookie}"))).await;
+    assert_eq!(log.lock().unwrap()[0].cookies, [format!("a=1; {cookie}")]);
+}
+
+#[tokio::test]
+async fn a_failed_response_gets_no_cookie() {
+    let lb = round_robin(2);
+    let (mut svc, _) = stack(&lb, sticky(), StatusCode::SERVICE_UNAVAILABLE);
+    let (_, cookie, headers) = send(&mut svc, Request::new(())).await;
+    assert_eq!(cookie, None);
+    assert!(headers.get(CACHE_CONTROL).is_none());
+}
+
+#[tokio::test]
+async fn during_rotation_old_cookies_hold_and_are_reissued_with_the_new_secret() {
+    let lb = round_robin(2);
+    let old = StickyCookie::new("lb", OLD_SECRET).unwrap();
+    let rotated = sticky().accept_previous_secret(OLD_SECRET).unwrap();
+    let (mut svc, _) = stack(&lb, rotated, StatusCode::OK);
+    let old_cookie = format!("lb={}", old.token_at("b2", SystemTime::now()).unwrap());
+
+    let (backend, fresh, _) = send(&mut svc, with_cookie(&old_cookie)).await;
+    assert_eq!(backend, "b2");
+    let fresh = fresh.expect("a cookie made with the old secret is re-issued");
+    let mut headers = HeaderMap::new();
+    headers.insert(COOKIE, fresh.parse().unwrap());
+    assert_eq!(sticky().verify(&headers).unwrap().id(), "b2");
+    assert!(old.verify(&headers).is_none());
+}
+
+#[tokio::test]
+async fn a_cookie_past_half_its_life_is_renewed() {
+    let lb = round_robin(2);
+    let sticky = sticky().max_age(Duration::from_secs(600)).unwrap();
+    let (mut svc, _) = stack(&lb, sticky.clone(), StatusCode::OK);
+    let aged = sticky
+        .token_at("b2", SystemTime::now() - Duration::from_secs(400))
+        .unwrap();
+    let (backend, fresh, headers) = send(&mut svc, with_cookie(&format!("lb={aged}"))).await;
+    assert_eq!(backend, "b2");
+    assert!(fresh.is_some());
+    assert!(headers[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("; Max-Age=600; Expires="));
+}
+
+// No header or cookie value makes the gateway send a request anywhere but
+// to a configured backend: the full stack, with the standard director, over
+// arbitrary cookies, Host headers, forwarding headers and absolute URIs.
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    #[test]
+    fn no_header_or_cookie_routes_outside_the_configured_backends(
+        cookie in prop_oneof![
+            "[ -~]{0,120}",
+            "lb=[A-Za-z0-9_-]{60,110}",
+            Just("lb=127.0.0.1:1".to_owned()),
+            Just("lb=http://evil.example".to_owned()),
+        ],
+        host in "[a-z0-9.:]{1,30}",
+        xff in "[0-9., ]{0,40}",
+        uri in prop_oneof![
+            Just("/".to_owned()),
+            Just("http://evil.example:666/steal".to_owned()),
+            "/[a-z/]{0,20}",
+            "http://[a-z]{1,10}\\.example/[a-z]{0,5}",
+        ],
+        genuine in any::<bool>(),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let lb = round_robin(2);
+        let sent_to: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = sent_to.clone();
+        let mut svc = ServiceBuilder::new()
+            .layer(LoadBalanceLayer::new(lb.clone()).key(ClientIp::new().trusted_hops(1)).sticky(sticky()))
+            .layer(DirectorLayer::new(ProxyDirector::new()))
+            .service(service_fn(move |req: Request<()>| {
+                sink.lock().unwrap().push(req.uri().authority().map(|a| a.to_string()).unwrap_or_default());
+                async move { Ok::<_, Infallible>(Response::new(String::new())) }
+            }));
+        let mut cookie = cookie;
+        if genuine {
+            cookie.push_str(&format!("; lb={}", sticky().token_at("b2", SystemTime::now()).unwrap()));
+        }
+        let mut builder = Request::builder().uri(uri.as_str()).header("host", host.as_str()).header("x-forwarded-for", xff.as_str());
+        if let Ok(value) = http::HeaderValue::from_str(&cookie) {
+            builder = builder.header(COOKIE, value);
+        }
+        if let Ok(mut req) = builder.body(()) {
+            req.extensions_mut().insert(ClientAddr("192.0.2.1:4000".parse().unwrap()));
+            let result = runtime.block_on(async { svc.ready().await?.call(req).await });
+            prop_assert!(result.is_ok());
+            let sent = sent_to.lock().unwrap();
+            prop_assert_eq!(sent.len(), 1);
+            prop_assert!(["10.0.0.1:80", "10.0.0.2:80"].contains(&sent[0].as_str()), "sent to {}", sent[0]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Over real loopback sockets.
+// ---------------------------------------------------------------------------
+
+/// A gateway on loopback in front of `backends` (ids and addresses),
+/// balancing by client IP with consistent hashing, with `sticky`.
+async fn gateway<K>(
+    backends: &[(String, SocketAddr)],
+    key: K,
+    sticky: StickyCookie,
+) -> (SocketAddr, LoadBalancer)
+where
+    K: KeyExtractor<Incoming> + Clone + Send + Sync + 'static,
+{
+    let members: Vec<Backend> = backends
+        .iter()
+        .map(|(id, addr)| {
+            Backend::new(&format!("http://{addr}"))
+                .unwrap()
+                .with_id(id.clone())
+                .unwrap()
+        })
+        .collect();
+    let lb = LoadBalancer::new(Strategy::consistent_hash(), members).unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(ModifyResponseLayer::new(
+            strip_hop_by_hop_response::<Incoming>,
+        ))
+        .layer(LoadBalanceLayer::new(lb.clone()).key(key).sticky(sticky))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(support::Upstream::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(support::serve_proxy(listener, stack));
+    (addr, lb)
+}
+
+async fn http_backends(names: &[&str]) -> Vec<(String, SocketAddr)> {
+    let mut out = Vec::new();
+    for name in names {
+        out.push((
+            name.to_string(),
+            support::spawn_backend(name).await.unwrap(),
+        ));
+    }
+    out
+}
+
+async fn ws_backends(names: &[&str]) -> Vec<(String, SocketAddr)> {
+    let mut out = Vec::new();
+    for name in names {
+        out.push((
+            name.to_string(),
+            support::spawn_ws_backend(name).await.unwrap(),
+        ));
+    }
+    out
+}
+
+fn loopback(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
+}
+
+/// An address in 127.0.0.0/8, other than 127.0.0.1, whose IP affinity
+/// picks a different backend than `from` does: a client whose network
+/// changed and whom IP affinity would move.
+fn moved_client(lb: &LoadBalancer, from: IpAddr) -> IpAddr {
+    let key = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let home = lb.pick(Some(&key(from))).unwrap();
+    (2..=254)
+        .map(loopback)
+        .find(|&ip| lb.pick(Some(&key(ip))).unwrap().id() != home.id())
+        .expect("some loopback address hashes to the other backend")
+}
+
+/// An HTTP client whose connections come from `from`.
+fn client_from(from: IpAddr) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(from));
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+struct Answer {
+    backend: String,
+    cookie: Option<String>,
+    status: StatusCode,
+}
+
+async fn get(proxy: SocketAddr, from: IpAddr, cookie: Option<&str>) -> Answer {
+    let mut req = Request::get(format!("http://{proxy}/session"));
+    if let Some(cookie) = cookie {
+        req = req.header(COOKIE, cookie);
+    }
+    let res = client_from(from)
+        .request(req.body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let cookie = support::cookie_pair(&res);
+    let backend = res
+        .headers()
+        .get("x-backend")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    res.into_body().collect().await.unwrap();
+    Answer {
+        backend,
+        cookie,
+        status,
+    }
+}
+
+#[tokio::test]
+async fn http_a_cookie_keeps_a_client_whose_ip_changed_on_its_backend() {
+    let backends = http_backends(&["a", "b"]).await;
+    let (proxy, lb) = gateway(&backends, ClientIp::new(), sticky()).await;
+    let home = get(proxy, loopback(1), None).await;
+    assert_eq!(home.status, StatusCode::OK);
+    let cookie = home.cookie.expect("the first answer sets the cookie");
+
+    let moved = moved_client(&lb, loopback(1));
+    // IP affinity alone would move the client...
+    assert_ne!(get(proxy, moved, None).await.backend, home.backend);
+    // ...the cookie keeps it, and is not re-issued.
+    for _ in 0..3 {
+        let again = get(proxy, moved, Some(&cookie)).await;
+        assert_eq!(again.backend, home.backend);
+        assert_eq!(again.cookie, None);
+    }
+}
+
+#[tokio::test]
+async fn http_failover_reissues_the_cookie_over_real_sockets() {
+    let backends = http_backends(&["a", "b"]).await;
+    let (proxy, lb) = gateway(&backends, ClientIp::new(), sticky()).await;
+    let home = get(proxy, loopback(1), None).await;
+    let cookie = home.cookie.unwrap();
+    lb.mark_down(&home.backend).unwrap();
+
+    let failover = get(proxy, loopback(1), Some(&cookie)).await;
+    assert_eq!(failover.status, StatusCode::OK);
+    assert_ne!(failover.backend, home.backend);
+    let fresh = failover.cookie.expect("the failover re-issues the cookie");
+    assert_ne!(fresh, cookie);
+    let after = get(proxy, loopback(1), Some(&fresh)).await;
+    assert_eq!((after.backend, after.cookie), (failover.backend, None));
+}
+
+#[tokio::test]
+async fn http_the_backend_never_sees_the_sticky_cookie() {
+    let backends = http_backends(&["a", "b"]).await;
+    let (proxy, _) = gateway(&backends, ClientIp::new(), sticky()).await;
+    let cookie = get(proxy, loopback(1), None).await.cookie.unwrap();
+    let req = Request::get(format!("http://{proxy}/headers"))
+        .header(COOKIE, format!("theme=dark; {cookie}"))
+        .body(Full::default())
+        .unwrap();
+    let res = support::client().request(req).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("cookie: theme=dark\n"), "{body}");
+    assert!(!body.contains("lb="), "{body}");
+}
+
+async fn hello(ws: &mut WebSocketStream<TcpStream>) -> String {
+    let text = next_text(ws).await;
+    text.strip_prefix("hello from ")
+        .unwrap_or_else(|| panic!("unexpected greeting {text:?}"))
+        .to_owned()
+}
+
+async fn next_text(ws: &mut WebSocketStream<TcpStream>) -> String {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("the backend answers within 5 s")
+            .expect("the connection stays open")
+            .expect("a valid frame");
+        if let Message::Text(text) = message {
+            return text.as_str().to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_the_101_carries_the_cookie_and_a_reconnect_from_another_ip_lands_on_the_same_backend(
+) {
+    let backends = ws_backends(&["game-a", "game-b"]).await;
+    let (proxy, lb) = gateway(&backends, ClientIp::new(), sticky()).await;
+
+    let (mut ws, res) = support::ws_connect(proxy, loopback(1), None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let home = hello(&mut ws).await;
+    let cookie = support::cookie_pair(&res).expect("the 101 carries Set-Cookie");
+    // The session works through the gateway.
+    ws.send(Message::text("ping")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, format!("{home}: ping"));
+    ws.close(None).await.unwrap();
+
+    let moved = moved_client(&lb, loopback(1));
+    let (mut ws, _) = support::ws_connect(proxy, moved, None).await.unwrap();
+    assert_ne!(hello(&mut ws).await, home, "IP affinity moves the client");
+    ws.close(None).await.unwrap();
+
+    let (mut ws, res) = support::ws_connect(proxy, moved, Some(&format!("x=1; {cookie}")))
+        .await
+        .unwrap();
+    assert_eq!(hello(&mut ws).await, home, "the cookie keeps it");
+    assert_eq!(support::cookie_pair(&res), None);
+    ws.send(Message::text("cookies?")).await.unwrap();
+    assert_eq!(
+        next_text(&mut ws).await,
+        "x=1",
+        "the sticky cookie is stripped"
+    );
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_failover_reissues_the_cookie_on_the_101() {
+    let backends = ws_backends(&["game-a", "game-b"]).await;
+    let (proxy, lb) = gateway(&backends, ClientIp::new(), sticky()).await;
+    let (mut ws, res) = support::ws_connect(proxy, loopback(1), None).await.unwrap();
+    let home = hello(&mut ws).await;
+    let cookie = support::cookie_pair(&res).unwrap();
+    ws.close(None).await.unwrap();
+
+    lb.mark_down(&home).unwrap();
+    let moved = loopback(7);
+    let (mut ws, res) = support::ws_connect(proxy, moved, Some(&cookie))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let failover = hello(&mut ws).await;
+    assert_ne!(failover, home);
+    let fresh = support::cookie_pair(&res).expect("the failover's 101 re-issues the cookie");
+    assert_ne!(fresh, cookie);
+    ws.close(None).await.unwrap();
+
+    // Back up, the old backend does not take the client back from its new
+    // one: the fresh cookie holds.
+    lb.mark_up(&home).unwrap();
+    let (mut ws, res) = support::ws_connect(proxy, loopback(1), Some(&fresh))
+        .await
+        .unwrap();
+    assert_eq!(hello(&mut ws).await, failover);
+    assert_eq!(support::cookie_pair(&res), None);
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_a_forged_cookie_is_balanced_as_no_cookie() {
+    let backends = ws_backends(&["game-a", "game-b"]).await;
+    let (proxy, lb) = gateway(&backends, ClientIp::new(), sticky()).await;
+    let expected = lb.pick(Some(&[127, 0, 0, 1])).unwrap().id().to_owned();
+    let other = backends.iter().find(|(id, _)| *id != expected).unwrap();
+    // Whatever the cookie says, including the other backend's id or
+    // address, the client lands where IP affinity puts it.
+    for forged in [
+        format!("lb={}", other.0),
+        format!("lb={}", other.1),
+        format!("lb={}", "A".repeat(71)),
+        format!(
+            "lb={}",
+            StickyCookie::new("lb", b"not the gateway's secret, 32 byt")
+                .unwrap()
+                .token_at(&other.0, SystemTime::now())
+                .unwrap()
+        ),
+    ] {
+        let (mut ws, res) = support::ws_connect(proxy, loopback(1), Some(&forged))
+            .await
+            .unwrap();
+        assert_eq!(hello(&mut ws).await, expected, "{forged}");
+        assert!(support::cookie_pair(&res).is_some());
+        ws.close(None).await.unwrap();
+    }
+}
