@@ -12,7 +12,9 @@
 //! the first backend 3, the others 1, for weighted_round_robin; all 1
 //! otherwise), `--listen ADDR` (default 127.0.0.1:8080, or any free port if
 //! that is taken), `--demo` (send a batch of requests, print who answered,
-//! exit), `--requests N` (for `--demo`, default 12).
+//! exit), `--requests N` (for `--demo`, default 12), `--sticky` (insert a
+//! sticky cookie `lb`, as HAProxy's `cookie lb insert`; the secret comes from
+//! `TOWER_LB_SECRET`, at least 16 bytes, or is random for this run).
 //!
 //! The affinity key is the `x-user` request header: with `consistent_hash`
 //! every request of one user reaches the same backend.
@@ -32,7 +34,7 @@ use tower::ServiceBuilder;
 use tower_lb::layer::{
     strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
 };
-use tower_lb::sticky::AffinityKey;
+use tower_lb::sticky::{AffinityKey, StickyCookie};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
 struct Options {
@@ -42,6 +44,7 @@ struct Options {
     listen: SocketAddr,
     demo: bool,
     requests: usize,
+    sticky: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -52,6 +55,7 @@ fn parse_args() -> Result<Options, String> {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         demo: false,
         requests: 12,
+        sticky: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -89,10 +93,11 @@ fn parse_args() -> Result<Options, String> {
                     .ok_or("--requests takes a number from 1 to 100000")?
             }
             "--demo" => o.demo = true,
+            "--sticky" => o.sticky = true,
             "-h" | "--help" => {
                 return Err(
                     "usage: gateway [--strategy NAME] [--backends N] [--weights 5,1,1] \
-                     [--listen ADDR] [--demo] [--requests N]"
+                     [--listen ADDR] [--demo] [--requests N] [--sticky]"
                         .into(),
                 )
             }
@@ -154,11 +159,19 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     }
     let lb = LoadBalancer::new(o.strategy, backends)?;
 
+    let mut balance = LoadBalanceLayer::new(lb.clone()).key(user_key);
+    if o.sticky {
+        let secret = match std::env::var("TOWER_LB_SECRET") {
+            Ok(secret) => secret.into_bytes(),
+            Err(_) => (0..32).map(|_| rand::random::<u8>()).collect(),
+        };
+        balance = balance.sticky(StickyCookie::new("lb", secret)?);
+    }
     let stack = ServiceBuilder::new()
         .layer(ModifyResponseLayer::new(
             strip_hop_by_hop_response::<Incoming>,
         ))
-        .layer(LoadBalanceLayer::new(lb.clone()).key(user_key))
+        .layer(balance)
         .layer(DirectorLayer::new(ProxyDirector::new()))
         .service(support::Upstream::new());
 
@@ -171,11 +184,15 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => TcpListener::bind("127.0.0.1:0").await?,
     };
     let proxy = listener.local_addr()?;
-    println!("   gateway  http://{proxy}  strategy {}", o.strategy);
+    println!(
+        "   gateway  http://{proxy}  strategy {}{}",
+        o.strategy,
+        if o.sticky { ", sticky cookie `lb`" } else { "" }
+    );
     tokio::spawn(support::serve_proxy(listener, stack));
 
     if o.demo {
-        return demo(proxy, o.requests, o.strategy).await;
+        return demo(proxy, o.requests, o.strategy, o.sticky).await;
     }
     println!("\ntry: curl -i http://{proxy}/hello   (Ctrl-C to stop)");
     tokio::signal::ctrl_c().await?;
@@ -184,20 +201,30 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Sends `requests` requests through the proxy and prints who answered.
+/// With `sticky`, each of the four users keeps the cookie it was given, as a
+/// browser would.
 async fn demo(
     proxy: SocketAddr,
     requests: usize,
     strategy: Strategy,
+    sticky: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let client = support::client();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut jar: BTreeMap<String, String> = BTreeMap::new();
     println!();
     for i in 0..requests {
         let user = format!("user-{}", i % 4);
-        let req = Request::get(format!("http://{proxy}/demo/{i}"))
-            .header("x-user", &user)
-            .body(Full::<Bytes>::default())?;
-        let res = client.request(req).await?;
+        let mut req = Request::get(format!("http://{proxy}/demo/{i}")).header("x-user", &user);
+        if let Some(cookie) = jar.get(&user) {
+            req = req.header("cookie", cookie);
+        }
+        let res = client.request(req.body(Full::<Bytes>::default())?).await?;
+        if sticky {
+            if let Some(cookie) = support::cookie_pair(&res) {
+                jar.insert(user.clone(), cookie);
+            }
+        }
         let status = res.status();
         let backend = res
             .headers()
