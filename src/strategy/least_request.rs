@@ -154,22 +154,7 @@ impl Balancer for LeastRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Backend;
-
-    fn members(weights: &[u32]) -> Vec<Member> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                Member::new(
-                    Backend::new(&format!("http://b{i}"))
-                        .unwrap()
-                        .with_weight(w)
-                        .unwrap(),
-                )
-            })
-            .collect()
-    }
+    use crate::strategy::test_members as members;
 
     #[test]
     fn two_members_one_busy_always_picks_the_idle_one() {

@@ -26,6 +26,22 @@ pub use self::{
     round_robin::RoundRobin, weighted_round_robin::WeightedRoundRobin,
 };
 
+/// Members `b0`, `b1`, ... with the given weights, all up: for unit tests.
+#[cfg(test)]
+pub(crate) fn test_members(weights: &[u32]) -> Vec<Member> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            Member::new(
+                crate::Backend::new(&format!("http://b{i}"))
+                    .and_then(|b| b.with_weight(w))
+                    .expect("test backends are valid"),
+            )
+        })
+        .collect()
+}
+
 /// Picks an algorithm by value or by name: the factory.
 ///
 /// ```

@@ -276,22 +276,7 @@ impl Balancer for WeightedRoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Backend;
-
-    fn members(weights: &[u32]) -> Vec<Member> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                Member::new(
-                    Backend::new(&format!("http://b{i}"))
-                        .unwrap()
-                        .with_weight(w)
-                        .unwrap(),
-                )
-            })
-            .collect()
-    }
+    use crate::strategy::test_members as members;
 
     /// nginx's loop, verbatim in spirit: the reference the fast path must match.
     fn nginx(weights: &[u64], picks: usize) -> Vec<usize> {
