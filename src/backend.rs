@@ -91,6 +91,12 @@ impl Backend {
                 return Err(bad("the port must be a number from 1 to 65535"));
             }
         }
+        if authority.as_str().len() > MAX_ID_LEN {
+            return Err(Error::InvalidBackendId {
+                id: authority.as_str().to_owned(),
+                max: MAX_ID_LEN,
+            });
+        }
         let id: Arc<str> = Arc::from(authority.as_str());
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| bad("the host is not a valid Host header value"))?;

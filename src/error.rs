@@ -40,7 +40,7 @@ pub enum Error {
     },
 
     /// A backend id is empty or too long.
-    #[error("invalid backend id `{id}`: ids must be 1 to {max} bytes long")]
+    #[error("invalid backend id `{id}`: ids must be 1 to {max} bytes long (give a long host a short id with `Backend::with_id`)")]
     InvalidBackendId {
         /// The id as given.
         id: String,

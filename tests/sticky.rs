@@ -286,7 +286,7 @@ async fn the_sticky_cookie_is_stripped_upstream_and_the_others_kept() {
         .body(())
         .unwrap();
     send(&mut svc, req).await;
-    assert_eq!(log.lock().unwrap()[1].cookies, ["a=1; b=2", "c=3"]);
+    assert_eq!(log.lock().unwrap()[1].cookies, ["a=1; b=2; c=3"]);
 
     let (mut keep, log) = stack(&lb, sticky().strip_upstream(false), StatusCode::OK);
     send(&mut keep, with_cookie(&format!("a=1; {cookie}"))).await;
@@ -668,5 +668,113 @@ async fn websocket_a_forged_cookie_is_balanced_as_no_cookie() {
         assert_eq!(hello(&mut ws).await, expected, "{forged}");
         assert!(support::cookie_pair(&res).is_some());
         ws.close(None).await.unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Review fixes: tokens bound to the cookie name, lifetimes bounded by the
+// current max_age, browser cookie rules, long default ids.
+// ---------------------------------------------------------------------------
+
+mod hardening {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use tower_lb::sticky::{SameSite, StickyCookie};
+    use tower_lb::{Backend, Error};
+
+    const SECRET: &[u8] = b"one secret shared by two pools!!";
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_token_for_one_cookie_name_does_not_verify_under_another() {
+        let api = StickyCookie::new("lb_api", SECRET).unwrap();
+        let ws = StickyCookie::new("lb_ws", SECRET).unwrap();
+        let token = api.token_at("game-1", at(1_000)).unwrap();
+        assert!(api.verify_token_at(token.as_bytes(), at(1_000)).is_some());
+        assert!(ws.verify_token_at(token.as_bytes(), at(1_000)).is_none());
+    }
+
+    #[test]
+    fn turning_max_age_on_renews_session_cookies_already_out() {
+        let session = StickyCookie::new("lb", SECRET).unwrap();
+        let token = session.token_at("a", at(1_000)).unwrap();
+        let bounded = StickyCookie::new("lb", SECRET)
+            .unwrap()
+            .max_age(Duration::from_secs(60))
+            .unwrap();
+        let verified = bounded
+            .verify_token_at(token.as_bytes(), at(2_000))
+            .unwrap();
+        assert_eq!(verified.id(), "a");
+        assert!(verified.should_reissue());
+    }
+
+    #[test]
+    fn shortening_max_age_renews_cookies_made_for_longer() {
+        let long = StickyCookie::new("lb", SECRET)
+            .unwrap()
+            .max_age(Duration::from_secs(10 * 365 * 86_400))
+            .unwrap();
+        let token = long.token_at("a", at(1_000)).unwrap();
+        let short = StickyCookie::new("lb", SECRET)
+            .unwrap()
+            .max_age(Duration::from_secs(60))
+            .unwrap();
+        assert!(short
+            .verify_token_at(token.as_bytes(), at(2_000))
+            .unwrap()
+            .should_reissue());
+        // A fresh cookie of the current lifetime is not renewed at once.
+        let fresh = short.token_at("a", at(2_000)).unwrap();
+        assert!(!short
+            .verify_token_at(fresh.as_bytes(), at(2_001))
+            .unwrap()
+            .should_reissue());
+    }
+
+    #[test]
+    fn same_site_none_and_secure_prefixes_force_secure() {
+        let none = StickyCookie::new("lb", SECRET)
+            .unwrap()
+            .same_site(SameSite::None)
+            .secure(false);
+        let set_cookie = none.set_cookie_at("a", at(1)).unwrap();
+        assert!(
+            set_cookie.to_str().unwrap().contains("; Secure"),
+            "{set_cookie:?}"
+        );
+        for name in ["__Secure-lb", "__Host-lb"] {
+            let cookie = StickyCookie::new(name, SECRET).unwrap().secure(false);
+            let value = cookie.set_cookie_at("a", at(1)).unwrap();
+            assert!(
+                value.to_str().unwrap().contains("; Secure"),
+                "{name}: {value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_prefixed_cookies_refuse_a_domain_or_another_path() {
+        let host = || StickyCookie::new("__Host-lb", SECRET).unwrap();
+        assert!(matches!(
+            host().domain("example.com"),
+            Err(Error::InvalidConfig { .. })
+        ));
+        assert!(matches!(
+            host().path("/app"),
+            Err(Error::InvalidConfig { .. })
+        ));
+        assert!(host().path("/").is_ok());
+    }
+
+    #[test]
+    fn a_default_id_longer_than_a_cookie_can_name_is_refused_with_a_hint() {
+        let host = format!("{}.example", "a".repeat(250));
+        let err = Backend::new(&format!("http://{host}:65535")).unwrap_err();
+        assert!(matches!(err, Error::InvalidBackendId { .. }), "{err:?}");
+        assert!(err.to_string().contains("Backend::with_id"));
     }
 }

@@ -190,15 +190,18 @@ fn trim(mut s: &[u8]) -> &[u8] {
 }
 
 /// Removes every cookie called `name` from the `Cookie` headers, keeping the
-/// other pairs (and any garbage) in order; a header left empty is removed.
+/// other pairs (and any garbage) in order, joined into one `Cookie` line
+/// with `"; "` (as RFC 9113 §8.2.3 requires before a request goes on over
+/// HTTP/1.1: HTTP/2 clients may split cookies over several lines, and many
+/// HTTP/1 servers read only the first). No pair left: no `Cookie` header.
 /// Returns whether anything was removed. Allocates only when it removes.
 pub(crate) fn remove_cookie(headers: &mut HeaderMap, name: &[u8]) -> bool {
     if !Cookies::new(headers).any(|(n, _)| n == name) {
         return false;
     }
-    let mut kept: Vec<HeaderValue> = Vec::new();
+    let total: usize = headers.get_all(COOKIE).iter().map(|l| l.len() + 2).sum();
+    let mut out: Vec<u8> = Vec::with_capacity(total);
     for line in headers.get_all(COOKIE) {
-        let mut out: Vec<u8> = Vec::with_capacity(line.len());
         let mut rest = line.as_bytes();
         while !rest.is_empty() {
             let (segment, tail) = split_segment(rest);
@@ -212,18 +215,15 @@ pub(crate) fn remove_cookie(headers: &mut HeaderMap, name: &[u8]) -> bool {
             }
             out.extend_from_slice(trimmed);
         }
-        // The bytes come from a valid header value, joined by "; ", so this
-        // cannot fail; a line that somehow did is dropped rather than kept
-        // with the sticky cookie in it.
-        if let Ok(value) = HeaderValue::from_bytes(&out) {
-            if !out.is_empty() {
-                kept.push(value);
-            }
-        }
     }
     headers.remove(COOKIE);
-    for value in kept {
-        headers.append(COOKIE, value);
+    // The bytes come from valid header values, joined by "; ", so this
+    // cannot fail; if it somehow did, no line is kept rather than one with
+    // the sticky cookie in it.
+    if !out.is_empty() {
+        if let Ok(value) = HeaderValue::from_bytes(&out) {
+            headers.insert(COOKIE, value);
+        }
     }
     true
 }
@@ -309,9 +309,9 @@ mod tests {
     fn removing_a_cookie_keeps_the_others_in_order() {
         let mut h = headers(&[b"a=1; lb=x; b=2", b"lb=y", b"c=3;lb=z"]);
         assert!(remove_cookie(&mut h, b"lb"));
-        assert_eq!(lines(&h), ["a=1; b=2", "c=3"]);
+        assert_eq!(lines(&h), ["a=1; b=2; c=3"]);
         assert!(!remove_cookie(&mut h, b"lb"));
-        assert_eq!(lines(&h), ["a=1; b=2", "c=3"]);
+        assert_eq!(lines(&h), ["a=1; b=2; c=3"]);
     }
 
     #[test]

@@ -132,9 +132,9 @@ impl StickyCookie {
     /// secret is shorter than [`MIN_SECRET_LEN`] bytes.
     pub fn new(name: &str, secret: impl AsRef<[u8]>) -> Result<Self, Error> {
         check_cookie_name(name)?;
-        Ok(StickyCookie {
+        let cookie = StickyCookie {
             name: name.into(),
-            keys: derive_keys(secret.as_ref())?,
+            keys: derive_keys(secret.as_ref(), name)?,
             previous: None,
             path: Some("/".into()),
             domain: None,
@@ -144,7 +144,10 @@ impl StickyCookie {
             same_site: None,
             strip_upstream: true,
             nocache: true,
-        })
+        };
+        // Browsers keep `__Secure-` and `__Host-` cookies only when Secure.
+        let secure = cookie.requires_secure();
+        Ok(cookie.secure(secure))
     }
 
     /// Also accepts cookies made with `old`, the secret being rotated out;
@@ -156,7 +159,7 @@ impl StickyCookie {
     /// [`Error::InvalidConfig`] if `old` is shorter than
     /// [`MIN_SECRET_LEN`] bytes.
     pub fn accept_previous_secret(mut self, old: impl AsRef<[u8]>) -> Result<Self, Error> {
-        self.previous = Some(derive_keys(old.as_ref())?);
+        self.previous = Some(derive_keys(old.as_ref(), &self.name)?);
         Ok(self)
     }
 
@@ -167,6 +170,13 @@ impl StickyCookie {
     /// [`Error::InvalidConfig`] unless `path` starts with `/` and holds only
     /// visible ASCII other than `;`.
     pub fn path(mut self, path: &str) -> Result<Self, Error> {
+        if self.name.starts_with("__Host-") && path != "/" {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "a `__Host-` cookie must have Path=/ (browsers drop it otherwise), not `{path}`"
+                ),
+            });
+        }
         let ok = path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic() && b != b';');
         if !ok {
             return Err(Error::InvalidConfig {
@@ -187,6 +197,12 @@ impl StickyCookie {
     /// [`Error::InvalidConfig`] unless `domain` is a host name: letters,
     /// digits, `-` and `.`, at most 253 bytes.
     pub fn domain(mut self, domain: &str) -> Result<Self, Error> {
+        if self.name.starts_with("__Host-") {
+            return Err(Error::InvalidConfig {
+                reason: "a `__Host-` cookie may not have a Domain (browsers drop it otherwise)"
+                    .into(),
+            });
+        }
         let host = domain.strip_prefix('.').unwrap_or(domain);
         let ok = !host.is_empty()
             && host.len() <= 253
@@ -229,15 +245,27 @@ impl StickyCookie {
     }
 
     /// Sets the `Secure` attribute (default off; turn it on when clients
-    /// reach the gateway over TLS).
+    /// reach the gateway over TLS). It stays on, whatever `on` says, for
+    /// names with the `__Secure-` or `__Host-` prefix and with
+    /// `SameSite=None`, which browsers reject without it.
     pub fn secure(mut self, on: bool) -> Self {
-        self.secure = on;
+        self.secure = on || self.requires_secure();
         self
     }
 
+    fn requires_secure(&self) -> bool {
+        self.name.starts_with("__Secure-")
+            || self.name.starts_with("__Host-")
+            || self.same_site == Some(SameSite::None)
+    }
+
     /// Sets the `SameSite` attribute (by default there is none, and browsers
-    /// treat the cookie as `Lax`).
+    /// treat the cookie as `Lax`). `SameSite::None` turns `Secure` on too:
+    /// browsers drop a `SameSite=None` cookie that is not `Secure`.
     pub fn same_site(mut self, same_site: SameSite) -> Self {
+        if same_site == SameSite::None {
+            self.secure = true;
+        }
         self.same_site = Some(same_site);
         self
     }
@@ -357,9 +385,19 @@ impl StickyCookie {
         }
         verified.len = len as u16;
         verified.expiry = expiry;
-        // Made with the previous secret, or past half its lifetime: renew.
+        // Renewed when made with the previous secret, when past half its
+        // lifetime, or when it outlives the lifetime configured now (a
+        // session token, or one made under a longer max_age): so that
+        // turning max_age on or shortening it reaches cookies already out.
         verified.reissue = previous
-            || matches!((now_secs, self.max_age), (Some(now), Some(max_age)) if expiry - now < max_age.div_ceil(2));
+            || match (self.max_age, now_secs) {
+                (Some(_), None) => true,
+                (Some(max_age), Some(now)) => {
+                    let left = expiry - now;
+                    left < max_age.div_ceil(2) || left > max_age.saturating_add(CLOCK_SKEW)
+                }
+                (None, _) => false,
+            };
         true
     }
 
@@ -496,7 +534,11 @@ fn is_private(headers: &HeaderMap) -> bool {
     })
 }
 
-fn derive_keys(secret: &[u8]) -> Result<Keys, Error> {
+/// Seconds a token's expiry may lie beyond `now + max_age` (clocks of
+/// gateway replicas differ a little) before it is renewed.
+const CLOCK_SKEW: u64 = 300;
+
+fn derive_keys(secret: &[u8], name: &str) -> Result<Keys, Error> {
     if secret.len() < MIN_SECRET_LEN {
         return Err(Error::InvalidConfig {
             reason: format!(
@@ -505,7 +547,7 @@ fn derive_keys(secret: &[u8]) -> Result<Keys, Error> {
             ),
         });
     }
-    Ok(Keys::derive(secret))
+    Ok(Keys::derive(secret, name.as_bytes()))
 }
 
 impl fmt::Debug for StickyCookie {

@@ -68,7 +68,9 @@ pub(crate) fn unverified_expiry(token: &[u8]) -> Option<u64> {
 }
 
 impl Keys {
-    pub(crate) fn derive(secret: &[u8]) -> Keys {
+    /// Keys for the cookie called `name`: a token made for one cookie name
+    /// does not verify under another, even with the same secret.
+    pub(crate) fn derive(secret: &[u8], name: &[u8]) -> Keys {
         let mut fold = [0u8; 16];
         for (i, b) in secret.iter().enumerate() {
             fold[i % 16] ^= b;
@@ -77,6 +79,9 @@ impl Keys {
             let mut h = SipHasher24::new_with_key(&fold);
             h.write(b"tower-lb/sticky-cookie/v1/");
             h.write(label);
+            h.write(b"/");
+            h.write(&(name.len() as u64).to_le_bytes());
+            h.write(name);
             h.write(b"/");
             h.write(secret);
             let h = h.finish128();
@@ -201,7 +206,7 @@ mod tests {
         assert_eq!(MAX_PLAIN, 272);
         assert_eq!(MIN_TOKEN, 53);
         assert_eq!(MAX_TOKEN, 309);
-        let keys = Keys::derive(b"0123456789abcdef");
+        let keys = Keys::derive(b"0123456789abcdef", b"lb");
         assert_eq!(seal(&keys, b"a", 0).len(), MIN_TOKEN);
         assert_eq!(seal(&keys, &[b'x'; 15], 0).len(), MIN_TOKEN);
         assert_eq!(seal(&keys, &[b'x'; 16], 0).len(), MIN_TOKEN + 16);
@@ -210,7 +215,7 @@ mod tests {
 
     #[test]
     fn ids_ending_in_zero_or_marker_bytes_round_trip() {
-        let keys = Keys::derive(b"0123456789abcdef");
+        let keys = Keys::derive(b"0123456789abcdef", b"lb");
         let mut plain = [0; MAX_PLAIN];
         for id in [
             &b"a\0"[..],
@@ -226,21 +231,21 @@ mod tests {
 
     #[test]
     fn the_id_does_not_appear_in_the_token() {
-        let keys = Keys::derive(b"0123456789abcdef");
+        let keys = Keys::derive(b"0123456789abcdef", b"lb");
         let token = seal(&keys, b"10.0.0.1:8080", 0);
         assert!(!token.windows(4).any(|w| w == b"10.0"));
     }
 
     #[test]
     fn keys_depend_on_every_byte_of_the_secret() {
-        let base = Keys::derive(&[0x55; 32]);
+        let base = Keys::derive(&[0x55; 32], b"lb");
         for i in 0..32 {
             let mut secret = [0x55; 32];
             secret[i] ^= 1;
-            assert!(Keys::derive(&secret) != base, "byte {i}");
+            assert!(Keys::derive(&secret, b"lb") != base, "byte {i}");
         }
         // Folding alone would map these two to the same key.
-        assert!(Keys::derive(&[1; 32]) != Keys::derive(&[0; 32]));
+        assert!(Keys::derive(&[1; 32], b"lb") != Keys::derive(&[0; 32], b"lb"));
     }
 
     proptest! {
@@ -249,7 +254,7 @@ mod tests {
             id in proptest::collection::vec(any::<u8>(), 1..=MAX_ID_LEN),
             expiry in any::<u64>(),
         ) {
-            let keys = Keys::derive(b"a secret of sixteen bytes or more");
+            let keys = Keys::derive(b"a secret of sixteen bytes or more", b"lb");
             let token = seal(&keys, &id, expiry);
             let mut plain = [0; MAX_PLAIN];
             let (e, len) = keys.open(&token, &mut plain).unwrap();
@@ -262,7 +267,7 @@ mod tests {
             id in proptest::collection::vec(any::<u8>(), 1..40),
             expiry in any::<u64>(),
         ) {
-            let keys = Keys::derive(b"a secret of sixteen bytes or more");
+            let keys = Keys::derive(b"a secret of sixteen bytes or more", b"lb");
             let token = seal(&keys, &id, expiry);
             let mut plain = [0; MAX_PLAIN];
             for bit in 0..token.len() * 8 {
@@ -278,7 +283,7 @@ mod tests {
             cut in 1usize..64,
             extra in proptest::collection::vec(any::<u8>(), 1..32),
         ) {
-            let keys = Keys::derive(b"a secret of sixteen bytes or more");
+            let keys = Keys::derive(b"a secret of sixteen bytes or more", b"lb");
             let token = seal(&keys, &id, 1);
             let mut plain = [0; MAX_PLAIN];
             let cut = cut.min(token.len());
@@ -295,14 +300,14 @@ mod tests {
         ) {
             let secret = b"a secret of sixteen bytes or more";
             prop_assume!(other != secret);
-            let token = seal(&Keys::derive(secret), &id, 1);
+            let token = seal(&Keys::derive(secret, b"lb"), &id, 1);
             let mut plain = [0; MAX_PLAIN];
-            prop_assert!(Keys::derive(&other).open(&token, &mut plain).is_none());
+            prop_assert!(Keys::derive(&other, b"lb").open(&token, &mut plain).is_none());
         }
 
         #[test]
         fn random_bytes_never_open(bytes in proptest::collection::vec(any::<u8>(), 0..320)) {
-            let keys = Keys::derive(b"a secret of sixteen bytes or more");
+            let keys = Keys::derive(b"a secret of sixteen bytes or more", b"lb");
             let mut plain = [0; MAX_PLAIN];
             prop_assert!(keys.open(&bytes, &mut plain).is_none());
         }
