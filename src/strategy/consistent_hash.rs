@@ -24,6 +24,7 @@
 
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use siphasher::sip::SipHasher13;
 
@@ -63,6 +64,19 @@ pub const RING_HASH_KEYS: (u64, u64) = (0x746f_7765_722d_6c62, 0x7269_6e67_2d76_
 /// ```
 #[derive(Debug)]
 pub struct ConsistentHash {
+    /// The points, shared with other balancers over the same backends and
+    /// weights (see [`Ring::shared`]).
+    ring: Arc<Ring>,
+    up: Vec<bool>,
+    up_list: Vec<u32>,
+    /// Round-robin counter for picks without a key.
+    keyless: AtomicUsize,
+}
+
+/// The points of a ring: what depends on the backends' ids, weights and
+/// order, and not on which of them are up.
+#[derive(Debug)]
+struct Ring {
     /// Ring positions, ascending.
     hashes: Vec<u64>,
     /// The member owning each position.
@@ -70,35 +84,56 @@ pub struct ConsistentHash {
     /// `table[b]` is the first position whose top bits are `>= b`.
     table: Vec<u32>,
     shift: u32,
-    up: Vec<bool>,
-    up_list: Vec<u32>,
-    /// Round-robin counter for picks without a key.
-    keyless: AtomicUsize,
+    /// What the ring was built from: (id, weight) in listing order, and the
+    /// virtual nodes per weight.
+    layout: Vec<(Box<str>, u32)>,
+    vnodes: u32,
 }
 
-impl ConsistentHash {
-    /// A ring with [`DEFAULT_VNODES`] points per unit of weight.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::RingTooLarge`] when the weights ask for more than
-    /// [`MAX_RING_POINTS`] points.
-    pub fn new(members: &[Member]) -> Result<Self, Error> {
-        Self::with_vnodes(members, DEFAULT_VNODES)
+/// Rings built recently and still in use somewhere. Marking a backend down
+/// or up builds a new balancer over the same ids and weights: it finds its
+/// ring here instead of hashing and sorting every point again (tens of
+/// milliseconds at 1,000 backends).
+static RECENT_RINGS: Mutex<Vec<Weak<Ring>>> = Mutex::new(Vec::new());
+
+/// How many rings [`RECENT_RINGS`] remembers (one per load balancer, roughly).
+const RECENT_RING_SLOTS: usize = 8;
+
+impl Ring {
+    fn built_from(&self, members: &[Member], vnodes: u32) -> bool {
+        self.vnodes == vnodes
+            && self.layout.len() == members.len()
+            && self.layout.iter().zip(members).all(|((id, weight), m)| {
+                **id == *m.backend().id() && *weight == m.backend().weight()
+            })
     }
 
-    /// A ring with `vnodes` points per unit of weight.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`] when `vnodes` is 0, [`Error::RingTooLarge`]
-    /// when the ring would exceed [`MAX_RING_POINTS`].
-    pub fn with_vnodes(members: &[Member], vnodes: u32) -> Result<Self, Error> {
-        if vnodes == 0 {
-            return Err(Error::InvalidConfig {
-                reason: "consistent hashing needs at least 1 virtual node per weight".into(),
-            });
+    /// The ring for `members`: one in use elsewhere if it has the same ids,
+    /// weights and order, else a new one.
+    fn shared(members: &[Member], vnodes: u32) -> Result<Arc<Ring>, Error> {
+        let lock = || {
+            RECENT_RINGS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        let found = lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|ring| ring.built_from(members, vnodes));
+        if let Some(ring) = found {
+            return Ok(ring);
         }
+        let ring = Arc::new(Ring::build(members, vnodes)?);
+        let mut recent = lock();
+        recent.retain(|weak| weak.strong_count() > 0);
+        if recent.len() >= RECENT_RING_SLOTS {
+            recent.remove(0);
+        }
+        recent.push(Arc::downgrade(&ring));
+        Ok(ring)
+    }
+
+    fn build(members: &[Member], vnodes: u32) -> Result<Ring, Error> {
         // Saturating: a sum past u64 is as much "too large" as any other.
         let points: u64 = members.iter().fold(0u64, |sum, m| {
             sum.saturating_add(u64::from(m.backend().weight()).saturating_mul(u64::from(vnodes)))
@@ -141,11 +176,59 @@ impl ConsistentHash {
         }
         table.push(hashes.len() as u32);
 
-        Ok(ConsistentHash {
+        Ok(Ring {
             hashes,
             owners,
             table,
             shift,
+            layout: members
+                .iter()
+                .map(|m| (Box::from(m.backend().id()), m.backend().weight()))
+                .collect(),
+            vnodes,
+        })
+    }
+
+    /// The index of the first point at or after `hash`, wrapping to 0.
+    #[inline]
+    fn first_point(&self, hash: u64) -> usize {
+        let bucket = (hash >> self.shift) as usize;
+        let lo = self.table[bucket] as usize;
+        let hi = self.table[bucket + 1] as usize;
+        let pos = lo + self.hashes[lo..hi].partition_point(|&p| p < hash);
+        if pos == self.hashes.len() {
+            0
+        } else {
+            pos
+        }
+    }
+}
+
+impl ConsistentHash {
+    /// A ring with [`DEFAULT_VNODES`] points per unit of weight.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RingTooLarge`] when the weights ask for more than
+    /// [`MAX_RING_POINTS`] points.
+    pub fn new(members: &[Member]) -> Result<Self, Error> {
+        Self::with_vnodes(members, DEFAULT_VNODES)
+    }
+
+    /// A ring with `vnodes` points per unit of weight.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `vnodes` is 0, [`Error::RingTooLarge`]
+    /// when the ring would exceed [`MAX_RING_POINTS`].
+    pub fn with_vnodes(members: &[Member], vnodes: u32) -> Result<Self, Error> {
+        if vnodes == 0 {
+            return Err(Error::InvalidConfig {
+                reason: "consistent hashing needs at least 1 virtual node per weight".into(),
+            });
+        }
+        Ok(ConsistentHash {
+            ring: Ring::shared(members, vnodes)?,
             up: members.iter().map(Member::is_up).collect(),
             up_list: up_indices(members),
             keyless: AtomicUsize::new(0),
@@ -162,14 +245,19 @@ impl ConsistentHash {
 
     /// How many points the ring holds.
     pub fn points(&self) -> usize {
-        self.hashes.len()
+        self.ring.hashes.len()
     }
 
-    /// Heap bytes the ring uses (positions, owners and lookup table).
+    /// Heap bytes the ring uses (positions, owners, lookup table and the
+    /// layout it was built from; the ring itself may be shared with other
+    /// balancers over the same backends).
     pub fn heap_bytes(&self) -> usize {
-        self.hashes.capacity() * 8
-            + self.owners.capacity() * 4
-            + self.table.capacity() * 4
+        let ring = &self.ring;
+        ring.hashes.capacity() * 8
+            + ring.owners.capacity() * 4
+            + ring.table.capacity() * 4
+            + ring.layout.capacity() * std::mem::size_of::<(Box<str>, u32)>()
+            + ring.layout.iter().map(|(id, _)| id.len()).sum::<usize>()
             + self.up.capacity()
             + self.up_list.capacity() * 4
     }
@@ -177,15 +265,7 @@ impl ConsistentHash {
     /// The index of the first point at or after `hash`, wrapping to 0.
     #[inline]
     fn first_point(&self, hash: u64) -> usize {
-        let bucket = (hash >> self.shift) as usize;
-        let lo = self.table[bucket] as usize;
-        let hi = self.table[bucket + 1] as usize;
-        let pos = lo + self.hashes[lo..hi].partition_point(|&p| p < hash);
-        if pos == self.hashes.len() {
-            0
-        } else {
-            pos
-        }
+        self.ring.first_point(hash)
     }
 }
 
@@ -212,11 +292,11 @@ impl Balancer for ConsistentHash {
             return Ok(self.up_list[ticket % self.up_list.len()] as usize);
         };
         let start = self.first_point(Self::hash_key(key));
-        let len = self.owners.len();
+        let len = self.ring.owners.len();
         // The first point clockwise whose backend is up. Some member is up,
         // and every member has at least one point, so this finds one.
         for step in 0..len {
-            let owner = self.owners[(start + step) % len] as usize;
+            let owner = self.ring.owners[(start + step) % len] as usize;
             if self.up[owner] {
                 return Ok(owner);
             }
@@ -241,9 +321,9 @@ impl Balancer for ConsistentHash {
         };
         let mut order = Distinct::new(self.up.len(), &self.up_list, first);
         let start = self.first_point(Self::hash_key(key));
-        let len = self.owners.len();
+        let len = self.ring.owners.len();
         for step in 0..len {
-            let owner = self.owners[(start + step) % len] as usize;
+            let owner = self.ring.owners[(start + step) % len] as usize;
             if self.up[owner] && order.take(owner) {
                 break;
             }
@@ -262,6 +342,40 @@ mod tests {
         // from different versions must agree. A change here moves every key.
         assert_eq!(ConsistentHash::hash_key(b"user-42"), 0xa72f_a011_c575_4330);
         assert_eq!(point_hash(b"10.0.0.1:80", 0), 0x4795_887d_35b9_5a49);
+    }
+
+    #[test]
+    fn marking_a_backend_down_reuses_the_ring() {
+        let members = crate::strategy::test_members(&[1, 2, 3]);
+        let a = ConsistentHash::new(&members).unwrap();
+        let mut down = members.clone();
+        down[1] = down[1].clone().with_up(false);
+        let b = ConsistentHash::new(&down).unwrap();
+        assert!(Arc::ptr_eq(&a.ring, &b.ring));
+        // Same picks for keys whose backend is up.
+        for i in 0..200u32 {
+            let key = i.to_le_bytes();
+            let owner = a.pick(Some(&key)).unwrap();
+            if owner != 1 {
+                assert_eq!(b.pick(Some(&key)).unwrap(), owner);
+            }
+        }
+    }
+
+    #[test]
+    fn other_weights_order_or_vnodes_build_another_ring() {
+        let members = crate::strategy::test_members(&[1, 2, 3]);
+        let a = ConsistentHash::new(&members).unwrap();
+        let reweighted = crate::strategy::test_members(&[1, 2, 4]);
+        let b = ConsistentHash::new(&reweighted).unwrap();
+        assert!(!Arc::ptr_eq(&a.ring, &b.ring));
+        let mut reordered = members.clone();
+        reordered.swap(0, 2);
+        let c = ConsistentHash::new(&reordered).unwrap();
+        assert!(!Arc::ptr_eq(&a.ring, &c.ring));
+        let d = ConsistentHash::with_vnodes(&members, 40).unwrap();
+        assert!(!Arc::ptr_eq(&a.ring, &d.ring));
+        assert_eq!(d.points(), 40 * 6);
     }
 
     #[test]
