@@ -6,19 +6,14 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::convert::Infallible;
-use std::future::{ready, Future, Ready};
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
-use tower::{service_fn, Service, ServiceBuilder};
-use tower_lb::layer::{
-    strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
-};
-use tower_lb::sticky::ClientAddr;
+use http::{Request, Response};
+use tower::{service_fn, Service};
 use tower_lb::{LoadBalancer, Strategy};
+
+#[path = "support/hot_path.rs"]
+mod hot_path;
+use hot_path::{full_stack, noop, now, request};
 
 struct Counting;
 
@@ -49,39 +44,6 @@ fn allocations() -> usize {
     ALLOCATIONS.with(Cell::get)
 }
 
-/// A header value as hyper hands it over: a slice of the connection's
-/// shared read buffer, so cloning it only bumps a count. (A value built
-/// from a `&str` would allocate on its first clone instead.)
-fn shared(value: &'static str) -> HeaderValue {
-    HeaderValue::from_maybe_shared(Bytes::from_static(value.as_bytes())).unwrap()
-}
-
-fn request() -> Request<()> {
-    let mut req = Request::builder()
-        .uri("/api/users?page=2")
-        .header("host", shared("gateway.example"))
-        .header("user-agent", shared("test/1.0"))
-        .header("accept", shared("*/*"))
-        .header("connection", shared("keep-alive"))
-        .body(())
-        .unwrap();
-    req.extensions_mut()
-        .insert(ClientAddr("192.0.2.7:50000".parse().unwrap()));
-    req
-}
-
-fn noop(_req: Request<()>) -> Ready<Result<Response<()>, Infallible>> {
-    ready(Ok(Response::new(())))
-}
-
-fn now<F: Future>(f: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(f).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => unreachable!(),
-    }
-}
-
 /// Allocations made by one call of `svc`, the request built beforehand.
 fn count<S>(svc: &mut S) -> usize
 where
@@ -104,11 +66,7 @@ fn the_full_stack_allocates_only_for_header_edits_and_the_pick_extension() {
         ["http://10.0.0.1:8080", "http://10.0.0.2:8080"],
     )
     .unwrap();
-    let mut stack = ServiceBuilder::new()
-        .layer(ModifyResponseLayer::new(strip_hop_by_hop_response::<()>))
-        .layer(LoadBalanceLayer::new(lb))
-        .layer(DirectorLayer::new(ProxyDirector::new()))
-        .service_fn(noop);
+    let mut stack = full_stack(lb);
     // Warm up (thread-locals, first-use initialisation).
     count(&mut direct);
     count(&mut stack);
