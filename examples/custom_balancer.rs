@@ -141,6 +141,7 @@ fn main() -> Result<(), Error> {
     .name("picks when all down")
     .run()
     .expect_err("the suite catches the bug");
+    // `Error::ConformanceFailed` displays the failure in words.
     println!("\nThe suite catches a buggy variant:\n{failure}");
     Ok(())
 }

@@ -118,6 +118,13 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A balancer failed the conformance suite of the `testing` feature; the
+    /// [`Failure`](crate::testing::Failure) describes the smallest
+    /// counter-example in words.
+    #[cfg(feature = "testing")]
+    #[error("{0}")]
+    ConformanceFailed(Box<crate::testing::Failure>),
+
     /// The request lacks what a layer needs (for example the picked backend).
     #[error("the request has no {what}: {hint}")]
     MissingExtension {

@@ -141,9 +141,10 @@ impl fmt::Display for Check {
 ///     }
 /// }
 ///
-/// let failure = Conformance::new(|m: &[Member]| Ok(AlwaysFirst(m.len())))
+/// let err = Conformance::new(|m: &[Member]| Ok(AlwaysFirst(m.len())))
 ///     .run()
 ///     .unwrap_err();
+/// let Error::ConformanceFailed(failure) = err else { panic!("{err}") };
 /// assert_eq!(failure.check(), Check::Picks);
 /// // The shrunk case: "with backends [a (weight 1, down)], pick(None) returned
 /// // 0 (a), but every backend is down: expected the error AllBackendsDown { count: 1 }"
@@ -293,7 +294,7 @@ impl<B: BuildBalancer> Conformance<B> {
     /// When a check fails: the message is the [`Failure`]'s.
     #[track_caller]
     pub fn check(&self) -> Report {
-        match self.run() {
+        match self.run_checks() {
             Ok(report) => report,
             Err(failure) => panic!("{failure}"),
         }
@@ -303,8 +304,14 @@ impl<B: BuildBalancer> Conformance<B> {
     ///
     /// # Errors
     ///
-    /// The first [`Failure`], with the smallest counter-example found.
-    pub fn run(&self) -> Result<Report, Failure> {
+    /// [`Error::ConformanceFailed`] with the first [`Failure`], which holds
+    /// the smallest counter-example found.
+    pub fn run(&self) -> Result<Report, Error> {
+        self.run_checks()
+            .map_err(|failure| Error::ConformanceFailed(Box::new(failure)))
+    }
+
+    fn run_checks(&self) -> Result<Report, Failure> {
         let defaults = Config::default();
         let cases = self
             .cases
