@@ -329,8 +329,15 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
         cursor.position() as usize
     };
     let ip_text = std::str::from_utf8(&ip_text[..ip_len]).unwrap_or_default();
-    let previous = headers.get_all(&X_FORWARDED_FOR);
-    let len: usize = previous.iter().map(|v| v.len() + 2).sum::<usize>() + ip_text.len();
+    append_to_list(headers, X_FORWARDED_FOR, ip_text);
+}
+
+/// Appends `last` to a comma-separated list header, folding every earlier
+/// line into one (`a, b, last`) in order: one allocation, of exact size,
+/// which the header value takes over without copying.
+fn append_to_list(headers: &mut HeaderMap, name: HeaderName, last: &str) {
+    let previous = headers.get_all(&name);
+    let len: usize = previous.iter().map(|v| v.len() + 2).sum::<usize>() + last.len();
     let mut line = String::with_capacity(len);
     for value in previous {
         if let Ok(s) = value.to_str() {
@@ -338,10 +345,9 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
             line.push_str(", ");
         }
     }
-    line.push_str(ip_text);
-    // From a String, the value takes over the buffer instead of copying it.
+    line.push_str(last);
     if let Ok(value) = HeaderValue::try_from(line) {
-        headers.insert(X_FORWARDED_FOR, value);
+        headers.insert(name, value);
     }
 }
 
@@ -372,17 +378,7 @@ fn append_forwarded(
     }
     let _ = write!(element, ";proto={proto}");
     // Earlier elements, from every Forwarded line, stay in order.
-    let mut line = String::new();
-    for existing in headers.get_all(FORWARDED) {
-        if let Ok(existing) = existing.to_str() {
-            line.push_str(existing);
-            line.push_str(", ");
-        }
-    }
-    line.push_str(&element);
-    if let Ok(value) = HeaderValue::from_str(&line) {
-        headers.insert(FORWARDED, value);
-    }
+    append_to_list(headers, FORWARDED, &element);
 }
 
 fn is_token_char(b: u8) -> bool {
