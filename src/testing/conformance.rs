@@ -520,8 +520,7 @@ impl<B: BuildBalancer> Conformance<B> {
         for key in with_no_key(keys) {
             check_pick(set, "", key, guard(|| balancer.pick(key))).map_err(fail)?;
             for first in 0..set.len() {
-                let got = guard(|| balancer.failover(key, first));
-                check_failover(set, "", key, first, got).map_err(fail)?;
+                failover_checked(set, &*balancer, key, first)?;
             }
         }
         Ok(())
@@ -539,16 +538,13 @@ impl<B: BuildBalancer> Conformance<B> {
         // After each member fails, with the keys in turn; then after each
         // key's own pick, as a load balancer calls it.
         for first in 0..set.len() {
-            let key = keys[first % keys.len()];
-            let got = guard(|| balancer.failover(key, first));
-            check_failover(set, "", key, first, got).map_err(fail)?;
+            failover_checked(set, &*balancer, keys[first % keys.len()], first)?;
         }
         for &key in &keys {
             if let Some(first) =
                 check_pick(set, "", key, guard(|| balancer.pick(key))).map_err(fail)?
             {
-                let got = guard(|| balancer.failover(key, first));
-                check_failover(set, "", key, first, got).map_err(fail)?;
+                failover_checked(set, &*balancer, key, first)?;
             }
         }
         Ok(())
@@ -898,6 +894,18 @@ fn check_pick(
         "with backends {set}, {context}pick({}) {problem}",
         describe_key(key)
     ))
+}
+
+/// Asks `balancer` for its failover list after `first` (catching a panic)
+/// and checks it.
+fn failover_checked(
+    set: &BackendSet,
+    balancer: &dyn Balancer,
+    key: Option<&[u8]>,
+    first: usize,
+) -> Result<(), TestCaseError> {
+    let got = guard(|| balancer.failover(key, first));
+    check_failover(set, "", key, first, got).map_err(fail)
 }
 
 /// Checks one failover list against the members that are up.
