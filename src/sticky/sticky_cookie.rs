@@ -1,6 +1,7 @@
 //! `StickyCookie`: the configuration and the checks of an inserted cookie.
 
 use std::fmt;
+use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{CACHE_CONTROL, SET_COOKIE};
@@ -9,7 +10,7 @@ use http::{HeaderMap, HeaderValue};
 use super::base64url;
 use super::cookie::{remove_cookie, Cookies};
 use super::extract::check_cookie_name;
-use super::token::{unverified_expiry, Keys, MAX_PLAIN, MAX_TOKEN, MIN_TOKEN, NEVER, NONCE_LEN};
+use super::token::{unverified_expiry, Keys, MAX_TOKEN, MIN_TOKEN, NEVER, NONCE_LEN};
 use crate::{Error, MAX_ID_LEN};
 
 /// The shortest secret accepted, in bytes.
@@ -312,8 +313,7 @@ impl StickyCookie {
     /// Checks one cookie value (a token as made by
     /// [`token_at`](Self::token_at)) as of `now`.
     pub fn verify_token_at(&self, token: &[u8], now: SystemTime) -> Option<VerifiedCookie> {
-        let mut verified = VerifiedCookie::empty();
-        self.check(token, || now, &mut verified).then_some(verified)
+        self.check(token, || now)
     }
 
     fn verify_with(
@@ -321,75 +321,48 @@ impl StickyCookie {
         headers: &HeaderMap,
         now: impl Fn() -> SystemTime,
     ) -> Option<VerifiedCookie> {
-        // One result, filled in place and returned without copying; made
-        // only when the request carries a cookie of the sticky name.
-        let mut verified: Option<VerifiedCookie> = None;
-        for value in Cookies::new(headers)
+        Cookies::new(headers)
             .named(self.name.as_bytes())
             .take(MAX_CANDIDATES)
-        {
-            let slot = verified.get_or_insert_with(VerifiedCookie::empty);
-            if self.check(value, &now, slot) {
-                return verified;
-            }
-        }
-        None
+            .find_map(|value| self.check(value, &now))
     }
 
-    /// Whether `token` is valid, filling `verified` if so. The clock is read
-    /// only for a token that can expire.
-    fn check(
-        &self,
-        token: &[u8],
-        now: impl Fn() -> SystemTime,
-        verified: &mut VerifiedCookie,
-    ) -> bool {
+    /// The cookie `token` is, if valid. The clock is read only for a token
+    /// that can expire.
+    fn check(&self, token: &[u8], now: impl Fn() -> SystemTime) -> Option<VerifiedCookie> {
         let encoded_range = base64url::encoded_len(MIN_TOKEN)..=base64url::encoded_len(MAX_TOKEN);
         if !encoded_range.contains(&token.len()) {
-            return false;
+            return None;
         }
-        let mut raw = [0u8; MAX_TOKEN];
-        let Some(raw_len) = base64url::decode_into(token, &mut raw) else {
-            return false;
-        };
-        let raw = &raw[..raw_len];
+        let mut buf = [0u8; MAX_TOKEN];
+        let raw_len = base64url::decode_into(token, &mut buf)?;
+        let raw = &mut buf[..raw_len];
         // An expired token is rejected before any hashing; the expiry is
         // authenticated below with the rest.
-        let Some(expiry) = unverified_expiry(raw) else {
-            return false;
-        };
+        let expiry = unverified_expiry(raw)?;
         let mut now_secs = None;
         if expiry != NEVER {
             let now = unix_seconds(now());
             if expiry <= now {
-                return false;
+                return None;
             }
             now_secs = Some(now);
         }
-        // Decrypted in place, so that the id is never copied.
-        let (len, previous) = match self.keys.open(raw, &mut verified.plain) {
-            Some((_, len)) => (len, false),
-            None => match self
-                .previous
-                .as_ref()
-                .and_then(|keys| keys.open(raw, &mut verified.plain))
-            {
-                Some((_, len)) => (len, true),
-                None => return false,
-            },
+        // Decrypted in place; a token the current keys reject is untouched,
+        // and tried under the previous ones.
+        let (id, previous) = match self.keys.open_in_place(raw) {
+            Some(id) => (id, false),
+            None => (self.previous.as_ref()?.open_in_place(raw)?, true),
         };
         // Ids are nearly always ASCII, checked without a call.
-        let id = &verified.plain[..len];
-        if !id.is_ascii() && std::str::from_utf8(id).is_err() {
-            return false;
+        if !raw[id.clone()].is_ascii() && std::str::from_utf8(&raw[id.clone()]).is_err() {
+            return None;
         }
-        verified.len = len as u16;
-        verified.expiry = expiry;
         // Renewed when made with the previous secret, when past half its
         // lifetime, or when it outlives the lifetime configured now (a
         // session token, or one made under a longer max_age): so that
         // turning max_age on or shortening it reaches cookies already out.
-        verified.reissue = previous
+        let reissue = previous
             || match (self.max_age, now_secs) {
                 (Some(_), None) => true,
                 (Some(max_age), Some(now)) => {
@@ -398,7 +371,11 @@ impl StickyCookie {
                 }
                 (None, _) => false,
             };
-        true
+        Some(VerifiedCookie {
+            id: StoredId::new(&buf, id),
+            expiry,
+            reissue,
+        })
     }
 
     /// The `Set-Cookie` value naming the backend `id`:
@@ -572,32 +549,67 @@ impl fmt::Debug for StickyCookie {
 }
 
 /// A valid sticky cookie: the backend id it names, read from the request
-/// without allocating.
+/// without allocating when the id is at most [`INLINE_ID_LEN`] bytes long.
 #[derive(Clone)]
 pub struct VerifiedCookie {
-    /// The decrypted plaintext, starting with the id.
-    plain: [u8; MAX_PLAIN],
-    len: u16,
+    id: StoredId,
     expiry: u64,
     reissue: bool,
 }
 
-impl VerifiedCookie {
-    fn empty() -> Self {
-        VerifiedCookie {
-            plain: [0; MAX_PLAIN],
-            len: 0,
-            expiry: 0,
-            reissue: false,
+/// The longest backend id a [`VerifiedCookie`] holds without allocating:
+/// room for `host:port` with a DNS name such as a Kubernetes service's.
+/// Longer ids (up to [`MAX_ID_LEN`]) cost one allocation per verified
+/// cookie.
+pub const INLINE_ID_LEN: usize = 64;
+
+/// A verified id, kept small so that a `VerifiedCookie` moves cheaply.
+#[derive(Clone)]
+enum StoredId {
+    /// UTF-8, checked before it was stored.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_ID_LEN],
+    },
+    Heap(Box<str>),
+}
+
+impl StoredId {
+    /// The id at `range` in `buf`, which must be valid UTF-8.
+    fn new(buf: &[u8], range: Range<usize>) -> StoredId {
+        let len = range.len();
+        // Copied as a whole block of INLINE_ID_LEN bytes when `buf` has
+        // them: a copy of fixed size is a few wide moves, and moving the
+        // result later reads back exactly what was stored. The bytes past
+        // the id are never read.
+        let block = buf
+            .get(range.start..)
+            .and_then(<[u8]>::first_chunk::<INLINE_ID_LEN>);
+        match block {
+            Some(&block) if len <= INLINE_ID_LEN => StoredId::Inline {
+                // At most INLINE_ID_LEN, so it fits.
+                len: len as u8,
+                bytes: block,
+            },
+            _ => StoredId::Heap(String::from_utf8_lossy(&buf[range]).into()),
         }
     }
 
+    fn as_str(&self) -> &str {
+        match self {
+            StoredId::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            StoredId::Heap(id) => id,
+        }
+    }
+}
+
+impl VerifiedCookie {
     /// The id of the backend the cookie names. It may no longer be
     /// configured, or be down: the load-balance layer then redispatches.
     pub fn id(&self) -> &str {
-        // `verify_token_at` checked that the id is UTF-8.
-        let id = &self.plain[..usize::from(self.len)];
-        std::str::from_utf8(id).unwrap_or_default()
+        self.id.as_str()
     }
 
     /// When the cookie expires, or `None` for a session cookie.
@@ -915,6 +927,20 @@ mod tests {
             token_of(&s.set_cookie(&longest).unwrap())
         )]);
         assert_eq!(s.verify(&h).unwrap().id(), longest);
+    }
+
+    #[test]
+    fn ids_round_trip_on_both_sides_of_the_inline_length() {
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        for len in [1, INLINE_ID_LEN - 1, INLINE_ID_LEN, INLINE_ID_LEN + 1] {
+            // Multi-byte characters too: the inline copy keeps them whole.
+            let id: String = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            assert_eq!(id.len(), len);
+            let h = with_cookies(&[&format!("lb={}", token_of(&s.set_cookie(&id).unwrap()))]);
+            let verified = s.verify(&h).unwrap();
+            assert_eq!(verified.id(), id);
+            assert_eq!(verified.clone().id(), id);
+        }
     }
 
     #[test]
