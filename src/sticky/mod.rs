@@ -63,6 +63,7 @@ use http::Request;
 mod base64url;
 mod cookie;
 mod extract;
+mod siphash;
 mod sticky_cookie;
 mod token;
 

@@ -1,5 +1,6 @@
 //! `StickyCookie`: the configuration and the checks of an inserted cookie.
 
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -635,8 +636,32 @@ impl fmt::Debug for VerifiedCookie {
     }
 }
 
+/// `t` in whole seconds since the Unix epoch (0 before it).
+///
+/// `SystemTime::duration_since` is a call into std that costs about a third
+/// as much as reading the clock; requests mostly come many to a second, so
+/// each thread keeps the bounds of the last second it converted and
+/// compares `t` with them (two inlined comparisons) before converting.
 fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    thread_local! {
+        /// The start and end of a second, and its number.
+        static LAST_SECOND: Cell<Option<(SystemTime, SystemTime, u64)>> =
+            const { Cell::new(None) };
+    }
+    LAST_SECOND.with(|last| {
+        if let Some((start, end, secs)) = last.get() {
+            if start <= t && t < end {
+                return secs;
+            }
+        }
+        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let start = UNIX_EPOCH.checked_add(Duration::from_secs(secs));
+        let end = start.and_then(|s| s.checked_add(Duration::from_secs(1)));
+        if let (Some(start), Some(end), true) = (start, end, UNIX_EPOCH <= t) {
+            last.set(Some((start, end, secs)));
+        }
+        secs
+    })
 }
 
 /// Writes an IMF-fixdate (RFC 9110 §5.6.7): `Sun, 06 Nov 1994 08:49:37 GMT`.
@@ -940,6 +965,28 @@ mod tests {
             let verified = s.verify(&h).unwrap();
             assert_eq!(verified.id(), id);
             assert_eq!(verified.clone().id(), id);
+        }
+    }
+
+    #[test]
+    fn unix_seconds_agrees_with_duration_since_in_any_order() {
+        let direct = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let s = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+        let times = [
+            s(1_700_000_000, 0),
+            s(1_700_000_000, 999_999_999),
+            s(1_700_000_001, 0),
+            s(1_700_000_000, 500),
+            s(1_699_999_999, 999_999_999),
+            UNIX_EPOCH,
+            UNIX_EPOCH - Duration::from_nanos(1),
+            UNIX_EPOCH - Duration::from_secs(86_400),
+            s(0, 1),
+            s(1_700_000_001, 1),
+            SystemTime::now(),
+        ];
+        for t in times.iter().chain(times.iter().rev()) {
+            assert_eq!(unix_seconds(*t), direct(*t), "{t:?}");
         }
     }
 

@@ -28,6 +28,8 @@
 
 use siphasher::sip128::{Hasher128, SipHasher24};
 use std::hash::Hasher;
+
+use super::siphash::{sip128, sip128_pair};
 use std::ops::Range;
 
 use crate::MAX_ID_LEN;
@@ -116,7 +118,7 @@ impl Keys {
         let body = &mut out[HEADER_LEN..HEADER_LEN + plain_len];
         body[..id.len()].copy_from_slice(id);
         body[id.len()] = MARK;
-        self.apply_keystream(&nonce, body);
+        self.apply_keystream(&nonce, 0, body);
         let tag = self.tag(&out[..HEADER_LEN + plain_len]);
         out[HEADER_LEN + plain_len..total].copy_from_slice(&tag);
         total
@@ -136,12 +138,17 @@ impl Keys {
             return None;
         }
         let (signed, tag) = token.split_at_mut(len - TAG_LEN);
-        if !equal_in_constant_time(&self.tag(signed), tag) {
+        let nonce: [u8; NONCE_LEN] = *signed[1..].first_chunk()?;
+        // The tag and the first block of keystream, in one pass.
+        let (expected, first) =
+            sip128_pair(&self.mac, signed, &self.enc, &keystream_input(&nonce, 0));
+        if !equal_in_constant_time(&expected, tag) {
             return None;
         }
-        let (header, body) = signed.split_at_mut(HEADER_LEN);
-        let nonce: &[u8; NONCE_LEN] = header[1..].first_chunk()?;
-        self.apply_keystream(nonce, body);
+        let body = &mut signed[HEADER_LEN..];
+        let (head, rest) = body.split_at_mut(BLOCK);
+        xor(head, &first);
+        self.apply_keystream(&nonce, 1, rest);
         // A genuine token ends in the marker and fewer than 16 zeros.
         let mark = body.iter().rposition(|&b| b != 0)?;
         if body[mark] != MARK || mark == 0 || body.len() - mark > BLOCK {
@@ -154,28 +161,30 @@ impl Keys {
         sip128(&self.mac, signed)
     }
 
-    fn apply_keystream(&self, nonce: &[u8; NONCE_LEN], body: &mut [u8]) {
-        let mut input = [0u8; NONCE_LEN + 1];
-        input[..NONCE_LEN].copy_from_slice(nonce);
+    /// XORs the keystream into `body`, starting at block `first`.
+    fn apply_keystream(&self, nonce: &[u8; NONCE_LEN], first: usize, body: &mut [u8]) {
         for (i, block) in body.chunks_mut(BLOCK).enumerate() {
-            // At most MAX_PLAIN / BLOCK = 17 blocks, so the counter fits.
-            input[NONCE_LEN] = i as u8;
-            let stream = sip128(&self.enc, &input);
-            for (b, s) in block.iter_mut().zip(stream) {
-                *b ^= s;
-            }
+            xor(
+                block,
+                &sip128(&self.enc, &keystream_input(nonce, first + i)),
+            );
         }
     }
 }
 
-/// SipHash-2-4-128, its output as `Hash128::as_bytes` lays it out.
-#[inline]
-fn sip128(key: &[u8; 16], msg: &[u8]) -> [u8; 16] {
-    let h = SipHasher24::new_with_key(key).hash(msg);
-    let mut out = [0; 16];
-    out[..8].copy_from_slice(&h.h1.to_le_bytes());
-    out[8..].copy_from_slice(&h.h2.to_le_bytes());
-    out
+/// The input of keystream block `i`: the nonce and the block's number.
+fn keystream_input(nonce: &[u8; NONCE_LEN], i: usize) -> [u8; NONCE_LEN + 1] {
+    let mut input = [0; NONCE_LEN + 1];
+    input[..NONCE_LEN].copy_from_slice(nonce);
+    // At most MAX_PLAIN / BLOCK = 17 blocks, so the number fits.
+    input[NONCE_LEN] = i as u8;
+    input
+}
+
+fn xor(block: &mut [u8], stream: &[u8; BLOCK]) {
+    for (b, s) in block.iter_mut().zip(stream) {
+        *b ^= s;
+    }
 }
 
 /// Compares two tags without an early exit, so that the time taken does not
