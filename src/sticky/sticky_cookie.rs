@@ -565,43 +565,52 @@ pub struct VerifiedCookie {
 pub const INLINE_ID_LEN: usize = 64;
 
 /// A verified id, kept small so that a `VerifiedCookie` moves cheaply.
+///
+/// The inline bytes come first and the whole is 16-byte aligned: moving it
+/// reads back 16-byte pieces exactly as they were written, which the CPU
+/// forwards from its store buffer, where an enum's odd offsets made it
+/// stall (about 10 ns a verification on the benchmark machine).
 #[derive(Clone)]
-enum StoredId {
-    /// UTF-8, checked before it was stored.
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE_ID_LEN],
-    },
-    Heap(Box<str>),
+#[repr(C, align(16))]
+struct StoredId {
+    /// The id in its first `len` bytes (UTF-8, checked before it was
+    /// stored), unless it is on the heap.
+    inline: [u8; INLINE_ID_LEN],
+    /// An id longer than `INLINE_ID_LEN` bytes.
+    heap: Option<Box<str>>,
+    len: u8,
 }
 
 impl StoredId {
     /// The id at `range` in `buf`, which must be valid UTF-8.
+    #[inline(always)]
     fn new(buf: &[u8], range: Range<usize>) -> StoredId {
         let len = range.len();
         // Copied as a whole block of INLINE_ID_LEN bytes when `buf` has
-        // them: a copy of fixed size is a few wide moves, and moving the
-        // result later reads back exactly what was stored. The bytes past
+        // them: a copy of fixed size is a few wide moves. The bytes past
         // the id are never read.
         let block = buf
             .get(range.start..)
             .and_then(<[u8]>::first_chunk::<INLINE_ID_LEN>);
         match block {
-            Some(&block) if len <= INLINE_ID_LEN => StoredId::Inline {
+            Some(&inline) if len <= INLINE_ID_LEN => StoredId {
+                inline,
+                heap: None,
                 // At most INLINE_ID_LEN, so it fits.
                 len: len as u8,
-                bytes: block,
             },
-            _ => StoredId::Heap(String::from_utf8_lossy(&buf[range]).into()),
+            _ => StoredId {
+                inline: [0; INLINE_ID_LEN],
+                heap: Some(String::from_utf8_lossy(&buf[range]).into()),
+                len: 0,
+            },
         }
     }
 
     fn as_str(&self) -> &str {
-        match self {
-            StoredId::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
-            StoredId::Heap(id) => id,
+        match &self.heap {
+            None => std::str::from_utf8(&self.inline[..usize::from(self.len)]).unwrap_or_default(),
+            Some(id) => id,
         }
     }
 }
