@@ -80,3 +80,41 @@ fn the_full_stack_allocates_only_for_header_edits_and_the_pick_extension() {
     assert_eq!(added, 2, "the stack added {added} allocations per request");
     println!("allocations per request: direct {base}, stack adds {added}");
 }
+
+#[test]
+fn verifying_a_sticky_cookie_allocates_only_for_ids_longer_than_the_inline_room() {
+    use http::HeaderMap;
+    use tower_lb::sticky::{StickyCookie, INLINE_ID_LEN};
+
+    let sticky = StickyCookie::new("lb", b"allocation test secret, 32 bytes")
+        .unwrap()
+        .max_age(std::time::Duration::from_secs(3600))
+        .unwrap();
+    let headers_for = |id: &str| {
+        let set = sticky.set_cookie(id).unwrap();
+        let pair = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            format!("_ga=GA1.2.3; theme=dark; {pair}; lang=fr")
+                .parse()
+                .unwrap(),
+        );
+        h
+    };
+    let verify_allocations = |headers: &HeaderMap, id: &str| {
+        // Warm up the clock's per-thread cache first.
+        assert_eq!(sticky.verify(headers).unwrap().id(), id);
+        let before = allocations();
+        let verified = sticky.verify(headers);
+        let after = allocations();
+        assert_eq!(verified.unwrap().id(), id);
+        after - before
+    };
+    let short = "10.0.0.1:8080";
+    let inline = "x".repeat(INLINE_ID_LEN);
+    let long = "x".repeat(INLINE_ID_LEN + 1);
+    assert_eq!(verify_allocations(&headers_for(short), short), 0);
+    assert_eq!(verify_allocations(&headers_for(&inline), &inline), 0);
+    assert_eq!(verify_allocations(&headers_for(&long), &long), 1);
+}
