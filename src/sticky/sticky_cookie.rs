@@ -561,7 +561,20 @@ pub struct VerifiedCookie {
 /// The longest backend id a [`VerifiedCookie`] holds without allocating:
 /// room for `host:port` with a DNS name such as a Kubernetes service's.
 /// Longer ids (up to [`MAX_ID_LEN`]) cost one allocation per verified
-/// cookie.
+/// cookie, and work the same.
+///
+/// ```
+/// use std::time::SystemTime;
+/// use tower_lb::sticky::{StickyCookie, INLINE_ID_LEN};
+///
+/// let sticky = StickyCookie::new("lb", b"thirty-two bytes of shared secret")?;
+/// let now = SystemTime::now();
+/// for id in ["checkout.shop.svc.cluster.local:8080", &"x".repeat(INLINE_ID_LEN + 1)] {
+///     let token = sticky.token_at(id, now)?;
+///     assert_eq!(sticky.verify_token_at(token.as_bytes(), now).unwrap().id(), id);
+/// }
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
 pub const INLINE_ID_LEN: usize = 64;
 
 /// A verified id, kept small so that a `VerifiedCookie` moves cheaply.
