@@ -168,7 +168,65 @@ mod tests {
         assert_eq!(decode_into(b"Zm9vYmFy", &mut [0; 5]), None);
     }
 
+    #[test]
+    fn a_foreign_byte_anywhere_is_rejected() {
+        // Lengths that reach every path: eight-character rounds, a whole
+        // quantum after them, and two- and three-character tails.
+        for len in [2, 3, 4, 6, 7, 8, 11, 12, 14, 16, 18, 19, 24, 71] {
+            let valid: Vec<u8> = (0..len).map(|i| ALPHABET[i * 7 % 64]).collect();
+            // Canonical: the last character carries no leftover bits.
+            let mut valid = valid;
+            if let Some(last) = valid.last_mut() {
+                *last = b'A';
+            }
+            let mut buf = [0; 64];
+            assert!(decode_into(&valid, &mut buf).is_some(), "{len}");
+            for pos in 0..len {
+                for foreign in [b'=', b'+', b'/', b'.', b' ', b';', 0, 0x80, 0xFF] {
+                    let mut bad = valid.clone();
+                    bad[pos] = foreign;
+                    assert_eq!(decode_into(&bad, &mut buf), None, "{len} {pos} {foreign}");
+                }
+            }
+        }
+    }
+
+    /// A decoder written for clarity, not speed.
+    fn reference_decode(input: &[u8]) -> Option<Vec<u8>> {
+        let mut bits = 0u32;
+        let mut nbits = 0;
+        let mut out = Vec::new();
+        for &c in input {
+            let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+            bits = bits << 6 | v;
+            nbits += 6;
+            if nbits >= 8 {
+                nbits -= 8;
+                out.push((bits >> nbits) as u8);
+                bits &= (1 << nbits) - 1;
+            }
+        }
+        // A lone character, or leftover bits that are not zero, cannot
+        // come from an encoder.
+        (nbits < 6 && bits == 0).then_some(out)
+    }
+
     proptest! {
+        #[test]
+        fn agrees_with_a_plain_decoder(
+            input in proptest::collection::vec(
+                prop_oneof![
+                    20 => proptest::sample::select(ALPHABET.to_vec()),
+                    1 => any::<u8>(),
+                ],
+                0..100,
+            ),
+        ) {
+            let mut buf = [0; 100];
+            let fast = decode_into(&input, &mut buf).map(|n| buf[..n].to_vec());
+            prop_assert_eq!(fast, reference_decode(&input));
+        }
+
         #[test]
         fn decoding_inverts_encoding(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
             let encoded = encode(&bytes);

@@ -70,7 +70,7 @@ mod token;
 pub use self::cookie::{Cookies, Named};
 pub use self::extract::{ClientIp, CookieKey, FirstOf, HeaderKey, PathKey, QueryKey};
 pub use self::sticky_cookie::{
-    SameSite, StickyCookie, VerifiedCookie, INLINE_ID_LEN, MIN_SECRET_LEN,
+    SameSite, StickyCookie, VerifiedCookie, INLINE_ID_LEN, MAX_COOKIE_AGE, MIN_SECRET_LEN,
 };
 
 /// The longest key kept inline, without allocating.

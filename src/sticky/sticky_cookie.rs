@@ -17,6 +17,15 @@ use crate::{Error, MAX_ID_LEN};
 /// The shortest secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
 
+/// The longest [`max_age`](StickyCookie::max_age) accepted: 400 days, the
+/// cap browsers put on any cookie's lifetime (RFC 6265bis §5.5).
+pub const MAX_COOKIE_AGE: Duration = Duration::from_secs(400 * 86_400);
+
+/// The latest expiry a token is given, whatever clock it was issued by:
+/// the last second of year 9999, the latest an HTTP date can say, and a
+/// time every platform's `SystemTime` can hold.
+const LATEST_EXPIRY: u64 = 253_402_300_799;
+
 /// How many cookies of the sticky name one request may make the gateway
 /// check. A client holds at most a few (one per path or domain); more are
 /// an attempt to make the gateway work, and are ignored.
@@ -228,11 +237,22 @@ impl StickyCookie {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a lifetime under one second.
+    /// [`Error::InvalidConfig`] for a lifetime under one second or over
+    /// [`MAX_COOKIE_AGE`] (400 days), the most browsers keep a cookie.
     pub fn max_age(mut self, max_age: Duration) -> Result<Self, Error> {
         if max_age.as_secs() == 0 {
             return Err(Error::InvalidConfig {
                 reason: "the sticky cookie's max_age must be at least one second".into(),
+            });
+        }
+        if max_age > MAX_COOKIE_AGE {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "the sticky cookie's max_age of {} s is over 400 days ({} s), which browsers \
+                     cap cookie lifetimes at (RFC 6265bis §5.5): give at most 400 days",
+                    max_age.as_secs(),
+                    MAX_COOKIE_AGE.as_secs()
+                ),
             });
         }
         self.max_age = Some(max_age.as_secs());
@@ -450,7 +470,7 @@ impl StickyCookie {
             });
         }
         let expiry = match self.max_age {
-            Some(max_age) => unix_seconds(now).saturating_add(max_age).min(NEVER - 1),
+            Some(max_age) => unix_seconds(now).saturating_add(max_age).min(LATEST_EXPIRY),
             None => NEVER,
         };
         let mut nonce = [0u8; NONCE_LEN];
@@ -577,6 +597,9 @@ pub struct VerifiedCookie {
 /// ```
 pub const INLINE_ID_LEN: usize = 64;
 
+// `StoredId` keeps the length of an inline id in a byte.
+const _: () = assert!(INLINE_ID_LEN <= u8::MAX as usize);
+
 /// A verified id, kept small so that a `VerifiedCookie` moves cheaply.
 ///
 /// The inline bytes come first and the whole is 16-byte aligned: moving it
@@ -637,7 +660,12 @@ impl VerifiedCookie {
 
     /// When the cookie expires, or `None` for a session cookie.
     pub fn expires_at(&self) -> Option<SystemTime> {
-        (self.expiry != NEVER).then(|| UNIX_EPOCH + Duration::from_secs(self.expiry))
+        if self.expiry == NEVER {
+            return None;
+        }
+        // Issued tokens expire by year 9999; one from elsewhere that says
+        // later reads as the latest time this crate issues.
+        UNIX_EPOCH.checked_add(Duration::from_secs(self.expiry.min(LATEST_EXPIRY)))
     }
 
     /// Whether the response should carry a fresh cookie for the same
@@ -691,7 +719,7 @@ fn write_http_date(secs: u64, out: &mut String) {
     use std::fmt::Write;
     // Past year 9999 the format has no room; browsers cap lifetimes at 400
     // days anyway.
-    let secs = secs.min(253_402_300_799);
+    let secs = secs.min(LATEST_EXPIRY);
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
@@ -765,6 +793,11 @@ mod tests {
         assert!(s.clone().domain("a b").is_err());
         assert!(s.clone().domain("").is_err());
         assert!(s.clone().max_age(Duration::from_millis(500)).is_err());
+        assert!(s.clone().max_age(MAX_COOKIE_AGE).is_ok());
+        for too_long in [MAX_COOKIE_AGE + Duration::from_secs(1), Duration::MAX] {
+            let err = s.clone().max_age(too_long).unwrap_err();
+            assert!(matches!(&err, Error::InvalidConfig { reason } if reason.contains("400 days")));
+        }
         assert!(s.clone().domain(".example.com").is_ok());
     }
 
@@ -988,6 +1021,26 @@ mod tests {
             assert_eq!(verified.id(), id);
             assert_eq!(verified.clone().id(), id);
         }
+    }
+
+    #[test]
+    fn expiries_stay_within_what_a_system_time_and_an_http_date_hold() {
+        let s = StickyCookie::new("lb", SECRET)
+            .unwrap()
+            .max_age(MAX_COOKIE_AGE)
+            .unwrap();
+        // Issued by a clock set to the year 9999.
+        let late = at(LATEST_EXPIRY - 10);
+        let token = s.token_at("a", late).unwrap();
+        let verified = s.verify_token_at(token.as_bytes(), late).unwrap();
+        assert_eq!(verified.expires_at(), Some(at(LATEST_EXPIRY)));
+        // Debug reads expires_at too.
+        assert!(format!("{verified:?}").contains("expires_at"));
+        let cookie = s.set_cookie_at("a", late).unwrap();
+        assert!(cookie
+            .to_str()
+            .unwrap()
+            .contains("Fri, 31 Dec 9999 23:59:59 GMT"));
     }
 
     #[test]
