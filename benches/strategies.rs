@@ -20,8 +20,9 @@
 //!   the default 160 virtual nodes per unit of weight, for weight 1
 //!   (`consistent_hash`, 160,000 points) and weights 1..=5
 //!   (`consistent_hash_weights_1_to_5`, 480,000 points); and
-//!   `load_balancer_mark_down_up_consistent_hash` (two updates, each a ring
-//!   rebuild and snapshot swap).
+//!   `load_balancer_mark_down_up_consistent_hash` (two updates, each a
+//!   snapshot swap; the ring is shared, not rebuilt, as its layout is
+//!   unchanged).
 //!
 //! Ring memory cannot be measured by criterion; it is printed to stderr
 //! (from `ConsistentHash::heap_bytes`) before the `build` group runs.

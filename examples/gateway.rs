@@ -109,6 +109,11 @@ fn parse_args() -> Result<Options, String> {
         if !(1..=64).contains(&w.len()) {
             return Err("--weights takes 1 to 64 weights".into());
         }
+        if o.strategy == Strategy::RoundRobin && w.windows(2).any(|p| p[0] != p[1]) {
+            return Err("round_robin takes turns whatever the weights: use \
+                        --strategy weighted_round_robin to follow them"
+                .into());
+        }
         o.backends = w.len();
     }
     Ok(o)
@@ -161,9 +166,10 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut balance = LoadBalanceLayer::new(lb.clone()).key(user_key);
     if o.sticky {
-        let secret = match std::env::var("TOWER_LB_SECRET") {
-            Ok(secret) => secret.into_bytes(),
-            Err(_) => (0..32).map(|_| rand::random::<u8>()).collect(),
+        // Any bytes, not only UTF-8: `openssl rand 32` output works as is.
+        let secret = match std::env::var_os("TOWER_LB_SECRET") {
+            Some(secret) => secret.into_encoded_bytes(),
+            None => (0..32).map(|_| rand::random::<u8>()).collect(),
         };
         balance = balance.sticky(StickyCookie::new("lb", secret)?);
     }
@@ -244,8 +250,15 @@ async fn demo(
         *counts.entry(backend).or_default() += 1;
     }
     println!("\n{strategy}: requests per backend");
+    // One `#` a request, scaled down so that the longest bar is 60 wide.
+    let most = counts.values().copied().max().unwrap_or(0);
     for (backend, count) in &counts {
-        println!("{backend:>10}  {count:>4}  {}", "#".repeat(*count.min(&60)));
+        let bar = if most <= 60 {
+            *count
+        } else {
+            count * 60 / most
+        };
+        println!("{backend:>10}  {count:>4}  {}", "#".repeat(bar));
     }
     Ok(())
 }

@@ -80,8 +80,10 @@ pub enum Error {
         name: String,
     },
 
-    /// A strategy's configuration is out of range.
-    #[error("invalid strategy configuration: {reason}")]
+    /// A configuration value is out of range or malformed: a strategy's,
+    /// a sticky cookie's (secret, name, path, domain, max-age) or a key
+    /// extractor's (header or query name).
+    #[error("invalid configuration: {reason}")]
     InvalidConfig {
         /// What is out of range and what is accepted.
         reason: String,

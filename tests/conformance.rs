@@ -16,8 +16,11 @@ use tower_lb::{
 // Our strategies pass.
 
 #[test]
-fn random_conforms() {
-    Conformance::new(Strategy::Random).name("random").check();
+fn random_conforms_and_follows_the_weights() {
+    Conformance::new(Strategy::Random)
+        .name("random")
+        .proportional(0.05)
+        .check();
 }
 
 #[test]

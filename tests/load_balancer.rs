@@ -633,7 +633,7 @@ fn a_balancer_answering_out_of_range_is_an_error_not_a_panic() {
     assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
-        "invalid strategy configuration: the balancer picked index 99 of a set of 2 backends (a bug in the balancer)"
+        "invalid configuration: the balancer picked index 99 of a set of 2 backends (a bug in the balancer)"
     );
     let ids: Vec<String> = lb
         .failover(None, "a")

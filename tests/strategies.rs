@@ -909,13 +909,15 @@ fn strategy_builds_the_algorithm_it_names() {
         );
     }
     let random = Strategy::Random.build(&members).unwrap();
-    let mut seen = [false; 3];
-    for i in picks(&*random, 300) {
-        seen[i] = true;
+    let mut counts = [0usize; 3];
+    for i in picks(&*random, 7_000) {
+        counts[i] += 1;
     }
-    // Uniform, not weighted: b and c (weight 1 of 7) each have probability
-    // 1/3 per pick; missing one in 300 picks has probability 2·(2/3)^300.
-    assert_eq!(seen, [true; 3]);
+    // Weighted, as nginx's `random`: a expects 5,000 of 7,000 (σ ≈ 38),
+    // b and c 1,000 each (σ ≈ 29); the bounds are over 6σ wide.
+    assert!((4_750..=5_250).contains(&counts[0]), "{counts:?}");
+    assert!((800..=1_200).contains(&counts[1]), "{counts:?}");
+    assert!((800..=1_200).contains(&counts[2]), "{counts:?}");
 }
 
 #[test]

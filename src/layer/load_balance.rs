@@ -58,8 +58,9 @@
 //!   Protocols` too: a WebSocket reconnect then finds its backend again);
 //! * a request whose cookie names a backend that is up goes to it, whatever
 //!   the strategy or affinity key would pick, and the response gets no new
-//!   cookie unless the old one was made with the previous secret or is past
-//!   half its lifetime;
+//!   cookie unless [`VerifiedCookie::should_reissue`](crate::sticky::VerifiedCookie::should_reissue)
+//!   says so (previous secret, past half its lifetime, or outliving the
+//!   `max_age` configured now);
 //! * when that backend is down or no longer configured, the request is
 //!   balanced as usual and the response re-issues the cookie for the new
 //!   backend;

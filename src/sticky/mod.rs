@@ -45,8 +45,10 @@
 //!              block i = SipHash-2-4-128(k_enc, nonce ‖ i as u8)
 //! tag        = SipHash-2-4-128(k_mac, version ‖ nonce ‖ expiry ‖ ciphertext)
 //! k_enc, k_mac = SipHash-2-4-128(fold(secret),
-//!                "tower-lb/sticky-cookie/v1/" ‖ "enc" | "mac" ‖ "/" ‖ secret),
-//!              where fold XORs the secret's bytes into 16
+//!                "tower-lb/sticky-cookie/v1/" ‖ "enc" | "mac" ‖ "/"
+//!                ‖ u64_le(len(name)) ‖ name ‖ "/" ‖ secret),
+//!              where fold XORs the secret's bytes into 16 and name is the
+//!              cookie's name
 //! ```
 //!
 //! An expired token is rejected on its expiry alone; otherwise the tag is

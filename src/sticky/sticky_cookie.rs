@@ -669,8 +669,10 @@ impl VerifiedCookie {
     }
 
     /// Whether the response should carry a fresh cookie for the same
-    /// backend: the cookie was made with the previous secret, or is past
-    /// half its lifetime.
+    /// backend: the cookie was made with the previous secret, is past half
+    /// its lifetime, or outlives the `max_age` configured now (a session
+    /// cookie after `max_age` was turned on, or one made under a longer
+    /// `max_age`), so that a changed lifetime reaches cookies already out.
     pub fn should_reissue(&self) -> bool {
         self.reissue
     }

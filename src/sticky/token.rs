@@ -22,9 +22,10 @@
 //!
 //! `k_enc` and `k_mac` are derived from the user's secret with domain
 //! separation: the secret is XOR-folded into a 16-byte SipHash key `f`, and
-//! `k = SipHash-2-4-128(f, "tower-lb/sticky-cookie/v1/" ‖ label ‖ "/" ‖ secret)`
-//! with the labels `enc` and `mac`. Every byte of the secret affects both
-//! keys.
+//! `k = SipHash-2-4-128(f, "tower-lb/sticky-cookie/v1/" ‖ label ‖ "/" ‖
+//! u64_le(len(name)) ‖ name ‖ "/" ‖ secret)` with the labels `enc` and `mac`
+//! and the cookie's `name`. Every byte of the secret affects both keys, and a
+//! token made for one cookie name does not verify under another.
 
 use siphasher::sip128::{Hasher128, SipHasher24};
 use std::hash::Hasher;

@@ -3,7 +3,7 @@
 //!
 //! | strategy | picks | key | failover order |
 //! |---|---|---|---|
-//! | [`Random`] | uniform (or weighted) among the backends that are up | ignored | rotation from a random start |
+//! | [`Random`] | at random among the backends that are up, in proportion to weight | ignored | rotation from a random start |
 //! | [`RoundRobin`] | strict rotation, lock-free | ignored | rotation after the failed one |
 //! | [`WeightedRoundRobin`] | nginx's smooth weighted round robin, `O(1)` | ignored | the sequence's next picks |
 //! | [`ConsistentHash`] | ring with virtual nodes, SipHash | the affinity key | clockwise on the ring |
@@ -64,7 +64,9 @@ pub(crate) fn test_members(weights: &[u32]) -> Vec<Member> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Strategy {
-    /// [`Random`], uniform.
+    /// [`Random`], in proportion to weight as nginx's `random` and
+    /// HAProxy's `balance random` are ([`Random::weighted`]; uniform, and
+    /// `O(1)`, when every weight is the same).
     Random,
     /// [`RoundRobin`].
     RoundRobin,
@@ -138,7 +140,15 @@ impl FromStr for Strategy {
 impl BuildBalancer for Strategy {
     fn build(&self, members: &[Member]) -> Result<Box<dyn Balancer>, Error> {
         Ok(match *self {
-            Strategy::Random => Box::new(Random::new(members)),
+            Strategy::Random => {
+                let weight = |m: &Member| m.backend().weight();
+                let same = members.windows(2).all(|w| weight(&w[0]) == weight(&w[1]));
+                Box::new(if same {
+                    Random::new(members)
+                } else {
+                    Random::weighted(members)
+                })
+            }
             Strategy::RoundRobin => Box::new(RoundRobin::new(members)),
             Strategy::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(members)),
             Strategy::ConsistentHash { vnodes } => {
