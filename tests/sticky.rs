@@ -302,6 +302,91 @@ async fn a_failed_response_gets_no_cookie() {
     assert!(headers.get(CACHE_CONTROL).is_none());
 }
 
+/// The layer over a backend whose responses set cookies of their own:
+/// `lb=; Max-Age=0` (the sticky name, as a logout would) when the request
+/// asks for it with `x-logout`, and always `theme=dark`.
+fn stack_setting_cookies(
+    lb: &LoadBalancer,
+    sticky: StickyCookie,
+) -> impl Service<Request<()>, Response = Response<String>, Error = tower_lb::Error> {
+    ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()).sticky(sticky))
+        .service(service_fn(|req: Request<()>| {
+            let backend = req.extensions().get::<Member>().unwrap().id().to_owned();
+            let mut res = Response::builder().header(SET_COOKIE, "theme=dark");
+            if req.headers().contains_key("x-logout") {
+                res = res.header(SET_COOKIE, " lb =; Max-Age=0");
+            }
+            let res = res.body(backend).unwrap();
+            async move { Ok::<_, Infallible>(res) }
+        }))
+}
+
+fn set_cookies(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The `lb=…` pair the balancer set, among the response's cookies.
+fn sticky_pair(headers: &HeaderMap) -> Option<String> {
+    set_cookies(headers)
+        .into_iter()
+        .find(|line| line.starts_with("lb="))
+        .map(|line| line.split(';').next().unwrap().to_owned())
+}
+
+fn logout(cookie: Option<&str>) -> Request<()> {
+    let mut req = Request::builder().header("x-logout", "1");
+    if let Some(cookie) = cookie {
+        req = req.header(COOKIE, cookie);
+    }
+    req.body(()).unwrap()
+}
+
+#[tokio::test]
+async fn a_backend_cannot_set_the_sticky_cookie_by_default() {
+    let lb = round_robin(2);
+    let mut svc = stack_setting_cookies(&lb, sticky());
+    // A new client: the backend's `lb` goes, the balancer's comes.
+    let (backend, _, headers) = send(&mut svc, logout(None)).await;
+    let cookie = sticky_pair(&headers).unwrap();
+    let lines = set_cookies(&headers);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0], "theme=dark");
+    assert!(
+        lines[1].starts_with(&cookie) && cookie.len() > 50,
+        "{lines:?}"
+    );
+    // A client with a valid cookie: nothing to insert, and the backend's
+    // `lb` is still removed, so the client keeps its backend.
+    for _ in 0..3 {
+        let (again, _, headers) = send(&mut svc, logout(Some(&cookie))).await;
+        assert_eq!(again, backend);
+        assert_eq!(set_cookies(&headers), ["theme=dark"]);
+    }
+}
+
+#[tokio::test]
+async fn with_preserve_a_backend_can_end_persistence_itself() {
+    let lb = round_robin(2);
+    let mut svc = stack_setting_cookies(&lb, sticky().preserve(true));
+    // Without a cookie from the backend, the balancer inserts as usual.
+    let (backend, _, headers) = send(&mut svc, Request::new(())).await;
+    let cookie = sticky_pair(&headers).unwrap();
+    assert_eq!(set_cookies(&headers).len(), 2);
+    let (again, _, _) = send(&mut svc, with_cookie(&cookie)).await;
+    assert_eq!(again, backend);
+    // The backend's own `lb` stays as it is, and no cookie is inserted:
+    // neither for a client that has one nor for a new client.
+    let (_, _, headers) = send(&mut svc, logout(Some(&cookie))).await;
+    assert_eq!(set_cookies(&headers), ["theme=dark", " lb =; Max-Age=0"]);
+    let (_, _, headers) = send(&mut svc, logout(None)).await;
+    assert_eq!(set_cookies(&headers), ["theme=dark", " lb =; Max-Age=0"]);
+}
+
 #[tokio::test]
 async fn during_rotation_old_cookies_hold_and_are_reissued_with_the_new_secret() {
     let lb = round_robin(2);

@@ -69,7 +69,10 @@
 //! * the sticky cookie is removed from the request sent upstream
 //!   ([`StickyCookie::strip_upstream`]);
 //! * a response the [`FailurePolicy`] counts as a failure gets no cookie, so
-//!   a client is not pinned to a backend that just failed it.
+//!   a client is not pinned to a backend that just failed it;
+//! * a `Set-Cookie` of the sticky name from the backend itself is removed,
+//!   unless the cookie is configured to [`preserve`](StickyCookie::preserve)
+//!   it (then it stays, and no cookie is inserted).
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -299,7 +302,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let (picked, set_cookie) = match &self.sticky {
+        let (picked, sticky) = match &self.sticky {
             None => (self.pick(&req), None),
             Some(sticky) => {
                 let (picked, insert) = match sticky.verify(req.headers()) {
@@ -314,7 +317,7 @@ where
                 if picked.is_ok() && sticky.strips_upstream() {
                     sticky.strip(req.headers_mut());
                 }
-                (picked, insert.then(|| Arc::clone(sticky)))
+                (picked, Some((Arc::clone(sticky), insert)))
             }
         };
         let member = match picked {
@@ -330,7 +333,7 @@ where
                 backend,
                 in_flight: Some(in_flight),
                 policy: self.policy,
-                set_cookie,
+                sticky,
             },
         }
     }
@@ -364,8 +367,9 @@ pin_project! {
             backend: Arc<Backend>,
             in_flight: Option<InFlight>,
             policy: FailurePolicy,
-            // Set when the response is to carry a sticky cookie.
-            set_cookie: Option<Arc<StickyCookie>>,
+            // The sticky cookie, if configured, and whether the response
+            // is to carry a fresh one.
+            sticky: Option<(Arc<StickyCookie>, bool)>,
         },
         Failed {
             error: Option<Error>,
@@ -395,7 +399,7 @@ where
                 backend,
                 in_flight,
                 policy,
-                set_cookie,
+                sticky,
             } => {
                 let result = ready!(future.poll(cx));
                 // Dropping the guard counts the request as finished.
@@ -405,13 +409,20 @@ where
                 let load = in_flight.load();
                 Poll::Ready(match result {
                     Ok(mut res) => {
-                        if policy.is_failure(res.status()) {
-                            load.record(Outcome::Failure);
+                        let failed = policy.is_failure(res.status());
+                        load.record(if failed {
+                            Outcome::Failure
                         } else {
-                            load.record(Outcome::Success);
+                            Outcome::Success
+                        });
+                        if let Some((sticky, insert)) = sticky.take() {
+                            // Only the balancer says where a client sticks
+                            // (unless the cookie is configured to preserve
+                            // a backend's own).
+                            let kept = sticky.remove_backend_cookie(res.headers_mut());
                             // A client is not pinned to a backend that just
                             // failed it.
-                            if let Some(sticky) = set_cookie.take() {
+                            if insert && !failed && !kept {
                                 // Ids are valid by construction; a failure
                                 // only means no cookie this time.
                                 let _ = sticky.insert(res.headers_mut(), backend.id());

@@ -124,6 +124,7 @@ pub struct StickyCookie {
     same_site: Option<SameSite>,
     strip_upstream: bool,
     nocache: bool,
+    preserve: bool,
 }
 
 impl StickyCookie {
@@ -155,6 +156,7 @@ impl StickyCookie {
             same_site: None,
             strip_upstream: true,
             nocache: true,
+            preserve: false,
         };
         // Browsers keep `__Secure-` and `__Host-` cookies only when Secure.
         let secure = cookie.requires_secure();
@@ -305,6 +307,19 @@ impl StickyCookie {
     /// backend, to everyone who asks for the same page.
     pub fn nocache(mut self, on: bool) -> Self {
         self.nocache = on;
+        self
+    }
+
+    /// Whether a backend may set the sticky cookie itself (default
+    /// `false`), as HAProxy's `preserve`: when a response from the backend
+    /// already carries a `Set-Cookie` of the sticky name, it is left as it
+    /// is and no cookie is inserted, so that an application can end
+    /// persistence itself (a logout that expires the cookie). Without it,
+    /// a backend's cookie of that name is removed from every response
+    /// ([`remove_backend_cookie`](Self::remove_backend_cookie)): only the
+    /// balancer decides where the client sticks.
+    pub fn preserve(mut self, on: bool) -> Self {
+        self.preserve = on;
         self
     }
 
@@ -512,6 +527,52 @@ impl StickyCookie {
         Ok(())
     }
 
+    /// Deals with a `Set-Cookie` of the sticky name that the backend put in
+    /// its response: with [`preserve`](Self::preserve) it stays, and this
+    /// returns `true` (the balancer then inserts no cookie of its own);
+    /// otherwise every such line is removed, the other `Set-Cookie` lines
+    /// kept in order, and this returns `false`. Allocates only when it
+    /// removes something.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tower_lb::sticky::StickyCookie;
+    ///
+    /// let sticky = StickyCookie::new("lb", b"32 random bytes from the vault!!")?;
+    /// let mut headers = HeaderMap::new();
+    /// headers.append("set-cookie", "lb=; Max-Age=0".parse().unwrap());
+    /// headers.append("set-cookie", "session=abc; HttpOnly".parse().unwrap());
+    /// assert!(!sticky.remove_backend_cookie(&mut headers));
+    /// let left: Vec<_> = headers.get_all("set-cookie").iter().collect();
+    /// assert_eq!(left, ["session=abc; HttpOnly"]);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn remove_backend_cookie(&self, headers: &mut HeaderMap) -> bool {
+        let is_sticky = |value: &HeaderValue| {
+            // `Set-Cookie: name=value; attributes` (RFC 6265 §4.1.1).
+            let pair = value.as_bytes().split(|&b| b == b';').next();
+            let name = pair.and_then(|p| p.split(|&b| b == b'=').next());
+            name.is_some_and(|n| n.trim_ascii() == self.name.as_bytes())
+        };
+        if !headers.get_all(SET_COOKIE).iter().any(is_sticky) {
+            return false;
+        }
+        if self.preserve {
+            return true;
+        }
+        let kept: Vec<HeaderValue> = headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter(|v| !is_sticky(v))
+            .cloned()
+            .collect();
+        headers.remove(SET_COOKIE);
+        for value in kept {
+            headers.append(SET_COOKIE, value);
+        }
+        false
+    }
+
     /// Removes the sticky cookie from the request's `Cookie` headers,
     /// keeping every other cookie; a header left empty is removed. Returns
     /// whether it was there. Allocates only when it removes something.
@@ -565,6 +626,7 @@ impl fmt::Debug for StickyCookie {
             .field("same_site", &self.same_site)
             .field("strip_upstream", &self.strip_upstream)
             .field("nocache", &self.nocache)
+            .field("preserve", &self.preserve)
             .finish()
     }
 }
@@ -1065,6 +1127,55 @@ mod tests {
         for t in times.iter().chain(times.iter().rev()) {
             assert_eq!(unix_seconds(*t), direct(*t), "{t:?}");
         }
+    }
+
+    #[test]
+    fn only_set_cookie_lines_of_the_sticky_name_are_removed() {
+        let lines = [
+            "a=1",
+            "lb=x; Path=/",
+            "lbx=2",
+            "LB=3",
+            "garbage without equals",
+            "  lb  =y",
+            "b=4; lb=5",
+        ];
+        let response = || {
+            let mut h = HeaderMap::new();
+            for line in lines {
+                h.append(SET_COOKIE, HeaderValue::from_static(line));
+            }
+            h
+        };
+        let left = |h: &HeaderMap| {
+            h.get_all(SET_COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let mut h = response();
+        assert!(!s.remove_backend_cookie(&mut h));
+        assert_eq!(
+            left(&h),
+            [
+                "a=1",
+                "lbx=2",
+                "LB=3",
+                "garbage without equals",
+                "b=4; lb=5"
+            ]
+        );
+        // Preserved: left as it was.
+        let mut h = response();
+        assert!(s.clone().preserve(true).remove_backend_cookie(&mut h));
+        assert_eq!(left(&h), lines);
+        // Nothing of the name: nothing changes, either way.
+        let mut h = HeaderMap::new();
+        h.append(SET_COOKIE, HeaderValue::from_static("a=1"));
+        assert!(!s.remove_backend_cookie(&mut h));
+        assert!(!s.clone().preserve(true).remove_backend_cookie(&mut h));
+        assert_eq!(left(&h), ["a=1"]);
     }
 
     #[test]
