@@ -409,6 +409,28 @@ async fn director_without_a_pick_fails_and_does_not_call_the_inner_service() {
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
 
+#[test]
+fn request_errors_are_4xx_and_name_no_backend() {
+    let bad = Error::BadRequest {
+        reason: "more than one Host header line".into(),
+    };
+    assert_eq!(bad.status_code(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        bad.to_string(),
+        "bad request: more than one Host header line"
+    );
+    let long = Error::UriTooLong {
+        len: 70_000,
+        max: 65_534,
+    };
+    assert_eq!(long.status_code(), StatusCode::URI_TOO_LONG);
+    assert_eq!(
+        long.to_string(),
+        "the request URI would be 70000 bytes long once rewritten, more than the 65534 allowed: \
+         shorten its path or query"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_director_hook_is_a_502_hook_error() {
     let svc = ServiceBuilder::new()

@@ -249,7 +249,8 @@ impl Service<Request<Incoming>> for Upstream {
 
 /// Serves `stack` on `listener` as a reverse proxy: each request gets the
 /// client's address as a [`ClientAddr`] extension, and a tower-lb error
-/// becomes its status (`502`/`503`) with a short text that names no backend.
+/// becomes its status (`400`/`414`/`502`/`503`) with a short text that names
+/// no backend.
 pub async fn serve_proxy<S>(listener: TcpListener, stack: S)
 where
     S: Service<Request<Incoming>, Response = Response<Incoming>, Error = tower_lb::Error>
@@ -290,6 +291,8 @@ pub fn error_response(error: &tower_lb::Error) -> Response<ProxyBody> {
     let text = match status {
         StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no backend is available\n",
         StatusCode::BAD_GATEWAY => "502 Bad Gateway: the backend failed to answer\n",
+        StatusCode::BAD_REQUEST => "400 Bad Request: the request cannot be forwarded\n",
+        StatusCode::URI_TOO_LONG => "414 URI Too Long: shorten the path or query\n",
         _ => "500 Internal Server Error: the gateway is misconfigured\n",
     };
     Response::builder()
