@@ -17,6 +17,16 @@ use tower_lb::{Backend, Error, HookStage, LoadBalancer, Member, Strategy};
 type Req = Request<()>;
 
 fn direct(backend: &str, uri: &str, headers: &[(&str, &str)], director: ProxyDirector) -> Req {
+    try_direct(backend, uri, headers, director).unwrap()
+}
+
+/// The request as `director` rewrites it for `backend`, or its error.
+fn try_direct(
+    backend: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    director: ProxyDirector,
+) -> Result<Req, Error> {
     let mut b = Request::builder().uri(uri);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -27,8 +37,19 @@ fn direct(backend: &str, uri: &str, headers: &[(&str, &str)], director: ProxyDir
     req.extensions_mut()
         .insert(ClientAddr("192.0.2.7:4444".parse().unwrap()));
     let mut director = director;
-    director.direct(&mut req).unwrap();
-    req
+    match director.direct(&mut req) {
+        Ok(()) => Ok(req),
+        Err(error) => Err(*error.downcast::<Error>().expect("a tower_lb::Error")),
+    }
+}
+
+/// The `reason` of a `BadRequest`; panics on any other outcome.
+fn bad_request(result: Result<Req, Error>) -> String {
+    match result {
+        Err(Error::BadRequest { reason }) => reason,
+        Err(other) => panic!("expected BadRequest, got {other:?}"),
+        Ok(req) => panic!("expected BadRequest, got a request for {}", req.uri()),
+    }
 }
 
 fn rewritten(backend: &str, uri: &str) -> String {
@@ -180,6 +201,36 @@ fn an_absolute_target_authority_wins_over_the_host_header() {
     );
     assert_eq!(req.headers()["host"], "a.example");
     assert_eq!(req.headers()["x-forwarded-host"], "a.example");
+}
+
+#[test]
+fn more_than_one_host_line_is_a_bad_request() {
+    // RFC 9112 §3.2: the backend and X-Forwarded-Host could disagree.
+    let hosts = [("host", "front.example"), ("host", "evil.example")];
+    for director in [
+        ProxyDirector::new(),
+        ProxyDirector::new().host(HostHeader::Backend),
+        ProxyDirector::new().x_forwarded(false).forwarded(true),
+    ] {
+        let result = try_direct("http://b", "/", &hosts, director);
+        assert_eq!(
+            bad_request(result),
+            "the request has more than one Host header line"
+        );
+    }
+    // Even when an absolute-form target's authority would replace them.
+    let absolute = try_direct(
+        "http://b",
+        "http://a.example/",
+        &hosts,
+        ProxyDirector::new(),
+    );
+    assert_eq!(
+        bad_request(absolute),
+        "the request has more than one Host header line"
+    );
+    let one = direct("http://b", "/", &hosts[..1], ProxyDirector::new());
+    assert_eq!(one.headers()["host"], "front.example");
 }
 
 #[test]

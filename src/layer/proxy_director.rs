@@ -28,6 +28,15 @@
 //!   header, and `TE: trailers` is kept (as Go does, for gRPC); `Host` is
 //!   never removed because `Connection` lists it.
 //!
+//! # Refused requests
+//!
+//! Some requests cannot be forwarded safely; the director then fails with a
+//! client error ([`Error::status_code`] `4xx`) and the inner service is not
+//! called:
+//!
+//! * more than one `Host` line ([`Error::BadRequest`], RFC 9112 §3.2): the
+//!   backend might read one and `X-Forwarded-Host` say another.
+//!
 //! The pick must already be in the request's extensions: put
 //! [`LoadBalanceLayer`](crate::layer::LoadBalanceLayer) outside the
 //! director. Without it the director fails with
@@ -169,6 +178,13 @@ impl ProxyDirector {
                 })
             }
         };
+        // RFC 9112 §3.2: more than one Host line is a 400. Forwarded as they
+        // are, the backend could read one and X-Forwarded-Host say another.
+        if req.headers().get_all(HOST).iter().nth(1).is_some() {
+            return Err(Error::BadRequest {
+                reason: "the request has more than one Host header line".into(),
+            });
+        }
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
 
         // The request URI is taken apart rather than copied: its path and
