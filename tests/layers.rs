@@ -741,6 +741,79 @@ async fn hook_errors_are_not_counted_against_the_backend() {
     assert_eq!(lb.get("a").unwrap().load().failures(), 0);
 }
 
+/// LoadBalance over ProxyDirector over an inner service that counts its
+/// calls; the `Load` of the one backend, `http://a/api`.
+fn balanced_director() -> (
+    impl Service<Req, Response = Response<()>, Error = Error>,
+    Arc<tower_lb::Load>,
+    Arc<AtomicUsize>,
+) {
+    let lb = lb(Strategy::RoundRobin, &["http://a/api"]);
+    let load = lb.get("a").unwrap().load().clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(service_fn(move |_req: Req| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(())) }
+        }));
+    (svc, load, calls)
+}
+
+/// (in flight, successes, failures, consecutive failures)
+fn counters(load: &tower_lb::Load) -> (u64, u64, u64, u64) {
+    (
+        load.in_flight(),
+        load.successes(),
+        load.failures(),
+        load.consecutive_failures(),
+    )
+}
+
+#[tokio::test]
+async fn requests_the_director_refuses_are_not_counted_against_the_backend() {
+    let (mut svc, load, calls) = balanced_director();
+    for _ in 0..3 {
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "front.example")
+            .header("host", "evil.example")
+            .body(())
+            .unwrap();
+        let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+        assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
+        assert_eq!(err.status_code(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // Released, and neither a failure nor a success.
+    assert_eq!(counters(&load), (0, 0, 0, 0));
+
+    // A hook of one's own refusing a request is not counted either.
+    let lb = lb(Strategy::RoundRobin, &["http://a"]);
+    let err = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .layer(DirectorLayer::new(|_req: &mut Req| {
+            Err(Error::BadRequest {
+                reason: "no tenant".into(),
+            })
+        }))
+        .service(service_fn(|_req: Req| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }))
+        .oneshot(Request::new(()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), StatusCode::BAD_REQUEST);
+    assert_eq!(counters(lb.get("a").unwrap().load()), (0, 0, 0, 0));
+
+    // A request that is forwarded still counts.
+    let ok = Request::builder().uri("/x").body(()).unwrap();
+    svc.ready().await.unwrap().call(ok).await.unwrap();
+    assert_eq!(counters(&load), (0, 1, 0, 0));
+}
+
 /// Ready only after `open` is set: checks that readiness passes through.
 #[derive(Clone)]
 struct Gate {

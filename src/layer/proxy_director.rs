@@ -31,8 +31,9 @@
 //! # Refused requests
 //!
 //! Some requests cannot be forwarded safely; the director then fails with a
-//! client error ([`Error::status_code`] `4xx`) and the inner service is not
-//! called:
+//! client error ([`Error::status_code`] `4xx`), the inner service is not
+//! called and [`LoadBalance`](crate::layer::LoadBalance) does not count it
+//! against the backend:
 //!
 //! * more than one `Host` line ([`Error::BadRequest`], RFC 9112 §3.2): the
 //!   backend might read one and `X-Forwarded-Host` say another.
