@@ -234,6 +234,40 @@ fn more_than_one_host_line_is_a_bad_request() {
 }
 
 #[test]
+fn an_absolute_target_userinfo_never_reaches_host_or_forwarding_headers() {
+    let d = || ProxyDirector::new().forwarded(true);
+    let cases = [
+        (
+            "http://admin:hunter2@evil.example/x",
+            "evil.example",
+            "evil.example",
+        ),
+        (
+            "http://admin@evil.example:8080/x",
+            "evil.example:8080",
+            "\"evil.example:8080\"",
+        ),
+        ("http://a@b@evil.example/x", "evil.example", "evil.example"),
+        (
+            "http://u:p@[2001:db8::1]:81/x",
+            "[2001:db8::1]:81",
+            "\"[2001:db8::1]:81\"",
+        ),
+    ];
+    for (uri, host, forwarded_host) in cases {
+        let req = direct("http://10.0.0.1", uri, &[("host", "front.example")], d());
+        assert_eq!(req.uri(), "http://10.0.0.1/x", "{uri}");
+        assert_eq!(req.headers()["host"], host, "{uri}");
+        assert_eq!(req.headers()["x-forwarded-host"], host, "{uri}");
+        assert_eq!(
+            req.headers()["forwarded"],
+            format!("for=192.0.2.7;host={forwarded_host};proto=http").as_str(),
+            "{uri}"
+        );
+    }
+}
+
+#[test]
 fn connection_cannot_make_the_proxy_drop_host() {
     let req = direct(
         "http://b",

@@ -10,7 +10,9 @@
 //!   `singleJoiningSlash`), after resolving `.` and `..` segments so that a
 //!   path cannot climb out of the prefix (as nginx normalizes); the backend
 //!   URI's query and the request's are merged with `&`;
-//! * `Host` is kept as the client sent it (Go's default) or set to the
+//! * `Host` is kept as the client sent it (Go's default; an absolute-form
+//!   target's `host[:port]` replaces it, never with the target's userinfo)
+//!   or set to the
 //!   backend's authority (nginx's default, `proxy_set_header Host
 //!   $proxy_host`), or to a fixed value — see [`HostHeader`];
 //! * the client's address (the [`ClientAddr`] extension the server fills) is
@@ -80,7 +82,7 @@ use http::header::{
     Entry, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
-use http::uri::{PathAndQuery, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use crate::layer::Direct;
@@ -95,7 +97,8 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum HostHeader {
-    /// The client's `Host` (or the request URI's authority): Go's default.
+    /// The client's `Host` (or the request target's `host[:port]`, without
+    /// userinfo): Go's default.
     #[default]
     Preserve,
     /// The backend's authority: nginx's default.
@@ -197,11 +200,12 @@ impl ProxyDirector {
 
         // What the client asked for. An authority in the request target
         // (absolute form, HTTP/2) wins over a Host header, as RFC 9112
-        // §3.2.2 requires, and becomes the Host header.
+        // §3.2.2 requires, and becomes the Host header: its host and port,
+        // never its userinfo (`user:password@`).
         if let Some(value) = original
             .authority
             .as_ref()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .and_then(|a| HeaderValue::from_str(host_and_port(a)).ok())
         {
             headers.insert(HOST, value);
         }
@@ -244,6 +248,13 @@ impl ProxyDirector {
         })?;
         Ok(())
     }
+}
+
+/// An authority without its userinfo: `host[:port]` (RFC 9112 §3.2.2). As
+/// in `http`'s own parsing, the userinfo ends at the last `@`.
+fn host_and_port(authority: &Authority) -> &str {
+    let s = authority.as_str();
+    s.rsplit_once('@').map_or(s, |(_userinfo, host)| host)
 }
 
 /// The backend's path prefix joined with the request path, and the backend's
