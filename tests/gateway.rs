@@ -216,6 +216,7 @@ async fn the_backend_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     let req = Request::get(format!("http://{proxy}/headers"))
         .header("x-forwarded-for", "198.51.100.1")
         .header("x-forwarded-host", "forged.example")
+        .header("forwarded", "for=6.6.6.6;host=forged.example;proto=https")
         .header("connection", "x-private")
         .header("x-private", "secret")
         .header("proxy-authorization", "Basic Zm9vOmJhcg==")
@@ -236,4 +237,8 @@ async fn the_backend_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     assert!(headers.contains(&format!("host: {proxy}\n")), "{headers}");
     assert!(!headers.contains("x-private"), "{headers}");
     assert!(!headers.contains("proxy-authorization"), "{headers}");
+    assert!(
+        !headers.lines().any(|l| l.starts_with("forwarded:")),
+        "{headers}"
+    );
 }

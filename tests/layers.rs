@@ -352,6 +352,48 @@ fn forwarded_keeps_the_elements_of_every_earlier_line() {
 }
 
 #[test]
+fn an_incoming_forwarded_header_is_removed_when_forwarded_is_off() {
+    let forged = [
+        ("host", "front"),
+        ("forwarded", "for=6.6.6.6;proto=https"),
+        ("forwarded", "for=203.0.113.50;host=admin.internal"),
+    ];
+    for director in [
+        ProxyDirector::new(),
+        ProxyDirector::new().x_forwarded(false),
+    ] {
+        let req = direct("http://b", "/", &forged, director);
+        assert!(req.headers().get("forwarded").is_none());
+    }
+}
+
+#[test]
+fn without_a_client_address_forwarded_holds_only_this_hops_element() {
+    // As for X-Forwarded-For: earlier elements cannot be vouched for.
+    let mut req = Request::builder()
+        .uri("/")
+        .header("host", "front")
+        .header("forwarded", "for=6.6.6.6;proto=https")
+        .header("forwarded", "for=203.0.113.50")
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert(Member::new(Backend::new("http://b").unwrap()));
+    ProxyDirector::new()
+        .forwarded(true)
+        .direct(&mut req)
+        .unwrap();
+    assert_eq!(
+        req.headers()
+            .get_all("forwarded")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["for=unknown;host=front;proto=http"]
+    );
+    assert!(req.headers().get("x-forwarded-for").is_none());
+}
+
+#[test]
 fn director_appends_an_rfc7239_forwarded_element() {
     let d = || ProxyDirector::new().forwarded(true);
     let req = direct("http://b", "/", &[("host", "front.example:8443")], d());

@@ -20,8 +20,11 @@
 //!   `X-Forwarded-For` is dropped: it cannot be vouched for);
 //!   `X-Forwarded-Host` and `X-Forwarded-Proto` are set, replacing whatever
 //!   the client sent, the protocol from configuration
-//!   ([`ProxyDirector::https`]), never from the request; optionally an
-//!   RFC 7239 `Forwarded` element is appended after every earlier one;
+//!   ([`ProxyDirector::https`]), never from the request;
+//! * an incoming RFC 7239 `Forwarded` header is removed, unless
+//!   [`ProxyDirector::forwarded`] is on: then this hop's element is appended
+//!   after every earlier one when the [`ClientAddr`] is known, and replaces
+//!   them (as `for=unknown`) when it is not, by `X-Forwarded-For`'s rule;
 //! * hop-by-hop headers are removed as RFC 9110 §7.6.1 requires:
 //!   `Connection` and every header it lists, `Keep-Alive`,
 //!   `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
@@ -157,6 +160,12 @@ impl ProxyDirector {
     }
 
     /// Whether to append an RFC 7239 `Forwarded` element (default off).
+    ///
+    /// Off, an incoming `Forwarded` header is removed, as Go's
+    /// `ReverseProxy` does: nothing here vouches for it. On, the earlier
+    /// elements are kept and this hop's appended when the request has a
+    /// [`ClientAddr`]; without one they are dropped (as `X-Forwarded-For`
+    /// is) and the header holds only this hop's element, `for=unknown`.
     pub fn forwarded(mut self, on: bool) -> Self {
         self.forwarded = on;
         self
@@ -233,6 +242,12 @@ impl ProxyDirector {
                 None => headers.remove(X_FORWARDED_HOST),
             };
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        // Forwarded follows X-Forwarded-For's trust rule: what the client
+        // sent is kept only when this hop's element extends it truthfully.
+        if !self.forwarded || client.is_none() {
+            // Go's ReverseProxy (Rewrite) removes it too.
+            headers.remove(FORWARDED);
         }
         if self.forwarded {
             append_forwarded(headers, client, original_host.as_ref(), proto);
