@@ -211,6 +211,44 @@ async fn bodies_stream_through_both_ways() {
 }
 
 #[tokio::test]
+async fn trailers_pass_through_both_ways() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "c0ffee".parse().unwrap());
+    // A stream of frames has no known length, so it goes chunked, the only
+    // HTTP/1.1 framing that carries trailers.
+    let frames = [
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"hello"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let req = Request::post(format!("http://{proxy}/echo"))
+        .header("trailer", "x-checksum")
+        // hyper's server sends trailers only to a client that accepts them.
+        .header("te", "trailers")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let res = Client::builder(TokioExecutor::new())
+        .build_http()
+        .request(req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The backend got the request's trailer (it echoes what it received)...
+    assert_eq!(res.headers()["trailer"], "x-checksum");
+    // ...and the client gets the response's.
+    let collected = res.into_body().collect().await.unwrap();
+    let got = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got["x-checksum"], "c0ffee");
+    assert_eq!(collected.to_bytes(), "hello");
+}
+
+#[tokio::test]
 async fn the_backend_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
     let req = Request::get(format!("http://{proxy}/headers"))

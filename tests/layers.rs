@@ -438,7 +438,6 @@ fn director_removes_every_hop_by_hop_header() {
             ("proxy-authenticate", "Basic"),
             ("proxy-authorization", "Basic Zm9vOmJhcg=="),
             ("te", "gzip"),
-            ("trailer", "x-checksum"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
             ("x-end-to-end", "kept"),
@@ -454,13 +453,58 @@ fn director_removes_every_hop_by_hop_header() {
         "proxy-authenticate",
         "proxy-authorization",
         "te",
-        "trailer",
         "transfer-encoding",
         "upgrade",
     ] {
         assert!(req.headers().get(name).is_none(), "{name} leaked upstream");
     }
     assert_eq!(req.headers()["x-end-to-end"], "kept");
+}
+
+#[test]
+fn trailer_is_end_to_end_unless_connection_lists_it() {
+    // RFC 9110 §7.6.1 does not list Trailer; hyper's HTTP/1.1 sends only
+    // the trailer fields it announces.
+    let req = direct(
+        "http://b",
+        "/",
+        &[
+            ("connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "grpc-status, grpc-message"),
+            ("transfer-encoding", "chunked"),
+        ],
+        ProxyDirector::new(),
+    );
+    assert_eq!(req.headers()["trailer"], "grpc-status, grpc-message");
+    assert_eq!(req.headers()["te"], "trailers");
+    assert!(req.headers().get("transfer-encoding").is_none());
+
+    let listed = direct(
+        "http://b",
+        "/",
+        &[("connection", "Trailer"), ("trailer", "x-checksum")],
+        ProxyDirector::new(),
+    );
+    assert!(listed.headers().get("trailer").is_none());
+
+    let res = Response::builder()
+        .header("trailer", "grpc-status")
+        .header("transfer-encoding", "chunked")
+        .body(())
+        .unwrap();
+    let res = strip_hop_by_hop_response(res).unwrap();
+    assert_eq!(res.headers().len(), 1);
+    assert_eq!(res.headers()["trailer"], "grpc-status");
+    let listed = Response::builder()
+        .header("connection", "trailer")
+        .header("trailer", "grpc-status")
+        .body(())
+        .unwrap();
+    assert!(strip_hop_by_hop_response(listed)
+        .unwrap()
+        .headers()
+        .is_empty());
 }
 
 #[test]

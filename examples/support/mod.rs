@@ -29,7 +29,8 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// Starts a backend on an ephemeral loopback port. It answers every request
 /// with `x-backend: NAME` and a body naming itself; `POST /echo` streams
-/// the request body back, `/headers` lists the request headers it got, and
+/// the request body back (with its trailers, and the `Trailer` header that
+/// announces them), `/headers` lists the request headers it got, and
 /// `/status/CODE` answers with that status.
 pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -43,9 +44,11 @@ pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| async move {
                     let res = if req.method() == http::Method::POST && req.uri().path() == "/echo" {
-                        Response::builder()
-                            .header("x-backend", name)
-                            .body(Either::Left(req.into_body()))
+                        let mut res = Response::builder().header("x-backend", name);
+                        if let Some(trailer) = req.headers().get(http::header::TRAILER) {
+                            res = res.header(http::header::TRAILER, trailer);
+                        }
+                        res.body(Either::Left(req.into_body()))
                     } else if req.uri().path() == "/headers" {
                         let mut text = String::new();
                         for (k, v) in req.headers() {

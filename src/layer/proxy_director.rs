@@ -28,10 +28,12 @@
 //! * hop-by-hop headers are removed as RFC 9110 §7.6.1 requires:
 //!   `Connection` and every header it lists, `Keep-Alive`,
 //!   `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
-//!   `Trailer`, `Transfer-Encoding` and `Upgrade`, except that an upgrade
+//!   `Transfer-Encoding` and `Upgrade`, except that an upgrade
 //!   handshake (WebSocket) keeps `Connection: upgrade` and its `Upgrade`
 //!   header, and `TE: trailers` is kept (as Go does, for gRPC); `Host` is
-//!   never removed because `Connection` lists it.
+//!   never removed because `Connection` lists it. `Trailer` is end-to-end
+//!   and kept (unless `Connection` lists it): hyper's HTTP/1.1 sends only
+//!   the trailer fields it announces.
 //!
 //! # Refused requests
 //!
@@ -82,7 +84,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{
-    Entry, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    Entry, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::{Authority, PathAndQuery, Uri};
@@ -439,7 +441,12 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1 from a request or
 /// response: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
-/// `Trailer`, `Transfer-Encoding` and `Upgrade`.
+/// `Transfer-Encoding` and `Upgrade`.
+///
+/// `Trailer` is not among them (RFC 9110 §7.6.1 does not list it; it
+/// announces end-to-end trailer fields) and stays unless `Connection` names
+/// it: hyper's HTTP/1.1 sends only the trailer fields a `Trailer` header
+/// announces, so removing it would drop them (a gRPC status, for one).
 ///
 /// Two exceptions keep a proxy working: an upgrade (a `Connection` naming
 /// `upgrade` and an `Upgrade` header, as in a WebSocket handshake) keeps
@@ -463,8 +470,8 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
     // One pass finds the hop-by-hop headers present (usually none, or just
     // Connection), so only those are removed.
-    // The seven of HOP_BY_HOP, Keep-Alive and Proxy-Connection.
-    const MAX_FOUND: usize = 9;
+    // The six of HOP_BY_HOP, Keep-Alive and Proxy-Connection.
+    const MAX_FOUND: usize = 8;
     let mut found: [Option<HeaderName>; MAX_FOUND] = Default::default();
     let mut count = 0;
     for name in headers.keys() {
@@ -524,12 +531,13 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-const HOP_BY_HOP: [HeaderName; 7] = [
+// Not `Trailer`: it is end-to-end. (Go's list has it because net/http
+// announces trailers itself, from `Request.Trailer`; hyper does not.)
+const HOP_BY_HOP: [HeaderName; 6] = [
     CONNECTION,
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
     TE,
-    TRAILER,
     TRANSFER_ENCODING,
     UPGRADE,
 ];
