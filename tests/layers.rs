@@ -313,6 +313,100 @@ fn dot_segments_cannot_climb_out_of_the_backend_prefix() {
 }
 
 #[test]
+fn dot_segments_behind_encoded_slashes_or_backslashes_are_a_bad_request() {
+    // A backend that decodes %2F, or reads `\` as `/`, before resolving
+    // dots would climb out of /api.
+    let refused = [
+        "/..%2f..%2fadmin",
+        "/%2e%2e%2fadmin",
+        "/..\\admin",
+        "/..%5cadmin",
+        "/a/%2E%2E%5Cb",
+        "/x%2F.%2Fy",
+        "/.%2E%2Fsecret?q=1",
+        "/a\\..\\b",
+        "/a/..%2F",
+        "/a/b/../..%2f",
+    ];
+    for uri in refused {
+        let result = try_direct("http://b/api", uri, &[], ProxyDirector::new());
+        assert_eq!(
+            bad_request(result),
+            "the request path has a `.` or `..` segment between encoded slashes or backslashes",
+            "{uri}"
+        );
+    }
+    // Encoded slashes and backslashes without dot segments pass unchanged.
+    let passed = [
+        (
+            "/projects/group%2Fname",
+            "http://b/api/projects/group%2Fname",
+        ),
+        ("/a%5Cb\\c", "http://b/api/a%5Cb\\c"),
+        ("/files/...%2fx", "http://b/api/files/...%2fx"),
+        ("/v1/.well-known%2Fx", "http://b/api/v1/.well-known%2Fx"),
+        ("/a..%2f..b", "http://b/api/a..%2f..b"),
+        ("/%2e%2e/x%2Fy", "http://b/api/x%2Fy"),
+    ];
+    for (uri, want) in passed {
+        assert_eq!(rewritten("http://b/api", uri), want, "{uri}");
+    }
+    // Without a prefix there is no boundary to guard: the path goes as the
+    // client sent it (nginx's proxy_pass without a URI part, Go).
+    assert_eq!(
+        rewritten("http://b", "/..%2f..%2fadmin"),
+        "http://b/..%2f..%2fadmin"
+    );
+}
+
+/// The path a lenient backend would serve: `%2F`, `%5C` and `\` read as
+/// `/`, `%2E` as `.`, then dot segments resolved (RFC 3986 §5.2.4).
+fn as_a_lenient_backend_reads_it(path: &str) -> Vec<String> {
+    let mut decoded = path.replace('\\', "/");
+    for (from, to) in [("%2f", "/"), ("%2F", "/"), ("%5c", "/"), ("%5C", "/")] {
+        decoded = decoded.replace(from, to);
+    }
+    let decoded = decoded.replace("%2e", ".").replace("%2E", ".");
+    let mut out: Vec<String> = Vec::new();
+    for seg in decoded.split('/').skip(1) {
+        match seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(seg.to_owned()),
+        }
+    }
+    out
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn no_encoding_of_dots_and_slashes_climbs_out_of_the_prefix(
+        pieces in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "/", "\\", "%2f", "%2F", "%5c", "%5C", ".", "%2e", "%2E", "..", "a",
+            ]),
+            0..12,
+        )
+    ) {
+        let uri = format!("/{}", pieces.concat());
+        match try_direct("http://b/api", &uri, &[], ProxyDirector::new()) {
+            Ok(req) => {
+                let path = req.uri().path();
+                proptest::prop_assert!(path.starts_with("/api/"), "{} -> {}", uri, path);
+                let served = as_a_lenient_backend_reads_it(path);
+                proptest::prop_assert_eq!(served.first().map(String::as_str), Some("api"), "{} -> {}", uri, path);
+            }
+            Err(Error::BadRequest { .. }) => {}
+            Err(other) => proptest::prop_assert!(false, "{}: {:?}", uri, other),
+        }
+    }
+}
+
+#[test]
 fn an_empty_backend_query_adds_no_question_mark() {
     assert_eq!(rewritten("http://b/?", "/x"), "http://b/x");
     assert_eq!(rewritten("http://b/p?", "/x?a=1"), "http://b/p/x?a=1");

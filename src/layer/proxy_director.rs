@@ -43,7 +43,14 @@
 //! against the backend:
 //!
 //! * more than one `Host` line ([`Error::BadRequest`], RFC 9112 §3.2): the
-//!   backend might read one and `X-Forwarded-Host` say another.
+//!   backend might read one and `X-Forwarded-Host` say another;
+//! * with a backend path prefix, a path that still has a `.` or `..`
+//!   segment (`%2e` counting as `.`) once its `/`-delimited dot segments are
+//!   resolved, a segment delimited by `\`, `%2F` or `%5C` (any case), as
+//!   in `/..%2F..%2Fadmin` or `/..\admin`
+//!   ([`Error::BadRequest`]): a backend that decodes `%2F` or reads `\` as
+//!   `/` before resolving dots would climb out of the prefix. Encoded
+//!   slashes without dot segments (`/projects/group%2Fname`) pass unchanged.
 //!
 //! The pick must already be in the request's extensions: put
 //! [`LoadBalanceLayer`](crate::layer::LoadBalanceLayer) outside the
@@ -291,7 +298,18 @@ fn join_path_and_query(
     let mut s = if has_prefix {
         // `..` must not climb out of the prefix (nginx normalizes the path
         // before proxy_pass; Go does not, and a prefix there is no boundary).
-        join_paths(prefix, &remove_dot_segments(path))
+        let resolved = remove_dot_segments(path);
+        // A dot segment left between encoded slashes or backslashes would
+        // climb out on a backend that decodes `%2F` or reads `\` as `/`
+        // before resolving dots; it is refused rather than guessed at.
+        if has_hidden_dot_segment(&resolved) {
+            return Err(Error::BadRequest {
+                reason: "the request path has a `.` or `..` segment between encoded slashes \
+                         or backslashes"
+                    .into(),
+            });
+        }
+        join_paths(prefix, &resolved)
     } else {
         path.to_owned()
     };
@@ -323,34 +341,72 @@ impl<B> Direct<B> for ProxyDirector {
 /// `path` with its `.` and `..` segments resolved as RFC 3986 §5.2.4 does
 /// (`%2e` counts as `.`), never climbing above the root.
 fn remove_dot_segments(path: &str) -> Cow<'_, str> {
-    let is_dot = |seg: &str| seg == "." || seg.eq_ignore_ascii_case("%2e");
-    let is_dot_dot = |seg: &str| {
-        matches!(
-            seg.to_ascii_lowercase().as_str(),
-            ".." | ".%2e" | "%2e." | "%2e%2e"
-        )
-    };
-    if !path.split('/').any(|seg| is_dot(seg) || is_dot_dot(seg)) {
+    if !path.split('/').any(|seg| dots(seg.as_bytes()) > 0) {
         return Cow::Borrowed(path);
     }
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let last = segments.len().saturating_sub(1);
     for (i, seg) in segments.iter().enumerate() {
-        if is_dot(seg) {
-            if i == last {
-                out.push("");
+        match dots(seg.as_bytes()) {
+            0 => out.push(seg),
+            n => {
+                if n == 2 {
+                    out.pop();
+                }
+                if i == last {
+                    out.push("");
+                }
             }
-        } else if is_dot_dot(seg) {
-            out.pop();
-            if i == last {
-                out.push("");
-            }
-        } else {
-            out.push(seg);
         }
     }
     Cow::Owned(format!("/{}", out.join("/")))
+}
+
+/// 1 for a `.` segment, 2 for `..`, 0 for any other (`%2e`, in any case,
+/// counts as `.`).
+fn dots(segment: &[u8]) -> usize {
+    let mut n = 0;
+    let mut rest = segment;
+    while !rest.is_empty() && n <= 2 {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return 0,
+        };
+        n += 1;
+    }
+    if rest.is_empty() && n <= 2 {
+        n
+    } else {
+        0
+    }
+}
+
+/// Whether a segment of `path` delimited by `/`, `\`, `%2F` or `%5C` (in
+/// any case) is `.` or `..`. After [`remove_dot_segments`] only segments
+/// behind an encoded slash or a backslash can be.
+fn has_hidden_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i <= bytes.len() {
+        let delimiter = match &bytes[i..] {
+            [] | [b'/' | b'\\', ..] => 1,
+            [b'%', b'2', f, ..] if f.eq_ignore_ascii_case(&b'f') => 3,
+            [b'%', b'5', c, ..] if c.eq_ignore_ascii_case(&b'c') => 3,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        if dots(&bytes[start..i]) > 0 {
+            return true;
+        }
+        i += delimiter;
+        start = i;
+    }
+    false
 }
 
 /// `a` and `b` joined with exactly one slash between them.
