@@ -249,6 +249,26 @@ async fn trailers_pass_through_both_ways() {
 }
 
 #[tokio::test]
+async fn an_h2c_upgrade_is_not_forwarded() {
+    let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    let req = Request::get(format!("http://{proxy}/headers"))
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+        .body(Full::default())
+        .unwrap();
+    let a = send(req).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let headers = a.body;
+    for name in ["connection:", "upgrade:", "http2-settings:"] {
+        assert!(
+            !headers.lines().any(|l| l.starts_with(name)),
+            "{name} reached the backend: {headers}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_backend_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
     let req = Request::get(format!("http://{proxy}/headers"))

@@ -624,6 +624,75 @@ fn director_keeps_a_websocket_upgrade_and_te_trailers() {
 }
 
 #[test]
+fn only_a_websocket_upgrade_is_forwarded() {
+    // h2c smuggling: a backend that switches to HTTP/2 would take requests
+    // the proxy never sees.
+    let h2c = direct(
+        "http://b",
+        "/",
+        &[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ("x-end-to-end", "kept"),
+        ],
+        ProxyDirector::new(),
+    );
+    for name in ["connection", "upgrade", "http2-settings"] {
+        assert!(h2c.headers().get(name).is_none(), "{name} leaked upstream");
+    }
+    assert_eq!(h2c.headers()["x-end-to-end"], "kept");
+
+    // HTTP2-Settings goes even when Connection does not list it, and
+    // beside a WebSocket upgrade; an offer of several protocols keeps only
+    // websocket; the token is matched in any case.
+    for upgrade in [
+        "websocket",
+        "WebSocket",
+        "h2c, websocket",
+        "foo/1, WEBSOCKET",
+    ] {
+        let req = direct(
+            "http://b",
+            "/",
+            &[
+                ("connection", "keep-alive, upgrade"),
+                ("upgrade", upgrade),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ],
+            ProxyDirector::new(),
+        );
+        assert_eq!(req.headers()["connection"], "upgrade", "{upgrade}");
+        assert_eq!(
+            req.headers().get_all("upgrade").iter().collect::<Vec<_>>(),
+            ["websocket"],
+            "{upgrade}"
+        );
+        assert!(req.headers().get("http2-settings").is_none(), "{upgrade}");
+    }
+
+    // Other protocols are dropped, on requests and on 101 answers alike.
+    for upgrade in ["h2c", "TLS/1.2", "websocketx", "h2c, http/2"] {
+        let req = direct(
+            "http://b",
+            "/",
+            &[("connection", "upgrade"), ("upgrade", upgrade)],
+            ProxyDirector::new(),
+        );
+        assert!(req.headers().get("connection").is_none(), "{upgrade}");
+        assert!(req.headers().get("upgrade").is_none(), "{upgrade}");
+        let switching = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", upgrade)
+            .body(())
+            .unwrap();
+        let switching = strip_hop_by_hop_response(switching).unwrap();
+        assert!(switching.headers().is_empty(), "{upgrade}");
+    }
+}
+
+#[test]
 fn an_upgrade_header_without_connection_upgrade_is_dropped() {
     let mut headers = HeaderMap::new();
     headers.insert("upgrade", "websocket".parse().unwrap());

@@ -28,12 +28,13 @@
 //! * hop-by-hop headers are removed as RFC 9110 §7.6.1 requires:
 //!   `Connection` and every header it lists, `Keep-Alive`,
 //!   `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
-//!   `Transfer-Encoding` and `Upgrade`, except that an upgrade
-//!   handshake (WebSocket) keeps `Connection: upgrade` and its `Upgrade`
-//!   header, and `TE: trailers` is kept (as Go does, for gRPC); `Host` is
-//!   never removed because `Connection` lists it. `Trailer` is end-to-end
-//!   and kept (unless `Connection` lists it): hyper's HTTP/1.1 sends only
-//!   the trailer fields it announces.
+//!   `Transfer-Encoding`, `Upgrade` and `HTTP2-Settings`, except that a
+//!   WebSocket handshake keeps `Connection: upgrade` and `Upgrade:
+//!   websocket`, and `TE: trailers` is kept (as Go does, for gRPC); `Host`
+//!   is never removed because `Connection` lists it. `Trailer` is
+//!   end-to-end and kept (unless `Connection` lists it): hyper's HTTP/1.1
+//!   sends only the trailer fields it announces. No other upgrade than
+//!   WebSocket is forwarded: see [Upgrades](ProxyDirector#upgrades).
 //!
 //! # Refused requests
 //!
@@ -120,6 +121,18 @@ pub enum HostHeader {
 }
 
 /// The standard reverse-proxy director; see the [module docs](self).
+///
+/// # Upgrades
+///
+/// Only WebSocket upgrades are forwarded. A request keeps `Connection:
+/// upgrade` and `Upgrade` only when `Connection` names `upgrade` and
+/// `Upgrade` names `websocket` (any case); the `Upgrade` sent on is then
+/// `websocket` alone. Any other protocol, `h2c` above all, loses its
+/// `Upgrade` header and its `upgrade` connection option, and
+/// `HTTP2-Settings`, which exists only for the h2c upgrade, is always
+/// removed. A backend that accepted a forwarded h2c upgrade would switch
+/// the connection to HTTP/2, and the client could then send requests over
+/// it that this proxy never sees, past whatever it checks (h2c smuggling).
 ///
 /// ```
 /// use tower_lb::layer::{HostHeader, ProxyDirector};
@@ -497,17 +510,20 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1 from a request or
 /// response: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
-/// `Transfer-Encoding` and `Upgrade`.
+/// `Transfer-Encoding`, `Upgrade` and `HTTP2-Settings` (RFC 7540 §3.2.1:
+/// it exists only for the h2c upgrade, which RFC 9113 deprecates).
 ///
 /// `Trailer` is not among them (RFC 9110 §7.6.1 does not list it; it
 /// announces end-to-end trailer fields) and stays unless `Connection` names
 /// it: hyper's HTTP/1.1 sends only the trailer fields a `Trailer` header
 /// announces, so removing it would drop them (a gRPC status, for one).
 ///
-/// Two exceptions keep a proxy working: an upgrade (a `Connection` naming
-/// `upgrade` and an `Upgrade` header, as in a WebSocket handshake) keeps
-/// `Connection: upgrade` and its `Upgrade`, and a `TE` naming `trailers`
-/// leaves `TE: trailers`.
+/// Two exceptions keep a proxy working: a WebSocket upgrade (a
+/// `Connection` naming `upgrade` and an `Upgrade` naming `websocket`, in
+/// any case) keeps `Connection: upgrade` and `Upgrade: websocket`, and a
+/// `TE` naming `trailers` leaves `TE: trailers`. No other upgrade is kept:
+/// an `h2c` one would open an HTTP/2 connection to the backend that the
+/// proxy cannot see into (see [`ProxyDirector`](crate::layer::ProxyDirector#upgrades)).
 ///
 /// ```
 /// use http::HeaderMap;
@@ -522,12 +538,20 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// assert_eq!(headers["connection"], "upgrade");
 /// assert_eq!(headers["upgrade"], "websocket");
 /// assert!(headers.get("x-private").is_none() && headers.get("keep-alive").is_none());
+///
+/// let mut h2c = HeaderMap::new();
+/// h2c.insert("connection", "Upgrade, HTTP2-Settings".parse().unwrap());
+/// h2c.insert("upgrade", "h2c".parse().unwrap());
+/// h2c.insert("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA".parse().unwrap());
+/// remove_hop_by_hop_headers(&mut h2c);
+/// assert!(h2c.is_empty());
 /// ```
 pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
     // One pass finds the hop-by-hop headers present (usually none, or just
     // Connection), so only those are removed.
-    // The six of HOP_BY_HOP, Keep-Alive and Proxy-Connection.
-    const MAX_FOUND: usize = 8;
+    // The six of HOP_BY_HOP, Keep-Alive, Proxy-Connection and
+    // HTTP2-Settings.
+    const MAX_FOUND: usize = 9;
     let mut found: [Option<HeaderName>; MAX_FOUND] = Default::default();
     let mut count = 0;
     for name in headers.keys() {
@@ -542,11 +566,11 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
         return;
     }
     let has = |name: &HeaderName| found.iter().any(|f| f.as_ref() == Some(name));
-    let upgrade = if has(&CONNECTION) && contains_token(headers, &CONNECTION, "upgrade") {
-        headers.get(UPGRADE).cloned()
-    } else {
-        None
-    };
+    // Only a WebSocket upgrade is kept (see the module docs: h2c).
+    let websocket = has(&CONNECTION)
+        && has(&UPGRADE)
+        && contains_token(headers, &CONNECTION, "upgrade")
+        && contains_token(headers, &UPGRADE, "websocket");
     let keep_trailers = has(&TE) && contains_token(headers, &TE, "trailers");
 
     // Headers named by Connection. A single Connection value (the usual
@@ -576,9 +600,9 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
         headers.remove(name);
     }
 
-    if let Some(protocol) = upgrade {
+    if websocket {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, protocol);
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     }
     if keep_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -587,6 +611,7 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 // Not `Trailer`: it is end-to-end. (Go's list has it because net/http
 // announces trailers itself, from `Request.Trailer`; hyper does not.)
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -599,13 +624,16 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || *name == KEEP_ALIVE || *name == PROXY_CONNECTION
+    HOP_BY_HOP.contains(name)
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+        || *name == HTTP2_SETTINGS
 }
 
 /// A modify-response hook that removes hop-by-hop headers from a backend's
 /// response before it goes to the client (see
 /// [`remove_hop_by_hop_headers`]); a `101 Switching Protocols` keeps its
-/// upgrade headers.
+/// upgrade headers if it switches to WebSocket.
 ///
 /// ```
 /// use tower_lb::layer::{strip_hop_by_hop_response, ModifyResponseLayer};
