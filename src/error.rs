@@ -143,10 +143,10 @@ pub enum Error {
         reason: String,
     },
 
-    /// The request URI, rewritten for the backend, would be longer than an
-    /// `http` URI can be; a proxy answers `414 URI Too Long`. The request
-    /// caused it, so it is not counted against the backend.
-    #[error("the request URI would be {len} bytes long once rewritten, more than the {max} allowed: shorten its path or query")]
+    /// The request target (path and query), rewritten for the backend, would
+    /// be longer than `http` allows; a proxy answers `414 URI Too Long`. The
+    /// request caused it, so it is not counted against the backend.
+    #[error("the request target would be {len} bytes long once rewritten, more than the {max} allowed: shorten its path or query")]
     UriTooLong {
         /// The length of the rewritten path and query, in bytes.
         len: usize,

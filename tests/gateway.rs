@@ -86,6 +86,18 @@ async fn send(req: Request<Full<Bytes>>) -> Answer {
     }
 }
 
+/// Sends `request` as it is over a new connection; the whole answer, up to
+/// the connection's close.
+async fn raw(proxy: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 async fn sequence(proxy: SocketAddr, n: usize) -> String {
     let mut out = String::new();
     for i in 0..n {
@@ -182,6 +194,59 @@ async fn a_dead_backend_answers_502_and_is_counted_as_a_failure() {
     let member = lb.get(&dead_addr.to_string()).unwrap();
     assert_eq!(member.load().failures(), 1);
     assert_eq!(member.load().in_flight(), 0);
+}
+
+#[tokio::test]
+async fn requests_that_cannot_be_forwarded_answer_4xx_and_are_not_counted() {
+    let addr = support::spawn_backend("a").await.unwrap();
+    let lb = LoadBalancer::new(
+        Strategy::RoundRobin,
+        [Backend::new(&format!("http://{addr}/api"))
+            .unwrap()
+            .with_id("a")
+            .unwrap()],
+    )
+    .unwrap();
+    let proxy = proxy_for(lb.clone()).await;
+
+    let two_hosts = Request::get(format!("http://{proxy}/x"))
+        .header("host", "front.example")
+        .header("host", "evil.example")
+        .body(Full::default())
+        .unwrap();
+    let a = send(two_hosts).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.body, "400 Bad Request: the request cannot be forwarded\n");
+
+    let a = get(proxy, "/..%2f..%2fadmin", None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+
+    // 65,531 bytes: hyper takes it; "/api" makes it one byte too long. (A
+    // client's absolute URI could not be that long, so it goes raw.)
+    let long = format!("/{}", "a".repeat(65_530));
+    let answer = raw(
+        proxy,
+        &format!("GET {long} HTTP/1.1\r\nhost: front\r\nconnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 414 URI Too Long\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("\r\n\r\n414 URI Too Long: shorten the path or query\n"),
+        "{answer}"
+    );
+
+    let load = lb.get("a").unwrap().load().clone();
+    assert_eq!(
+        (load.in_flight(), load.successes(), load.failures()),
+        (0, 0, 0)
+    );
+    assert_eq!(load.consecutive_failures(), 0);
+    let ok = get(proxy, "/x", None).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.body, format!("a: GET /api/x host={proxy}\n"));
 }
 
 #[tokio::test]

@@ -406,6 +406,42 @@ proptest::proptest! {
     }
 }
 
+/// The `(len, max)` of a `UriTooLong`; panics on any other outcome.
+fn uri_too_long(result: Result<Req, Error>) -> (usize, usize) {
+    match result {
+        Err(Error::UriTooLong { len, max }) => (len, max),
+        Err(other) => panic!("expected UriTooLong, got {other:?}"),
+        Ok(req) => panic!("expected UriTooLong, got {} bytes", req.uri().path().len()),
+    }
+}
+
+#[test]
+fn a_path_the_backend_prefix_makes_too_long_is_414_not_a_backend_error() {
+    // `http` takes a path and query of up to 65,534 bytes; "/api" adds 4.
+    const MAX: usize = 65_534;
+    assert!(format!("/{}", "a".repeat(MAX - 1))
+        .parse::<http::Uri>()
+        .is_ok());
+    assert!(format!("/{}", "a".repeat(MAX))
+        .parse::<http::Uri>()
+        .is_err());
+
+    let path = |len: usize| format!("/{}", "a".repeat(len - 1));
+    let at_limit = direct("http://b/api", &path(MAX - 4), &[], ProxyDirector::new());
+    assert_eq!(at_limit.uri().path().len(), MAX);
+    let over = try_direct("http://b/api", &path(MAX - 3), &[], ProxyDirector::new());
+    assert_eq!(uri_too_long(over), (MAX + 1, MAX));
+    // A backend query lengthens it too: "?k=v" adds 4.
+    let query = try_direct("http://b/?k=v", &path(MAX - 3), &[], ProxyDirector::new());
+    assert_eq!(uri_too_long(query), (MAX + 1, MAX));
+    let err = try_direct("http://b/api", &path(MAX - 3), &[], ProxyDirector::new()).unwrap_err();
+    assert_eq!(err.status_code(), StatusCode::URI_TOO_LONG);
+    // Without a prefix or query the path goes as it came, at any length
+    // `http` took.
+    let plain = direct("http://b", &path(MAX), &[], ProxyDirector::new());
+    assert_eq!(plain.uri().path().len(), MAX);
+}
+
 #[test]
 fn an_empty_backend_query_adds_no_question_mark() {
     assert_eq!(rewritten("http://b/?", "/x"), "http://b/x");
@@ -760,8 +796,8 @@ fn request_errors_are_4xx_and_name_no_backend() {
     assert_eq!(long.status_code(), StatusCode::URI_TOO_LONG);
     assert_eq!(
         long.to_string(),
-        "the request URI would be 70000 bytes long once rewritten, more than the 65534 allowed: \
-         shorten its path or query"
+        "the request target would be 70000 bytes long once rewritten, more than the 65534 \
+         allowed: shorten its path or query"
     );
 }
 
@@ -1068,6 +1104,26 @@ async fn requests_the_director_refuses_are_not_counted_against_the_backend() {
         let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
         assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
         assert_eq!(err.status_code(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // A path that the backend's prefix makes too long.
+    for _ in 0..3 {
+        let req = Request::builder()
+            .uri(format!("/{}", "a".repeat(65_530)))
+            .body(())
+            .unwrap();
+        let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UriTooLong {
+                    len: 65_535,
+                    max: 65_534
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.status_code(), StatusCode::URI_TOO_LONG);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     // Released, and neither a failure nor a success.

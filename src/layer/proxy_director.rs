@@ -51,7 +51,10 @@
 //!   in `/..%2F..%2Fadmin` or `/..\admin`
 //!   ([`Error::BadRequest`]): a backend that decodes `%2F` or reads `\` as
 //!   `/` before resolving dots would climb out of the prefix. Encoded
-//!   slashes without dot segments (`/projects/group%2Fname`) pass unchanged.
+//!   slashes without dot segments (`/projects/group%2Fname`) pass unchanged;
+//! * a path and query that the backend's path prefix and query would make
+//!   longer than `http` allows (65,534 bytes) ([`Error::UriTooLong`], `414
+//!   URI Too Long`).
 //!
 //! The pick must already be in the request's extensions: put
 //! [`LoadBalanceLayer`](crate::layer::LoadBalanceLayer) outside the
@@ -287,6 +290,10 @@ impl ProxyDirector {
     }
 }
 
+/// The longest path and query `http` accepts (its `MAX_LEN`, which it does
+/// not export; a test checks the two agree).
+const MAX_PATH_AND_QUERY_LEN: usize = u16::MAX as usize - 1;
+
 /// An authority without its userinfo: `host[:port]` (RFC 9112 §3.2.2). As
 /// in `http`'s own parsing, the userinfo ends at the last `@`.
 fn host_and_port(authority: &Authority) -> &str {
@@ -338,6 +345,15 @@ fn join_path_and_query(
             let _ = write!(s, "?{q}");
         }
         (None, None) => {}
+    }
+    // The backend's prefix and query can push a path and query that was
+    // short enough past `http`'s limit. That is the request's doing, not
+    // the backend's: 414, not a failure of the backend.
+    if s.len() > MAX_PATH_AND_QUERY_LEN {
+        return Err(Error::UriTooLong {
+            len: s.len(),
+            max: MAX_PATH_AND_QUERY_LEN,
+        });
     }
     PathAndQuery::from_maybe_shared(s).map_err(|_| Error::InvalidBackendUri {
         uri: backend.uri().to_string(),
