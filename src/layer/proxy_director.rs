@@ -11,8 +11,7 @@
 //!   path cannot climb out of the prefix (as nginx normalizes); the backend
 //!   URI's query and the request's are merged with `&`;
 //! * `Host` is kept as the client sent it (Go's default; an absolute-form
-//!   target's `host[:port]` replaces it, never with the target's userinfo)
-//!   or set to the
+//!   target's `host[:port]` replaces it, never its userinfo) or set to the
 //!   backend's authority (nginx's default, `proxy_set_header Host
 //!   $proxy_host`), or to a fixed value — see [`HostHeader`];
 //! * the client's address (the [`ClientAddr`] extension the server fills) is
@@ -45,13 +44,13 @@
 //!
 //! * more than one `Host` line ([`Error::BadRequest`], RFC 9112 §3.2): the
 //!   backend might read one and `X-Forwarded-Host` say another;
-//! * with a backend path prefix, a path that still has a `.` or `..`
-//!   segment (`%2e` counting as `.`) once its `/`-delimited dot segments are
-//!   resolved, a segment delimited by `\`, `%2F` or `%5C` (any case), as
-//!   in `/..%2F..%2Fadmin` or `/..\admin`
-//!   ([`Error::BadRequest`]): a backend that decodes `%2F` or reads `\` as
-//!   `/` before resolving dots would climb out of the prefix. Encoded
-//!   slashes without dot segments (`/projects/group%2Fname`) pass unchanged;
+//! * with a backend path prefix, a path that, once its `/`-delimited dot
+//!   segments are resolved, still has a `.` or `..` segment (`%2e` counting
+//!   as `.`) delimited by `\`, `%2F` or `%5C` (any case), as in
+//!   `/..%2F..%2Fadmin` or `/..\admin` ([`Error::BadRequest`]): a backend
+//!   that decodes `%2F` or reads `\` as `/` before resolving dots would
+//!   climb out of the prefix. Encoded slashes without dot segments
+//!   (`/projects/group%2Fname`) pass unchanged;
 //! * a path and query that the backend's path prefix and query would make
 //!   longer than `http` allows (65,534 bytes) ([`Error::UriTooLong`], `414
 //!   URI Too Long`).
@@ -397,19 +396,16 @@ fn remove_dot_segments(path: &str) -> Cow<'_, str> {
 fn dots(segment: &[u8]) -> usize {
     let mut n = 0;
     let mut rest = segment;
-    while !rest.is_empty() && n <= 2 {
+    while n <= 2 {
         rest = match rest {
+            [] => return n,
             [b'.', tail @ ..] => tail,
             [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
             _ => return 0,
         };
         n += 1;
     }
-    if rest.is_empty() && n <= 2 {
-        n
-    } else {
-        0
-    }
+    0
 }
 
 /// Whether a segment of `path` delimited by `/`, `\`, `%2F` or `%5C` (in
@@ -582,7 +578,7 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
         return;
     }
     let has = |name: &HeaderName| found.iter().any(|f| f.as_ref() == Some(name));
-    // Only a WebSocket upgrade is kept (see the module docs: h2c).
+    // Only a WebSocket upgrade is kept (h2c smuggling: see ProxyDirector).
     let websocket = has(&CONNECTION)
         && has(&UPGRADE)
         && contains_token(headers, &CONNECTION, "upgrade")
