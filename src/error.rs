@@ -135,6 +135,26 @@ pub enum Error {
         /// How to fix the stack.
         hint: &'static str,
     },
+
+    /// The client's request cannot be forwarded as it is (for example it has
+    /// more than one `Host` line); a proxy answers `400 Bad Request`. The
+    /// request caused it, so it is not counted against the backend.
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// What is wrong with the request.
+        reason: String,
+    },
+
+    /// The request target (path and query), rewritten for the backend, would
+    /// be longer than `http` allows; a proxy answers `414 URI Too Long`. The
+    /// request caused it, so it is not counted against the backend.
+    #[error("the request target would be {len} bytes long once rewritten, more than the {max} allowed: shorten its path or query")]
+    UriTooLong {
+        /// The length of the rewritten path and query, in bytes.
+        len: usize,
+        /// The longest path and query accepted, in bytes.
+        max: usize,
+    },
 }
 
 /// Which user hook failed, in [`Error::Hook`].
@@ -168,8 +188,9 @@ impl Error {
     /// The HTTP status a proxy should answer with for this error.
     ///
     /// `503 Service Unavailable` when no backend can take the request,
-    /// `502 Bad Gateway` when the upstream or a hook failed, and
-    /// `500 Internal Server Error` for configuration mistakes.
+    /// `502 Bad Gateway` when the upstream or a hook failed, `400 Bad
+    /// Request` and `414 URI Too Long` when the client's request cannot be
+    /// forwarded, and `500 Internal Server Error` for configuration mistakes.
     ///
     /// ```
     /// use tower_lb::Error;
@@ -181,6 +202,8 @@ impl Error {
         match self {
             Error::NoBackends | Error::AllBackendsDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } | Error::Hook { .. } => StatusCode::BAD_GATEWAY,
+            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

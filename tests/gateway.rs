@@ -86,6 +86,18 @@ async fn send(req: Request<Full<Bytes>>) -> Answer {
     }
 }
 
+/// Sends `request` as it is over a new connection; the whole answer, up to
+/// the connection's close.
+async fn raw(proxy: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 async fn sequence(proxy: SocketAddr, n: usize) -> String {
     let mut out = String::new();
     for i in 0..n {
@@ -185,6 +197,59 @@ async fn a_dead_backend_answers_502_and_is_counted_as_a_failure() {
 }
 
 #[tokio::test]
+async fn requests_that_cannot_be_forwarded_answer_4xx_and_are_not_counted() {
+    let addr = support::spawn_backend("a").await.unwrap();
+    let lb = LoadBalancer::new(
+        Strategy::RoundRobin,
+        [Backend::new(&format!("http://{addr}/api"))
+            .unwrap()
+            .with_id("a")
+            .unwrap()],
+    )
+    .unwrap();
+    let proxy = proxy_for(lb.clone()).await;
+
+    let two_hosts = Request::get(format!("http://{proxy}/x"))
+        .header("host", "front.example")
+        .header("host", "evil.example")
+        .body(Full::default())
+        .unwrap();
+    let a = send(two_hosts).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.body, "400 Bad Request: the request cannot be forwarded\n");
+
+    let a = get(proxy, "/..%2f..%2fadmin", None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+
+    // 65,531 bytes: hyper takes it; "/api" makes it one byte too long. (A
+    // client's absolute URI could not be that long, so it goes raw.)
+    let long = format!("/{}", "a".repeat(65_530));
+    let answer = raw(
+        proxy,
+        &format!("GET {long} HTTP/1.1\r\nhost: front\r\nconnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 414 URI Too Long\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("\r\n\r\n414 URI Too Long: shorten the path or query\n"),
+        "{answer}"
+    );
+
+    let load = lb.get("a").unwrap().load().clone();
+    assert_eq!(
+        (load.in_flight(), load.successes(), load.failures()),
+        (0, 0, 0)
+    );
+    assert_eq!(load.consecutive_failures(), 0);
+    let ok = get(proxy, "/x", None).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.body, format!("a: GET /api/x host={proxy}\n"));
+}
+
+#[tokio::test]
 async fn backend_status_is_forwarded_and_5xx_counts_as_failure() {
     let (proxy, lb) = gateway(Strategy::RoundRobin, &[1]).await;
     let a = get(proxy, "/status/503", None).await;
@@ -211,11 +276,70 @@ async fn bodies_stream_through_both_ways() {
 }
 
 #[tokio::test]
+async fn trailers_pass_through_both_ways() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "c0ffee".parse().unwrap());
+    // A stream of frames has no known length, so it goes chunked, the only
+    // HTTP/1.1 framing that carries trailers.
+    let frames = [
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"hello"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let req = Request::post(format!("http://{proxy}/echo"))
+        .header("trailer", "x-checksum")
+        // hyper's server sends trailers only to a client that accepts them.
+        .header("te", "trailers")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let res = Client::builder(TokioExecutor::new())
+        .build_http()
+        .request(req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The backend got the request's trailer (it echoes what it received)...
+    assert_eq!(res.headers()["trailer"], "x-checksum");
+    // ...and the client gets the response's.
+    let collected = res.into_body().collect().await.unwrap();
+    let got = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got["x-checksum"], "c0ffee");
+    assert_eq!(collected.to_bytes(), "hello");
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_not_forwarded() {
+    let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    let req = Request::get(format!("http://{proxy}/headers"))
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+        .body(Full::default())
+        .unwrap();
+    let a = send(req).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let headers = a.body;
+    for name in ["connection:", "upgrade:", "http2-settings:"] {
+        assert!(
+            !headers.lines().any(|l| l.starts_with(name)),
+            "{name} reached the backend: {headers}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_backend_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
     let req = Request::get(format!("http://{proxy}/headers"))
         .header("x-forwarded-for", "198.51.100.1")
         .header("x-forwarded-host", "forged.example")
+        .header("forwarded", "for=6.6.6.6;host=forged.example;proto=https")
         .header("connection", "x-private")
         .header("x-private", "secret")
         .header("proxy-authorization", "Basic Zm9vOmJhcg==")
@@ -236,4 +360,8 @@ async fn the_backend_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     assert!(headers.contains(&format!("host: {proxy}\n")), "{headers}");
     assert!(!headers.contains("x-private"), "{headers}");
     assert!(!headers.contains("proxy-authorization"), "{headers}");
+    assert!(
+        !headers.lines().any(|l| l.starts_with("forwarded:")),
+        "{headers}"
+    );
 }

@@ -17,6 +17,16 @@ use tower_lb::{Backend, Error, HookStage, LoadBalancer, Member, Strategy};
 type Req = Request<()>;
 
 fn direct(backend: &str, uri: &str, headers: &[(&str, &str)], director: ProxyDirector) -> Req {
+    try_direct(backend, uri, headers, director).unwrap()
+}
+
+/// The request as `director` rewrites it for `backend`, or its error.
+fn try_direct(
+    backend: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    director: ProxyDirector,
+) -> Result<Req, Error> {
     let mut b = Request::builder().uri(uri);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -27,8 +37,19 @@ fn direct(backend: &str, uri: &str, headers: &[(&str, &str)], director: ProxyDir
     req.extensions_mut()
         .insert(ClientAddr("192.0.2.7:4444".parse().unwrap()));
     let mut director = director;
-    director.direct(&mut req).unwrap();
-    req
+    match director.direct(&mut req) {
+        Ok(()) => Ok(req),
+        Err(error) => Err(*error.downcast::<Error>().expect("a tower_lb::Error")),
+    }
+}
+
+/// The `reason` of a `BadRequest`; panics on any other outcome.
+fn bad_request(result: Result<Req, Error>) -> String {
+    match result {
+        Err(Error::BadRequest { reason }) => reason,
+        Err(other) => panic!("expected BadRequest, got {other:?}"),
+        Ok(req) => panic!("expected BadRequest, got a request for {}", req.uri()),
+    }
 }
 
 fn rewritten(backend: &str, uri: &str) -> String {
@@ -183,6 +204,70 @@ fn an_absolute_target_authority_wins_over_the_host_header() {
 }
 
 #[test]
+fn more_than_one_host_line_is_a_bad_request() {
+    // RFC 9112 §3.2: the backend and X-Forwarded-Host could disagree.
+    let hosts = [("host", "front.example"), ("host", "evil.example")];
+    for director in [
+        ProxyDirector::new(),
+        ProxyDirector::new().host(HostHeader::Backend),
+        ProxyDirector::new().x_forwarded(false).forwarded(true),
+    ] {
+        let result = try_direct("http://b", "/", &hosts, director);
+        assert_eq!(
+            bad_request(result),
+            "the request has more than one Host header line"
+        );
+    }
+    // Even when an absolute-form target's authority would replace them.
+    let absolute = try_direct(
+        "http://b",
+        "http://a.example/",
+        &hosts,
+        ProxyDirector::new(),
+    );
+    assert_eq!(
+        bad_request(absolute),
+        "the request has more than one Host header line"
+    );
+    let one = direct("http://b", "/", &hosts[..1], ProxyDirector::new());
+    assert_eq!(one.headers()["host"], "front.example");
+}
+
+#[test]
+fn an_absolute_target_userinfo_never_reaches_host_or_forwarding_headers() {
+    let d = || ProxyDirector::new().forwarded(true);
+    let cases = [
+        (
+            "http://admin:hunter2@evil.example/x",
+            "evil.example",
+            "evil.example",
+        ),
+        (
+            "http://admin@evil.example:8080/x",
+            "evil.example:8080",
+            "\"evil.example:8080\"",
+        ),
+        ("http://a@b@evil.example/x", "evil.example", "evil.example"),
+        (
+            "http://u:p@[2001:db8::1]:81/x",
+            "[2001:db8::1]:81",
+            "\"[2001:db8::1]:81\"",
+        ),
+    ];
+    for (uri, host, forwarded_host) in cases {
+        let req = direct("http://10.0.0.1", uri, &[("host", "front.example")], d());
+        assert_eq!(req.uri(), "http://10.0.0.1/x", "{uri}");
+        assert_eq!(req.headers()["host"], host, "{uri}");
+        assert_eq!(req.headers()["x-forwarded-host"], host, "{uri}");
+        assert_eq!(
+            req.headers()["forwarded"],
+            format!("for=192.0.2.7;host={forwarded_host};proto=http").as_str(),
+            "{uri}"
+        );
+    }
+}
+
+#[test]
 fn connection_cannot_make_the_proxy_drop_host() {
     let req = direct(
         "http://b",
@@ -228,6 +313,136 @@ fn dot_segments_cannot_climb_out_of_the_backend_prefix() {
 }
 
 #[test]
+fn dot_segments_behind_encoded_slashes_or_backslashes_are_a_bad_request() {
+    // A backend that decodes %2F, or reads `\` as `/`, before resolving
+    // dots would climb out of /api.
+    let refused = [
+        "/..%2f..%2fadmin",
+        "/%2e%2e%2fadmin",
+        "/..\\admin",
+        "/..%5cadmin",
+        "/a/%2E%2E%5Cb",
+        "/x%2F.%2Fy",
+        "/.%2E%2Fsecret?q=1",
+        "/a\\..\\b",
+        "/a/..%2F",
+        "/a/b/../..%2f",
+    ];
+    for uri in refused {
+        let result = try_direct("http://b/api", uri, &[], ProxyDirector::new());
+        assert_eq!(
+            bad_request(result),
+            "the request path has a `.` or `..` segment between encoded slashes or backslashes",
+            "{uri}"
+        );
+    }
+    // Encoded slashes and backslashes without dot segments pass unchanged.
+    let passed = [
+        (
+            "/projects/group%2Fname",
+            "http://b/api/projects/group%2Fname",
+        ),
+        ("/a%5Cb\\c", "http://b/api/a%5Cb\\c"),
+        ("/files/...%2fx", "http://b/api/files/...%2fx"),
+        ("/v1/.well-known%2Fx", "http://b/api/v1/.well-known%2Fx"),
+        ("/a..%2f..b", "http://b/api/a..%2f..b"),
+        ("/%2e%2e/x%2Fy", "http://b/api/x%2Fy"),
+    ];
+    for (uri, want) in passed {
+        assert_eq!(rewritten("http://b/api", uri), want, "{uri}");
+    }
+    // Without a prefix there is no boundary to guard: the path goes as the
+    // client sent it (nginx's proxy_pass without a URI part, Go).
+    assert_eq!(
+        rewritten("http://b", "/..%2f..%2fadmin"),
+        "http://b/..%2f..%2fadmin"
+    );
+}
+
+/// The path a lenient backend would serve: `%2F`, `%5C` and `\` read as
+/// `/`, `%2E` as `.`, then dot segments resolved (RFC 3986 §5.2.4).
+fn as_a_lenient_backend_reads_it(path: &str) -> Vec<String> {
+    let mut decoded = path.replace('\\', "/");
+    for (from, to) in [("%2f", "/"), ("%2F", "/"), ("%5c", "/"), ("%5C", "/")] {
+        decoded = decoded.replace(from, to);
+    }
+    let decoded = decoded.replace("%2e", ".").replace("%2E", ".");
+    let mut out: Vec<String> = Vec::new();
+    for seg in decoded.split('/').skip(1) {
+        match seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(seg.to_owned()),
+        }
+    }
+    out
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn no_encoding_of_dots_and_slashes_climbs_out_of_the_prefix(
+        pieces in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "/", "\\", "%2f", "%2F", "%5c", "%5C", ".", "%2e", "%2E", "..", "a",
+            ]),
+            0..12,
+        )
+    ) {
+        let uri = format!("/{}", pieces.concat());
+        match try_direct("http://b/api", &uri, &[], ProxyDirector::new()) {
+            Ok(req) => {
+                let path = req.uri().path();
+                proptest::prop_assert!(path.starts_with("/api/"), "{} -> {}", uri, path);
+                let served = as_a_lenient_backend_reads_it(path);
+                proptest::prop_assert_eq!(served.first().map(String::as_str), Some("api"), "{} -> {}", uri, path);
+            }
+            Err(Error::BadRequest { .. }) => {}
+            Err(other) => proptest::prop_assert!(false, "{}: {:?}", uri, other),
+        }
+    }
+}
+
+/// The `(len, max)` of a `UriTooLong`; panics on any other outcome.
+fn uri_too_long(result: Result<Req, Error>) -> (usize, usize) {
+    match result {
+        Err(Error::UriTooLong { len, max }) => (len, max),
+        Err(other) => panic!("expected UriTooLong, got {other:?}"),
+        Ok(req) => panic!("expected UriTooLong, got {} bytes", req.uri().path().len()),
+    }
+}
+
+#[test]
+fn a_path_the_backend_prefix_makes_too_long_is_414_not_a_backend_error() {
+    // `http` takes a path and query of up to 65,534 bytes; "/api" adds 4.
+    const MAX: usize = 65_534;
+    assert!(format!("/{}", "a".repeat(MAX - 1))
+        .parse::<http::Uri>()
+        .is_ok());
+    assert!(format!("/{}", "a".repeat(MAX))
+        .parse::<http::Uri>()
+        .is_err());
+
+    let path = |len: usize| format!("/{}", "a".repeat(len - 1));
+    let at_limit = direct("http://b/api", &path(MAX - 4), &[], ProxyDirector::new());
+    assert_eq!(at_limit.uri().path().len(), MAX);
+    let over = try_direct("http://b/api", &path(MAX - 3), &[], ProxyDirector::new());
+    assert_eq!(uri_too_long(over), (MAX + 1, MAX));
+    // A backend query lengthens it too: "?k=v" adds 4.
+    let query = try_direct("http://b/?k=v", &path(MAX - 3), &[], ProxyDirector::new());
+    assert_eq!(uri_too_long(query), (MAX + 1, MAX));
+    let err = try_direct("http://b/api", &path(MAX - 3), &[], ProxyDirector::new()).unwrap_err();
+    assert_eq!(err.status_code(), StatusCode::URI_TOO_LONG);
+    // Without a prefix or query the path goes as it came, at any length
+    // `http` took.
+    let plain = direct("http://b", &path(MAX), &[], ProxyDirector::new());
+    assert_eq!(plain.uri().path().len(), MAX);
+}
+
+#[test]
 fn an_empty_backend_query_adds_no_question_mark() {
     assert_eq!(rewritten("http://b/?", "/x"), "http://b/x");
     assert_eq!(rewritten("http://b/p?", "/x?a=1"), "http://b/p/x?a=1");
@@ -264,6 +479,48 @@ fn forwarded_keeps_the_elements_of_every_earlier_line() {
             .collect::<Vec<_>>(),
         ["for=6.6.6.6, for=203.0.113.50, for=192.0.2.7;host=front;proto=http"]
     );
+}
+
+#[test]
+fn an_incoming_forwarded_header_is_removed_when_forwarded_is_off() {
+    let forged = [
+        ("host", "front"),
+        ("forwarded", "for=6.6.6.6;proto=https"),
+        ("forwarded", "for=203.0.113.50;host=admin.internal"),
+    ];
+    for director in [
+        ProxyDirector::new(),
+        ProxyDirector::new().x_forwarded(false),
+    ] {
+        let req = direct("http://b", "/", &forged, director);
+        assert!(req.headers().get("forwarded").is_none());
+    }
+}
+
+#[test]
+fn without_a_client_address_forwarded_holds_only_this_hops_element() {
+    // As for X-Forwarded-For: earlier elements cannot be vouched for.
+    let mut req = Request::builder()
+        .uri("/")
+        .header("host", "front")
+        .header("forwarded", "for=6.6.6.6;proto=https")
+        .header("forwarded", "for=203.0.113.50")
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert(Member::new(Backend::new("http://b").unwrap()));
+    ProxyDirector::new()
+        .forwarded(true)
+        .direct(&mut req)
+        .unwrap();
+    assert_eq!(
+        req.headers()
+            .get_all("forwarded")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["for=unknown;host=front;proto=http"]
+    );
+    assert!(req.headers().get("x-forwarded-for").is_none());
 }
 
 #[test]
@@ -311,7 +568,6 @@ fn director_removes_every_hop_by_hop_header() {
             ("proxy-authenticate", "Basic"),
             ("proxy-authorization", "Basic Zm9vOmJhcg=="),
             ("te", "gzip"),
-            ("trailer", "x-checksum"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
             ("x-end-to-end", "kept"),
@@ -327,13 +583,58 @@ fn director_removes_every_hop_by_hop_header() {
         "proxy-authenticate",
         "proxy-authorization",
         "te",
-        "trailer",
         "transfer-encoding",
         "upgrade",
     ] {
         assert!(req.headers().get(name).is_none(), "{name} leaked upstream");
     }
     assert_eq!(req.headers()["x-end-to-end"], "kept");
+}
+
+#[test]
+fn trailer_is_end_to_end_unless_connection_lists_it() {
+    // RFC 9110 §7.6.1 does not list Trailer; hyper's HTTP/1.1 sends only
+    // the trailer fields it announces.
+    let req = direct(
+        "http://b",
+        "/",
+        &[
+            ("connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "grpc-status, grpc-message"),
+            ("transfer-encoding", "chunked"),
+        ],
+        ProxyDirector::new(),
+    );
+    assert_eq!(req.headers()["trailer"], "grpc-status, grpc-message");
+    assert_eq!(req.headers()["te"], "trailers");
+    assert!(req.headers().get("transfer-encoding").is_none());
+
+    let listed = direct(
+        "http://b",
+        "/",
+        &[("connection", "Trailer"), ("trailer", "x-checksum")],
+        ProxyDirector::new(),
+    );
+    assert!(listed.headers().get("trailer").is_none());
+
+    let res = Response::builder()
+        .header("trailer", "grpc-status")
+        .header("transfer-encoding", "chunked")
+        .body(())
+        .unwrap();
+    let res = strip_hop_by_hop_response(res).unwrap();
+    assert_eq!(res.headers().len(), 1);
+    assert_eq!(res.headers()["trailer"], "grpc-status");
+    let listed = Response::builder()
+        .header("connection", "trailer")
+        .header("trailer", "grpc-status")
+        .body(())
+        .unwrap();
+    assert!(strip_hop_by_hop_response(listed)
+        .unwrap()
+        .headers()
+        .is_empty());
 }
 
 #[test]
@@ -356,6 +657,75 @@ fn director_keeps_a_websocket_upgrade_and_te_trailers() {
         "dGhlIHNhbXBsZSBub25jZQ=="
     );
     assert_eq!(req.headers()["te"], "trailers");
+}
+
+#[test]
+fn only_a_websocket_upgrade_is_forwarded() {
+    // h2c smuggling: a backend that switches to HTTP/2 would take requests
+    // the proxy never sees.
+    let h2c = direct(
+        "http://b",
+        "/",
+        &[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ("x-end-to-end", "kept"),
+        ],
+        ProxyDirector::new(),
+    );
+    for name in ["connection", "upgrade", "http2-settings"] {
+        assert!(h2c.headers().get(name).is_none(), "{name} leaked upstream");
+    }
+    assert_eq!(h2c.headers()["x-end-to-end"], "kept");
+
+    // HTTP2-Settings goes even when Connection does not list it, and
+    // beside a WebSocket upgrade; an offer of several protocols keeps only
+    // websocket; the token is matched in any case.
+    for upgrade in [
+        "websocket",
+        "WebSocket",
+        "h2c, websocket",
+        "foo/1, WEBSOCKET",
+    ] {
+        let req = direct(
+            "http://b",
+            "/",
+            &[
+                ("connection", "keep-alive, upgrade"),
+                ("upgrade", upgrade),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ],
+            ProxyDirector::new(),
+        );
+        assert_eq!(req.headers()["connection"], "upgrade", "{upgrade}");
+        assert_eq!(
+            req.headers().get_all("upgrade").iter().collect::<Vec<_>>(),
+            ["websocket"],
+            "{upgrade}"
+        );
+        assert!(req.headers().get("http2-settings").is_none(), "{upgrade}");
+    }
+
+    // Other protocols are dropped, on requests and on 101 answers alike.
+    for upgrade in ["h2c", "TLS/1.2", "websocketx", "h2c, http/2"] {
+        let req = direct(
+            "http://b",
+            "/",
+            &[("connection", "upgrade"), ("upgrade", upgrade)],
+            ProxyDirector::new(),
+        );
+        assert!(req.headers().get("connection").is_none(), "{upgrade}");
+        assert!(req.headers().get("upgrade").is_none(), "{upgrade}");
+        let switching = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", upgrade)
+            .body(())
+            .unwrap();
+        let switching = strip_hop_by_hop_response(switching).unwrap();
+        assert!(switching.headers().is_empty(), "{upgrade}");
+    }
 }
 
 #[test]
@@ -407,6 +777,28 @@ async fn director_without_a_pick_fails_and_does_not_call_the_inner_service() {
     assert!(matches!(err, Error::MissingExtension { .. }), "{err:?}");
     assert_eq!(err.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn request_errors_are_4xx_and_name_no_backend() {
+    let bad = Error::BadRequest {
+        reason: "more than one Host header line".into(),
+    };
+    assert_eq!(bad.status_code(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        bad.to_string(),
+        "bad request: more than one Host header line"
+    );
+    let long = Error::UriTooLong {
+        len: 70_000,
+        max: 65_534,
+    };
+    assert_eq!(long.status_code(), StatusCode::URI_TOO_LONG);
+    assert_eq!(
+        long.to_string(),
+        "the request target would be 70000 bytes long once rewritten, more than the 65534 \
+         allowed: shorten its path or query"
+    );
 }
 
 #[tokio::test]
@@ -666,6 +1058,99 @@ async fn hook_errors_are_not_counted_against_the_backend() {
         .unwrap_err();
     assert!(matches!(err, Error::Hook { .. }));
     assert_eq!(lb.get("a").unwrap().load().failures(), 0);
+}
+
+/// LoadBalance over ProxyDirector over an inner service that counts its
+/// calls; the `Load` of the one backend, `http://a/api`.
+fn balanced_director() -> (
+    impl Service<Req, Response = Response<()>, Error = Error>,
+    Arc<tower_lb::Load>,
+    Arc<AtomicUsize>,
+) {
+    let lb = lb(Strategy::RoundRobin, &["http://a/api"]);
+    let load = lb.get("a").unwrap().load().clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(service_fn(move |_req: Req| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(())) }
+        }));
+    (svc, load, calls)
+}
+
+/// (in flight, successes, failures, consecutive failures)
+fn counters(load: &tower_lb::Load) -> (u64, u64, u64, u64) {
+    (
+        load.in_flight(),
+        load.successes(),
+        load.failures(),
+        load.consecutive_failures(),
+    )
+}
+
+#[tokio::test]
+async fn requests_the_director_refuses_are_not_counted_against_the_backend() {
+    let (mut svc, load, calls) = balanced_director();
+    for _ in 0..3 {
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "front.example")
+            .header("host", "evil.example")
+            .body(())
+            .unwrap();
+        let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+        assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
+        assert_eq!(err.status_code(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // A path that the backend's prefix makes too long.
+    for _ in 0..3 {
+        let req = Request::builder()
+            .uri(format!("/{}", "a".repeat(65_530)))
+            .body(())
+            .unwrap();
+        let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UriTooLong {
+                    len: 65_535,
+                    max: 65_534
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.status_code(), StatusCode::URI_TOO_LONG);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // Released, and neither a failure nor a success.
+    assert_eq!(counters(&load), (0, 0, 0, 0));
+
+    // A hook of one's own refusing a request is not counted either.
+    let lb = lb(Strategy::RoundRobin, &["http://a"]);
+    let err = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .layer(DirectorLayer::new(|_req: &mut Req| {
+            Err(Error::BadRequest {
+                reason: "no tenant".into(),
+            })
+        }))
+        .service(service_fn(|_req: Req| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }))
+        .oneshot(Request::new(()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), StatusCode::BAD_REQUEST);
+    assert_eq!(counters(lb.get("a").unwrap().load()), (0, 0, 0, 0));
+
+    // A request that is forwarded still counts.
+    let ok = Request::builder().uri("/x").body(()).unwrap();
+    svc.ready().await.unwrap().call(ok).await.unwrap();
+    assert_eq!(counters(&load), (0, 1, 0, 0));
 }
 
 /// Ready only after `open` is set: checks that readiness passes through.

@@ -29,7 +29,8 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// Starts a backend on an ephemeral loopback port. It answers every request
 /// with `x-backend: NAME` and a body naming itself; `POST /echo` streams
-/// the request body back, `/headers` lists the request headers it got, and
+/// the request body back (with its trailers, and the `Trailer` header that
+/// announces them), `/headers` lists the request headers it got, and
 /// `/status/CODE` answers with that status.
 pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -43,9 +44,11 @@ pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| async move {
                     let res = if req.method() == http::Method::POST && req.uri().path() == "/echo" {
-                        Response::builder()
-                            .header("x-backend", name)
-                            .body(Either::Left(req.into_body()))
+                        let mut res = Response::builder().header("x-backend", name);
+                        if let Some(trailer) = req.headers().get(http::header::TRAILER) {
+                            res = res.header(http::header::TRAILER, trailer);
+                        }
+                        res.body(Either::Left(req.into_body()))
                     } else if req.uri().path() == "/headers" {
                         let mut text = String::new();
                         for (k, v) in req.headers() {
@@ -249,7 +252,8 @@ impl Service<Request<Incoming>> for Upstream {
 
 /// Serves `stack` on `listener` as a reverse proxy: each request gets the
 /// client's address as a [`ClientAddr`] extension, and a tower-lb error
-/// becomes its status (`502`/`503`) with a short text that names no backend.
+/// becomes its status (`400`/`414`/`502`/`503`) with a short text that names
+/// no backend.
 pub async fn serve_proxy<S>(listener: TcpListener, stack: S)
 where
     S: Service<Request<Incoming>, Response = Response<Incoming>, Error = tower_lb::Error>
@@ -290,6 +294,8 @@ pub fn error_response(error: &tower_lb::Error) -> Response<ProxyBody> {
     let text = match status {
         StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no backend is available\n",
         StatusCode::BAD_GATEWAY => "502 Bad Gateway: the backend failed to answer\n",
+        StatusCode::BAD_REQUEST => "400 Bad Request: the request cannot be forwarded\n",
+        StatusCode::URI_TOO_LONG => "414 URI Too Long: shorten the path or query\n",
         _ => "500 Internal Server Error: the gateway is misconfigured\n",
     };
     Response::builder()

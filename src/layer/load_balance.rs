@@ -140,6 +140,13 @@ use crate::{Backend, BoxError, Error, InFlight, Load, LoadBalancer, Member, Outc
 /// http_504` and HAProxy's `observe layer7` treat as the server's fault);
 /// any other status counts as a success.
 ///
+/// A request that never reached the backend counts as neither: one a
+/// director refused because of the request itself ([`Error::BadRequest`],
+/// [`Error::UriTooLong`], any error whose [`Error::status_code`] is a
+/// `4xx`), or whose hook failed ([`Error::Hook`],
+/// [`Error::MissingExtension`]). Otherwise any client could push a
+/// backend's failure counters with requests it knows will be refused.
+///
 /// ```
 /// use http::StatusCode;
 /// use tower_lb::layer::FailurePolicy;
@@ -432,8 +439,7 @@ where
                     }
                     Err(error) => {
                         let error = upstream_error(error, backend.id());
-                        // A hook's mistake is not the backend's fault.
-                        if !matches!(error, Error::Hook { .. } | Error::MissingExtension { .. }) {
+                        if blames_backend(&error) {
                             load.record(Outcome::Failure);
                         }
                         Err(error)
@@ -445,6 +451,15 @@ where
                 .expect("ResponseFuture polled after completion"))),
         }
     }
+}
+
+/// Whether an error from inside counts as a failure of the picked backend:
+/// not a hook's mistake, nor a request refused because of what it is (any
+/// `4xx`, such as [`Error::BadRequest`] or [`Error::UriTooLong`]). See
+/// [`FailurePolicy`].
+fn blames_backend(error: &Error) -> bool {
+    !(matches!(error, Error::Hook { .. } | Error::MissingExtension { .. })
+        || error.status_code().is_client_error())
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {

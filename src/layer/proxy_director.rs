@@ -10,7 +10,8 @@
 //!   `singleJoiningSlash`), after resolving `.` and `..` segments so that a
 //!   path cannot climb out of the prefix (as nginx normalizes); the backend
 //!   URI's query and the request's are merged with `&`;
-//! * `Host` is kept as the client sent it (Go's default) or set to the
+//! * `Host` is kept as the client sent it (Go's default; an absolute-form
+//!   target's `host[:port]` replaces it, never its userinfo) or set to the
 //!   backend's authority (nginx's default, `proxy_set_header Host
 //!   $proxy_host`), or to a fixed value — see [`HostHeader`];
 //! * the client's address (the [`ClientAddr`] extension the server fills) is
@@ -18,15 +19,41 @@
 //!   `X-Forwarded-For` is dropped: it cannot be vouched for);
 //!   `X-Forwarded-Host` and `X-Forwarded-Proto` are set, replacing whatever
 //!   the client sent, the protocol from configuration
-//!   ([`ProxyDirector::https`]), never from the request; optionally an
-//!   RFC 7239 `Forwarded` element is appended after every earlier one;
+//!   ([`ProxyDirector::https`]), never from the request;
+//! * an incoming RFC 7239 `Forwarded` header is removed, unless
+//!   [`ProxyDirector::forwarded`] is on: then this hop's element is appended
+//!   after every earlier one when the [`ClientAddr`] is known, and replaces
+//!   them (as `for=unknown`) when it is not, by `X-Forwarded-For`'s rule;
 //! * hop-by-hop headers are removed as RFC 9110 §7.6.1 requires:
 //!   `Connection` and every header it lists, `Keep-Alive`,
 //!   `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
-//!   `Trailer`, `Transfer-Encoding` and `Upgrade`, except that an upgrade
-//!   handshake (WebSocket) keeps `Connection: upgrade` and its `Upgrade`
-//!   header, and `TE: trailers` is kept (as Go does, for gRPC); `Host` is
-//!   never removed because `Connection` lists it.
+//!   `Transfer-Encoding`, `Upgrade` and `HTTP2-Settings`, except that a
+//!   WebSocket handshake keeps `Connection: upgrade` and `Upgrade:
+//!   websocket`, and `TE: trailers` is kept (as Go does, for gRPC); `Host`
+//!   is never removed because `Connection` lists it. `Trailer` is
+//!   end-to-end and kept (unless `Connection` lists it): hyper's HTTP/1.1
+//!   sends only the trailer fields it announces. No other upgrade than
+//!   WebSocket is forwarded: see [Upgrades](ProxyDirector#upgrades).
+//!
+//! # Refused requests
+//!
+//! Some requests cannot be forwarded safely; the director then fails with a
+//! client error ([`Error::status_code`] `4xx`), the inner service is not
+//! called and [`LoadBalance`](crate::layer::LoadBalance) does not count it
+//! against the backend:
+//!
+//! * more than one `Host` line ([`Error::BadRequest`], RFC 9112 §3.2): the
+//!   backend might read one and `X-Forwarded-Host` say another;
+//! * with a backend path prefix, a path that, once its `/`-delimited dot
+//!   segments are resolved, still has a `.` or `..` segment (`%2e` counting
+//!   as `.`) delimited by `\`, `%2F` or `%5C` (any case), as in
+//!   `/..%2F..%2Fadmin` or `/..\admin` ([`Error::BadRequest`]): a backend
+//!   that decodes `%2F` or reads `\` as `/` before resolving dots would
+//!   climb out of the prefix. Encoded slashes without dot segments
+//!   (`/projects/group%2Fname`) pass unchanged;
+//! * a path and query that the backend's path prefix and query would make
+//!   longer than `http` allows (65,534 bytes) ([`Error::UriTooLong`], `414
+//!   URI Too Long`).
 //!
 //! The pick must already be in the request's extensions: put
 //! [`LoadBalanceLayer`](crate::layer::LoadBalanceLayer) outside the
@@ -67,10 +94,10 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{
-    Entry, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    Entry, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
     TRANSFER_ENCODING, UPGRADE,
 };
-use http::uri::{PathAndQuery, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use crate::layer::Direct;
@@ -85,7 +112,8 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum HostHeader {
-    /// The client's `Host` (or the request URI's authority): Go's default.
+    /// The client's `Host` (or the request target's `host[:port]`, without
+    /// userinfo): Go's default.
     #[default]
     Preserve,
     /// The backend's authority: nginx's default.
@@ -95,6 +123,18 @@ pub enum HostHeader {
 }
 
 /// The standard reverse-proxy director; see the [module docs](self).
+///
+/// # Upgrades
+///
+/// Only WebSocket upgrades are forwarded. A request keeps `Connection:
+/// upgrade` and `Upgrade` only when `Connection` names `upgrade` and
+/// `Upgrade` names `websocket` (any case); the `Upgrade` sent on is then
+/// `websocket` alone. Any other protocol, `h2c` above all, loses its
+/// `Upgrade` header and its `upgrade` connection option, and
+/// `HTTP2-Settings`, which exists only for the h2c upgrade, is always
+/// removed. A backend that accepted a forwarded h2c upgrade would switch
+/// the connection to HTTP/2, and the client could then send requests over
+/// it that this proxy never sees, past whatever it checks (h2c smuggling).
 ///
 /// ```
 /// use tower_lb::layer::{HostHeader, ProxyDirector};
@@ -144,6 +184,12 @@ impl ProxyDirector {
     }
 
     /// Whether to append an RFC 7239 `Forwarded` element (default off).
+    ///
+    /// Off, an incoming `Forwarded` header is removed, as Go's
+    /// `ReverseProxy` does: nothing here vouches for it. On, the earlier
+    /// elements are kept and this hop's appended when the request has a
+    /// [`ClientAddr`]; without one they are dropped (as `X-Forwarded-For`
+    /// is) and the header holds only this hop's element, `for=unknown`.
     pub fn forwarded(mut self, on: bool) -> Self {
         self.forwarded = on;
         self
@@ -169,6 +215,13 @@ impl ProxyDirector {
                 })
             }
         };
+        // RFC 9112 §3.2: more than one Host line is a 400. Forwarded as they
+        // are, the backend could read one and X-Forwarded-Host say another.
+        if req.headers().get_all(HOST).iter().nth(1).is_some() {
+            return Err(Error::BadRequest {
+                reason: "the request has more than one Host header line".into(),
+            });
+        }
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
 
         // The request URI is taken apart rather than copied: its path and
@@ -180,11 +233,12 @@ impl ProxyDirector {
 
         // What the client asked for. An authority in the request target
         // (absolute form, HTTP/2) wins over a Host header, as RFC 9112
-        // §3.2.2 requires, and becomes the Host header.
+        // §3.2.2 requires, and becomes the Host header: its host and port,
+        // never its userinfo (`user:password@`).
         if let Some(value) = original
             .authority
             .as_ref()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .and_then(|a| HeaderValue::from_str(host_and_port(a)).ok())
         {
             headers.insert(HOST, value);
         }
@@ -213,6 +267,12 @@ impl ProxyDirector {
             };
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
+        // Forwarded follows X-Forwarded-For's trust rule: what the client
+        // sent is kept only when this hop's element extends it truthfully.
+        if !self.forwarded || client.is_none() {
+            // Go's ReverseProxy (Rewrite) removes it too.
+            headers.remove(FORWARDED);
+        }
         if self.forwarded {
             append_forwarded(headers, client, original_host.as_ref(), proto);
         }
@@ -227,6 +287,17 @@ impl ProxyDirector {
         })?;
         Ok(())
     }
+}
+
+/// The longest path and query `http` accepts (its `MAX_LEN`, which it does
+/// not export; a test checks the two agree).
+const MAX_PATH_AND_QUERY_LEN: usize = u16::MAX as usize - 1;
+
+/// An authority without its userinfo: `host[:port]` (RFC 9112 §3.2.2). As
+/// in `http`'s own parsing, the userinfo ends at the last `@`.
+fn host_and_port(authority: &Authority) -> &str {
+    let s = authority.as_str();
+    s.rsplit_once('@').map_or(s, |(_userinfo, host)| host)
 }
 
 /// The backend's path prefix joined with the request path, and the backend's
@@ -246,7 +317,18 @@ fn join_path_and_query(
     let mut s = if has_prefix {
         // `..` must not climb out of the prefix (nginx normalizes the path
         // before proxy_pass; Go does not, and a prefix there is no boundary).
-        join_paths(prefix, &remove_dot_segments(path))
+        let resolved = remove_dot_segments(path);
+        // A dot segment left between encoded slashes or backslashes would
+        // climb out on a backend that decodes `%2F` or reads `\` as `/`
+        // before resolving dots; it is refused rather than guessed at.
+        if has_hidden_dot_segment(&resolved) {
+            return Err(Error::BadRequest {
+                reason: "the request path has a `.` or `..` segment between encoded slashes \
+                         or backslashes"
+                    .into(),
+            });
+        }
+        join_paths(prefix, &resolved)
     } else {
         path.to_owned()
     };
@@ -263,6 +345,15 @@ fn join_path_and_query(
         }
         (None, None) => {}
     }
+    // The backend's prefix and query can push a path and query that was
+    // short enough past `http`'s limit. That is the request's doing, not
+    // the backend's: 414, not a failure of the backend.
+    if s.len() > MAX_PATH_AND_QUERY_LEN {
+        return Err(Error::UriTooLong {
+            len: s.len(),
+            max: MAX_PATH_AND_QUERY_LEN,
+        });
+    }
     PathAndQuery::from_maybe_shared(s).map_err(|_| Error::InvalidBackendUri {
         uri: backend.uri().to_string(),
         reason: "joining its path with the request's gave an invalid URI",
@@ -278,34 +369,69 @@ impl<B> Direct<B> for ProxyDirector {
 /// `path` with its `.` and `..` segments resolved as RFC 3986 §5.2.4 does
 /// (`%2e` counts as `.`), never climbing above the root.
 fn remove_dot_segments(path: &str) -> Cow<'_, str> {
-    let is_dot = |seg: &str| seg == "." || seg.eq_ignore_ascii_case("%2e");
-    let is_dot_dot = |seg: &str| {
-        matches!(
-            seg.to_ascii_lowercase().as_str(),
-            ".." | ".%2e" | "%2e." | "%2e%2e"
-        )
-    };
-    if !path.split('/').any(|seg| is_dot(seg) || is_dot_dot(seg)) {
+    if !path.split('/').any(|seg| dots(seg.as_bytes()) > 0) {
         return Cow::Borrowed(path);
     }
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let last = segments.len().saturating_sub(1);
     for (i, seg) in segments.iter().enumerate() {
-        if is_dot(seg) {
-            if i == last {
-                out.push("");
+        match dots(seg.as_bytes()) {
+            0 => out.push(seg),
+            n => {
+                if n == 2 {
+                    out.pop();
+                }
+                if i == last {
+                    out.push("");
+                }
             }
-        } else if is_dot_dot(seg) {
-            out.pop();
-            if i == last {
-                out.push("");
-            }
-        } else {
-            out.push(seg);
         }
     }
     Cow::Owned(format!("/{}", out.join("/")))
+}
+
+/// 1 for a `.` segment, 2 for `..`, 0 for any other (`%2e`, in any case,
+/// counts as `.`).
+fn dots(segment: &[u8]) -> usize {
+    let mut n = 0;
+    let mut rest = segment;
+    while n <= 2 {
+        rest = match rest {
+            [] => return n,
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return 0,
+        };
+        n += 1;
+    }
+    0
+}
+
+/// Whether a segment of `path` delimited by `/`, `\`, `%2F` or `%5C` (in
+/// any case) is `.` or `..`. After [`remove_dot_segments`] only segments
+/// behind an encoded slash or a backslash can be.
+fn has_hidden_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i <= bytes.len() {
+        let delimiter = match &bytes[i..] {
+            [] | [b'/' | b'\\', ..] => 1,
+            [b'%', b'2', f, ..] if f.eq_ignore_ascii_case(&b'f') => 3,
+            [b'%', b'5', c, ..] if c.eq_ignore_ascii_case(&b'c') => 3,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        if dots(&bytes[start..i]) > 0 {
+            return true;
+        }
+        i += delimiter;
+        start = i;
+    }
+    false
 }
 
 /// `a` and `b` joined with exactly one slash between them.
@@ -396,12 +522,20 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1 from a request or
 /// response: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
-/// `Trailer`, `Transfer-Encoding` and `Upgrade`.
+/// `Transfer-Encoding`, `Upgrade` and `HTTP2-Settings` (RFC 7540 §3.2.1:
+/// it exists only for the h2c upgrade, which RFC 9113 deprecates).
 ///
-/// Two exceptions keep a proxy working: an upgrade (a `Connection` naming
-/// `upgrade` and an `Upgrade` header, as in a WebSocket handshake) keeps
-/// `Connection: upgrade` and its `Upgrade`, and a `TE` naming `trailers`
-/// leaves `TE: trailers`.
+/// `Trailer` is not among them (RFC 9110 §7.6.1 does not list it; it
+/// announces end-to-end trailer fields) and stays unless `Connection` names
+/// it: hyper's HTTP/1.1 sends only the trailer fields a `Trailer` header
+/// announces, so removing it would drop them (a gRPC status, for one).
+///
+/// Two exceptions keep a proxy working: a WebSocket upgrade (a
+/// `Connection` naming `upgrade` and an `Upgrade` naming `websocket`, in
+/// any case) keeps `Connection: upgrade` and `Upgrade: websocket`, and a
+/// `TE` naming `trailers` leaves `TE: trailers`. No other upgrade is kept:
+/// an `h2c` one would open an HTTP/2 connection to the backend that the
+/// proxy cannot see into (see [`ProxyDirector`](crate::layer::ProxyDirector#upgrades)).
 ///
 /// ```
 /// use http::HeaderMap;
@@ -416,11 +550,19 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// assert_eq!(headers["connection"], "upgrade");
 /// assert_eq!(headers["upgrade"], "websocket");
 /// assert!(headers.get("x-private").is_none() && headers.get("keep-alive").is_none());
+///
+/// let mut h2c = HeaderMap::new();
+/// h2c.insert("connection", "Upgrade, HTTP2-Settings".parse().unwrap());
+/// h2c.insert("upgrade", "h2c".parse().unwrap());
+/// h2c.insert("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA".parse().unwrap());
+/// remove_hop_by_hop_headers(&mut h2c);
+/// assert!(h2c.is_empty());
 /// ```
 pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
     // One pass finds the hop-by-hop headers present (usually none, or just
     // Connection), so only those are removed.
-    // The seven of HOP_BY_HOP, Keep-Alive and Proxy-Connection.
+    // The six of HOP_BY_HOP, Keep-Alive, Proxy-Connection and
+    // HTTP2-Settings.
     const MAX_FOUND: usize = 9;
     let mut found: [Option<HeaderName>; MAX_FOUND] = Default::default();
     let mut count = 0;
@@ -436,11 +578,11 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
         return;
     }
     let has = |name: &HeaderName| found.iter().any(|f| f.as_ref() == Some(name));
-    let upgrade = if has(&CONNECTION) && contains_token(headers, &CONNECTION, "upgrade") {
-        headers.get(UPGRADE).cloned()
-    } else {
-        None
-    };
+    // Only a WebSocket upgrade is kept (h2c smuggling: see ProxyDirector).
+    let websocket = has(&CONNECTION)
+        && has(&UPGRADE)
+        && contains_token(headers, &CONNECTION, "upgrade")
+        && contains_token(headers, &UPGRADE, "websocket");
     let keep_trailers = has(&TE) && contains_token(headers, &TE, "trailers");
 
     // Headers named by Connection. A single Connection value (the usual
@@ -470,9 +612,9 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
         headers.remove(name);
     }
 
-    if let Some(protocol) = upgrade {
+    if websocket {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, protocol);
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     }
     if keep_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -481,24 +623,29 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+// Not `Trailer`: it is end-to-end. (Go's list has it because net/http
+// announces trailers itself, from `Request.Trailer`; hyper does not.)
+const HOP_BY_HOP: [HeaderName; 6] = [
     CONNECTION,
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
     TE,
-    TRAILER,
     TRANSFER_ENCODING,
     UPGRADE,
 ];
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || *name == KEEP_ALIVE || *name == PROXY_CONNECTION
+    HOP_BY_HOP.contains(name)
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+        || *name == HTTP2_SETTINGS
 }
 
 /// A modify-response hook that removes hop-by-hop headers from a backend's
 /// response before it goes to the client (see
 /// [`remove_hop_by_hop_headers`]); a `101 Switching Protocols` keeps its
-/// upgrade headers.
+/// upgrade headers if it switches to WebSocket.
 ///
 /// ```
 /// use tower_lb::layer::{strip_hop_by_hop_response, ModifyResponseLayer};
