@@ -332,7 +332,8 @@ fn dot_segments_behind_encoded_slashes_or_backslashes_are_a_bad_request() {
         let result = try_direct("http://b/api", uri, &[], ProxyDirector::new());
         assert_eq!(
             bad_request(result),
-            "the request path has a `.` or `..` segment between encoded slashes or backslashes",
+            "the request path has a `.` or `..` segment that a backend could resolve out of its \
+             prefix (behind an encoded slash or a backslash, or before `;` parameters)",
             "{uri}"
         );
     }
@@ -458,6 +459,83 @@ fn director_can_skip_x_forwarded_headers() {
     );
     assert!(req.headers().get("x-forwarded-for").is_none());
     assert!(req.headers().get("x-forwarded-host").is_none());
+}
+
+#[test]
+fn with_x_forwarded_off_a_clients_own_x_forwarded_headers_are_removed() {
+    let forged = [
+        ("host", "front"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-host", "admin.internal"),
+        ("x-forwarded-proto", "https"),
+        ("x-request-id", "kept"),
+    ];
+    let req = direct(
+        "http://b",
+        "/",
+        &forged,
+        ProxyDirector::new().x_forwarded(false),
+    );
+    for name in ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"] {
+        assert!(req.headers().get(name).is_none(), "{name}");
+    }
+    assert_eq!(req.headers()["x-request-id"], "kept");
+}
+
+#[test]
+fn a_host_header_that_is_not_a_host_and_port_is_a_bad_request() {
+    for host in [
+        "a b",
+        "evil.example/path",
+        "user@evil.example",
+        "a\\b",
+        "a?b",
+        "a#b",
+        " front",
+        "front\t",
+    ] {
+        let result = try_direct("http://b", "/", &[("host", host)], ProxyDirector::new());
+        assert_eq!(
+            bad_request(result),
+            "the request's Host header is not a host and port",
+            "{host:?}"
+        );
+    }
+    for host in [
+        "front.example",
+        "front.example:8443",
+        "[::1]:80",
+        "127.0.0.1",
+        "",
+    ] {
+        let req = direct("http://b", "/", &[("host", host)], ProxyDirector::new());
+        assert_eq!(req.headers()["host"], host);
+    }
+}
+
+#[test]
+fn dot_segments_with_path_parameters_are_a_bad_request_under_a_prefix() {
+    // Tomcat and other servlet containers drop `;parameters` and then read
+    // `..;x` as `..`.
+    for uri in [
+        "/..;/admin",
+        "/a/..;jsessionid=1/..;/x",
+        "/.;x/y",
+        "/%2e%2e;/admin",
+    ] {
+        let result = try_direct("http://b/api", uri, &[], ProxyDirector::new());
+        assert_eq!(
+            bad_request(result),
+            "the request path has a `.` or `..` segment that a backend could resolve out of its \
+             prefix (behind an encoded slash or a backslash, or before `;` parameters)",
+            "{uri}"
+        );
+    }
+    // Parameters on ordinary segments pass.
+    assert_eq!(
+        rewritten("http://b/api", "/a;v=1/b..;c"),
+        "http://b/api/a;v=1/b..;c"
+    );
 }
 
 #[test]

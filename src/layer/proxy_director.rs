@@ -43,13 +43,17 @@
 //! against the backend:
 //!
 //! * more than one `Host` line ([`Error::BadRequest`], RFC 9112 §3.2): the
-//!   backend might read one and `X-Forwarded-Host` say another;
+//!   backend might read one and `X-Forwarded-Host` say another; and a
+//!   `Host` that cannot be `host[:port]` (whitespace, control characters,
+//!   `@`, `/`, `\`, `?` or `#`), which would reach the backend as written;
 //! * with a backend path prefix, a path that, once its `/`-delimited dot
 //!   segments are resolved, still has a `.` or `..` segment (`%2e` counting
 //!   as `.`) delimited by `\`, `%2F` or `%5C` (any case), as in
 //!   `/..%2F..%2Fadmin` or `/..\admin` ([`Error::BadRequest`]): a backend
 //!   that decodes `%2F` or reads `\` as `/` before resolving dots would
-//!   climb out of the prefix. Encoded slashes without dot segments
+//!   climb out of the prefix. The same for a dot segment before `;`
+//!   parameters (`/..;/admin`), which servlet containers such as Tomcat
+//!   read as `..`. Encoded slashes without dot segments
 //!   (`/projects/group%2Fname`) pass unchanged;
 //! * a path and query that the backend's path prefix and query would make
 //!   longer than `http` allows (65,534 bytes) ([`Error::UriTooLong`], `414
@@ -178,6 +182,10 @@ impl ProxyDirector {
     }
 
     /// Whether to set `X-Forwarded-For`, `-Host` and `-Proto` (default on).
+    ///
+    /// Off, incoming `X-Forwarded-*` headers are removed, as an incoming
+    /// `Forwarded` is when [`forwarded`](Self::forwarded) is off: a client
+    /// could have written them, and nothing here vouches for them.
     pub fn x_forwarded(mut self, on: bool) -> Self {
         self.x_forwarded = on;
         self
@@ -217,7 +225,22 @@ impl ProxyDirector {
         };
         // RFC 9112 §3.2: more than one Host line is a 400. Forwarded as they
         // are, the backend could read one and X-Forwarded-Host say another.
-        if req.headers().get_all(HOST).iter().nth(1).is_some() {
+        let mut hosts = req.headers().get_all(HOST).iter();
+        if let (Some(host), None) = (hosts.next(), hosts.next()) {
+            // A Host is `host[:port]` (RFC 9112 §3.2): no whitespace, no
+            // userinfo, no path. Anything else would reach the backend and
+            // X-Forwarded-Host as the client wrote it.
+            let foreign = |b: &u8| {
+                b.is_ascii_whitespace()
+                    || b.is_ascii_control()
+                    || matches!(b, b'@' | b'/' | b'\\' | b'?' | b'#')
+            };
+            if host.as_bytes().iter().any(foreign) {
+                return Err(Error::BadRequest {
+                    reason: "the request's Host header is not a host and port".into(),
+                });
+            }
+        } else if req.headers().get_all(HOST).iter().nth(1).is_some() {
             return Err(Error::BadRequest {
                 reason: "the request has more than one Host header line".into(),
             });
@@ -266,6 +289,12 @@ impl ProxyDirector {
                 None => headers.remove(X_FORWARDED_HOST),
             };
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        } else {
+            // Not managed here: what the client sent is not vouched for,
+            // and goes (as `Forwarded` does when off).
+            headers.remove(&X_FORWARDED_FOR);
+            headers.remove(X_FORWARDED_HOST);
+            headers.remove(X_FORWARDED_PROTO);
         }
         // Forwarded follows X-Forwarded-For's trust rule: what the client
         // sent is kept only when this hop's element extends it truthfully.
@@ -318,13 +347,15 @@ fn join_path_and_query(
         // `..` must not climb out of the prefix (nginx normalizes the path
         // before proxy_pass; Go does not, and a prefix there is no boundary).
         let resolved = remove_dot_segments(path);
-        // A dot segment left between encoded slashes or backslashes would
-        // climb out on a backend that decodes `%2F` or reads `\` as `/`
-        // before resolving dots; it is refused rather than guessed at.
+        // A dot segment left between encoded slashes or backslashes, or
+        // before `;` parameters, would climb out on a backend that decodes
+        // `%2F`, reads `\` as `/` or drops parameters before resolving dots;
+        // it is refused rather than guessed at.
         if has_hidden_dot_segment(&resolved) {
             return Err(Error::BadRequest {
-                reason: "the request path has a `.` or `..` segment between encoded slashes \
-                         or backslashes"
+                reason: "the request path has a `.` or `..` segment that a backend could \
+                         resolve out of its prefix (behind an encoded slash or a backslash, \
+                         or before `;` parameters)"
                     .into(),
             });
         }
@@ -409,8 +440,10 @@ fn dots(segment: &[u8]) -> usize {
 }
 
 /// Whether a segment of `path` delimited by `/`, `\`, `%2F` or `%5C` (in
-/// any case) is `.` or `..`. After [`remove_dot_segments`] only segments
-/// behind an encoded slash or a backslash can be.
+/// any case) is `.` or `..`, alone or before `;` path parameters (`..;x`,
+/// which Tomcat and other servlet containers read as `..`). After
+/// [`remove_dot_segments`] only segments behind an encoded slash or a
+/// backslash, or carrying parameters, can be.
 fn has_hidden_dot_segment(path: &str) -> bool {
     let bytes = path.as_bytes();
     let mut start = 0;
@@ -425,7 +458,9 @@ fn has_hidden_dot_segment(path: &str) -> bool {
                 continue;
             }
         };
-        if dots(&bytes[start..i]) > 0 {
+        let segment = &bytes[start..i];
+        let before_parameters = segment.split(|&b| b == b';').next().unwrap_or_default();
+        if dots(before_parameters) > 0 {
             return true;
         }
         i += delimiter;
