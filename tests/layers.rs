@@ -283,16 +283,24 @@ fn connection_cannot_make_the_proxy_drop_host() {
     assert!(req.headers().get("x-a").is_none());
 }
 
-#[test]
-fn without_a_client_address_an_incoming_x_forwarded_for_is_dropped() {
-    let mut req = Request::builder()
-        .uri("/")
-        .header("x-forwarded-for", "6.6.6.6")
-        .body(())
-        .unwrap();
+/// `/` with `headers`, as `director` rewrites it for `http://b` when the
+/// request has no `ClientAddr` (the server did not say who the peer is).
+fn direct_without_client_addr(headers: &[(&str, &str)], director: ProxyDirector) -> Req {
+    let mut b = Request::builder().uri("/");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let mut req = b.body(()).unwrap();
     req.extensions_mut()
         .insert(Member::new(Backend::new("http://b").unwrap()));
-    ProxyDirector::new().direct(&mut req).unwrap();
+    let mut director = director;
+    director.direct(&mut req).unwrap();
+    req
+}
+
+#[test]
+fn without_a_client_address_an_incoming_x_forwarded_for_is_dropped() {
+    let req = direct_without_client_addr(&[("x-forwarded-for", "6.6.6.6")], ProxyDirector::new());
     assert!(req.headers().get("x-forwarded-for").is_none());
 }
 
@@ -578,19 +586,14 @@ fn an_incoming_forwarded_header_is_removed_when_forwarded_is_off() {
 #[test]
 fn without_a_client_address_forwarded_holds_only_this_hops_element() {
     // As for X-Forwarded-For: earlier elements cannot be vouched for.
-    let mut req = Request::builder()
-        .uri("/")
-        .header("host", "front")
-        .header("forwarded", "for=6.6.6.6;proto=https")
-        .header("forwarded", "for=203.0.113.50")
-        .body(())
-        .unwrap();
-    req.extensions_mut()
-        .insert(Member::new(Backend::new("http://b").unwrap()));
-    ProxyDirector::new()
-        .forwarded(true)
-        .direct(&mut req)
-        .unwrap();
+    let req = direct_without_client_addr(
+        &[
+            ("host", "front"),
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("forwarded", "for=203.0.113.50"),
+        ],
+        ProxyDirector::new().forwarded(true),
+    );
     assert_eq!(
         req.headers()
             .get_all("forwarded")
