@@ -20,13 +20,22 @@ fn direct(backend: &str, uri: &str, headers: &[(&str, &str)], director: ProxyDir
     try_direct(backend, uri, headers, director).unwrap()
 }
 
-/// The request as `director` rewrites it for `backend`, or its error.
+/// The request as `director` rewrites it for `backend`, or its error; the
+/// client is 192.0.2.7.
 fn try_direct(
     backend: &str,
     uri: &str,
     headers: &[(&str, &str)],
     director: ProxyDirector,
 ) -> Result<Req, Error> {
+    let mut req = picked(backend, uri, headers);
+    req.extensions_mut()
+        .insert(ClientAddr("192.0.2.7:4444".parse().unwrap()));
+    run(director, req)
+}
+
+/// A request for `uri` with `headers`, `backend` picked for it.
+fn picked(backend: &str, uri: &str, headers: &[(&str, &str)]) -> Req {
     let mut b = Request::builder().uri(uri);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -34,9 +43,11 @@ fn try_direct(
     let mut req = b.body(()).unwrap();
     req.extensions_mut()
         .insert(Member::new(Backend::new(backend).unwrap()));
-    req.extensions_mut()
-        .insert(ClientAddr("192.0.2.7:4444".parse().unwrap()));
-    let mut director = director;
+    req
+}
+
+/// `req` as `director` rewrites it, or its error.
+fn run(mut director: ProxyDirector, mut req: Req) -> Result<Req, Error> {
     match director.direct(&mut req) {
         Ok(()) => Ok(req),
         Err(error) => Err(*error.downcast::<Error>().expect("a tower_lb::Error")),
@@ -286,16 +297,7 @@ fn connection_cannot_make_the_proxy_drop_host() {
 /// `/` with `headers`, as `director` rewrites it for `http://b` when the
 /// request has no `ClientAddr` (the server did not say who the peer is).
 fn direct_without_client_addr(headers: &[(&str, &str)], director: ProxyDirector) -> Req {
-    let mut b = Request::builder().uri("/");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let mut req = b.body(()).unwrap();
-    req.extensions_mut()
-        .insert(Member::new(Backend::new("http://b").unwrap()));
-    let mut director = director;
-    director.direct(&mut req).unwrap();
-    req
+    run(director, picked("http://b", "/", headers)).unwrap()
 }
 
 #[test]

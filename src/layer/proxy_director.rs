@@ -223,27 +223,25 @@ impl ProxyDirector {
                 })
             }
         };
-        // RFC 9112 §3.2: more than one Host line is a 400. Forwarded as they
-        // are, the backend could read one and X-Forwarded-Host say another.
         let mut hosts = req.headers().get_all(HOST).iter();
-        if let (Some(host), None) = (hosts.next(), hosts.next()) {
-            // A Host is `host[:port]` (RFC 9112 §3.2): no whitespace, no
-            // userinfo, no path. Anything else would reach the backend and
-            // X-Forwarded-Host as the client wrote it.
-            let foreign = |b: &u8| {
-                b.is_ascii_whitespace()
-                    || b.is_ascii_control()
-                    || matches!(b, b'@' | b'/' | b'\\' | b'?' | b'#')
-            };
-            if host.as_bytes().iter().any(foreign) {
+        match (hosts.next(), hosts.next()) {
+            // RFC 9112 §3.2: more than one Host line is a 400. Forwarded as
+            // they are, the backend could read one and X-Forwarded-Host say
+            // another.
+            (_, Some(_)) => {
+                return Err(Error::BadRequest {
+                    reason: "the request has more than one Host header line".into(),
+                })
+            }
+            // A Host is `host[:port]`: no whitespace, no userinfo, no path.
+            // Anything else would reach the backend and X-Forwarded-Host as
+            // the client wrote it.
+            (Some(host), None) if host.as_bytes().iter().any(not_in_host) => {
                 return Err(Error::BadRequest {
                     reason: "the request's Host header is not a host and port".into(),
-                });
+                })
             }
-        } else if req.headers().get_all(HOST).iter().nth(1).is_some() {
-            return Err(Error::BadRequest {
-                reason: "the request has more than one Host header line".into(),
-            });
+            _ => {}
         }
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
 
@@ -316,6 +314,13 @@ impl ProxyDirector {
         })?;
         Ok(())
     }
+}
+
+/// Whether `b` cannot appear in a `Host` of `host[:port]` (RFC 9112 §3.2).
+fn not_in_host(b: &u8) -> bool {
+    b.is_ascii_whitespace()
+        || b.is_ascii_control()
+        || matches!(b, b'@' | b'/' | b'\\' | b'?' | b'#')
 }
 
 /// The longest path and query `http` accepts (its `MAX_LEN`, which it does

@@ -391,7 +391,8 @@ impl StickyCookie {
             None => (self.previous.as_ref()?.open_in_place(raw)?, true),
         };
         // Ids are nearly always ASCII, checked without a call.
-        if !raw[id.clone()].is_ascii() && std::str::from_utf8(&raw[id.clone()]).is_err() {
+        let id_bytes = &raw[id.clone()];
+        if !id_bytes.is_ascii() && std::str::from_utf8(id_bytes).is_err() {
             return None;
         }
         // Renewed when made with the previous secret, when past half its
