@@ -50,21 +50,33 @@ use crate::{BoxError, Error};
 pub mod director;
 pub mod load_balance;
 pub mod modify_response;
+#[cfg(feature = "http-body")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
+pub mod next_upstream;
 pub mod proxy_director;
+pub mod response_timeout;
 
 #[doc(inline)]
 pub use self::{
     director::{Direct, Director, DirectorLayer},
-    load_balance::{FailurePolicy, LoadBalance, LoadBalanceLayer},
+    load_balance::{FailurePolicy, LoadBalance, LoadBalanceLayer, TriedBackends},
     modify_response::{ModifyResponse, ModifyResponseHook, ModifyResponseLayer},
     proxy_director::{
         remove_hop_by_hop_headers, strip_hop_by_hop_response, HostHeader, ProxyDirector,
     },
+    response_timeout::{ResponseTimeout, ResponseTimeoutLayer, Sleep},
 };
 
+#[cfg(feature = "http-body")]
+#[doc(inline)]
+pub use self::next_upstream::{NextUpstream, NextUpstreamLayer, ReplayBody};
+
 /// Turns an inner service's error into a tower-lb [`Error`]: an error that
-/// already is one passes through (an upstream error gains the backend id it
-/// lacked), anything else becomes [`Error::Upstream`].
+/// already is one passes through (an upstream error or a timeout gains the
+/// backend id it lacked), a timeout reported by the client (an
+/// `io::ErrorKind::TimedOut` anywhere in its source chain, as hyper-util's
+/// connect timeout gives) becomes [`Error::Timeout`], anything else
+/// [`Error::Upstream`].
 pub(crate) fn upstream_error(error: impl Into<BoxError>, backend: &str) -> Error {
     match error.into().downcast::<Error>() {
         Ok(lb_error) => match *lb_error {
@@ -75,11 +87,43 @@ pub(crate) fn upstream_error(error: impl Into<BoxError>, backend: &str) -> Error
                 backend: backend.to_owned(),
                 source,
             },
+            Error::Timeout {
+                backend: ref inner,
+                waited_for,
+                source,
+            } if inner.is_empty() => Error::Timeout {
+                backend: backend.to_owned(),
+                waited_for,
+                source,
+            },
             other => other,
+        },
+        Err(source) if has_io_error(&*source, std::io::ErrorKind::TimedOut) => Error::Timeout {
+            backend: backend.to_owned(),
+            waited_for: "the backend",
+            source: Some(source),
         },
         Err(source) => Error::Upstream {
             backend: backend.to_owned(),
             source,
         },
     }
+}
+
+/// Whether an `io::Error` of this kind is anywhere in `error`'s source chain.
+pub(crate) fn has_io_error(
+    error: &(dyn std::error::Error + 'static),
+    kind: std::io::ErrorKind,
+) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
