@@ -117,13 +117,12 @@ pub(crate) fn has_io_error(
 ) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
-        if error
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == kind)
-        {
-            return true;
-        }
-        next = error.source();
+        next = match error.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == kind => return true,
+            // An `io::Error`'s `source()` skips the error it wraps.
+            Some(io) => io.get_ref().map(|inner| inner as _),
+            None => error.source(),
+        };
     }
     false
 }
