@@ -16,6 +16,12 @@
 //! sticky cookie `lb`, as HAProxy's `cookie lb insert`; the secret comes from
 //! `TOWER_LB_SECRET`, at least 16 bytes, or is random for this run).
 //!
+//! Retries and timeouts are on (see `support/retry.rs`): a request that
+//! fails on one backend with an error, a timeout or a 502/503/504 is retried
+//! on the next, at most `--tries N` backends (default 3; 1 turns retries
+//! off) within `--next-upstream-timeout DUR` (10s); `--connect-timeout DUR`
+//! (2s) and `--response-timeout DUR` (30s) time each attempt (`0`: no limit).
+//!
 //! The affinity key is the `x-user` request header: with `consistent_hash`
 //! every request of one user reaches the same backend.
 
@@ -33,6 +39,7 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_lb::layer::{
     strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
+    ReplayBody,
 };
 use tower_lb::sticky::{AffinityKey, StickyCookie};
 use tower_lb::{Backend, LoadBalancer, Strategy};
@@ -45,6 +52,7 @@ struct Options {
     demo: bool,
     requests: usize,
     sticky: bool,
+    retry: support::retry::RetryOptions,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -56,6 +64,7 @@ fn parse_args() -> Result<Options, String> {
         demo: false,
         requests: 12,
         sticky: false,
+        retry: Default::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -95,12 +104,13 @@ fn parse_args() -> Result<Options, String> {
             "--demo" => o.demo = true,
             "--sticky" => o.sticky = true,
             "-h" | "--help" => {
-                return Err(
+                return Err(format!(
                     "usage: gateway [--strategy NAME] [--backends N] [--weights 5,1,1] \
-                     [--listen ADDR] [--demo] [--requests N] [--sticky]"
-                        .into(),
-                )
+                     [--listen ADDR] [--demo] [--requests N] [--sticky] {}",
+                    support::retry::USAGE
+                ))
             }
+            other if o.retry.parse_flag(other, || value(other))? => {}
             other => return Err(format!("unknown option `{other}` (try --help)")),
         }
     }
@@ -120,7 +130,7 @@ fn parse_args() -> Result<Options, String> {
 }
 
 /// The affinity key: the `x-user` header.
-fn user_key(req: &Request<Incoming>) -> Option<AffinityKey<'_>> {
+fn user_key(req: &Request<ReplayBody<Incoming>>) -> Option<AffinityKey<'_>> {
     req.headers().get("x-user").map(|v| v.as_bytes().into())
 }
 
@@ -177,9 +187,11 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         .layer(ModifyResponseLayer::new(
             strip_hop_by_hop_response::<Incoming>,
         ))
+        .layer(o.retry.next_upstream())
         .layer(balance)
+        .layer(o.retry.response_timeout())
         .layer(DirectorLayer::new(ProxyDirector::new()))
-        .service(support::Upstream::new());
+        .service(o.retry.upstream());
 
     let listener = match TcpListener::bind(o.listen).await {
         Ok(l) => l,
@@ -195,6 +207,7 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         o.strategy,
         if o.sticky { ", sticky cookie `lb`" } else { "" }
     );
+    println!("            {}", o.retry.describe());
     tokio::spawn(support::serve_proxy(listener, stack));
 
     if o.demo {

@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 use tower_lb::sticky::ClientAddr;
 
+pub mod retry;
+
 /// What the proxy answers with: the backend's streamed body, or its own
 /// short error text.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -192,15 +194,36 @@ pub fn cookie_pair<B>(res: &Response<B>) -> Option<String> {
 
 /// The innermost service of the proxy: sends the request to the URI the
 /// director wrote, and splices upgraded connections (WebSocket) together.
-#[derive(Clone)]
-pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+/// The request body type `B` is the proxy's (`Incoming`), or what a layer
+/// outside made of it (`ReplayBody<Incoming>` under `NextUpstream`).
+pub struct Upstream<B = Incoming> {
+    client: Client<HttpConnector, B>,
+}
+
+// Not derived: that would ask for `B: Clone`, and bodies are not.
+impl<B> Clone for Upstream<B> {
+    fn clone(&self) -> Self {
+        Upstream {
+            client: self.client.clone(),
+        }
+    }
 }
 
 impl Upstream {
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        Upstream::with_connector(connector)
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub fn with_connector(connector: HttpConnector) -> Self {
         Upstream {
             client: Client::builder(TokioExecutor::new()).build(connector),
         }
@@ -217,7 +240,12 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
         })
 }
 
-impl Service<Request<Incoming>> for Upstream {
+impl<B> Service<Request<B>> for Upstream<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Response = Response<Incoming>;
     type Error = hyper_util::client::legacy::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
@@ -226,7 +254,7 @@ impl Service<Request<Incoming>> for Upstream {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let client_side = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let sent = self.client.request(req);
         Box::pin(async move {
@@ -252,7 +280,7 @@ impl Service<Request<Incoming>> for Upstream {
 
 /// Serves `stack` on `listener` as a reverse proxy: each request gets the
 /// client's address as a [`ClientAddr`] extension, and a tower-lb error
-/// becomes its status (`400`/`414`/`502`/`503`) with a short text that names
+/// becomes its status (`400`/`414`/`502`/`503`/`504`) with a short text that names
 /// no backend.
 pub async fn serve_proxy<S>(listener: TcpListener, stack: S)
 where
@@ -294,6 +322,7 @@ pub fn error_response(error: &tower_lb::Error) -> Response<ProxyBody> {
     let text = match status {
         StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no backend is available\n",
         StatusCode::BAD_GATEWAY => "502 Bad Gateway: the backend failed to answer\n",
+        StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout: the backend did not answer in time\n",
         StatusCode::BAD_REQUEST => "400 Bad Request: the request cannot be forwarded\n",
         StatusCode::URI_TOO_LONG => "414 URI Too Long: shorten the path or query\n",
         _ => "500 Internal Server Error: the gateway is misconfigured\n",
