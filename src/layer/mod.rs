@@ -8,12 +8,18 @@
 //! ```text
 //!            request ─►                                   ◄─ response
 //!  ┌ ModifyResponse ──────────────────────────────────────── runs the hook on the response
-//!  │ ┌ LoadBalance ─────── picks a backend, puts it in the   records the outcome (passive
-//!  │ │                     request's extensions              feedback), adds Set-Cookie
-//!  │ │ ┌ Director ──────── rewrites URI, Host, X-Forwarded-*,
-//!  │ │ │                   strips hop-by-hop headers
-//!  │ │ │ ┌ inner service (e.g. hyper client) ── sends to the backend
+//!  │ ┌ NextUpstream ────── keeps what a retry needs          retries a failure on the next
+//!  │ │                     (feature `http-body`)             backend, when safe
+//!  │ │ ┌ LoadBalance ───── picks a backend, puts it in the   records the outcome (passive
+//!  │ │ │                   request's extensions              feedback), adds Set-Cookie
+//!  │ │ │ ┌ ResponseTimeout  starts the attempt's timer       no head in time: Error::Timeout
+//!  │ │ │ │ ┌ Director ──── rewrites URI, Host, X-Forwarded-*,
+//!  │ │ │ │ │               strips hop-by-hop headers
+//!  │ │ │ │ │ ┌ inner service (e.g. hyper client) ── sends to the backend
 //! ```
+//!
+//! [`NextUpstream`] and [`ResponseTimeout`] are optional; the example below
+//! leaves them out (see their modules).
 //!
 //! ```
 //! use std::convert::Infallible;
