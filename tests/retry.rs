@@ -552,3 +552,67 @@ async fn a_request_refused_for_what_it_is_is_not_retried() {
     assert!(matches!(err, Error::BadRequest { .. }));
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn without_load_balance_inside_only_an_explicit_tries_allows_retries() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let make = |tries| {
+        let calls = calls.clone();
+        ServiceBuilder::new()
+            .layer(NextUpstreamLayer::new().tries(tries))
+            .service_fn(move |_req: Request<ReplayBody<Full<Bytes>>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async {
+                    Err::<Response<()>, BoxError>(
+                        io::Error::from(io::ErrorKind::ConnectionRefused).into(),
+                    )
+                }
+            })
+    };
+    let err = make(0).oneshot(get()).await.unwrap_err();
+    assert!(matches!(err, Error::Upstream { .. }));
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 1);
+    make(3).oneshot(get()).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+proptest::proptest! {
+    /// Successive retries of one request visit every backend that is up
+    /// exactly once, starting with the strategy's own pick, whatever the
+    /// strategy, set, down states and key.
+    #[test]
+    fn successive_retries_visit_every_up_backend_exactly_once(
+        strategy in proptest::sample::select(Strategy::NAMES.to_vec()),
+        down in proptest::collection::vec(proptest::bool::ANY, 1..8),
+        key in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..8)),
+    ) {
+        let strategy: Strategy = strategy.parse().unwrap();
+        let ids: Vec<String> = (0..down.len()).map(|i| format!("10.0.0.{}", i + 1)).collect();
+        let lb = LoadBalancer::new(strategy, ids.iter().map(|id| format!("http://{id}"))).unwrap();
+        for (id, &is_down) in ids.iter().zip(&down) {
+            if is_down {
+                lb.mark_down(id).unwrap();
+            }
+        }
+        let key = key.as_deref();
+        let up = down.iter().filter(|d| !**d).count();
+        let mut tried: Vec<String> = Vec::new();
+        loop {
+            let refs: Vec<&str> = tried.iter().map(String::as_str).collect();
+            match lb.pick_excluding(key, &refs) {
+                Ok(member) => {
+                    proptest::prop_assert!(member.is_up());
+                    proptest::prop_assert!(!tried.contains(&member.id().to_owned()));
+                    tried.push(member.id().to_owned());
+                }
+                Err(error) => {
+                    let all_tried = matches!(error, Error::AllBackendsDown { .. });
+                    proptest::prop_assert!(all_tried, "{}", error);
+                    break;
+                }
+            }
+            proptest::prop_assert!(tried.len() <= up);
+        }
+        proptest::prop_assert_eq!(tried.len(), up);
+    }
+}

@@ -52,7 +52,9 @@
 //! # Limits
 //!
 //! At most [`tries`](NextUpstreamLayer::tries) attempts in all (0, the
-//! default, means one per backend, as nginx's `proxy_next_upstream_tries 0`),
+//! default, means one per backend, as nginx's `proxy_next_upstream_tries 0`;
+//! without a `LoadBalance` inside to say which backend failed, 0 means no
+//! retry),
 //! and no new attempt once [`timeout`](NextUpstreamLayer::timeout) has passed
 //! since the request arrived (`proxy_next_upstream_timeout`). When no
 //! untried backend is left, the last failure is the answer.
@@ -579,7 +581,7 @@ where
                             *this.replay = Replay::Buffered(Arc::new(Buffered {
                                 chunks: std::mem::take(this.chunks),
                                 trailers: this.trailers.take(),
-                                hint: this.hint.clone(),
+                                hint: *this.hint,
                             }));
                             let body = this.replay.body().expect("a buffered body replays");
                             let future = this.service.call(Request::from_parts(parts, body));
@@ -718,7 +720,12 @@ fn decide<R>(
             );
         }
     }
-    Decision::Retry(backend.filter(|b| !b.is_empty()))
+    match backend.filter(|b| !b.is_empty()) {
+        // Without a `LoadBalance` inside, nothing says when every backend
+        // has been tried: only an explicit `tries` bounds the retries.
+        None if config.tries == 0 => Decision::Answer,
+        backend => Decision::Retry(backend),
+    }
 }
 
 /// Whether an attempt failed only because no untried backend was left.
@@ -839,7 +846,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
-            Kind::Buffered { buffer, next, .. } if *next == 0 => buffer.hint.clone(),
+            Kind::Buffered { buffer, next, .. } if *next == 0 => buffer.hint,
             Kind::Buffered { buffer, .. } => {
                 let mut hint = SizeHint::new();
                 if let Some(upper) = buffer.hint.upper() {
