@@ -172,7 +172,7 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
-    /// An attempt failed in a way [`NextUpstream`](crate::layer::NextUpstream)
+    /// An attempt failed in a way `NextUpstream` (feature `http-body`)
     /// would retry on the next backend, but retrying was not safe (the
     /// request had reached the backend and is not idempotent, or its body
     /// was streamed rather than buffered, or it was a protocol upgrade). The

@@ -376,7 +376,7 @@ fn was_tried<B>(req: &Request<B>, id: &str) -> bool {
 }
 
 /// The backends already tried for one request, oldest first: a retry layer
-/// such as [`NextUpstream`](crate::layer::NextUpstream) puts it in each
+/// such as `NextUpstream` (feature `http-body`) puts it in each
 /// retry's extensions, and [`LoadBalance`] then picks the first backend of
 /// [`LoadBalancer::failover`] not in it (see
 /// [`LoadBalancer::pick_excluding`]); a sticky cookie naming a tried backend

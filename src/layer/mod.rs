@@ -18,7 +18,7 @@
 //!  │ │ │ │ │ ┌ inner service (e.g. hyper client) ── sends to the backend
 //! ```
 //!
-//! [`NextUpstream`] and [`ResponseTimeout`] are optional; the example below
+//! `NextUpstream` (feature `http-body`) and [`ResponseTimeout`] are optional; the example below
 //! leaves them out (see their modules).
 //!
 //! ```

@@ -12,7 +12,7 @@
 //! Place it *inside* [`LoadBalance`](super::LoadBalance) (between it and the
 //! director), so that the timed-out attempt's outcome is recorded as a
 //! failure of the backend it went to, and a
-//! [`NextUpstream`](super::NextUpstream) outside can retry it on another
+//! `NextUpstream` outside can retry it on another
 //! backend.
 //!
 //! # Differences from `tower::timeout`
