@@ -61,8 +61,6 @@
 //!
 //! ```
 //! use std::convert::Infallible;
-//! use std::sync::atomic::{AtomicUsize, Ordering};
-//! use std::sync::Arc;
 //! use http::{Request, Response, StatusCode};
 //! use http_body_util::Full;
 //! use bytes::Bytes;
@@ -377,8 +375,13 @@ impl Template {
 }
 
 /// A buffered body, shared by every attempt.
+///
+/// Each attempt gets its own copy: the chunks are refcounted (`Bytes`), and
+/// the usual body of one chunk is copied without an allocation.
+#[derive(Clone)]
 struct Buffered<D> {
-    chunks: Vec<D>,
+    first: Option<D>,
+    rest: std::vec::IntoIter<D>,
     trailers: Option<HeaderMap>,
     // The original body's size hint (`Buf::remaining` needs the `bytes`
     // crate, which the default build does not depend on).
@@ -390,20 +393,19 @@ enum Replay<D> {
     /// No body: every attempt gets an empty one.
     Empty,
     /// Buffered whole: every attempt replays it.
-    Buffered(Arc<Buffered<D>>),
+    Buffered(Buffered<D>),
     /// Streamed to the first attempt: no retry can replay it.
     Streamed,
 }
 
-impl<D> Replay<D> {
+impl<D: Clone> Replay<D> {
     fn body<B: Body<Data = D>>(&self) -> Option<ReplayBody<B>> {
         match self {
             Replay::Empty => Some(ReplayBody { kind: Kind::Empty }),
             Replay::Buffered(buffer) => Some(ReplayBody {
                 kind: Kind::Buffered {
-                    buffer: Arc::clone(buffer),
-                    next: 0,
-                    trailers_sent: false,
+                    buffer: buffer.clone(),
+                    started: false,
                 },
             }),
             Replay::Streamed => None,
@@ -475,6 +477,7 @@ where
             config,
             template,
             replay,
+            first: None,
             chunks: Vec::new(),
             trailers: None,
             hint,
@@ -499,6 +502,7 @@ pin_project! {
         template: Option<Template>,
         replay: Replay<B::Data>,
         // The body read so far, while buffering.
+        first: Option<B::Data>,
         chunks: Vec<B::Data>,
         trailers: Option<HeaderMap>,
         hint: SizeHint,
@@ -559,7 +563,11 @@ where
                     match ready!(Pin::new(reading).poll_frame(cx)) {
                         Some(Ok(frame)) => match frame.into_data() {
                             Ok(data) => {
-                                this.chunks.push(data);
+                                if this.first.is_none() {
+                                    *this.first = Some(data);
+                                } else {
+                                    this.chunks.push(data);
+                                }
                             }
                             Err(frame) => {
                                 if let Ok(trailers) = frame.into_trailers() {
@@ -578,11 +586,12 @@ where
                         }
                         None => {
                             let parts = parts.take().expect("buffering holds the request head");
-                            *this.replay = Replay::Buffered(Arc::new(Buffered {
-                                chunks: std::mem::take(this.chunks),
+                            *this.replay = Replay::Buffered(Buffered {
+                                first: this.first.take(),
+                                rest: std::mem::take(this.chunks).into_iter(),
                                 trailers: this.trailers.take(),
                                 hint: *this.hint,
-                            }));
+                            });
                             let body = this.replay.body().expect("a buffered body replays");
                             let future = this.service.call(Request::from_parts(parts, body));
                             this.state.set(State::Calling { future });
@@ -776,14 +785,18 @@ pub struct ReplayBody<B: Body> {
 enum Kind<B: Body> {
     Empty,
     Buffered {
-        buffer: Arc<Buffered<B::Data>>,
-        next: usize,
-        trailers_sent: bool,
+        buffer: Buffered<B::Data>,
+        started: bool,
     },
     Streaming {
         body: B,
     },
 }
+
+// Nothing in a `ReplayBody` is ever pinned but the body it streams, and
+// only through `Pin::new` on an `Unpin` body: the buffered chunks are moved
+// out freely.
+impl<B: Body + Unpin> Unpin for ReplayBody<B> {}
 
 impl<B: Body> ReplayBody<B> {
     /// Whether this body can be sent again (it is empty or buffered).
@@ -810,22 +823,16 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match &mut self.get_mut().kind {
             Kind::Empty => Poll::Ready(None),
-            Kind::Buffered {
-                buffer,
-                next,
-                trailers_sent,
-            } => {
-                if let Some(chunk) = buffer.chunks.get(*next) {
-                    *next += 1;
-                    return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
-                }
-                match &buffer.trailers {
-                    Some(trailers) if !*trailers_sent => {
-                        *trailers_sent = true;
-                        Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))))
-                    }
-                    _ => Poll::Ready(None),
-                }
+            Kind::Buffered { buffer, started } => {
+                *started = true;
+                let frame = match buffer.first.take().or_else(|| buffer.rest.next()) {
+                    Some(chunk) => Frame::data(chunk),
+                    None => match buffer.trailers.take() {
+                        Some(trailers) => Frame::trailers(trailers),
+                        None => return Poll::Ready(None),
+                    },
+                };
+                Poll::Ready(Some(Ok(frame)))
             }
             Kind::Streaming { body } => Pin::new(body).poll_frame(cx),
         }
@@ -834,11 +841,9 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Empty => true,
-            Kind::Buffered {
-                buffer,
-                next,
-                trailers_sent,
-            } => *next >= buffer.chunks.len() && (buffer.trailers.is_none() || *trailers_sent),
+            Kind::Buffered { buffer, .. } => {
+                buffer.first.is_none() && buffer.rest.len() == 0 && buffer.trailers.is_none()
+            }
             Kind::Streaming { body } => body.is_end_stream(),
         }
     }
@@ -846,7 +851,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
-            Kind::Buffered { buffer, next, .. } if *next == 0 => buffer.hint,
+            Kind::Buffered { buffer, started } if !*started => buffer.hint,
             Kind::Buffered { buffer, .. } => {
                 let mut hint = SizeHint::new();
                 if let Some(upper) = buffer.hint.upper() {
