@@ -616,3 +616,73 @@ proptest::proptest! {
         proptest::prop_assert_eq!(tried.len(), up);
     }
 }
+
+/// A body of three chunks and trailers, its length declared.
+struct Chunks(std::collections::VecDeque<Frame<Bytes>>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(9)
+    }
+}
+
+#[tokio::test]
+async fn a_buffered_body_of_many_chunks_is_replayed_whole_with_its_trailers() {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let body = Chunks(
+        [
+            Frame::data(Bytes::from_static(b"one")),
+            Frame::data(Bytes::from_static(b"two")),
+            Frame::data(Bytes::from_static(b"six")),
+            Frame::trailers(trailers),
+        ]
+        .into(),
+    );
+    let lb = balancer(Strategy::RoundRobin);
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = received.clone();
+    let mut svc = ServiceBuilder::new()
+        .layer(NextUpstreamLayer::new())
+        .layer(LoadBalanceLayer::new(lb))
+        .service_fn(move |req: Request<ReplayBody<Chunks>>| {
+            let log = log.clone();
+            async move {
+                let id = req.extensions().get::<Member>().unwrap().id().to_owned();
+                assert_eq!(req.body().size_hint().exact(), Some(9));
+                let collected = req.into_body().collect().await.unwrap();
+                let trailer = collected
+                    .trailers()
+                    .and_then(|t| t.get("x-checksum"))
+                    .map(|v| v.to_str().unwrap().to_owned());
+                log.lock()
+                    .unwrap()
+                    .push((id.clone(), collected.to_bytes(), trailer));
+                if id == "10.0.0.1" {
+                    return Err::<Response<()>, BoxError>(
+                        io::Error::from(io::ErrorKind::ConnectionReset).into(),
+                    );
+                }
+                Ok(Response::new(()))
+            }
+        });
+    let req = Request::put("/doc").body(body).unwrap();
+    svc.ready().await.unwrap().call(req).await.unwrap();
+    let received = received.lock().unwrap();
+    assert_eq!(received.len(), 2);
+    for (_, bytes, trailer) in received.iter() {
+        assert_eq!(bytes, &Bytes::from_static(b"onetwosix"));
+        assert_eq!(trailer.as_deref(), Some("abc"));
+    }
+    assert_eq!(received[1].0, "10.0.0.2");
+}
