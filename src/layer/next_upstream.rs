@@ -382,7 +382,8 @@ impl Template {
 struct Buffered<D> {
     first: Option<D>,
     rest: std::vec::IntoIter<D>,
-    trailers: Option<HeaderMap>,
+    // Boxed: rare, and the future and each attempt's body stay small.
+    trailers: Option<Box<HeaderMap>>,
     // The original body's size hint (`Buf::remaining` needs the `bytes`
     // crate, which the default build does not depend on).
     hint: SizeHint,
@@ -504,13 +505,14 @@ pin_project! {
         // The body read so far, while buffering.
         first: Option<B::Data>,
         chunks: Vec<B::Data>,
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
         hint: SizeHint,
         tried: TriedBackends,
         attempts: usize,
         started: Option<Instant>,
         // The latest failure, answered if no other backend is left.
-        last: Option<Result<Response<ResBody>, Error>>,
+        // Boxed: only failures pay for it.
+        last: Option<Box<Result<Response<ResBody>, Error>>>,
         #[pin]
         state: State<S::Future, B>,
     }
@@ -571,7 +573,7 @@ where
                             }
                             Err(frame) => {
                                 if let Ok(trailers) = frame.into_trailers() {
-                                    *this.trailers = Some(trailers);
+                                    *this.trailers = Some(Box::new(trailers));
                                 }
                             }
                         },
@@ -627,7 +629,7 @@ where
                         // answers with the failure before it.
                         None if this.last.is_some() && no_backend_left(&result) => {
                             this.state.set(State::Done);
-                            return Poll::Ready(this.last.take().expect("checked above"));
+                            return Poll::Ready(*this.last.take().expect("checked above"));
                         }
                         None => {
                             this.state.set(State::Done);
@@ -637,7 +639,7 @@ where
                             if let Some(backend) = backend {
                                 this.tried.push(&backend);
                             }
-                            *this.last = Some(result);
+                            *this.last = Some(Box::new(result));
                             this.state.set(State::Retrying);
                         }
                     }
@@ -828,7 +830,7 @@ where
                 let frame = match buffer.first.take().or_else(|| buffer.rest.next()) {
                     Some(chunk) => Frame::data(chunk),
                     None => match buffer.trailers.take() {
-                        Some(trailers) => Frame::trailers(trailers),
+                        Some(trailers) => Frame::trailers(*trailers),
                         None => return Poll::Ready(None),
                     },
                 };
