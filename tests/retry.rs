@@ -686,3 +686,52 @@ async fn a_buffered_body_of_many_chunks_is_replayed_whole_with_its_trailers() {
     }
     assert_eq!(received[1].0, "10.0.0.2");
 }
+
+#[tokio::test]
+async fn never_sent_lets_a_client_say_which_errors_left_the_request_unsent() {
+    // A connect timeout, as hyper-util reports it: a timeout that reached
+    // nothing. By default it counts as sent, so a POST is not retried...
+    let timed_out_connecting = || {
+        let seen = Seen::default();
+        let log = seen.clone();
+        let svc = tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
+            let id = req.extensions().get::<Member>().unwrap().id().to_owned();
+            log.lock().unwrap().push((id.clone(), Bytes::new(), 0));
+            async move {
+                if id == "10.0.0.1" {
+                    let connect = io::Error::new(io::ErrorKind::TimedOut, "connect timeout");
+                    return Err::<Response<String>, BoxError>(Box::new(connect));
+                }
+                Ok(Response::new(id))
+            }
+        });
+        (svc, seen)
+    };
+    let (inner, seen) = timed_out_connecting();
+    let mut svc = ServiceBuilder::new()
+        .layer(NextUpstreamLayer::new())
+        .layer(LoadBalanceLayer::new(balancer(Strategy::RoundRobin)))
+        .service(inner);
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(post(b"x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NotRetried { source, .. } if matches!(**source, Error::Timeout { .. }))
+    );
+    assert_eq!(err.status_code(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(ids(&seen), ["10.0.0.1"]);
+
+    // ...unless the client's classifier says it never left.
+    let (inner, seen) = timed_out_connecting();
+    let mut svc = ServiceBuilder::new()
+        .layer(NextUpstreamLayer::new().never_sent(|e| e.to_string() == "connect timeout"))
+        .layer(LoadBalanceLayer::new(balancer(Strategy::RoundRobin)))
+        .service(inner);
+    let res = svc.ready().await.unwrap().call(post(b"x")).await.unwrap();
+    assert_eq!(res.body(), "10.0.0.2");
+    assert_eq!(ids(&seen), ["10.0.0.1", "10.0.0.2"]);
+}

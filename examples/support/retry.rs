@@ -72,7 +72,13 @@ impl RetryOptions {
     pub fn next_upstream(&self) -> NextUpstreamLayer {
         let layer = NextUpstreamLayer::new()
             .tries(self.tries)
-            .retry_on_status(|s| matches!(s.as_u16(), 502..=504));
+            .retry_on_status(|s| matches!(s.as_u16(), 502..=504))
+            // hyper-util knows when it never connected (refused, connect
+            // timeout, DNS): such a request may be retried, POST included.
+            .never_sent(|e| {
+                e.downcast_ref::<hyper_util::client::legacy::Error>()
+                    .is_some_and(|e| e.is_connect())
+            });
         match self.next_upstream_timeout {
             Some(budget) => layer.timeout(budget),
             None => layer,

@@ -33,8 +33,9 @@
 //!
 //! # When it is safe
 //!
-//! * A request that never reached a backend (its connection was refused)
-//!   is always retried.
+//! * A request that never reached a backend (its connection was refused,
+//!   or whatever [`never_sent`](NextUpstreamLayer::never_sent) recognises,
+//!   such as a connect timeout) is always retried.
 //! * Otherwise only an idempotent method (`GET`, `HEAD`, `OPTIONS`, `TRACE`,
 //!   `PUT`, `DELETE`, RFC 9110 §9.2.2) is, unless
 //!   [`non_idempotent`](NextUpstreamLayer::non_idempotent)`(true)`, and never
@@ -176,6 +177,7 @@ struct Config {
     tries: usize,
     timeout: Option<Duration>,
     on_error: bool,
+    never_sent: fn(&(dyn std::error::Error + 'static)) -> bool,
     on_timeout: bool,
     on_status: Option<fn(StatusCode) -> bool>,
     non_idempotent: bool,
@@ -215,6 +217,7 @@ impl NextUpstreamLayer {
                 tries: 0,
                 timeout: None,
                 on_error: true,
+                never_sent: refused,
                 on_timeout: true,
                 on_status: None,
                 non_idempotent: false,
@@ -249,6 +252,33 @@ impl NextUpstreamLayer {
         self.edit(|c| c.on_error = retry)
     }
 
+    /// Tells which inner errors mean the request never reached the backend,
+    /// so that it may be retried whatever its method. By default: an
+    /// `io::ErrorKind::ConnectionRefused` anywhere in the error's source
+    /// chain. A client that says more can be asked, e.g. hyper-util's
+    /// `|e| e.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect())`,
+    /// which also covers its connect timeout and DNS failures. The error given
+    /// is the source of [`Error::Upstream`] or [`Error::Timeout`].
+    ///
+    /// ```
+    /// use tower_lb::layer::NextUpstreamLayer;
+    ///
+    /// #[derive(Debug)]
+    /// struct NoConnection;
+    /// impl std::fmt::Display for NoConnection {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("could not connect")
+    ///     }
+    /// }
+    /// impl std::error::Error for NoConnection {}
+    ///
+    /// let layer = NextUpstreamLayer::new().never_sent(|e| e.is::<NoConnection>());
+    /// # let _ = layer;
+    /// ```
+    pub fn never_sent(self, is_never_sent: fn(&(dyn std::error::Error + 'static)) -> bool) -> Self {
+        self.edit(|c| c.never_sent = is_never_sent)
+    }
+
     /// Whether an [`Error::Timeout`] is retried; on by default (nginx's
     /// `timeout`).
     pub fn retry_on_timeout(self, retry: bool) -> Self {
@@ -257,7 +287,10 @@ impl NextUpstreamLayer {
 
     /// Retries responses with a status for which `is_retried` is true (nginx's
     /// `http_502`, `http_503`, ...); none by default. The last response is
-    /// passed on when no retry is left.
+    /// passed on when no retry is left. Retry only statuses that
+    /// `LoadBalance`'s [`FailurePolicy`](super::FailurePolicy) counts as
+    /// failures (by default 502, 503 and 504): the backend of a failed
+    /// response is known, and avoided by the retry, only then.
     pub fn retry_on_status(self, is_retried: fn(StatusCode) -> bool) -> Self {
         self.edit(|c| c.on_status = Some(is_retried))
     }
@@ -689,15 +722,21 @@ fn decide<R>(
             _ => return Decision::Answer,
         },
         Err(Error::Upstream { backend, source }) if config.on_error => {
-            let failed = if has_io_error(&**source, std::io::ErrorKind::ConnectionRefused) {
+            let failed = if (config.never_sent)(&**source) {
                 Failed::NotSent
             } else {
                 Failed::Sent
             };
             (failed, Some(backend.clone()))
         }
-        Err(Error::Timeout { backend, .. }) if config.on_timeout => {
-            (Failed::Sent, Some(backend.clone()))
+        Err(Error::Timeout {
+            backend, source, ..
+        }) if config.on_timeout => {
+            let failed = match source {
+                Some(source) if (config.never_sent)(&**source) => Failed::NotSent,
+                _ => Failed::Sent,
+            };
+            (failed, Some(backend.clone()))
         }
         Err(_) => return Decision::Answer,
     };
@@ -737,6 +776,11 @@ fn decide<R>(
         None if config.tries == 0 => Decision::Answer,
         backend => Decision::Retry(backend),
     }
+}
+
+/// The default [`NextUpstreamLayer::never_sent`]: the connection was refused.
+fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    has_io_error(error, std::io::ErrorKind::ConnectionRefused)
 }
 
 /// Whether an attempt failed only because no untried backend was left.
