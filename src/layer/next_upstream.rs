@@ -481,9 +481,10 @@ where
                     future: service.call(req),
                 },
             )
-        } else if hint
-            .upper()
-            .is_some_and(|upper| upper <= config.buffer_limit as u64)
+        } else if template.is_some()
+            && hint
+                .upper()
+                .is_some_and(|upper| upper <= config.buffer_limit as u64)
         {
             (
                 Replay::Streamed,
@@ -571,7 +572,7 @@ pin_project! {
 
 /// How an attempt failed, for the retry decision.
 enum Failed {
-    /// It never reached the backend (connection refused).
+    /// It never reached the backend (see `NextUpstreamLayer::never_sent`).
     NotSent,
     /// It reached the backend, or may have.
     Sent,
