@@ -21,6 +21,8 @@
 //! on the next, at most `--tries N` backends (default 3; 1 turns retries
 //! off) within `--next-upstream-timeout DUR` (10s); `--connect-timeout DUR`
 //! (2s) and `--response-timeout DUR` (30s) time each attempt (`0`: no limit).
+//! `--chaos` kills the first backend and restarts it every 200 ms: try
+//! `cargo run --example gateway -- --chaos --demo --requests 200`, no request fails.
 //!
 //! The affinity key is the `x-user` request header: with `consistent_hash`
 //! every request of one user reaches the same backend.
@@ -165,7 +167,7 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     let mut backends = Vec::new();
     for (i, &weight) in weights.iter().enumerate() {
         let name = format!("backend-{}", i + 1);
-        let addr = support::spawn_backend(&name).await?;
+        let addr = o.retry.spawn_backend(&name, i).await?;
         let backend = Backend::new(&format!("http://{addr}"))?
             .with_id(name.clone())?
             .with_weight(weight)?;

@@ -10,97 +10,21 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::task::AbortHandle;
 use tower::ServiceBuilder;
 use tower_lb::layer::{
     strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
 };
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
-/// A backend that can crash: `kill` closes its listener and every
-/// connection at once, as a crashed process does; `start` listens again on
-/// the same port.
-struct Killable {
-    name: &'static str,
-    addr: SocketAddr,
-    tasks: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Killable {
-    async fn spawn(name: &'static str) -> Killable {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend = Killable {
-            name,
-            addr: listener.local_addr().unwrap(),
-            tasks: Arc::default(),
-        };
-        backend.serve(listener);
-        backend
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let name = self.name;
-        let tasks = Arc::clone(&self.tasks);
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let conn = tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| async move {
-                        // A little work, so that a kill finds requests in flight.
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        let body = if req.method() == http::Method::POST {
-                            req.into_body().collect().await?.to_bytes()
-                        } else {
-                            Bytes::from(name)
-                        };
-                        Ok::<_, hyper::Error>(
-                            Response::builder()
-                                .header("x-backend", name)
-                                .body(Full::new(body))
-                                .unwrap(),
-                        )
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-                tasks.lock().unwrap().push(conn.abort_handle());
-            }
-        });
-        self.tasks.lock().unwrap().push(accept.abort_handle());
-    }
-
-    fn kill(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-
-    async fn start(&self) {
-        // The port was just freed; the OS may take a moment to let it go.
-        for _ in 0..100 {
-            if let Ok(listener) = TcpListener::bind(self.addr).await {
-                self.serve(listener);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("could not listen on {} again", self.addr);
-    }
-}
+use support::retry::KillableBackend;
 
 /// The gateway example's stack, over `lb`, served on a loopback port.
 async fn gateway(lb: LoadBalancer) -> SocketAddr {
@@ -182,7 +106,7 @@ async fn killing_a_backend_under_load_loses_no_get_and_no_refused_post() {
     let names = ["backend-1", "backend-2", "backend-3"];
     let mut backends = Vec::new();
     for name in names {
-        backends.push(Arc::new(Killable::spawn(name).await));
+        backends.push(Arc::new(KillableBackend::spawn(name).await.unwrap()));
     }
     let lb = LoadBalancer::new(
         Strategy::RoundRobin,
@@ -217,7 +141,7 @@ async fn killing_a_backend_under_load_loses_no_get_and_no_refused_post() {
         let victim = victim.clone();
         tokio::spawn(async move {
             if restart_rx.recv().await.is_some() {
-                victim.start().await;
+                victim.start().await.unwrap();
             }
         })
     };
@@ -243,7 +167,7 @@ async fn killing_a_backend_under_load_loses_no_get_and_no_refused_post() {
     )
     .await;
     let refused = lb.get("backend-2").unwrap().load().failures() - before;
-    victim.start().await;
+    victim.start().await.unwrap();
 
     // And backend-2 serves again once restarted.
     let after = Arc::new(Counts::default());
