@@ -60,6 +60,7 @@ pub use crate::{
     balancer::{no_pick_error, Balancer, BuildBalancer},
     error::{BoxError, Error, HookStage},
     load_balancer::{IntoBackend, LoadBalancer, MAX_BACKENDS},
+    strategy::{BoundedLoad, Maglev},
     strategy::{ConsistentHash, LeastRequest, Random, RoundRobin, Strategy, WeightedRoundRobin},
 };
 

@@ -267,6 +267,39 @@ impl ConsistentHash {
     fn first_point(&self, hash: u64) -> usize {
         self.ring.first_point(hash)
     }
+
+    /// The owners of the points clockwise from `hash`, once round the ring;
+    /// down members included.
+    pub(crate) fn owners_for(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+        let owners = &self.ring.owners;
+        let start = self.first_point(hash);
+        let len = owners.len();
+        (0..len).map(move |step| owners[(start + step) % len] as usize)
+    }
+
+    /// The fraction of the hash space each member owns, in listing order:
+    /// the arcs ending at its points (down members keep theirs).
+    pub fn ownership(&self) -> Vec<f64> {
+        let ring = &self.ring;
+        let mut owned = vec![0f64; self.up.len()];
+        let n = ring.hashes.len();
+        for i in 0..n {
+            // The arc from the previous point (exclusive) to this one.
+            let prev = ring.hashes[(i + n - 1) % n];
+            let arc = ring.hashes[i].wrapping_sub(prev);
+            let arc = if n == 1 { u64::MAX } else { arc };
+            owned[ring.owners[i] as usize] += arc as f64 / 18_446_744_073_709_551_616.0;
+        }
+        owned
+    }
+
+    pub(crate) fn up(&self) -> &[bool] {
+        &self.up
+    }
+
+    pub(crate) fn up_list(&self) -> &[u32] {
+        &self.up_list
+    }
 }
 
 /// The ring position of replica `replica` of the backend with id `id`:
