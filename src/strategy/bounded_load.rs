@@ -18,9 +18,8 @@
 //!   key, so the excess of a hot key spreads instead of piling onto one
 //!   neighbour.
 //!
-//! The cap follows HAProxy's `hash-balance-factor` (in
-//! `chash_server_is_eligible`): with `T` requests in flight over the
-//! backends that are up, `W` their total weight and `f` the balance factor
+//! The knob is HAProxy's `hash-balance-factor`: with `T` requests in flight
+//! over the backends that are up, `W` their total weight and `f` the balance factor
 //! in percent (`f = 100 × (1 + ε)`, so 125 is ε = 0.25), a backend of weight
 //! `w` may be chosen while its count is below
 //!
@@ -28,8 +27,11 @@
 //! max(1, ⌈f × (T + 1) × w / (100 × W)⌉)
 //! ```
 //!
-//! The caps add up to more than `T`, so some backend that is up is always
-//! under its cap. Envoy's `hash_balance_factor` is the same knob.
+//! Each share is rounded up, as the paper's `⌈(1 + ε) × m / n⌉` is (HAProxy
+//! hands out the rounded total by cumulative weight instead, which allows
+//! at most one request less per backend). The caps add up to more than `T`,
+//! so some backend that is up is always under its cap. Envoy's
+//! `hash_balance_factor` is the same knob.
 //!
 //! Counts are [`Load::in_flight`](crate::Load::in_flight), kept by the
 //! load-balance layer. Members of one [`LoadBalancer`](crate::LoadBalancer)
@@ -244,9 +246,16 @@ impl BoundedLoad {
         (numerator.div_ceil(denominator).min(u128::from(u64::MAX)) as u64).max(1)
     }
 
+    /// `count < max(1, ⌈a / b⌉)`, which for an integer count is `count == 0
+    /// || count × b < a`: no 128-bit division on the hot path.
     #[inline]
     fn under_cap(&self, index: usize, total: u64) -> bool {
-        self.loads[index].in_flight() < self.cap_at(index, total)
+        let count = self.loads[index].in_flight();
+        count == 0
+            || u128::from(count) * 100 * u128::from(self.up_weight.max(1))
+                < u128::from(self.balance_factor)
+                    * u128::from(total + 1)
+                    * u128::from(self.weights[index])
     }
 
     fn up(&self) -> &[bool] {

@@ -272,9 +272,8 @@ impl ConsistentHash {
     /// down members included.
     pub(crate) fn owners_for(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
         let owners = &self.ring.owners;
-        let start = self.first_point(hash);
-        let len = owners.len();
-        (0..len).map(move |step| owners[(start + step) % len] as usize)
+        let (before, from) = owners.split_at(self.first_point(hash));
+        from.iter().chain(before).map(|&owner| owner as usize)
     }
 
     /// The fraction of the hash space each member owns, in listing order:
