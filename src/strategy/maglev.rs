@@ -203,6 +203,15 @@ impl Table {
         }
         let table = Arc::new(Table::build(members, asked_size)?);
         let mut recent = lock();
+        // Another thread may have built the same one meanwhile: share
+        // theirs, so that one layout has one table in use.
+        let raced = recent
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|other| other.built_from(members, asked_size));
+        if let Some(other) = raced {
+            return Ok(other);
+        }
         recent.retain(|weak| weak.strong_count() > 0);
         if recent.len() >= RECENT_TABLE_SLOTS {
             recent.remove(0);
