@@ -237,6 +237,12 @@ fn main() {
                 let hash = Maglev::hash_key(k);
                 count[((u128::from(hash) * n as u128) >> 64) as usize] += 1.0;
             }
+            if n == 100 {
+                let mean = keys.len() as f64 / n as f64;
+                let mut relative: Vec<f64> = count.iter().map(|c| c / mean).collect();
+                relative.sort_by(|a, b| b.total_cmp(a));
+                plot_load.push(("a perfect split (noise)", relative));
+            }
             peak_to_mean(&count)
         })
         .collect();
