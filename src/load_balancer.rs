@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::backend::check_weight;
-use crate::{Backend, Balancer, BuildBalancer, Error, Member, Outcome};
+use crate::{Backend, Balancer, BuildBalancer, Error, Load, Member, Outcome};
 
 /// The most backends one load balancer holds.
 pub const MAX_BACKENDS: usize = 1 << 24;
@@ -114,6 +114,13 @@ struct Shared {
     /// Serializes updates; never taken by picks.
     writer: Mutex<()>,
     builder: Box<dyn BuildBalancer>,
+    /// Requests in flight over every member, for bounded-load hashing.
+    in_flight_total: Arc<AtomicU64>,
+}
+
+/// A new member whose requests in flight also count in `total`.
+fn pooled_member(backend: Backend, total: &Arc<AtomicU64>) -> Member {
+    Member::from_parts(Arc::new(backend), true, Arc::new(Load::pooled(total)))
 }
 
 struct Snapshot {
@@ -138,9 +145,10 @@ impl LoadBalancer {
         I: IntoIterator,
         I::Item: IntoBackend,
     {
+        let in_flight_total = Arc::default();
         let members = backends
             .into_iter()
-            .map(|b| b.into_backend().map(Member::new))
+            .map(|b| b.into_backend().map(|b| pooled_member(b, &in_flight_total)))
             .collect::<Result<Vec<_>, _>>()?;
         let builder: Box<dyn BuildBalancer> = Box::new(strategy);
         let snapshot = Snapshot::build(&*builder, members, 0)?;
@@ -152,6 +160,7 @@ impl LoadBalancer {
                 },
                 writer: Mutex::new(()),
                 builder,
+                in_flight_total,
             }),
         })
     }
@@ -232,7 +241,7 @@ impl LoadBalancer {
     pub fn add(&self, backend: impl IntoBackend) -> Result<(), Error> {
         let backend = backend.into_backend()?;
         self.update(|members| {
-            members.push(Member::new(backend));
+            members.push(pooled_member(backend, &self.shared.in_flight_total));
             Ok(true)
         })
     }
@@ -324,7 +333,7 @@ impl LoadBalancer {
                 .into_iter()
                 .map(|b| match old.get(b.id()) {
                     Some(m) => Member::from_parts(Arc::new(b), m.is_up(), m.load().clone()),
-                    None => Member::new(b),
+                    None => pooled_member(b, &self.shared.in_flight_total),
                 })
                 .collect();
             *members = next;
