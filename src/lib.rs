@@ -45,6 +45,7 @@
 
 mod backend;
 mod balancer;
+pub mod discover;
 mod error;
 pub mod layer;
 mod load_balancer;
@@ -58,6 +59,7 @@ pub mod testing;
 pub use crate::{
     backend::{Backend, InFlight, Load, Member, Outcome, MAX_ID_LEN, MAX_WEIGHT},
     balancer::{no_pick_error, Balancer, BuildBalancer},
+    discover::BackendChange,
     error::{BoxError, Error, HookStage},
     load_balancer::{IntoBackend, LoadBalancer, MAX_BACKENDS},
     strategy::{ConsistentHash, LeastRequest, Random, RoundRobin, Strategy, WeightedRoundRobin},
