@@ -42,7 +42,7 @@ use tower_lb::layer::{
 use tower_lb::sticky::{AffinityKey, StickyCookie};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
-use etcd::{Etcd, EtcdServer};
+use etcd::{BackendProcess, Etcd, EtcdServer};
 
 const PREFIX: &str = "/tower-lb/scale-out-test/backends/";
 /// The lease TTL, in seconds (etcd's minimum).
@@ -73,7 +73,7 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
     // Two backends first; each is its own "process" (a runtime of its own).
     let mut backends = HashMap::new();
     for name in ["a", "b"] {
-        backends.insert(name, BackendProcess::start(&etcd, name).await);
+        backends.insert(name, BackendProcess::start(&etcd, PREFIX, name, TTL).await);
     }
 
     let sticky = || StickyCookie::new("lb", OLD_SECRET).unwrap();
@@ -84,7 +84,7 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
     converge(&replicas, &["a", "b"]).await;
 
     // Added: both replicas learn of it within the TTL.
-    backends.insert("c", BackendProcess::start(&etcd, "c").await);
+    backends.insert("c", BackendProcess::start(&etcd, PREFIX, "c", TTL).await);
     let took = converge(&replicas, &["a", "b", "c"]).await;
     eprintln!("a backend added: both replicas agreed after {took:?}");
 
@@ -141,7 +141,7 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
     assert_eq!(served, BTreeSet::from(["a".to_owned(), "c".to_owned()]));
     // Meanwhile c dies and d starts: nobody can tell etcd yet.
     backends.remove("c").unwrap().kill();
-    backends.insert("d", BackendProcess::start(&etcd, "d").await);
+    backends.insert("d", BackendProcess::start(&etcd, PREFIX, "d", TTL).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for replica in &replicas {
         for gateway in &replica.gateways {
@@ -166,49 +166,6 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
     drop(backends);
     drop(replicas);
     drop(server);
-}
-
-/// One backend: a hyper server answering with its name, and its
-/// registration in etcd, on a runtime of its own so that `kill` stops both
-/// at once, as a crash would.
-struct BackendProcess {
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl BackendProcess {
-    async fn start(etcd: &Etcd, name: &'static str) -> BackendProcess {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let etcd = etcd.clone();
-        runtime
-            .spawn(async move {
-                let addr = support::spawn_backend(name).await.unwrap();
-                let value = etcd::registration_value(&format!("http://{addr}"), 1);
-                etcd::register(etcd, format!("{PREFIX}{name}"), value, TTL);
-            })
-            .await
-            .unwrap();
-        BackendProcess {
-            runtime: Some(runtime),
-        }
-    }
-
-    fn kill(mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for BackendProcess {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
 }
 
 /// One gateway replica: for each agreeing strategy a load balancer that

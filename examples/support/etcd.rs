@@ -212,6 +212,59 @@ pub fn register(etcd: Etcd, key: String, value: String, ttl: i64) -> tokio::task
     })
 }
 
+/// A backend as a process of its own: a loopback HTTP server answering
+/// with its name (`crate::support::spawn_backend`) and its registration
+/// under `prefix + name`, both on a runtime of their own, so that
+/// [`kill`](BackendProcess::kill) stops both at once, as a crash would.
+/// Dropping it kills it too.
+pub struct BackendProcess {
+    runtime: Option<tokio::runtime::Runtime>,
+    addr: std::net::SocketAddr,
+}
+
+impl BackendProcess {
+    pub async fn start(etcd: &Etcd, prefix: &str, name: &str, ttl: i64) -> BackendProcess {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the backend");
+        let (etcd, key, name) = (etcd.clone(), format!("{prefix}{name}"), name.to_owned());
+        let addr = runtime
+            .spawn(async move {
+                let addr = crate::support::spawn_backend(&name).await?;
+                let value = registration_value(&format!("http://{addr}"), 1);
+                register(etcd, key, value, ttl);
+                Ok::<_, std::io::Error>(addr)
+            })
+            .await
+            .expect("the backend starts")
+            .expect("a loopback port for the backend");
+        BackendProcess {
+            runtime: Some(runtime),
+            addr,
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    pub fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// A discovery feed over every backend registered under `prefix`: a
 /// `tower::discover::Discover` stream of `Change::Insert(id, backend)` and
 /// `Change::Remove(id)`, the id being the key without the prefix (so every
