@@ -12,6 +12,10 @@
 //!   and the [`Strategy`] factory that builds any of them by name.
 //! * [`LoadBalancer`] — the runtime handle: add, remove, reweight, mark down
 //!   and up while requests pick, with linearizable snapshot swaps.
+//! * [`discover`] — membership from service discovery: [`BackendChange`]s
+//!   applied one by one or in batches of one rebuild, and (with the
+//!   `discover` feature) a future that follows a `tower::discover::Discover`
+//!   stream.
 //! * `testing` (with the `testing` feature) — the property-test kit: the
 //!   conformance suite for the [`Balancer`] contract and proptest generators,
 //!   to test a balancer of your own as thoroughly as these.
