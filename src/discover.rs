@@ -3,14 +3,16 @@
 //! A discovery system (Kubernetes endpoints, Consul, etcd, DNS) reports
 //! membership as a feed of changes: *this backend appeared* (or changed),
 //! *that one is gone*. The tower ecosystem already names that feed:
-//! [`tower::discover::Discover`], a stream of
+//! `tower::discover::Discover`, a stream of
 //! `Change::Insert(key, service)` and `Change::Remove(key)`. Here the
 //! "service" is a [`Backend`] and the key is its id.
 //!
-//! * [`LoadBalancer::apply`] applies one [`BackendChange`] (or one
-//!   `tower::discover::Change<K, Backend>`, with the `discover` feature);
-//!   [`LoadBalancer::apply_all`] applies many with **one** rebuild, so a
-//!   deploy that replaces 100 endpoints costs one new ring, not 100.
+//! * [`LoadBalancer::apply`](crate::LoadBalancer::apply) applies one
+//!   [`BackendChange`] (or one `tower::discover::Change<K, Backend>`, with
+//!   the `discover` feature);
+//!   [`LoadBalancer::apply_all`](crate::LoadBalancer::apply_all) applies
+//!   many with **one** rebuild, so a deploy that replaces 100 endpoints
+//!   costs one new ring, not 100.
 //! * `LoadBalancer::follow` (with the `discover` feature) turns a
 //!   `Discover` stream into a future that the user spawns on any runtime:
 //!   it applies every change that is ready at once as one batch, and
@@ -166,6 +168,7 @@ pub(crate) fn too_many_backends() -> Error {
 }
 
 #[cfg(feature = "discover")]
+#[cfg_attr(docsrs, doc(cfg(feature = "discover")))]
 pub use self::follow::Follow;
 
 #[cfg(feature = "discover")]
