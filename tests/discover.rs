@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
@@ -329,4 +330,30 @@ fn a_tower_change_applies_as_is() {
         .unwrap();
     lb.apply(Change::<&str, Backend>::Remove("a")).unwrap();
     assert!(lb.is_empty());
+}
+
+#[tokio::test]
+async fn a_spawned_follow_wakes_on_new_changes_and_ends_when_the_feed_closes() {
+    let lb = empty(Strategy::consistent_hash());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Change<String, Backend>>();
+    let feed = stream::poll_fn(move |cx| rx.poll_recv(cx).map(|c| c.map(Ok::<_, Infallible>)));
+    let follow = tokio::spawn(lb.follow(feed));
+
+    async fn members_become(lb: &LoadBalancer, expected: &[&str]) {
+        for _ in 0..1000 {
+            if ids(lb) == expected {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("members are {:?}, not {expected:?}", ids(lb));
+    }
+    tx.send(Change::Insert("a".into(), backend(1))).unwrap();
+    members_become(&lb, &["a"]).await;
+    tx.send(Change::Insert("b".into(), backend(2))).unwrap();
+    tx.send(Change::Remove("a".into())).unwrap();
+    members_become(&lb, &["b"]).await;
+    drop(tx);
+    assert!(matches!(follow.await.unwrap(), Ok(())));
+    assert_eq!(ids(&lb), ["b"], "the last membership stays");
 }

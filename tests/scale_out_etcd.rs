@@ -47,10 +47,17 @@ use etcd::{BackendProcess, Etcd, EtcdServer};
 const PREFIX: &str = "/tower-lb/scale-out-test/backends/";
 /// The lease TTL, in seconds (etcd's minimum).
 const TTL: i64 = 1;
-/// How long replicas may take to converge: the lease TTL, etcd's expiry
-/// sweep (every 500 ms) and the watch's delivery, with room for a busy
-/// machine.
-const CONVERGE_WITHIN: Duration = Duration::from_secs(6);
+/// How long replicas may take to see a new backend: one lease TTL (it
+/// takes tens of milliseconds).
+const ADD_SEEN_WITHIN: Duration = Duration::from_secs(TTL as u64);
+/// How long replicas may take to drop a dead backend: its lease must run
+/// out (the TTL, less the time since its last renewal), etcd must sweep it
+/// (every 500 ms) and the watch deliver it; with room for a busy machine.
+const DEATH_SEEN_WITHIN: Duration = Duration::from_secs(TTL as u64 + 2);
+/// How long replicas may take to catch up once etcd is back: its leader
+/// election, the leases it restores expiring one TTL later, the feed's
+/// reconnect and relist.
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(TTL as u64 + 5);
 const OLD_SECRET: &[u8] = b"the secret every replica shares, 1";
 const NEW_SECRET: &[u8] = b"the secret every replica shares, 2";
 
@@ -81,11 +88,11 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
     for _ in 0..2 {
         replicas.push(Replica::start(&etcd, sticky()).await);
     }
-    converge(&replicas, &["a", "b"]).await;
+    converge(&replicas, &["a", "b"], ADD_SEEN_WITHIN).await;
 
     // Added: both replicas learn of it within the TTL.
     backends.insert("c", BackendProcess::start(&etcd, PREFIX, "c", TTL).await);
-    let took = converge(&replicas, &["a", "b", "c"]).await;
+    let took = converge(&replicas, &["a", "b", "c"], ADD_SEEN_WITHIN).await;
     eprintln!("a backend added: both replicas agreed after {took:?}");
 
     // 10,000 keys, through either replica's proxy.
@@ -108,7 +115,7 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
     // A backend dies: no deregistration, its lease expires.
     let died = Instant::now();
     backends.remove("b").unwrap().kill();
-    let took = converge(&replicas, &["a", "c"]).await;
+    let took = converge(&replicas, &["a", "c"], DEATH_SEEN_WITHIN).await;
     eprintln!(
         "a backend died: both replicas dropped it after {took:?} ({:?} since it died)",
         died.elapsed()
@@ -154,7 +161,7 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
         .resume()
         .await
         .unwrap_or_else(|e| panic!("etcd could not restart: {e}"));
-    let took = converge(&replicas, &["a", "d"]).await;
+    let took = converge(&replicas, &["a", "d"], CATCH_UP_WITHIN).await;
     eprintln!("etcd restarted: both replicas caught up after {took:?}");
     same_routes_through_both(&replicas, 500).await;
     for replica in &replicas {
@@ -281,8 +288,8 @@ impl Service<Request<Incoming>> for RotatingStack {
 }
 
 /// Waits until every load balancer of every replica holds exactly
-/// `expected`; how long that took.
-async fn converge(replicas: &[Replica], expected: &[&str]) -> Duration {
+/// `expected`, failing after `within`; how long it took.
+async fn converge(replicas: &[Replica], expected: &[&str], within: Duration) -> Duration {
     let start = Instant::now();
     loop {
         let all = replicas
@@ -298,8 +305,8 @@ async fn converge(replicas: &[Replica], expected: &[&str]) -> Duration {
             .map(Gateway::members)
             .collect();
         assert!(
-            start.elapsed() < CONVERGE_WITHIN,
-            "replicas did not converge on {expected:?} within {CONVERGE_WITHIN:?}: {seen:?}"
+            start.elapsed() < within,
+            "replicas did not converge on {expected:?} within {within:?}: {seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
