@@ -201,7 +201,7 @@ async fn run(o: Options) -> Result<(), etcd::BoxError> {
 
     let mut backends = Vec::new();
     for name in ["backend-1", "backend-2", "backend-3"] {
-        let process = BackendProcess::start(&etcd, PREFIX, name, TTL).await;
+        let process = BackendProcess::start(&etcd, PREFIX, name, 1, TTL).await;
         println!(
             "{name}   http://{}  registered as {PREFIX}{name} (lease {TTL} s, kept alive)",
             process.addr()

@@ -80,7 +80,10 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
     // Two backends first; each is its own "process" (a runtime of its own).
     let mut backends = HashMap::new();
     for name in ["a", "b"] {
-        backends.insert(name, BackendProcess::start(&etcd, PREFIX, name, TTL).await);
+        backends.insert(
+            name,
+            BackendProcess::start(&etcd, PREFIX, name, 1, TTL).await,
+        );
     }
 
     let sticky = || StickyCookie::new("lb", OLD_SECRET).unwrap();
@@ -90,10 +93,17 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
     }
     converge(&replicas, &["a", "b"], ADD_SEEN_WITHIN).await;
 
-    // Added: both replicas learn of it within the TTL.
-    backends.insert("c", BackendProcess::start(&etcd, PREFIX, "c", TTL).await);
+    // Added, with weight 2: both replicas learn of it within the TTL.
+    backends.insert("c", BackendProcess::start(&etcd, PREFIX, "c", 2, TTL).await);
     let took = converge(&replicas, &["a", "b", "c"], ADD_SEEN_WITHIN).await;
     eprintln!("a backend added: both replicas agreed after {took:?}");
+    for gateway in replicas.iter().flat_map(|r| &r.gateways) {
+        assert_eq!(
+            gateway.lb.get("c").unwrap().weight(),
+            2,
+            "the weight came through"
+        );
+    }
 
     // 10,000 keys, through either replica's proxy.
     let timer = Instant::now();
@@ -148,7 +158,7 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
     assert_eq!(served, BTreeSet::from(["a".to_owned(), "c".to_owned()]));
     // Meanwhile c dies and d starts: nobody can tell etcd yet.
     backends.remove("c").unwrap().kill();
-    backends.insert("d", BackendProcess::start(&etcd, PREFIX, "d", TTL).await);
+    backends.insert("d", BackendProcess::start(&etcd, PREFIX, "d", 1, TTL).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for replica in &replicas {
         for gateway in &replica.gateways {

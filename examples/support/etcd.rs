@@ -214,7 +214,7 @@ pub fn register(etcd: Etcd, key: String, value: String, ttl: i64) -> tokio::task
 
 /// A backend as a process of its own: a loopback HTTP server answering
 /// with its name (`crate::support::spawn_backend`) and its registration
-/// under `prefix + name`, both on a runtime of their own, so that
+/// under `prefix + name` with its weight, both on a runtime of their own, so that
 /// [`kill`](BackendProcess::kill) stops both at once, as a crash would.
 /// Dropping it kills it too.
 pub struct BackendProcess {
@@ -223,7 +223,13 @@ pub struct BackendProcess {
 }
 
 impl BackendProcess {
-    pub async fn start(etcd: &Etcd, prefix: &str, name: &str, ttl: i64) -> BackendProcess {
+    pub async fn start(
+        etcd: &Etcd,
+        prefix: &str,
+        name: &str,
+        weight: u32,
+        ttl: i64,
+    ) -> BackendProcess {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -233,7 +239,7 @@ impl BackendProcess {
         let addr = runtime
             .spawn(async move {
                 let addr = crate::support::spawn_backend(&name).await?;
-                let value = registration_value(&format!("http://{addr}"), 1);
+                let value = registration_value(&format!("http://{addr}"), weight);
                 register(etcd, key, value, ttl);
                 Ok::<_, std::io::Error>(addr)
             })
