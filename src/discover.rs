@@ -260,6 +260,27 @@ mod follow {
         /// Calls `hook` with each change the load balancer refused and why
         /// (to log it, or count it); without a hook refused changes are
         /// dropped and the rest still apply.
+        ///
+        /// ```
+        /// use futures_util::stream;
+        /// use tower::discover::Change;
+        /// use tower_lb::{Backend, LoadBalancer, Strategy};
+        ///
+        /// let lb = LoadBalancer::new(Strategy::RoundRobin, Vec::<Backend>::new())?;
+        /// let feed = stream::iter([
+        ///     Ok::<_, std::convert::Infallible>(Change::Insert("a", Backend::new("http://10.0.0.1:80")?)),
+        ///     Ok(Change::Insert("", Backend::new("http://10.0.0.2:80")?)), // not an id
+        /// ]);
+        /// let following = lb.follow(feed).on_rejected(|change, error| {
+        ///     eprintln!("discovery sent {change:?}, refused: {error}");
+        /// });
+        /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        /// # runtime.block_on(async {
+        /// following.await.unwrap(); // or tokio::spawn(following)
+        /// # });
+        /// assert_eq!(lb.len(), 1);
+        /// # Ok::<(), tower_lb::Error>(())
+        /// ```
         pub fn on_rejected(
             mut self,
             hook: impl FnMut(BackendChange, Error) + Send + 'static,
