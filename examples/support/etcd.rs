@@ -412,6 +412,19 @@ impl EtcdServer {
             peer_port: free_port()?,
             binary,
         };
+        // A port found free may be taken before etcd binds it: try again
+        // on others, from a clean data directory.
+        for _ in 0..2 {
+            match server.resume().await {
+                Ok(()) => return Ok(server),
+                Err(error) if error.to_string().starts_with("cannot run") => return Err(error),
+                Err(_) => {
+                    let _ = std::fs::remove_dir_all(server.data_dir.join("data"));
+                    server.client_port = free_port()?;
+                    server.peer_port = free_port()?;
+                }
+            }
+        }
         server.resume().await?;
         Ok(server)
     }
