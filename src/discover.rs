@@ -107,10 +107,15 @@ impl Borrow<str> for ById {
 
 /// Applies `changes`, in order, to a copy of the member list. Reports
 /// whether anything changed; on an error the caller discards the copy, so a
-/// batch applies whole or not at all.
+/// batch applies whole or not at all. The load balancer says how a member
+/// is made for a new backend (`new_member`, as `add` makes one) and how a
+/// member takes a new description of its backend (`replaced`, keeping its
+/// state, as a reweight does).
 pub(crate) fn apply_changes(
     members: &mut Vec<Member>,
     changes: impl IntoIterator<Item = BackendChange>,
+    mut new_member: impl FnMut(Backend) -> Member,
+    replaced: impl Fn(&Member, Backend) -> Member,
 ) -> Result<bool, Error> {
     let mut slots: Vec<Option<Member>> = std::mem::take(members).into_iter().map(Some).collect();
     let mut index: HashMap<ById, usize> = slots
@@ -131,8 +136,7 @@ pub(crate) fn apply_changes(
                     Some((_, Some(m))) if **m.backend() == backend => {}
                     Some((i, Some(m))) => {
                         // The index keeps the old backend as its key: same id.
-                        let (up, load) = (m.is_up(), m.load().clone());
-                        slots[i] = Some(Member::from_parts(Arc::new(backend), up, load));
+                        slots[i] = Some(replaced(m, backend));
                         changed = true;
                     }
                     // The index never names an emptied slot.
@@ -140,9 +144,9 @@ pub(crate) fn apply_changes(
                         if index.len() >= MAX_BACKENDS {
                             return Err(too_many_backends());
                         }
-                        let backend = Arc::new(backend);
-                        index.insert(ById(backend.clone()), slots.len());
-                        slots.push(Some(Member::from_parts(backend, true, Arc::default())));
+                        let member = new_member(backend);
+                        index.insert(ById(member.backend().clone()), slots.len());
+                        slots.push(Some(member));
                         changed = true;
                     }
                 }

@@ -389,7 +389,15 @@ impl LoadBalancer {
         I::Item: Into<BackendChange>,
     {
         self.update(|members| {
-            crate::discover::apply_changes(members, changes.into_iter().map(Into::into))
+            crate::discover::apply_changes(
+                members,
+                changes.into_iter().map(Into::into),
+                // As `add` and `set_backends` make and keep members.
+                Member::new,
+                |old, backend| {
+                    Member::from_parts(Arc::new(backend), old.is_up(), old.load().clone())
+                },
+            )
         })
     }
 
