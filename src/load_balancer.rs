@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::backend::check_weight;
-use crate::{Backend, Balancer, BuildBalancer, Error, Member, Outcome};
+use crate::{Backend, BackendChange, Balancer, BuildBalancer, Error, Load, Member, Outcome};
 
 /// The most backends one load balancer holds.
 pub const MAX_BACKENDS: usize = 1 << 24;
@@ -114,6 +114,13 @@ struct Shared {
     /// Serializes updates; never taken by picks.
     writer: Mutex<()>,
     builder: Box<dyn BuildBalancer>,
+    /// Requests in flight over every member, for bounded-load hashing.
+    in_flight_total: Arc<AtomicU64>,
+}
+
+/// A new member whose requests in flight also count in `total`.
+fn pooled_member(backend: Backend, total: &Arc<AtomicU64>) -> Member {
+    Member::from_parts(Arc::new(backend), true, Arc::new(Load::pooled(total)))
 }
 
 struct Snapshot {
@@ -138,9 +145,9 @@ impl LoadBalancer {
         I: IntoIterator,
         I::Item: IntoBackend,
     {
-        let members = backends
-            .into_iter()
-            .map(|b| b.into_backend().map(Member::new))
+        let in_flight_total = Arc::default();
+        let members = at_most_max_backends(backends)
+            .map(|b| b?.into_backend().map(|b| pooled_member(b, &in_flight_total)))
             .collect::<Result<Vec<_>, _>>()?;
         let builder: Box<dyn BuildBalancer> = Box::new(strategy);
         let snapshot = Snapshot::build(&*builder, members, 0)?;
@@ -152,6 +159,7 @@ impl LoadBalancer {
                 },
                 writer: Mutex::new(()),
                 builder,
+                in_flight_total,
             }),
         })
     }
@@ -269,7 +277,10 @@ impl LoadBalancer {
     pub fn add(&self, backend: impl IntoBackend) -> Result<(), Error> {
         let backend = backend.into_backend()?;
         self.update(|members| {
-            members.push(Member::new(backend));
+            if members.len() >= MAX_BACKENDS {
+                return Err(crate::discover::too_many_backends());
+            }
+            members.push(pooled_member(backend, &self.shared.in_flight_total));
             Ok(true)
         })
     }
@@ -342,9 +353,8 @@ impl LoadBalancer {
         I: IntoIterator,
         I::Item: IntoBackend,
     {
-        let backends = backends
-            .into_iter()
-            .map(IntoBackend::into_backend)
+        let backends = at_most_max_backends(backends)
+            .map(|b| b?.into_backend())
             .collect::<Result<Vec<_>, _>>()?;
         self.update(|members| {
             let unchanged = members.len() == backends.len()
@@ -361,11 +371,79 @@ impl LoadBalancer {
                 .into_iter()
                 .map(|b| match old.get(b.id()) {
                     Some(m) => Member::from_parts(Arc::new(b), m.is_up(), m.load().clone()),
-                    None => Member::new(b),
+                    None => pooled_member(b, &self.shared.in_flight_total),
                 })
                 .collect();
             *members = next;
             Ok(true)
+        })
+    }
+
+    /// Applies one membership change from service discovery: inserts (or
+    /// replaces) a backend under an id, or removes one. See
+    /// [`BackendChange`] for what each change means; with the `discover`
+    /// feature a `tower::discover::Change<K, Backend>` is accepted as is.
+    ///
+    /// ```
+    /// use tower_lb::{Backend, BackendChange, LoadBalancer, Strategy};
+    ///
+    /// let lb = LoadBalancer::new(Strategy::WeightedRoundRobin, ["http://10.0.0.1:80"])?;
+    /// let heavier = Backend::new("http://10.0.0.1:80")?.with_weight(3)?;
+    /// lb.apply(BackendChange::Insert("10.0.0.1:80".into(), heavier))?; // replaced in place
+    /// assert_eq!(lb.get("10.0.0.1:80").unwrap().weight(), 3);
+    /// lb.apply(BackendChange::Remove("10.0.0.9:80".into()))?;        // not a member: no change
+    /// assert_eq!(lb.len(), 1);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBackendId`] for an id that cannot be one,
+    /// [`Error::InvalidConfig`] past [`MAX_BACKENDS`], or what the strategy
+    /// refuses for the new set (such as [`Error::RingTooLarge`]); nothing
+    /// changes then.
+    pub fn apply(&self, change: impl Into<BackendChange>) -> Result<(), Error> {
+        self.apply_all([change.into()])
+    }
+
+    /// Applies many membership changes, in order, with one rebuild of the
+    /// balancer: a deploy that replaces 100 endpoints builds one ring, not
+    /// 100. The batch applies whole or not at all, and picks see the set
+    /// before it or after it, never half of it.
+    ///
+    /// ```
+    /// use tower_lb::{Backend, BackendChange, LoadBalancer, Strategy};
+    ///
+    /// let lb = LoadBalancer::new(Strategy::consistent_hash(), ["http://10.0.0.1:80"])?;
+    /// let before = lb.version();
+    /// lb.apply_all((2..=100).map(|i| {
+    ///     let backend = Backend::new(&format!("http://10.0.0.{i}:80")).unwrap();
+    ///     BackendChange::Insert(format!("api-{i}"), backend)
+    /// }))?;
+    /// assert_eq!(lb.len(), 100);
+    /// assert_eq!(lb.version(), before + 1);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](Self::apply), for the first change that fails; nothing
+    /// changes then.
+    pub fn apply_all<I>(&self, changes: I) -> Result<(), Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<BackendChange>,
+    {
+        self.update(|members| {
+            crate::discover::apply_changes(
+                members,
+                changes.into_iter().map(Into::into),
+                // As `add` and `set_backends` make and keep members.
+                |backend| pooled_member(backend, &self.shared.in_flight_total),
+                |old, backend| {
+                    Member::from_parts(Arc::new(backend), old.is_up(), old.load().clone())
+                },
+            )
         })
     }
 
@@ -445,6 +523,28 @@ impl LoadBalancer {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The backends, failing as soon as there are more than [`MAX_BACKENDS`]:
+/// before any is parsed when the iterator knows its length, so an oversized
+/// list costs no memory.
+fn at_most_max_backends<I>(backends: I) -> impl Iterator<Item = Result<I::Item, Error>>
+where
+    I: IntoIterator,
+{
+    let backends = backends.into_iter();
+    let known_too_many = backends.size_hint().0 > MAX_BACKENDS;
+    // Callers collect into a `Result`, which stops at the first error.
+    known_too_many
+        .then(|| Err(crate::discover::too_many_backends()))
+        .into_iter()
+        .chain(backends.enumerate().map(|(i, b)| {
+            if i < MAX_BACKENDS {
+                Ok(b)
+            } else {
+                Err(crate::discover::too_many_backends())
+            }
+        }))
 }
 
 fn position(members: &[Member], id: &str) -> Result<usize, Error> {
