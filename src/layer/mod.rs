@@ -38,7 +38,8 @@
 //!         Ok::<_, Infallible>(Response::new(req.uri().to_string()))
 //!     });
 //!
-//! let res = proxy.ready().await?.call(Request::new("hi".to_string())).await?;
+//! let req = Request::builder().header("host", "example.com").body("hi".to_string()).unwrap();
+//! let res = proxy.ready().await?.call(req).await?;
 //! assert_eq!(res.body(), "http://10.0.0.1:8080/");
 //! assert_eq!(res.headers()["via"], "1.1 tower-lb");
 //! # Ok(())
@@ -58,7 +59,8 @@ pub use self::{
     load_balance::{FailurePolicy, LoadBalance, LoadBalanceLayer},
     modify_response::{ModifyResponse, ModifyResponseHook, ModifyResponseLayer},
     proxy_director::{
-        remove_hop_by_hop_headers, strip_hop_by_hop_response, HostHeader, ProxyDirector,
+        remove_hop_by_hop_headers, strip_hop_by_hop_response, ForwardedFor, HostHeader,
+        ProxyDirector,
     },
 };
 
