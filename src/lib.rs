@@ -48,6 +48,9 @@ mod balancer;
 mod error;
 pub mod layer;
 mod load_balancer;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod proxy;
 pub mod sticky;
 pub mod strategy;
 #[cfg(feature = "testing")]

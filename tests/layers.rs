@@ -1399,7 +1399,13 @@ fn a_host_that_is_not_exactly_host_and_port_is_a_bad_request() {
             "{host}"
         );
     }
-    for host in ["front.example", "front.example:8080", "[2001:db8::1]:443", "10.0.0.1", "a_b.local"] {
+    for host in [
+        "front.example",
+        "front.example:8080",
+        "[2001:db8::1]:443",
+        "10.0.0.1",
+        "a_b.local",
+    ] {
         let req = direct("http://b", "/", &[("host", host)], ProxyDirector::new());
         assert_eq!(req.headers()["x-forwarded-host"], host);
     }
@@ -1455,20 +1461,31 @@ fn options_asterisk_is_never_rewritten_under_a_prefix() {
 #[test]
 fn connect_and_trace_are_405_unless_allowed() {
     for method in [http::Method::CONNECT, http::Method::TRACE] {
-        let uri = if method == http::Method::CONNECT { "internal.example:22" } else { "/" };
+        let uri = if method == http::Method::CONNECT {
+            "internal.example:22"
+        } else {
+            "/"
+        };
         let mut req = picked("http://b:8080", uri, &[]);
         *req.method_mut() = method.clone();
         match run(ProxyDirector::new(), req) {
             Err(err @ Error::MethodNotAllowed { .. }) => {
                 assert_eq!(err.status_code(), StatusCode::METHOD_NOT_ALLOWED);
                 let res = err.to_response::<String>();
-                assert_eq!(res.headers()["allow"], "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH");
+                assert_eq!(
+                    res.headers()["allow"],
+                    "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+                );
             }
             other => panic!("{method}: expected MethodNotAllowed, got {other:?}"),
         }
     }
     // Allowed, a CONNECT goes to the picked backend, not to the address named.
-    let mut req = picked("http://b:8080", "internal.example:22", &[("host", "internal.example:22")]);
+    let mut req = picked(
+        "http://b:8080",
+        "internal.example:22",
+        &[("host", "internal.example:22")],
+    );
     *req.method_mut() = http::Method::CONNECT;
     let req = run(ProxyDirector::new().allow_connect(true), req).unwrap();
     assert_eq!(req.uri(), "b:8080");
@@ -1535,11 +1552,15 @@ async fn the_director_strips_a_backends_hop_by_hop_response_headers_by_default()
 
 #[tokio::test]
 async fn a_closure_key_borrowing_from_the_request_needs_no_helper() {
-    let lb = lb(Strategy::consistent_hash(), &["http://a", "http://b", "http://c"]);
+    let lb = lb(
+        Strategy::consistent_hash(),
+        &["http://a", "http://b", "http://c"],
+    );
     let svc = ServiceBuilder::new()
-        .layer(LoadBalanceLayer::new(lb.clone()).key_fn(|req: &Req| {
-            req.headers().get("x-tenant").map(|v| v.as_bytes().into())
-        }))
+        .layer(
+            LoadBalanceLayer::new(lb.clone())
+                .key_fn(|req: &Req| req.headers().get("x-tenant").map(|v| v.as_bytes().into())),
+        )
         .service(service_fn(|req: Req| async move {
             let id = req.extensions().get::<Member>().unwrap().id().to_owned();
             Ok::<_, Infallible>(Response::new(id))
@@ -1547,7 +1568,10 @@ async fn a_closure_key_borrowing_from_the_request_needs_no_helper() {
     for tenant in ["acme", "globex", "initech"] {
         let expected = lb.pick(Some(tenant.as_bytes())).unwrap().id().to_owned();
         for _ in 0..3 {
-            let req = Request::builder().header("x-tenant", tenant).body(()).unwrap();
+            let req = Request::builder()
+                .header("x-tenant", tenant)
+                .body(())
+                .unwrap();
             let res = svc.clone().oneshot(req).await.unwrap();
             assert_eq!(res.body(), &expected, "{tenant}");
         }

@@ -670,9 +670,18 @@ fn round_robin_with_equal_weights_rotates_strictly() {
 
 #[test]
 fn nginx_and_haproxy_strategy_names_are_aliases() {
-    assert_eq!("roundrobin".parse::<Strategy>().unwrap(), Strategy::RoundRobin);
-    assert_eq!("least_conn".parse::<Strategy>().unwrap(), Strategy::LeastRequest);
-    assert_eq!("LeastConn".parse::<Strategy>().unwrap(), Strategy::LeastRequest);
+    assert_eq!(
+        "roundrobin".parse::<Strategy>().unwrap(),
+        Strategy::RoundRobin
+    );
+    assert_eq!(
+        "least_conn".parse::<Strategy>().unwrap(),
+        Strategy::LeastRequest
+    );
+    assert_eq!(
+        "LeastConn".parse::<Strategy>().unwrap(),
+        Strategy::LeastRequest
+    );
     assert!(matches!(
         "least-connections".parse::<Strategy>(),
         Err(Error::UnknownStrategy { .. })

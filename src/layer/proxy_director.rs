@@ -392,7 +392,10 @@ impl ProxyDirector {
             _ => {}
         }
         let asterisk = *req.method() == Method::OPTIONS
-            && req.uri().path_and_query().is_some_and(|pq| pq.as_str() == "*");
+            && req
+                .uri()
+                .path_and_query()
+                .is_some_and(|pq| pq.as_str() == "*");
         let connect = *req.method() == Method::CONNECT;
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
 
@@ -515,7 +518,9 @@ fn is_host_and_port(s: &[u8]) -> bool {
     !host.is_empty()
         && match rest {
             [] => true,
-            [b':', port @ ..] => (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit),
+            [b':', port @ ..] => {
+                (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit)
+            }
             _ => false,
         }
 }
@@ -575,7 +580,10 @@ fn split_list(line: &str) -> impl Iterator<Item = &str> {
         }
     }
     elements.push(&line[start..]);
-    elements.into_iter().map(str::trim).filter(|e| !e.is_empty())
+    elements
+        .into_iter()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
 }
 
 /// The longest path and query `http` accepts (its `MAX_LEN`, which it does

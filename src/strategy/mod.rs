@@ -158,13 +158,11 @@ impl FromStr for Strategy {
 impl BuildBalancer for Strategy {
     fn build(&self, members: &[Member]) -> Result<Box<dyn Balancer>, Error> {
         Ok(match *self {
-            Strategy::Random => {
-                Box::new(if same_weights(members) {
-                    Random::new(members)
-                } else {
-                    Random::weighted(members)
-                })
-            }
+            Strategy::Random => Box::new(if same_weights(members) {
+                Random::new(members)
+            } else {
+                Random::weighted(members)
+            }),
             // nginx, HAProxy and Pingora all weight their round robin: a
             // weight that differs must not be silently ignored.
             Strategy::RoundRobin if !same_weights(members) => {
