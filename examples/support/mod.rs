@@ -198,6 +198,7 @@ pub fn cookie_pair<B>(res: &Response<B>) -> Option<String> {
 
 /// The innermost service of the proxy: the library's hyper client with
 /// WebSocket passthrough.
+#[allow(unused_imports)]
 pub use tower_lb::proxy::Upstream;
 
 /// Serves `stack` on `listener` as a reverse proxy with the library's

@@ -1,8 +1,12 @@
 //! Tower middleware: pick a backend per request, rewrite the outgoing
 //! request, edit the response.
 //!
-//! The layers work over any inner `Service<http::Request<B>>` (a hyper
-//! client, a tonic channel, a test `service_fn`) and need no async runtime.
+//! The layers work over any inner `Service<http::Request<B>>` answering
+//! `http::Response`s (a hyper client, [`proxy::Upstream`](crate::proxy)
+//! with the `proxy` feature, a test `service_fn`) and need no async
+//! runtime. Not tonic's `Channel`: it overwrites each request's scheme and
+//! authority with its own endpoint, so the backend the director wrote would
+//! be ignored (see the README's "Other clients").
 //! They stack like an onion; the natural order, outermost first, is:
 //!
 //! ```text
@@ -10,8 +14,8 @@
 //!  ┌ ModifyResponse ──────────────────────────────────────── runs the hook on the response
 //!  │ ┌ LoadBalance ─────── picks a backend, puts it in the   records the outcome (passive
 //!  │ │                     request's extensions              feedback), adds Set-Cookie
-//!  │ │ ┌ Director ──────── rewrites URI, Host, X-Forwarded-*,
-//!  │ │ │                   strips hop-by-hop headers
+//!  │ │ ┌ Director ──────── strips hop-by-hop headers, then     strips the response's
+//!  │ │ │                   rewrites URI, Host, X-Forwarded-*   hop-by-hop headers
 //!  │ │ │ ┌ inner service (e.g. hyper client) ── sends to the backend
 //! ```
 //!
