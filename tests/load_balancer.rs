@@ -170,7 +170,8 @@ fn set_backends_keeps_state_and_counters_of_surviving_ids() {
     assert!(Arc::ptr_eq(b2.load(), &b2_load));
     assert!(lb.get("b3").unwrap().is_up());
     assert!(lb.get("b0").is_none());
-    assert_eq!(pick_ids(&lb, 4), ["b2", "b3", "b2", "b3"]);
+    // Round robin follows b2's new weight (3 to b3's 1), as nginx's does.
+    assert_eq!(pick_ids(&lb, 4), ["b2", "b2", "b3", "b2"]);
 }
 
 #[test]

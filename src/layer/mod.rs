@@ -2,8 +2,8 @@
 //! request, edit the response.
 //!
 //! The layers work over any inner `Service<http::Request<B>>` answering
-//! `http::Response`s (a hyper client, [`proxy::Upstream`](crate::proxy)
-//! with the `proxy` feature, a test `service_fn`) and need no async
+//! `http::Response`s (a hyper client, `tower_lb::proxy::Upstream` with the
+//! `proxy` feature, a test `service_fn`) and need no async
 //! runtime. Not tonic's `Channel`: it overwrites each request's scheme and
 //! authority with its own endpoint, so the backend the director wrote would
 //! be ignored (see the README's "Other clients").

@@ -179,10 +179,15 @@ pub enum HostHeader {
 /// ```
 /// use tower_lb::layer::{HostHeader, ProxyDirector};
 ///
+/// use tower_lb::layer::ForwardedFor;
+///
 /// let director = ProxyDirector::new()
 ///     .host(HostHeader::Backend)
+///     .forwarded_for(ForwardedFor::TrustedHops(1))
 ///     .forwarded(true)
-///     .https(true);
+///     .https(true)
+///     .allow_connect(false)
+///     .allow_trace(false);
 /// # let _ = director;
 /// ```
 #[derive(Debug, Clone)]
