@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use axum::body::Body;
@@ -20,9 +19,8 @@ use axum::Router;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::ServiceBuilder;
-use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector};
+use tower_lb::layer::{client_addr_from, DirectorLayer, LoadBalanceLayer, ProxyDirector};
 use tower_lb::proxy::Upstream;
-use tower_lb::sticky::ClientAddr;
 use tower_lb::{LoadBalancer, Strategy};
 
 /// The proxy as an axum service: `Error = Infallible`, as
@@ -36,13 +34,9 @@ fn proxy(lb: LoadBalancer) -> Router {
         }))
         // axum puts the peer address in `ConnectInfo`; tower-lb reads
         // `ClientAddr` (for X-Forwarded-For and `ClientIp`).
-        .layer(DirectorLayer::new(|req: &mut Request<Body>| {
-            if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-                let peer = *peer;
-                req.extensions_mut().insert(ClientAddr(peer));
-            }
-            Ok::<_, Infallible>(())
-        }))
+        .layer(DirectorLayer::new(client_addr_from(
+            |info: &ConnectInfo<SocketAddr>| info.0,
+        )))
         .layer(LoadBalanceLayer::new(lb))
         .layer(DirectorLayer::new(ProxyDirector::new()))
         .service(Upstream::<Body>::new());

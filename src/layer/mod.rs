@@ -52,6 +52,7 @@
 
 use crate::{BoxError, Error};
 
+pub mod client_addr;
 pub mod director;
 pub mod load_balance;
 pub mod modify_response;
@@ -59,6 +60,7 @@ pub mod proxy_director;
 
 #[doc(inline)]
 pub use self::{
+    client_addr::{client_addr_from, ClientAddrFrom},
     director::{Direct, Director, DirectorLayer},
     load_balance::{FailurePolicy, LoadBalance, LoadBalanceLayer},
     modify_response::{ModifyResponse, ModifyResponseHook, ModifyResponseLayer},

@@ -17,8 +17,8 @@
 //!   function of yours, for logging.
 //!
 //! The runtime-free parts stay in the default build: [`ClientAddr`] is a
-//! plain extension (insert it yourself from axum's `ConnectInfo`, see the
-//! `axum` example), and [`Error::to_response`] turns an error into a
+//! plain extension (from axum's `ConnectInfo`, the director hook
+//! [`client_addr_from`](crate::layer::client_addr_from) copies it), and [`Error::to_response`] turns an error into a
 //! response for any body type, axum's `HandleErrorLayer` included.
 //!
 //! ```no_run
