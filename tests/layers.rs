@@ -1444,6 +1444,18 @@ fn an_http11_request_without_host_is_a_bad_request_but_http10_is_forwarded() {
     let old = run(ProxyDirector::new(), old).unwrap();
     assert_eq!(old.uri(), "http://b/x");
     assert!(old.headers().get("x-forwarded-host").is_none());
+    // An empty Host on HTTP/1.0 names no host to forward either.
+    let mut empty = Request::builder()
+        .uri("/x")
+        .version(http::Version::HTTP_10)
+        .header("host", "")
+        .body(())
+        .unwrap();
+    empty
+        .extensions_mut()
+        .insert(Member::new(Backend::new("http://b").unwrap()));
+    let empty = run(ProxyDirector::new(), empty).unwrap();
+    assert!(empty.headers().get("x-forwarded-host").is_none());
 }
 
 #[test]

@@ -425,7 +425,8 @@ impl ProxyDirector {
         {
             headers.insert(HOST, value);
         }
-        let original_host = headers.get(HOST).cloned();
+        // An empty Host (HTTP/1.0 may send one) names nothing to forward.
+        let original_host = headers.get(HOST).filter(|h| !h.is_empty()).cloned();
         match &self.host {
             HostHeader::Preserve => {}
             HostHeader::Backend => {
