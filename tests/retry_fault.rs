@@ -16,12 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_lb::layer::{
-    strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
-};
+use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
 use support::retry::KillableBackend;
@@ -30,9 +27,6 @@ use support::retry::KillableBackend;
 async fn gateway(lb: LoadBalancer) -> SocketAddr {
     let retry = support::retry::RetryOptions::default();
     let stack = ServiceBuilder::new()
-        .layer(ModifyResponseLayer::new(
-            strip_hop_by_hop_response::<Incoming>,
-        ))
         .layer(retry.next_upstream())
         .layer(LoadBalanceLayer::new(lb))
         .layer(retry.response_timeout())

@@ -18,6 +18,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
@@ -113,7 +115,7 @@ impl RetryOptions {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(self.connect_timeout);
-        Upstream::with_connector(connector)
+        Upstream::from_client(Client::builder(TokioExecutor::new()).build(connector))
     }
 
     /// Starts backend number `index` (from 0) for the gateway: the usual
