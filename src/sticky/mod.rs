@@ -63,16 +63,21 @@ use std::fmt;
 use http::Request;
 
 mod base64url;
+mod codec;
 mod cookie;
 mod extract;
-mod siphash;
+mod secret;
 mod sticky_cookie;
 mod token;
+#[cfg(feature = "aead")]
+mod token_aead;
 
+pub use self::codec::TokenFormat;
 pub use self::cookie::{Cookies, Named};
 pub use self::extract::{ClientIp, CookieKey, FirstOf, HeaderKey, PathKey, QueryKey};
+pub use self::secret::{Secret, Secrets, MAX_PREVIOUS_SECRETS, MAX_SECRET_LEN, MIN_SECRET_LEN};
 pub use self::sticky_cookie::{
-    SameSite, StickyCookie, VerifiedCookie, INLINE_ID_LEN, MAX_COOKIE_AGE, MIN_SECRET_LEN,
+    SameSite, StickyCookie, VerifiedCookie, INLINE_ID_LEN, MAX_COOKIE_AGE,
 };
 
 /// The longest key kept inline, without allocating.
