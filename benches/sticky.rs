@@ -10,10 +10,13 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Request};
 use tower_lb::sticky::{
-    ClientAddr, ClientIp, CookieKey, FirstOf, HeaderKey, KeyExtractor, StickyCookie,
+    ClientAddr, ClientIp, CookieKey, FirstOf, HeaderKey, KeyExtractor, Secret, Secrets,
+    StickyCookie, TokenFormat,
 };
 
-const SECRET: &[u8] = b"benchmark secret, thirty-two b!!";
+fn secret() -> Secret {
+    Secret::generate().expect("the OS random number generator")
+}
 
 fn request(cookie: &str) -> Request<()> {
     let mut req = Request::builder()
@@ -83,7 +86,7 @@ fn extract(c: &mut Criterion) {
 }
 
 fn verify(c: &mut Criterion) {
-    let sticky = StickyCookie::new("lb", SECRET)
+    let sticky = StickyCookie::new("lb", secret())
         .expect("a valid configuration")
         .max_age(Duration::from_secs(3600))
         .expect("a valid max-age");
@@ -109,14 +112,45 @@ fn verify(c: &mut Criterion) {
 
     // The default configuration: a session cookie, whose token has no
     // expiry, so verifying it reads no clock.
-    let session = StickyCookie::new("lb", SECRET).expect("a valid configuration");
-    let session_token = session
-        .token_at("10.0.0.1:8080", std::time::SystemTime::now())
-        .expect("a valid id");
-    let valid_session = request(&five_cookies(&session_token))
-        .into_parts()
-        .0
-        .headers;
+    let session = StickyCookie::new("lb", secret()).expect("a valid configuration");
+    let session_headers = |sticky: &StickyCookie| {
+        let token = sticky
+            .token_at("10.0.0.1:8080", std::time::SystemTime::now())
+            .expect("a valid id");
+        request(&five_cookies(&token)).into_parts().0.headers
+    };
+    let valid_session = session_headers(&session);
+
+    // The same with the standard AEAD.
+    let aead = StickyCookie::new("lb", secret())
+        .expect("a valid configuration")
+        .token_format(TokenFormat::XChaCha20Poly1305);
+    let valid_aead = session_headers(&aead);
+    let forged_aead = {
+        let mut h = valid_aead.clone();
+        let line = h["cookie"].to_str().expect("ascii").to_owned();
+        let mut bytes = line.into_bytes();
+        let i = bytes.len() - 5;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        h.insert(
+            "cookie",
+            HeaderValue::from_bytes(&bytes).expect("a header value"),
+        );
+        h
+    };
+
+    // After a rotation: a cookie made with the secret now previous (the
+    // current one is tried first), with two previous secrets accepted.
+    let secrets = Secrets::new(secret());
+    let rotating = StickyCookie::new("lb", secrets.clone()).expect("a valid configuration");
+    let before_rotation = session_headers(&rotating);
+    secrets
+        .rotate(secret())
+        .expect("room for a previous secret");
+    secrets
+        .add_previous(secret())
+        .expect("room for a previous secret");
+    let after_rotation = session_headers(&rotating);
 
     let mut g = c.benchmark_group("sticky/verify");
     g.bench_function("baseline: headers.get(cookie)", |b| {
@@ -129,6 +163,30 @@ fn verify(c: &mut Criterion) {
         b.iter(|| {
             session
                 .verify(black_box(&valid_session))
+                .map(|v| v.id().len())
+        })
+    });
+    g.bench_function(
+        "valid session cookie, XChaCha20-Poly1305, last of five",
+        |b| b.iter(|| aead.verify(black_box(&valid_aead)).map(|v| v.id().len())),
+    );
+    g.bench_function("forged cookie, XChaCha20-Poly1305, last of five", |b| {
+        b.iter(|| aead.verify(black_box(&forged_aead)).is_some())
+    });
+    g.bench_function(
+        "valid session cookie, current secret of a rotating handle",
+        |b| {
+            b.iter(|| {
+                rotating
+                    .verify(black_box(&after_rotation))
+                    .map(|v| v.id().len())
+            })
+        },
+    );
+    g.bench_function("valid session cookie, made with a previous secret", |b| {
+        b.iter(|| {
+            rotating
+                .verify(black_box(&before_rotation))
                 .map(|v| v.id().len())
         })
     });

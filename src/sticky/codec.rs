@@ -26,7 +26,7 @@ use super::token_aead;
 /// use tower_lb::sticky::{Secret, StickyCookie, TokenFormat};
 ///
 /// let sticky = StickyCookie::new("lb", Secret::generate()?)?;
-/// assert_eq!(sticky.token_format(), TokenFormat::SipHash);
+/// assert_eq!(sticky.issued_token_format(), TokenFormat::SipHash);
 /// # Ok::<(), tower_lb::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -38,9 +38,15 @@ pub enum TokenFormat {
     /// beyond `siphasher`.
     #[default]
     SipHash,
-    /// Version 2: XChaCha20-Poly1305 from RustCrypto's `chacha20poly1305`,
-    /// a 24-byte random nonce, the cookie name and expiry as associated
-    /// data. Needs the `aead` feature.
+    /// Version 2: XChaCha20-Poly1305 from RustCrypto's `chacha20poly1305`.
+    /// Needs the `aead` feature.
+    ///
+    /// ```text
+    /// token = 0x02 ‖ nonce (24 random bytes) ‖ expiry (u64 LE) ‖ ciphertext ‖ tag (16 bytes)
+    /// ciphertext, tag = XChaCha20-Poly1305(key, nonce, id ‖ 0x80 ‖ 0x00… to a multiple of 16,
+    ///                   aad = 0x02 ‖ expiry ‖ u64_le(len(name)) ‖ name)
+    /// key   = the secret's bytes XOR-ed into 32
+    /// ```
     #[cfg(feature = "aead")]
     #[cfg_attr(docsrs, doc(cfg(feature = "aead")))]
     XChaCha20Poly1305,

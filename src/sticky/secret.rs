@@ -599,9 +599,12 @@ pub(crate) struct KeySet {
 /// cookies than this.
 const CACHED: usize = 4;
 
+/// A cookie's id and its keys at one version.
+type CachedKeys = Option<(u64, Arc<KeySet>)>;
+
 thread_local! {
     /// Recently used key sets, by cookie id, most recent first.
-    static KEY_CACHE: RefCell<[Option<(u64, Arc<KeySet>)>; CACHED]> =
+    static KEY_CACHE: RefCell<[CachedKeys; CACHED]> =
         const { RefCell::new([None, None, None, None]) };
 }
 
