@@ -585,6 +585,10 @@ pub(crate) struct CookieKeys {
     id: u64,
     name: Box<str>,
     secrets: Secrets,
+    /// The keys as the cookie was made: used without any lookup until the
+    /// secrets first change.
+    initial: KeySet,
+    /// The keys of the latest version derived.
     derived: RwLock<Arc<KeySet>>,
 }
 
@@ -611,11 +615,13 @@ thread_local! {
 impl CookieKeys {
     pub(crate) fn new(name: &str, secrets: Secrets) -> CookieKeys {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let initial = derive(name, &secrets);
         let derived = RwLock::new(Arc::new(derive(name, &secrets)));
         CookieKeys {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.into(),
             secrets,
+            initial,
             derived,
         }
     }
@@ -626,13 +632,17 @@ impl CookieKeys {
 
     /// Runs `f` with the keys of the secrets as they are now.
     ///
-    /// The hot path reads the version counter (a plain load) and finds the
-    /// keys in this thread's cache: no lock, no reference count touched, so
-    /// threads verifying at once do not contend. After a rotation, each
+    /// The hot path reads the version counter (a plain load): until the
+    /// secrets first change, the keys the cookie was made with serve; after,
+    /// this thread's cache has them. No lock, no reference count touched, so
+    /// threads verifying at once do not contend. After each change, each
     /// thread takes the lock once to pick up the new keys.
     #[inline]
     pub(crate) fn with<T>(&self, mut f: impl FnMut(&KeySet) -> T) -> T {
         let version = self.secrets.version();
+        if version == self.initial.version {
+            return f(&self.initial);
+        }
         let hit = KEY_CACHE.try_with(|cache| {
             let cache = cache.try_borrow().ok()?;
             let keys = cache.iter().find_map(|entry| match entry {
