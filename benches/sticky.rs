@@ -7,7 +7,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::Criterion;
 use http::{HeaderMap, HeaderValue, Request};
 use tower_lb::sticky::{
     ClientAddr, ClientIp, CookieKey, FirstOf, HeaderKey, KeyExtractor, Secret, Secrets,
@@ -43,7 +44,7 @@ fn five_cookies(sticky: &str) -> String {
     )
 }
 
-fn extract(c: &mut Criterion) {
+fn extract<M: Measurement>(c: &mut Criterion<M>) {
     let req = request(&five_cookies("x"));
     let mut g = c.benchmark_group("sticky/extract");
     g.bench_function("baseline: headers.get(cookie)", |b| {
@@ -85,7 +86,7 @@ fn extract(c: &mut Criterion) {
     g.finish();
 }
 
-fn verify(c: &mut Criterion) {
+fn verify<M: Measurement>(c: &mut Criterion<M>) {
     let sticky = StickyCookie::new("lb", secret())
         .expect("a valid configuration")
         .max_age(Duration::from_secs(3600))
@@ -216,5 +217,59 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, extract, verify);
-criterion_main!(benches);
+/// The CPU time the measuring thread used, instead of the wall-clock time:
+/// on a shared machine whose other users keep both cores busy, time spent
+/// descheduled no longer counts. Chosen with `TOWER_LB_BENCH_CLOCK=thread-cpu`.
+struct ThreadCpuTime;
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu_time()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu_time().saturating_sub(start)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, d: &Duration) -> f64 {
+        d.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        static WALL_TIME: WallTime = WallTime;
+        WALL_TIME.formatter()
+    }
+}
+
+fn thread_cpu_time() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the call only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn main() {
+    if std::env::var("TOWER_LB_BENCH_CLOCK").as_deref() == Ok("thread-cpu") {
+        let mut c = Criterion::default()
+            .with_measurement(ThreadCpuTime)
+            .configure_from_args();
+        extract(&mut c);
+        verify(&mut c);
+        c.final_summary();
+    } else {
+        let mut c = Criterion::default().configure_from_args();
+        extract(&mut c);
+        verify(&mut c);
+        c.final_summary();
+    }
+}
