@@ -3,6 +3,11 @@
 //!
 //! The request carries five cookies, as a browser commonly sends (analytics,
 //! consent, session, preferences and the sticky cookie).
+//!
+//! On a machine others keep busy, `TOWER_LB_BENCH_CLOCK=thread-cpu cargo
+//! bench --bench sticky` measures the CPU time of the benchmarking thread
+//! instead of the wall-clock time, so that time spent descheduled is not
+//! counted.
 
 use std::hint::black_box;
 use std::time::Duration;
