@@ -792,6 +792,47 @@ mod tests {
         assert!(!shown.contains(secret.to_base64().trim_end_matches('=')));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn printable_text_of_any_length_is_refused(text in "[ -~\t\n]{0,300}") {
+            let refused = matches!(
+                Secret::from_bytes(text.as_bytes()),
+                Err(Error::InvalidSecret { .. })
+            );
+            proptest::prop_assert!(refused);
+        }
+
+        #[test]
+        fn every_encoding_of_a_random_secret_reads_back_the_same(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 32..=200),
+        ) {
+            // Random bytes pass the checks but with a negligible probability.
+            let secret = Secret::from_bytes(&bytes).unwrap();
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            proptest::prop_assert_eq!(&secret.to_base64().parse::<Secret>().unwrap(), &secret);
+            proptest::prop_assert_eq!(&hex.parse::<Secret>().unwrap(), &secret);
+            proptest::prop_assert_eq!(&Secret::from_hex(&hex.to_uppercase()).unwrap(), &secret);
+        }
+
+        #[test]
+        fn a_secret_of_few_distinct_values_is_refused(
+            values in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..8),
+            picks in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 32..200),
+        ) {
+            let bytes: Vec<u8> = picks.iter().map(|i| values[i.index(values.len())]).collect();
+            proptest::prop_assert!(Secret::from_bytes(&bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn an_invalid_secret_is_a_configuration_error_for_a_proxy() {
+        let err = Secret::from_bytes(b"short").unwrap_err();
+        assert_eq!(err.status_code(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(err
+            .to_string()
+            .starts_with("sticky-cookie secret refused: "));
+    }
+
     #[test]
     fn rotation_steps_keep_the_list_in_order_and_bounded() {
         let s: Vec<Secret> = (0..12).map(|_| Secret::generate().unwrap()).collect();
