@@ -433,8 +433,8 @@ impl StickyCookie {
             if let Some(id) = keys.current.open_in_place(raw, accepted) {
                 return Some((id, false));
             }
-            let mut previous = keys.previous.iter();
-            previous
+            keys.previous
+                .iter()
                 .find_map(|k| k.open_in_place(raw, accepted))
                 .map(|id| (id, true))
         })?;
