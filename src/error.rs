@@ -165,6 +165,15 @@ pub enum Error {
         /// The refused method.
         method: http::Method,
     },
+
+    /// A sticky-cookie secret is refused: too short, or plainly not random
+    /// (a printable phrase, a few repeated values); the message says how to
+    /// make a good one.
+    #[error("sticky-cookie secret refused: {reason}")]
+    InvalidSecret {
+        /// What is wrong with it, and how to make a good one.
+        reason: String,
+    },
 }
 
 /// Which user hook failed, in [`Error::Hook`].

@@ -147,7 +147,10 @@ impl LoadBalancer {
     {
         let in_flight_total = Arc::default();
         let members = at_most_max_backends(backends)
-            .map(|b| b?.into_backend().map(|b| pooled_member(b, &in_flight_total)))
+            .map(|b| {
+                b?.into_backend()
+                    .map(|b| pooled_member(b, &in_flight_total))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let builder: Box<dyn BuildBalancer> = Box::new(strategy);
         let snapshot = Snapshot::build(&*builder, members, 0)?;
