@@ -166,6 +166,15 @@ pub enum Error {
         method: http::Method,
     },
 
+    /// A sticky-cookie secret is refused: too short, or plainly not random
+    /// (a printable phrase, a few repeated values); the message says how to
+    /// make a good one.
+    #[error("sticky-cookie secret refused: {reason}")]
+    InvalidSecret {
+        /// What is wrong with it, and how to make a good one.
+        reason: String,
+    },
+
     /// A backend did not answer in time: the response head did not arrive
     /// within a [`ResponseTimeout`](crate::layer::ResponseTimeout), or the
     /// inner client reported a timeout (such as hyper-util's connect

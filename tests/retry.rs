@@ -18,7 +18,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_lb::layer::{
     LoadBalanceLayer, NextUpstreamLayer, ReplayBody, ResponseTimeoutLayer, TriedBackends,
 };
-use tower_lb::sticky::{AffinityKey, StickyCookie};
+use tower_lb::sticky::{AffinityKey, Secret, StickyCookie};
 use tower_lb::{BoxError, Error, LoadBalancer, Member, Strategy};
 
 /// How a fake backend answers.
@@ -491,7 +491,7 @@ async fn a_connect_timeout_from_the_client_is_a_timeout_error() {
 #[tokio::test]
 async fn a_retry_overrules_the_sticky_cookie_and_reissues_it_for_the_backend_that_served() {
     let lb = balancer(Strategy::RoundRobin);
-    let sticky = StickyCookie::new("lb", b"0123456789abcdef0123456789abcdef").unwrap();
+    let sticky = StickyCookie::new("lb", Secret::generate().unwrap()).unwrap();
     let mut cookies = http::HeaderMap::new();
     sticky.insert(&mut cookies, "10.0.0.3").unwrap();
     let set_cookie = cookies[header::SET_COOKIE].to_str().unwrap();
