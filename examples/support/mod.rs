@@ -18,6 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tower::Service;
 
+pub mod retry;
+
 /// What the proxy answers with: the backend's streamed body, or its own
 /// short error text.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;

@@ -131,7 +131,7 @@ use tower_service::Service;
 
 use crate::layer::upstream_error;
 use crate::sticky::{AffinityKey, KeyExtractor, NoKey, StickyCookie};
-use crate::{Backend, BoxError, Error, InFlight, Load, LoadBalancer, Member, Outcome};
+use crate::{BoxError, Error, InFlight, Load, LoadBalancer, Member, Outcome};
 
 /// Which responses count as a backend failure for passive feedback.
 ///
@@ -339,8 +339,12 @@ where
             Some(sticky) => {
                 let (picked, insert) = match sticky.verify(req.headers()) {
                     Some(cookie) => match self.lb.get(cookie.id()) {
-                        // Its backend, whatever the strategy would pick.
-                        Some(member) if member.is_up() => (Ok(member), cookie.should_reissue()),
+                        // Its backend, whatever the strategy would pick,
+                        // unless this is a retry and it failed already: the
+                        // retry moves the client, and the response says so.
+                        Some(member) if member.is_up() && !was_tried(&req, member.id()) => {
+                            (Ok(member), cookie.should_reissue())
+                        }
                         // Down or removed: redispatch, and re-issue.
                         _ => (self.pick(&req), true),
                     },
@@ -357,12 +361,12 @@ where
             Err(error) => return ResponseFuture::failed(error),
         };
         let in_flight = Load::start(member.load());
-        let backend = Arc::clone(member.backend());
+        let picked = member.clone();
         req.extensions_mut().insert(member);
         ResponseFuture {
             state: State::Called {
                 future: self.inner.call(req),
-                backend,
+                member: picked,
                 in_flight: Some(in_flight),
                 policy: self.policy,
                 sticky,
@@ -372,13 +376,98 @@ where
 }
 
 impl<S, K> LoadBalance<S, K> {
-    /// A pick by the strategy, with the request's affinity key.
+    /// A pick by the strategy, with the request's affinity key; for a retry,
+    /// the first backend of the failover order not yet tried.
     fn pick<B>(&self, req: &Request<B>) -> Result<Member, Error>
     where
         K: KeyExtractor<B>,
     {
         let key = self.key.extract(req);
-        self.lb.pick(key.as_ref().map(|k| k.as_bytes()))
+        let key = key.as_ref().map(|k| k.as_bytes());
+        match req.extensions().get::<TriedBackends>() {
+            Some(tried) if !tried.is_empty() => {
+                let ids: Vec<&str> = tried.ids().collect();
+                self.lb.pick_excluding(key, &ids)
+            }
+            _ => self.lb.pick(key),
+        }
+    }
+}
+
+fn was_tried<B>(req: &Request<B>, id: &str) -> bool {
+    req.extensions()
+        .get::<TriedBackends>()
+        .is_some_and(|tried| tried.contains(id))
+}
+
+/// The backends already tried for one request, oldest first: a retry layer
+/// such as `NextUpstream` (feature `http-body`) puts it in each
+/// retry's extensions, and [`LoadBalance`] then picks the first backend of
+/// [`LoadBalancer::failover`] not in it (see
+/// [`LoadBalancer::pick_excluding`]); a sticky cookie naming a tried backend
+/// is overruled and re-issued for the backend that serves.
+///
+/// To learn where an attempt went, a retry layer reads the backend id of
+/// [`Error::Upstream`] and [`Error::Timeout`], or the [`Member`] that
+/// `LoadBalance` puts in the extensions of a response its
+/// [`FailurePolicy`] counts as a failure.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_lb::layer::{LoadBalanceLayer, TriedBackends};
+/// use tower_lb::{LoadBalancer, Member, Strategy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_lb::Error> {
+/// let lb = LoadBalancer::new(Strategy::consistent_hash(), ["http://10.0.0.1", "http://10.0.0.2"])?;
+/// let mut svc = ServiceBuilder::new()
+///     .layer(LoadBalanceLayer::new(lb.clone()))
+///     .service_fn(|req: Request<()>| async move {
+///         let member = req.extensions().get::<Member>().unwrap();
+///         Ok::<_, Infallible>(Response::new(member.id().to_owned()))
+///     });
+///
+/// let first = svc.ready().await?.call(Request::new(())).await?.into_body();
+/// let mut retry = Request::new(());
+/// let mut tried = TriedBackends::default();
+/// tried.push(&first);
+/// retry.extensions_mut().insert(tried);
+/// let second = svc.ready().await?.call(retry).await?.into_body();
+/// assert_ne!(first, second);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TriedBackends {
+    ids: Vec<Arc<str>>,
+}
+
+impl TriedBackends {
+    /// Adds a backend id.
+    pub fn push(&mut self, id: &str) {
+        self.ids.push(Arc::from(id));
+    }
+
+    /// Whether this id was tried.
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.iter().any(|tried| &**tried == id)
+    }
+
+    /// The ids, oldest first.
+    pub fn ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.ids.iter().map(|id| &**id)
+    }
+
+    /// How many backends were tried.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 }
 
@@ -396,7 +485,7 @@ pin_project! {
         Called {
             #[pin]
             future: F,
-            backend: Arc<Backend>,
+            member: Member,
             in_flight: Option<InFlight>,
             policy: FailurePolicy,
             // The sticky cookie, if configured, and whether the response
@@ -428,7 +517,7 @@ where
         match self.project().state.project() {
             StateProj::Called {
                 future,
-                backend,
+                member,
                 in_flight,
                 policy,
                 sticky,
@@ -447,6 +536,11 @@ where
                         } else {
                             Outcome::Success
                         });
+                        if failed {
+                            // Where the failed attempt went, for a retry
+                            // layer outside (see `TriedBackends`).
+                            res.extensions_mut().insert(member.clone());
+                        }
                         if let Some((sticky, insert)) = sticky.take() {
                             // Only the balancer says where a client sticks
                             // (unless the cookie is configured to preserve
@@ -457,13 +551,13 @@ where
                             if insert && !failed && !kept {
                                 // Ids are valid by construction; a failure
                                 // only means no cookie this time.
-                                let _ = sticky.insert(res.headers_mut(), backend.id());
+                                let _ = sticky.insert(res.headers_mut(), member.id());
                             }
                         }
                         Ok(res)
                     }
                     Err(error) => {
-                        let error = upstream_error(error, backend.id());
+                        let error = upstream_error(error, member.id());
                         if blames_backend(&error) {
                             load.record(Outcome::Failure);
                         }
