@@ -194,20 +194,36 @@ pub fn self_signed() -> (String, String) {
     (made.cert.pem(), made.signing_key.serialize_pem())
 }
 
+/// A server configuration from a certificate for `localhost` and
+/// 127.0.0.1 made now, and that certificate's PEM (a client's root).
+pub fn loopback_identity() -> (Arc<rustls::ServerConfig>, String) {
+    let (cert_pem, key_pem) = self_signed();
+    let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("rcgen's PEM parses");
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("rcgen's PEM parses");
+    (
+        server_config(vec![cert], key).expect("rcgen's key matches its certificate"),
+        cert_pem,
+    )
+}
+
+/// The certificates of `pem` as roots.
+pub fn roots_from_pem(pem: &str) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots
+            .add(cert.expect("the PEM parses"))
+            .expect("the certificate is valid");
+    }
+    roots
+}
+
 /// A server configuration and a client configuration that trusts it, from
 /// a certificate made now.
 pub fn loopback_pair() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
-    let (cert, key) = self_signed();
-    let cert = CertificateDer::from_pem_slice(cert.as_bytes()).expect("rcgen's PEM parses");
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("rcgen's PEM parses");
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(cert.clone())
-        .expect("rcgen's certificate is valid");
-    (
-        server_config(vec![cert], key).expect("rcgen's key matches its certificate"),
-        client_config(roots).expect("ring supports the default versions"),
-    )
+    let (server, cert_pem) = loopback_identity();
+    let client =
+        client_config(roots_from_pem(&cert_pem)).expect("ring supports the default versions");
+    (server, client)
 }
 
 /// Opens a TLS connection to `addr` (server name `localhost`) from the
