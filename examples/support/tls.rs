@@ -291,6 +291,51 @@ pub fn demo_client(tls_cert: Option<&Path>) -> Result<DemoClient, String> {
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
+/// A client's stream, plain TCP or TLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A boxed [`Io`]: one type for `ws://` and `wss://` connections.
+pub type BoxedIo = Box<dyn Io>;
+
+/// [`super::ws_connect`] (`tls` = `None`) or [`wss_connect`], as one type.
+pub async fn ws_connect_any(
+    proxy: SocketAddr,
+    from: IpAddr,
+    cookie: Option<&str>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<BoxedIo>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    BoxError,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let (stream, url): (BoxedIo, String) = match tls {
+        Some(config) => (
+            Box::new(tls_connect(proxy, from, config).await?),
+            format!("wss://localhost:{}/play", proxy.port()),
+        ),
+        None => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(from, 0))?;
+            (
+                Box::new(socket.connect(proxy).await?),
+                format!("ws://{proxy}/play"),
+            )
+        }
+    };
+    let mut request = url.into_client_request()?;
+    if let Some(cookie) = cookie {
+        request
+            .headers_mut()
+            .insert(http::header::COOKIE, cookie.parse()?);
+    }
+    Ok(tokio_tungstenite::client_async(request, stream).await?)
+}
+
 /// An HTTPS client (HTTP/1.1) trusting `config`'s roots, for talking to a
 /// TLS gateway.
 pub fn https_client(
