@@ -187,6 +187,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
+    let tls = match (&o.tls_cert, &o.tls_key) {
+        (Some(cert), Some(key)) => Some(support::tls::server_config_from_files(cert, key)?),
+        _ => None,
+    };
     let weights = o.weights.clone().unwrap_or_else(|| {
         (0..o.backends)
             .map(|i| match (o.strategy, i) {
@@ -219,10 +223,6 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         println!("{name:>10}  http://{addr}  weight {weight}");
         backends.push(backend);
     }
-    let tls = match (&o.tls_cert, &o.tls_key) {
-        (Some(cert), Some(key)) => Some(support::tls::server_config_from_files(cert, key)?),
-        _ => None,
-    };
     let need_roots = backends
         .iter()
         .any(|b| b.uri().scheme_str() == Some("https"));
