@@ -1,7 +1,8 @@
 //! The gateway over TLS on loopback, with certificates made at run time:
 //! HTTPS and WSS in front (the sticky cookie `Secure`, `X-Forwarded-Proto:
 //! https`), the source article's reconnect over WSS, and `https://`
-//! backends verified against a given CA.
+//! backends verified against a given CA; and `serve_connection` on a stream
+//! that is not a TCP listener's.
 
 #[path = "../examples/support/mod.rs"]
 mod support;
@@ -261,4 +262,47 @@ fn upstream_ca_and_tls_files_that_hold_no_certificate_are_refused_clearly() {
     assert!(tls::upstream_roots(Some(missing), true)
         .unwrap_err()
         .starts_with("--upstream-ca /nonexistent/tower-lb.pem: "));
+}
+
+#[tokio::test]
+async fn serve_connection_serves_any_stream_an_in_memory_pipe_included() {
+    use hyper_util::rt::TokioIo;
+
+    let a = support::spawn_backend("a").await.unwrap();
+    let lb = LoadBalancer::new(
+        Strategy::RoundRobin,
+        [http_backend("a", a, "http", "127.0.0.1")],
+    )
+    .unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(support::Upstream::new());
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let served = tokio::spawn(tower_lb::proxy::serve_connection(
+        TokioIo::new(server_end),
+        peer,
+        stack,
+        |_: &tower_lb::Error, _| {},
+    ));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client_end))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/headers")
+        .header("host", "front.example")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    // The peer given for the stream is the client's address downstream.
+    assert!(body.contains("x-forwarded-for: 192.0.2.7\n"), "{body}");
+    assert!(body.contains("host: front.example\n"), "{body}");
+    drop(sender);
+    // The client hung up: the connection ends cleanly.
+    served.await.unwrap().unwrap();
+    assert_eq!(lb.get("a").unwrap().load().successes(), 1);
 }
