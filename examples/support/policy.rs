@@ -3,8 +3,9 @@
 //! a rate limit (`tower::limit::RateLimit`) and load shedding
 //! (`tower::load_shed`), wrapped around the whole balancing stack so that
 //! they protect the gateway itself. Work refused by them is answered `503
-//! Service Unavailable` with `Retry-After`, as nginx's `limit_req` and
-//! `limit_conn` answer 503 by default.
+//! Service Unavailable` with `Retry-After` (1 second when shed over the
+//! concurrency limit, the rate's period over the rate limit), as nginx's
+//! `limit_req` and `limit_conn` answer 503 by default.
 //!
 //! Outermost first (docs/design.md draws it):
 //!
