@@ -30,6 +30,17 @@
 //! `--chaos` kills the first backend and restarts it every 200 ms: try
 //! `cargo run --example gateway -- --chaos --demo --requests 200`, no request fails.
 //!
+//! TLS (examples/support/tls.rs): `--tls-cert FILE --tls-key FILE` (PEM)
+//! serves HTTPS and WSS; the sticky cookie is then `Secure` and backends
+//! see `X-Forwarded-Proto: https`. `https://` backends are verified against
+//! the platform's CA certificates, or those in `--upstream-ca FILE`.
+//!
+//! Policies from tower (examples/support/policy.rs), around the whole
+//! balancing stack: `--concurrency-limit N` (requests in flight; more wait),
+//! `--load-shed` (over that limit answer 503 at once instead of waiting),
+//! `--rate-limit N[/SECONDS]` (over the rate answer 503 at once). Refusals
+//! carry `Retry-After`.
+//!
 //! The affinity key is the `x-user` request header: with `consistent_hash`
 //! every request of one user reaches the same backend.
 
@@ -37,6 +48,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bytes::Bytes;
@@ -60,6 +72,10 @@ struct Options {
     requests: usize,
     sticky: bool,
     retry: support::retry::RetryOptions,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    upstream_ca: Option<PathBuf>,
+    policies: support::policy::Policies,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -73,6 +89,10 @@ fn parse_args() -> Result<Options, String> {
         requests: 12,
         sticky: false,
         retry: Default::default(),
+        tls_cert: None,
+        tls_key: None,
+        upstream_ca: None,
+        policies: Default::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -114,10 +134,25 @@ fn parse_args() -> Result<Options, String> {
                 .push(support::parse_backend(&value("--backend")?)?),
             "--demo" => o.demo = true,
             "--sticky" => o.sticky = true,
+            "--tls-cert" => o.tls_cert = Some(value("--tls-cert")?.into()),
+            "--tls-key" => o.tls_key = Some(value("--tls-key")?.into()),
+            "--upstream-ca" => o.upstream_ca = Some(value("--upstream-ca")?.into()),
+            "--concurrency-limit" => {
+                o.policies.concurrency_limit = Some(support::policy::parse_concurrency_limit(
+                    &value("--concurrency-limit")?,
+                )?)
+            }
+            "--rate-limit" => {
+                o.policies.rate_limit =
+                    Some(support::policy::parse_rate_limit(&value("--rate-limit")?)?)
+            }
+            "--load-shed" => o.policies.load_shed = true,
             "-h" | "--help" => {
                 return Err(format!(
                     "usage: gateway [--strategy NAME] [--backend URL[=WEIGHT]]... [--backends N] \
-                     [--weights 5,1,1] [--listen ADDR] [--demo] [--requests N] [--sticky] {}",
+                     [--weights 5,1,1] [--listen ADDR] [--demo] [--requests N] [--sticky] \
+                     [--tls-cert FILE --tls-key FILE] [--upstream-ca FILE] \
+                     [--concurrency-limit N [--load-shed]] [--rate-limit N[/SECONDS]] {}",
                     support::retry::USAGE
                 ))
             }
@@ -132,6 +167,10 @@ fn parse_args() -> Result<Options, String> {
         }
         o.backends = w.len();
     }
+    if o.tls_cert.is_some() != o.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
+    }
+    o.policies.check()?;
     Ok(o)
 }
 
@@ -159,6 +198,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
+    let tls = match (&o.tls_cert, &o.tls_key) {
+        (Some(cert), Some(key)) => Some(support::tls::server_config_from_files(cert, key)?),
+        _ => None,
+    };
     let weights = o.weights.clone().unwrap_or_else(|| {
         (0..o.backends)
             .map(|i| match (o.strategy, i) {
@@ -191,6 +234,13 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         println!("{name:>10}  http://{addr}  weight {weight}");
         backends.push(backend);
     }
+    let need_roots = backends
+        .iter()
+        .any(|b| b.uri().scheme_str() == Some("https"));
+    let upstream = support::tls::upstream_with(
+        support::tls::upstream_roots(o.upstream_ca.as_deref(), need_roots)?,
+        o.retry.connect_timeout,
+    )?;
     let lb = LoadBalancer::new(o.strategy, backends)?;
 
     let mut balance = LoadBalanceLayer::new(lb.clone()).key(user_key);
@@ -202,14 +252,17 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             Err(std::env::VarError::NotPresent) => Secret::generate()?,
             Err(e) => return Err(format!("TOWER_LB_SECRET: {e}").into()),
         };
-        balance = balance.sticky(StickyCookie::new("lb", secret)?);
+        balance = balance.sticky(StickyCookie::new("lb", secret)?.secure(tls.is_some()));
     }
     let stack = ServiceBuilder::new()
         .layer(o.retry.next_upstream())
         .layer(balance)
         .layer(o.retry.response_timeout())
-        .layer(DirectorLayer::new(ProxyDirector::new()))
-        .service(o.retry.upstream());
+        .layer(DirectorLayer::new(
+            ProxyDirector::new().https(tls.is_some()),
+        ))
+        .service(upstream);
+    let stack = support::policy::protect(o.policies, stack);
 
     let listener = match TcpListener::bind(o.listen).await {
         Ok(l) => l,
@@ -220,18 +273,41 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => TcpListener::bind("127.0.0.1:0").await?,
     };
     let proxy = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "   gateway  http://{proxy}  strategy {}{}",
+        "   gateway  {scheme}://{proxy}  strategy {}{}{}",
         o.strategy,
-        if o.sticky { ", sticky cookie `lb`" } else { "" }
+        if o.sticky { ", sticky cookie `lb`" } else { "" },
+        if o.policies.any() {
+            format!(", {}", o.policies.describe())
+        } else {
+            String::new()
+        }
     );
     println!("            {}", o.retry.describe());
-    tokio::spawn(support::serve_proxy(listener, stack));
+    let demo_client = support::tls::demo_client(o.tls_cert.as_deref())?;
+    let tls_port = tls.is_some().then_some(proxy.port());
+    match tls {
+        Some(config) => tokio::spawn(support::tls::serve_proxy_tls(listener, config, stack)),
+        None => tokio::spawn(support::serve_proxy(listener, stack)),
+    };
 
     if o.demo {
-        return demo(proxy, o.requests, o.strategy, o.sticky).await;
+        // A certificate names a host, not an address: `localhost` over TLS.
+        let base = match tls_port {
+            Some(port) => format!("https://localhost:{port}"),
+            None => format!("http://{proxy}"),
+        };
+        return demo(demo_client, &base, o.requests, o.strategy, o.sticky).await;
     }
-    println!("\ntry: curl -i http://{proxy}/hello   (Ctrl-C to stop)");
+    match &o.tls_cert {
+        Some(cert) => println!(
+            "\ntry: curl -i --cacert {} https://localhost:{}/hello   (Ctrl-C to stop)",
+            cert.display(),
+            proxy.port()
+        ),
+        None => println!("\ntry: curl -i http://{proxy}/hello   (Ctrl-C to stop)"),
+    }
     tokio::signal::ctrl_c().await?;
     println!("stopped");
     Ok(())
@@ -241,18 +317,18 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
 /// With `sticky`, each of the four users keeps the cookie it was given, as a
 /// browser would.
 async fn demo(
-    proxy: SocketAddr,
+    client: support::tls::DemoClient,
+    base: &str,
     requests: usize,
     strategy: Strategy,
     sticky: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let client = support::client();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut jar: BTreeMap<String, String> = BTreeMap::new();
     println!();
     for i in 0..requests {
         let user = format!("user-{}", i % 4);
-        let mut req = Request::get(format!("http://{proxy}/demo/{i}")).header("x-user", &user);
+        let mut req = Request::get(format!("{base}/demo/{i}")).header("x-user", &user);
         if let Some(cookie) = jar.get(&user) {
             req = req.header("cookie", cookie);
         }

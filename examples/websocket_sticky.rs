@@ -5,7 +5,12 @@
 //!
 //! ```text
 //! cargo run --example websocket_sticky
+//! cargo run --example websocket_sticky -- --tls    # the same over WSS
 //! ```
+//!
+//! With `--tls` the gateway terminates TLS with a certificate for
+//! `localhost` made for the run (examples/support/tls.rs), every client
+//! connects over `wss://`, and the cookie is `Secure`.
 //!
 //! A gateway on loopback balances two WebSocket echo backends by client IP
 //! (consistent hashing on `ClientIp`) and inserts a sticky cookie. The demo
@@ -26,7 +31,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures_util::StreamExt;
 use hyper::body::Incoming;
-use tokio::net::{TcpListener, TcpStream};
+use support::tls::BoxedIo;
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tower::ServiceBuilder;
@@ -49,7 +55,10 @@ async fn main() -> Result<(), BoxError> {
         Ok(encoded) => encoded.parse::<Secret>()?,
         Err(_) => Secret::generate()?,
     };
-    let sticky = StickyCookie::new("lb", secret)?;
+    let tls = std::env::args().any(|a| a == "--tls");
+    let (server_tls, client_tls) = support::tls::loopback_pair();
+    let client_tls = tls.then_some(client_tls);
+    let sticky = StickyCookie::new("lb", secret)?.secure(tls);
 
     let mut backends = Vec::new();
     for name in ["game-a", "game-b"] {
@@ -68,15 +77,20 @@ async fn main() -> Result<(), BoxError> {
                 .key(ClientIp::new())
                 .sticky(sticky),
         )
-        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .layer(DirectorLayer::new(ProxyDirector::new().https(tls)))
         .service(support::Upstream::new());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let proxy = listener.local_addr()?;
-    println!(" gateway  ws://{proxy}  (affinity: client IP; sticky cookie `lb`)\n");
-    tokio::spawn(support::serve_proxy(listener, stack));
+    let scheme = if tls { "wss" } else { "ws" };
+    println!(" gateway  {scheme}://{proxy}  (affinity: client IP; sticky cookie `lb`)\n");
+    if tls {
+        tokio::spawn(support::tls::serve_proxy_tls(listener, server_tls, stack));
+    } else {
+        tokio::spawn(support::serve_proxy(listener, stack));
+    }
 
     // 1. The first connection.
-    let (mut ws, res) = support::ws_connect(proxy, HOME, None).await?;
+    let (mut ws, res) = support::tls::ws_connect_any(proxy, HOME, None, client_tls.clone()).await?;
     let home_backend = hello(&mut ws).await?;
     let cookie = support::cookie_pair(&res).ok_or("the 101 response has no Set-Cookie")?;
     println!("1. from {HOME}: {} -> {home_backend}", res.status());
@@ -96,7 +110,7 @@ async fn main() -> Result<(), BoxError> {
     let moved = IpAddr::V4(moved);
 
     // 2. Without the cookie, affinity by IP loses the session.
-    let (mut ws, _) = support::ws_connect(proxy, moved, None).await?;
+    let (mut ws, _) = support::tls::ws_connect_any(proxy, moved, None, client_tls.clone()).await?;
     let by_ip = hello(&mut ws).await?;
     println!("2. from {moved}, no cookie: -> {by_ip}   (IP affinity: the session is lost)");
     ws.close(None).await?;
@@ -104,7 +118,9 @@ async fn main() -> Result<(), BoxError> {
 
     // 3. With the cookie, the reconnect lands on its backend.
     let with_other_cookies = format!("theme=dark; {cookie}");
-    let (mut ws, res) = support::ws_connect(proxy, moved, Some(&with_other_cookies)).await?;
+    let (mut ws, res) =
+        support::tls::ws_connect_any(proxy, moved, Some(&with_other_cookies), client_tls.clone())
+            .await?;
     let back = hello(&mut ws).await?;
     let upstream_saw = ask(&mut ws, "cookies?").await?;
     println!("3. from {moved}, with the cookie: -> {back}   (same backend, session kept)");
@@ -120,7 +136,8 @@ async fn main() -> Result<(), BoxError> {
     // 4. Its backend goes down: the reconnect fails over, with a new cookie.
     lb.mark_down(&home_backend)?;
     println!("\n   {home_backend} marked down");
-    let (mut ws, res) = support::ws_connect(proxy, moved, Some(&cookie)).await?;
+    let (mut ws, res) =
+        support::tls::ws_connect_any(proxy, moved, Some(&cookie), client_tls.clone()).await?;
     let failover = hello(&mut ws).await?;
     let fresh = support::cookie_pair(&res).ok_or("the failover response re-issues no cookie")?;
     println!("4. from {moved}, with the old cookie: -> {failover}   (failed over)");
@@ -129,7 +146,8 @@ async fn main() -> Result<(), BoxError> {
     assert_ne!(failover, home_backend);
     assert_ne!(fresh, cookie);
 
-    let (mut ws, _) = support::ws_connect(proxy, HOME, Some(&fresh)).await?;
+    let (mut ws, _) =
+        support::tls::ws_connect_any(proxy, HOME, Some(&fresh), client_tls.clone()).await?;
     let stays = hello(&mut ws).await?;
     println!("5. from {HOME}, with the fresh cookie: -> {stays}   (it holds)");
     ws.close(None).await?;
@@ -137,7 +155,8 @@ async fn main() -> Result<(), BoxError> {
 
     // Forged cookies count as none.
     let forged = format!("lb={}", "A".repeat(71));
-    let (mut ws, res) = support::ws_connect(proxy, HOME, Some(&forged)).await?;
+    let (mut ws, res) =
+        support::tls::ws_connect_any(proxy, HOME, Some(&forged), client_tls.clone()).await?;
     let balanced = hello(&mut ws).await?;
     println!("6. from {HOME}, with a forged cookie: -> {balanced}   (ignored: balanced as usual, given a real cookie)");
     ws.close(None).await?;
@@ -148,7 +167,7 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// The backend's greeting, `hello from NAME`: the backend's name.
-async fn hello(ws: &mut WebSocketStream<TcpStream>) -> Result<String, BoxError> {
+async fn hello(ws: &mut WebSocketStream<BoxedIo>) -> Result<String, BoxError> {
     let greeting = next_text(ws).await?;
     Ok(greeting
         .strip_prefix("hello from ")
@@ -156,13 +175,13 @@ async fn hello(ws: &mut WebSocketStream<TcpStream>) -> Result<String, BoxError> 
         .to_owned())
 }
 
-async fn ask(ws: &mut WebSocketStream<TcpStream>, question: &str) -> Result<String, BoxError> {
+async fn ask(ws: &mut WebSocketStream<BoxedIo>, question: &str) -> Result<String, BoxError> {
     use futures_util::SinkExt;
     ws.send(Message::text(question)).await?;
     next_text(ws).await
 }
 
-async fn next_text(ws: &mut WebSocketStream<TcpStream>) -> Result<String, BoxError> {
+async fn next_text(ws: &mut WebSocketStream<BoxedIo>) -> Result<String, BoxError> {
     let wait = std::time::Duration::from_secs(5);
     loop {
         match tokio::time::timeout(wait, ws.next()).await? {

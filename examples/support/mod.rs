@@ -3,6 +3,9 @@
 //! `tower_lb::proxy` (feature `proxy`) wired with logging.
 #![allow(dead_code)]
 
+pub mod policy;
+pub mod tls;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
@@ -208,13 +211,15 @@ pub use tower_lb::proxy::Upstream;
 /// client's address as a `ClientAddr`, and a tower-lb error becomes its
 /// status with a short text that names no backend; the detail goes to
 /// stderr.
-pub async fn serve_proxy<S>(listener: TcpListener, stack: S)
+pub async fn serve_proxy<S, B>(listener: TcpListener, stack: S)
 where
-    S: Service<Request<Incoming>, Response = Response<Incoming>, Error = tower_lb::Error>
+    S: Service<Request<Incoming>, Response = Response<B>, Error = tower_lb::Error>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     tower_lb::proxy::serve_with(listener, stack, |error: &tower_lb::Error, peer| {
         eprintln!("proxy error for {peer}: {error}");

@@ -14,7 +14,8 @@
 //!   [`ClientIp`](crate::sticky::ClientIp) read) and answers a tower-lb
 //!   [`Error`] with [`Error::to_response`]: the right status and a short
 //!   text that names no backend. [`serve_with`] also hands each error to a
-//!   function of yours, for logging.
+//!   function of yours, for logging, and [`serve_connection`] serves one
+//!   connection you accepted yourself: a TLS stream, say.
 //!
 //! The runtime-free parts stay in the default build: [`ClientAddr`] is a
 //! plain extension (from axum's `ConnectInfo`, the director hook
@@ -52,8 +53,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::rt::{Read, Write};
 use hyper::server::conn::http1;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
@@ -85,13 +87,19 @@ pub type ProxyBody<B = Incoming> = Either<B, Full<Bytes>>;
 /// # let _ = upstream;
 /// # }
 /// ```
+///
+/// The connector `C` is hyper-util's: plain [`HttpConnector`] by default, or
+/// any [`Connect`] of yours, such as a TLS connector for `https://`
+/// backends (hyper-rustls' `HttpsConnector` wrapping an `HttpConnector`).
+/// tower-lb itself never links a TLS library; see
+/// [`from_client`](Self::from_client).
 #[derive(Debug)]
-pub struct Upstream<B = Incoming> {
-    client: Client<HttpConnector, B>,
+pub struct Upstream<B = Incoming, C = HttpConnector> {
+    client: Client<C, B>,
 }
 
 // Not derived: the body type need not be `Clone`.
-impl<B> Clone for Upstream<B> {
+impl<B, C: Clone> Clone for Upstream<B, C> {
     fn clone(&self) -> Self {
         Upstream {
             client: self.client.clone(),
@@ -110,9 +118,34 @@ where
         connector.set_nodelay(true);
         Upstream::from_client(Client::builder(TokioExecutor::new()).build(connector))
     }
+}
 
-    /// Wraps a client you configured (pool sizes, timeouts).
-    pub fn from_client(client: Client<HttpConnector, B>) -> Self {
+impl<B, C> Upstream<B, C>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    /// Wraps a client you configured: pool sizes, timeouts, or a connector
+    /// that speaks TLS to `https://` backends.
+    ///
+    /// ```
+    /// use hyper_util::client::legacy::{connect::HttpConnector, Client};
+    /// use hyper_util::rt::TokioExecutor;
+    /// use tower_lb::proxy::Upstream;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // With a TLS connector (hyper-rustls' `HttpsConnector`, say) in
+    /// // place of `HttpConnector`, `https://` backends work the same way.
+    /// let client = Client::builder(TokioExecutor::new())
+    ///     .pool_max_idle_per_host(32)
+    ///     .build(HttpConnector::new());
+    /// let upstream: Upstream<hyper::body::Incoming, _> = Upstream::from_client(client);
+    /// # let _ = upstream;
+    /// # }
+    /// ```
+    pub fn from_client(client: Client<C, B>) -> Self {
         Upstream { client }
     }
 }
@@ -143,11 +176,12 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             })
 }
 
-impl<B> Service<Request<B>> for Upstream<B>
+impl<B, C> Service<Request<B>> for Upstream<B, C>
 where
     B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
+    C: Connect + Clone + Send + Sync + 'static,
 {
     type Response = Response<Incoming>;
     type Error = hyper_util::client::legacy::Error;
@@ -242,25 +276,81 @@ where
         let _ = stream.set_nodelay(true);
         let stack = stack.clone();
         let on_error = Arc::clone(&on_error);
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
-                let stack = stack.clone();
-                let on_error = Arc::clone(&on_error);
-                async move {
-                    Ok::<_, Infallible>(match stack.oneshot(req).await {
-                        Ok(res) => res.map(Either::Left),
-                        Err(error) => {
-                            on_error(&error, peer);
-                            error.to_response::<Full<Bytes>>().map(Either::Right)
-                        }
-                    })
-                }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
-        });
+        tokio::spawn(serve_connection(
+            TokioIo::new(stream),
+            peer,
+            stack,
+            move |error: &Error, peer| on_error(error, peer),
+        ));
     }
+}
+
+/// Serves one accepted connection `io` from `peer` as [`serve_with`] serves
+/// each of its own, until the client closes it: for streams that are not a
+/// bare [`TcpListener`]'s, such as a TLS stream (tokio-rustls, native-tls),
+/// a Unix socket or an in-memory pipe. Run your accept loop (and TLS
+/// handshake) and spawn this for each connection.
+///
+/// `io` is any hyper I/O ([`hyper::rt::Read`] + [`hyper::rt::Write`]):
+/// wrap a tokio stream in [`TokioIo`]. The connection speaks HTTP/1.1 with
+/// upgrades enabled, every request gets [`ClientAddr`]`(peer)`, and an
+/// [`Error`] goes to `on_error` and is answered with
+/// [`Error::to_response`]. The result is hyper's connection error, if any
+/// (a client that went away mid-request, a malformed request line).
+///
+/// ```no_run
+/// # use tower_lb::{layer::*, proxy::*, LoadBalancer, Strategy};
+/// use hyper_util::rt::TokioIo;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://127.0.0.1:8081"])?;
+/// # let stack = tower::ServiceBuilder::new().layer(LoadBalanceLayer::new(lb))
+/// #     .layer(DirectorLayer::new(ProxyDirector::new())).service(Upstream::new());
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+/// loop {
+///     let (stream, peer) = listener.accept().await?;
+///     // A TLS acceptor's handshake goes here, turning `stream` into a TLS stream.
+///     tokio::spawn(serve_connection(
+///         TokioIo::new(stream),
+///         peer,
+///         stack.clone(),
+///         |error: &tower_lb::Error, peer| eprintln!("{peer}: {error}"),
+///     ));
+/// }
+/// # }
+/// ```
+pub async fn serve_connection<I, S, B, E>(
+    io: I,
+    peer: SocketAddr,
+    stack: S,
+    on_error: E,
+) -> Result<(), hyper::Error>
+where
+    I: Read + Write + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Error> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    E: Fn(&Error, SocketAddr) + Send + Sync + 'static,
+{
+    let on_error = Arc::new(on_error);
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ClientAddr(peer));
+        let stack = stack.clone();
+        let on_error = Arc::clone(&on_error);
+        async move {
+            Ok::<_, Infallible>(match stack.oneshot(req).await {
+                Ok(res) => res.map(Either::Left),
+                Err(error) => {
+                    on_error(&error, peer);
+                    error.to_response::<Full<Bytes>>().map(Either::Right)
+                }
+            })
+        }
+    });
+    http1::Builder::new()
+        .serve_connection(io, svc)
+        .with_upgrades()
+        .await
 }
