@@ -48,8 +48,9 @@ pub enum Error {
         max: usize,
     },
 
-    /// A weight is zero or larger than [`MAX_WEIGHT`](crate::MAX_WEIGHT).
-    #[error("invalid weight {weight} for backend `{id}`: weights must be between 1 and {max}")]
+    /// A weight is larger than [`MAX_WEIGHT`](crate::MAX_WEIGHT). (Weight 0
+    /// is valid: it drains the backend.)
+    #[error("invalid weight {weight} for backend `{id}`: weights must be between 0 (drain) and {max}")]
     InvalidWeight {
         /// The backend's id.
         id: String,
@@ -155,6 +156,16 @@ pub enum Error {
         /// The longest path and query accepted, in bytes.
         max: usize,
     },
+
+    /// Every backend that takes new picks is ejected by passive health or
+    /// failing its active checks; a proxy answers `503 Service
+    /// Unavailable`. See [`health`](crate::health) for Envoy's panic mode
+    /// instead.
+    #[error("all {count} backends are ejected or failing their health checks: wait for a probe to succeed, or allow WhenAllEjected::UseAll")]
+    AllBackendsEjected {
+        /// How many backends are configured.
+        count: usize,
+    },
 }
 
 /// Which user hook failed, in [`Error::Hook`].
@@ -201,6 +212,7 @@ impl Error {
         use http::StatusCode;
         match self {
             Error::NoBackends | Error::AllBackendsDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::AllBackendsEjected { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } | Error::Hook { .. } => StatusCode::BAD_GATEWAY,
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::UriTooLong { .. } => StatusCode::URI_TOO_LONG,

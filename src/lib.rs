@@ -46,6 +46,7 @@
 mod backend;
 mod balancer;
 mod error;
+pub mod health;
 pub mod layer;
 mod load_balancer;
 pub mod sticky;

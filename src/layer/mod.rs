@@ -48,14 +48,23 @@
 use crate::{BoxError, Error};
 
 pub mod director;
+#[cfg(feature = "http-body")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
+pub mod in_flight_body;
 pub mod load_balance;
 pub mod modify_response;
 pub mod proxy_director;
 
+#[cfg(feature = "http-body")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
+#[doc(inline)]
+pub use self::in_flight_body::{InFlightBody, InFlightBodyLayer, InFlightBodyService};
 #[doc(inline)]
 pub use self::{
     director::{Direct, Director, DirectorLayer},
-    load_balance::{FailurePolicy, LoadBalance, LoadBalanceLayer},
+    load_balance::{
+        FailurePolicy, InFlightGuard, LoadBalance, LoadBalanceLayer, PickedBackend,
+    },
     modify_response::{ModifyResponse, ModifyResponseHook, ModifyResponseLayer},
     proxy_director::{
         remove_hop_by_hop_headers, strip_hop_by_hop_response, HostHeader, ProxyDirector,

@@ -229,7 +229,7 @@ impl ConsistentHash {
         }
         Ok(ConsistentHash {
             ring: Ring::shared(members, vnodes)?,
-            up: members.iter().map(Member::is_up).collect(),
+            up: members.iter().map(Member::takes_new_picks).collect(),
             up_list: up_indices(members),
             keyless: AtomicUsize::new(0),
         })
@@ -294,7 +294,7 @@ impl Balancer for ConsistentHash {
         let start = self.first_point(Self::hash_key(key));
         let len = self.ring.owners.len();
         // The first point clockwise whose backend is up. Some member is up,
-        // and every member has at least one point, so this finds one.
+        // and every member with a weight above 0 has points, so this finds one.
         for step in 0..len {
             let owner = self.ring.owners[(start + step) % len] as usize;
             if self.up[owner] {
@@ -329,6 +329,14 @@ impl Balancer for ConsistentHash {
             }
         }
         order.into_vec()
+    }
+
+    fn position(&self) -> Option<u64> {
+        Some(self.keyless.load(Ordering::Relaxed) as u64)
+    }
+
+    fn resume_at(&self, position: u64) {
+        self.keyless.store(position as usize, Ordering::Relaxed);
     }
 }
 

@@ -80,7 +80,7 @@ impl LeastRequest {
         let up: Vec<Candidate> = members
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.is_up())
+            .filter(|(_, m)| m.takes_new_picks())
             .map(|(index, m)| Candidate {
                 index,
                 weight: m.backend().weight(),
