@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 use tower_lb::sticky::ClientAddr;
 
+pub mod stoppable;
+
 /// What the proxy answers with: the backend's streamed body, or its own
 /// short error text.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
