@@ -16,6 +16,10 @@
 //! sticky cookie `lb`, as HAProxy's `cookie lb insert`; the secret comes from
 //! `TOWER_LB_SECRET`, at least 16 bytes, or is random for this run).
 //!
+//! Passive health is on with nginx's defaults (`max_fails=1`,
+//! `fail_timeout=10s`): stop a backend and its traffic moves to the others
+//! after one failed request; start it again and it is back after 10 s.
+//!
 //! The affinity key is the `x-user` request header: with `consistent_hash`
 //! every request of one user reaches the same backend.
 
@@ -162,7 +166,9 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         println!("{name:>10}  http://{addr}  weight {weight}");
         backends.push(backend);
     }
-    let lb = LoadBalancer::new(o.strategy, backends)?;
+    // Passive ejection with nginx's defaults: max_fails=1, fail_timeout=10s.
+    let lb = LoadBalancer::new(o.strategy, backends)?
+        .with_health_policy(tower_lb::health::HealthPolicy::default());
 
     let mut balance = LoadBalanceLayer::new(lb.clone()).key(user_key);
     if o.sticky {
