@@ -57,6 +57,19 @@ pub trait Balancer: Send + Sync {
     /// order to try them.
     fn failover(&self, key: Option<&[u8]>, first: usize) -> Vec<usize>;
 
+    /// The first member of the [`failover`](Balancer::failover) order after
+    /// `first` that `accept` takes, asking in that order. The default builds
+    /// the list; a balancer that can walk its order without allocating (the
+    /// ring) overrides it, since a pick whose backend is ejected calls it.
+    fn failover_find(
+        &self,
+        key: Option<&[u8]>,
+        first: usize,
+        accept: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        self.failover(key, first).into_iter().find(|&i| accept(i))
+    }
+
     /// Where a rotating balancer stands (how many picks it has handed out),
     /// so that the balancer built after a membership change can go on from
     /// there instead of restarting at the first member. `None` (the default)
@@ -79,6 +92,15 @@ impl<B: Balancer + ?Sized> Balancer for Box<B> {
 
     fn failover(&self, key: Option<&[u8]>, first: usize) -> Vec<usize> {
         (**self).failover(key, first)
+    }
+
+    fn failover_find(
+        &self,
+        key: Option<&[u8]>,
+        first: usize,
+        accept: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        (**self).failover_find(key, first, accept)
     }
 
     fn position(&self) -> Option<u64> {

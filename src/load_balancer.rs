@@ -675,10 +675,13 @@ impl Snapshot {
                 }
             }
         }
-        for index in self.balancer.failover(key, first) {
-            if let Some(member) = consider(index) {
-                return Ok(member);
-            }
+        let mut found = None;
+        self.balancer.failover_find(key, first, &mut |index| {
+            found = consider(index);
+            found.is_some()
+        });
+        if let Some(member) = found {
+            return Ok(member);
         }
         if let Some(index) = ramping {
             return self.member(index).cloned();

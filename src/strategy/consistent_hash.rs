@@ -331,6 +331,32 @@ impl Balancer for ConsistentHash {
         order.into_vec()
     }
 
+    /// Clockwise from the key without building the list: the owners met
+    /// on the ring, each asked once in a row.
+    fn failover_find(
+        &self,
+        key: Option<&[u8]>,
+        first: usize,
+        accept: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        let Some(key) = key else {
+            return self.failover(None, first).into_iter().find(|&i| accept(i));
+        };
+        let start = self.first_point(Self::hash_key(key));
+        let len = self.ring.owners.len();
+        let mut last = first;
+        for step in 0..len {
+            let owner = self.ring.owners[(start + step) % len] as usize;
+            if owner != last && owner != first && self.up[owner] {
+                last = owner;
+                if accept(owner) {
+                    return Some(owner);
+                }
+            }
+        }
+        None
+    }
+
     fn position(&self) -> Option<u64> {
         Some(self.keyless.load(Ordering::Relaxed) as u64)
     }
