@@ -95,7 +95,8 @@ fn in_flight_body(c: &mut Criterion) {
             ))))
         })
     };
-    let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1", "http://10.0.0.2"]).unwrap();
+    let lb =
+        LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1", "http://10.0.0.2"]).unwrap();
     let mut head = ServiceBuilder::new()
         .layer(LoadBalanceLayer::new(lb.clone()))
         .service(inner());

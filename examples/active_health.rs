@@ -50,11 +50,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let checks = tokio::spawn(probe_loop(
         lb.clone(),
-        backends.iter().map(|b| b.addr()).zip(["a", "b", "c"]).collect(),
+        backends
+            .iter()
+            .map(|b| b.addr())
+            .zip(["a", "b", "c"])
+            .collect(),
     ));
 
     let stack = ServiceBuilder::new()
-        .layer(ModifyResponseLayer::new(strip_hop_by_hop_response::<Incoming>))
+        .layer(ModifyResponseLayer::new(
+            strip_hop_by_hop_response::<Incoming>,
+        ))
         .layer(LoadBalanceLayer::new(lb.clone()))
         .layer(DirectorLayer::new(ProxyDirector::new()))
         .service(support::Upstream::new());
@@ -103,7 +109,10 @@ async fn probe_loop(lb: LoadBalancer, targets: Vec<(SocketAddr, &'static str)>) 
                 tokio::time::timeout(CHECK_EVERY, client.request(req)).await,
                 Ok(Ok(res)) if res.status() == StatusCode::OK
             );
-            let was_up = lb.stats().iter().any(|s| s.id == id && s.state.as_str() != "down");
+            let was_up = lb
+                .stats()
+                .iter()
+                .any(|s| s.id == id && s.state.as_str() != "down");
             if let Ok(up) = lb.report_check(id, CheckResult::from(passed)) {
                 if up != was_up {
                     println!("   check: {id} is now {}", if up { "UP" } else { "DOWN" });

@@ -50,7 +50,9 @@ pub enum Error {
 
     /// A weight is larger than [`MAX_WEIGHT`](crate::MAX_WEIGHT). (Weight 0
     /// is valid: it drains the backend.)
-    #[error("invalid weight {weight} for backend `{id}`: weights must be between 0 (drain) and {max}")]
+    #[error(
+        "invalid weight {weight} for backend `{id}`: weights must be between 0 (drain) and {max}"
+    )]
     InvalidWeight {
         /// The backend's id.
         id: String,

@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::backend::check_weight;
 use crate::health::{
-    Admission, BackendState, BackendStats, CheckResult, HealthPolicy, StickyOutcome,
-    WhenAllEjected,
+    Admission, BackendState, BackendStats, CheckResult, HealthPolicy, StickyOutcome, WhenAllEjected,
 };
 use crate::{Backend, Balancer, BuildBalancer, Error, Member, Outcome};
 
@@ -522,7 +521,8 @@ impl LoadBalancer {
             }
             if up {
                 let m = &members[index];
-                m.health().start_ramp(&policy.rules(m.backend()), policy.now());
+                m.health()
+                    .start_ramp(&policy.rules(m.backend()), policy.now());
             }
             members[index] = members[index].clone().with_up(up);
             Ok(true)

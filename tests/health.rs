@@ -78,7 +78,11 @@ fn max_fails_failures_eject_for_fail_timeout_then_exactly_one_probe() {
     clock.advance(Duration::from_millis(1));
     // One probe, then out again while the probe is unanswered.
     let picks = pick_ids(&lb, 9);
-    assert_eq!(picks.iter().filter(|id| *id == "b0").count(), 1, "{picks:?}");
+    assert_eq!(
+        picks.iter().filter(|id| *id == "b0").count(),
+        1,
+        "{picks:?}"
+    );
     clock.advance(5 * SEC);
     assert!(pick_ids(&lb, 6).iter().all(|id| id != "b0"));
 }
@@ -111,7 +115,11 @@ fn a_successful_probe_brings_the_backend_back() {
     assert_eq!(state_of(&lb, "b0"), BackendState::Up);
     assert_eq!(lb.stats()[0].current_fails, 0);
     let picks = pick_ids(&lb, 4);
-    assert_eq!(picks.iter().filter(|id| *id == "b0").count(), 2, "{picks:?}");
+    assert_eq!(
+        picks.iter().filter(|id| *id == "b0").count(),
+        2,
+        "{picks:?}"
+    );
 }
 
 #[test]
@@ -271,11 +279,7 @@ fn with_most_backends_ejected_picks_go_to_the_healthy_ones_only() {
 
 #[test]
 fn fall_failed_checks_take_a_backend_down_and_rise_passes_bring_it_back() {
-    let (lb, _clock) = lb_with(
-        Strategy::RoundRobin,
-        2,
-        HealthPolicy::off().rise(2).fall(3),
-    );
+    let (lb, _clock) = lb_with(Strategy::RoundRobin, 2, HealthPolicy::off().rise(2).fall(3));
     let check = |r| lb.report_check("b0", r).unwrap();
     assert!(check(CheckResult::Fail));
     assert!(check(CheckResult::Fail));
@@ -471,14 +475,21 @@ fn under_an_update_every_few_picks_the_first_backend_gets_only_its_share() {
         if strategy == Strategy::RoundRobin {
             assert!(counts.values().all(|&c| c == 300), "{counts:?}");
         } else {
-            assert!((200..=300).contains(&first), "b0 got {first} of 1200: {counts:?}");
+            assert!(
+                (200..=300).contains(&first),
+                "b0 got {first} of 1200: {counts:?}"
+            );
         }
     }
 }
 
 #[test]
 fn stats_count_picks_outcomes_and_ejections() {
-    let (lb, _clock) = lb_with(Strategy::RoundRobin, 2, HealthPolicy::default().max_fails(2));
+    let (lb, _clock) = lb_with(
+        Strategy::RoundRobin,
+        2,
+        HealthPolicy::default().max_fails(2),
+    );
     let m = lb.get("b0").unwrap();
     let guard = tower_lb::Load::start(m.load());
     lb.report(&m, Outcome::Success);
@@ -486,7 +497,14 @@ fn stats_count_picks_outcomes_and_ejections() {
     fail(&lb, "b0");
     let s = &lb.stats()[0];
     assert_eq!(
-        (s.picks, s.in_flight, s.successes, s.failures, s.ejections, s.state),
+        (
+            s.picks,
+            s.in_flight,
+            s.successes,
+            s.failures,
+            s.ejections,
+            s.state
+        ),
         (1, 1, 1, 2, 1, BackendState::Ejected)
     );
     assert_eq!(s.state.as_str(), "ejected");

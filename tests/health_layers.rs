@@ -10,8 +10,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_lb::health::{HealthPolicy, ManualClock};
 use tower_lb::layer::{
-    DirectorLayer, FailurePolicy, InFlightBodyLayer, InFlightGuard, LoadBalanceLayer,
-    PickedBackend,
+    DirectorLayer, FailurePolicy, InFlightBodyLayer, InFlightGuard, LoadBalanceLayer, PickedBackend,
 };
 use tower_lb::sticky::StickyCookie;
 use tower_lb::{Error, LoadBalancer, Strategy};
@@ -22,7 +21,11 @@ fn lb(ids: &[&str]) -> LoadBalancer {
         ids.iter().map(|id| format!("http://{id}")),
     )
     .unwrap();
-    lb.set_health_policy(HealthPolicy::default().max_fails(100).clock(ManualClock::new()));
+    lb.set_health_policy(
+        HealthPolicy::default()
+            .max_fails(100)
+            .clock(ManualClock::new()),
+    );
     lb
 }
 
@@ -64,11 +67,24 @@ fn io(kind: std::io::ErrorKind) -> Error {
 async fn only_the_backends_own_faults_count() {
     use std::io::ErrorKind::*;
     let d = FailurePolicy::default;
-    for kind in [ConnectionRefused, ConnectionReset, ConnectionAborted, TimedOut] {
-        assert_eq!(outcome(d(), move || Err(io(kind))).await, (0, 1), "{kind:?}");
+    for kind in [
+        ConnectionRefused,
+        ConnectionReset,
+        ConnectionAborted,
+        TimedOut,
+    ] {
+        assert_eq!(
+            outcome(d(), move || Err(io(kind))).await,
+            (0, 1),
+            "{kind:?}"
+        );
     }
     for kind in [UnexpectedEof, Other, InvalidData] {
-        assert_eq!(outcome(d(), move || Err(io(kind))).await, (0, 0), "{kind:?}");
+        assert_eq!(
+            outcome(d(), move || Err(io(kind))).await,
+            (0, 0),
+            "{kind:?}"
+        );
     }
     for code in [502, 503, 504] {
         assert_eq!(outcome(d(), move || Ok(answer(code, &[]))).await, (0, 1));
@@ -76,7 +92,11 @@ async fn only_the_backends_own_faults_count() {
     for code in [200, 400, 404, 429, 500] {
         assert_eq!(outcome(d(), move || Ok(answer(code, &[]))).await, (1, 0));
     }
-    let refused = || Err(Error::BadRequest { reason: "no".into() });
+    let refused = || {
+        Err(Error::BadRequest {
+            reason: "no".into(),
+        })
+    };
     assert_eq!(outcome(d(), refused).await, (0, 0));
 }
 
@@ -111,7 +131,10 @@ async fn failure_policies_take_closures_for_statuses_errors_and_grpc_codes() {
     let policy = FailurePolicy::new(move |s| s.as_u16() >= limit)
         .errors(|e| matches!(e, Error::BadRequest { .. }))
         .grpc_codes(|code| code == 13);
-    assert_eq!(outcome(policy.clone(), || Ok(answer(500, &[]))).await, (0, 1));
+    assert_eq!(
+        outcome(policy.clone(), || Ok(answer(500, &[]))).await,
+        (0, 1)
+    );
     let bad = || Err(Error::BadRequest { reason: "x".into() });
     assert_eq!(outcome(policy.clone(), bad).await, (0, 1));
     let internal = || Ok(answer(200, &[("grpc-status", "13")]));
@@ -121,13 +144,19 @@ async fn failure_policies_take_closures_for_statuses_errors_and_grpc_codes() {
 #[tokio::test]
 async fn grpc_status_in_the_headers_of_a_200_counts() {
     let d = FailurePolicy::default;
-    let unavailable = || Ok(answer(200, &[("content-type", "application/grpc"), ("grpc-status", "14")]));
+    let unavailable = || {
+        Ok(answer(
+            200,
+            &[("content-type", "application/grpc"), ("grpc-status", "14")],
+        ))
+    };
     assert_eq!(outcome(d(), unavailable).await, (0, 1));
     let invalid_argument = || Ok(answer(200, &[("grpc-status", "3")]));
     assert_eq!(outcome(d(), invalid_argument).await, (1, 0));
 }
 
-type Frames = futures_util::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>;
+type Frames =
+    futures_util::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>;
 
 fn grpc_body(status: &str) -> StreamBody<Frames> {
     let mut trailers = HeaderMap::new();
@@ -154,10 +183,17 @@ async fn grpc_status_in_the_trailers_counts_when_the_body_is_wrapped() {
             }));
         let res = svc.oneshot(Request::new(())).await.unwrap();
         let load = lb.get("a").unwrap().load().clone();
-        assert_eq!((load.in_flight(), load.successes(), load.failures()), (1, 0, 0));
+        assert_eq!(
+            (load.in_flight(), load.successes(), load.failures()),
+            (1, 0, 0)
+        );
         let collected = res.into_body().collect().await.unwrap();
         assert!(collected.trailers().is_some());
-        assert_eq!((load.successes(), load.failures()), expected, "grpc-status {status}");
+        assert_eq!(
+            (load.successes(), load.failures()),
+            expected,
+            "grpc-status {status}"
+        );
         assert_eq!(load.in_flight(), 0);
     }
 }
@@ -203,7 +239,13 @@ async fn the_response_names_the_backend_that_served_it() {
     let mut ids = Vec::new();
     for _ in 0..3 {
         let res = svc.clone().oneshot(Request::new(())).await.unwrap();
-        ids.push(res.extensions().get::<PickedBackend>().unwrap().id().to_owned());
+        ids.push(
+            res.extensions()
+                .get::<PickedBackend>()
+                .unwrap()
+                .id()
+                .to_owned(),
+        );
     }
     assert_eq!(ids, ["a", "b", "a"]);
 }
@@ -213,11 +255,22 @@ async fn a_draining_backend_keeps_its_sticky_clients_and_gets_no_new_ones() {
     let lb = lb(&["a", "b"]);
     let sticky = StickyCookie::new("lb", b"health layer test secret, 32 b!!").unwrap();
     let pin_a = sticky.set_cookie("a").unwrap();
-    let pin_a = pin_a.to_str().unwrap().split(';').next().unwrap().to_owned();
+    let pin_a = pin_a
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     let svc = ServiceBuilder::new()
         .layer(LoadBalanceLayer::new(lb.clone()).sticky(sticky))
         .service(service_fn(|req: Request<()>| async move {
-            let id = req.extensions().get::<tower_lb::Member>().unwrap().id().to_owned();
+            let id = req
+                .extensions()
+                .get::<tower_lb::Member>()
+                .unwrap()
+                .id()
+                .to_owned();
             Ok::<_, Infallible>(Response::new(id))
         }));
     let call = |cookie: Option<String>| {
@@ -227,7 +280,10 @@ async fn a_draining_backend_keeps_its_sticky_clients_and_gets_no_new_ones() {
             if let Some(c) = cookie {
                 req = req.header(header::COOKIE, c);
             }
-            svc.oneshot(req.body(()).unwrap()).await.unwrap().into_body()
+            svc.oneshot(req.body(()).unwrap())
+                .await
+                .unwrap()
+                .into_body()
         }
     };
     lb.set_weight("a", 0).unwrap();

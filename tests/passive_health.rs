@@ -16,7 +16,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
 use tower_lb::health::{BackendState, HealthPolicy, ManualClock};
-use tower_lb::layer::{strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector};
+use tower_lb::layer::{
+    strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
+};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
 use support::stoppable::StoppableBackend;
@@ -66,8 +68,14 @@ async fn a_stopped_backend_is_ejected_after_max_fails_and_returns_after_restart(
     let lb = LoadBalancer::new(
         Strategy::RoundRobin,
         [
-            Backend::new(&format!("http://{}", a.addr())).unwrap().with_id("a").unwrap(),
-            Backend::new(&format!("http://{}", b.addr())).unwrap().with_id("b").unwrap(),
+            Backend::new(&format!("http://{}", a.addr()))
+                .unwrap()
+                .with_id("a")
+                .unwrap(),
+            Backend::new(&format!("http://{}", b.addr()))
+                .unwrap()
+                .with_id("b")
+                .unwrap(),
         ],
     )
     .unwrap()
@@ -112,7 +120,10 @@ async fn a_client_aborting_its_upload_never_counts_against_the_backend() {
     let a = StoppableBackend::start("a").await.unwrap();
     let lb = LoadBalancer::new(
         Strategy::RoundRobin,
-        [Backend::new(&format!("http://{}", a.addr())).unwrap().with_id("a").unwrap()],
+        [Backend::new(&format!("http://{}", a.addr()))
+            .unwrap()
+            .with_id("a")
+            .unwrap()],
     )
     .unwrap()
     .with_health_policy(HealthPolicy::default());

@@ -123,7 +123,13 @@ impl FailurePolicy {
     /// assert_eq!(FailurePolicy::default().grpc_failure(&trailers), Some(false));
     /// ```
     pub fn grpc_failure(&self, headers: &HeaderMap) -> Option<bool> {
-        let code = headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()?;
+        let code = headers
+            .get("grpc-status")?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         Some((self.grpc)(code))
     }
 

@@ -183,7 +183,7 @@ impl Health {
     ) -> bool {
         let mut state = self.lock();
         let passed = result == CheckResult::Pass;
-        if passed == !state.check_down {
+        if passed != state.check_down {
             // A result agreeing with the state breaks the opposite streak.
             state.check_streak = 0;
         } else {

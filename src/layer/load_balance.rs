@@ -5,8 +5,10 @@
 //! [`Member`] into the request's extensions, where the
 //! [director](crate::layer::director) and the inner service read it. It
 //! counts the request as in flight on that backend until the response
-//! arrives, and reports the outcome (passive feedback) according to its
-//! [`FailurePolicy`].
+//! arrives (or, with [`LoadBalanceLayer::count_until_exchange_ends`], until
+//! the exchange really ends), reports the outcome (passive feedback, which
+//! drives [health](crate::health)) according to its [`FailurePolicy`], and
+//! names the backend in the response's [`PickedBackend`] extension.
 //!
 //! It does not send anything itself: the inner service does (for a proxy, a
 //! client that sends to the URI the director wrote). Unlike

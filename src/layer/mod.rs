@@ -62,9 +62,7 @@ pub use self::in_flight_body::{InFlightBody, InFlightBodyLayer, InFlightBodyServ
 #[doc(inline)]
 pub use self::{
     director::{Direct, Director, DirectorLayer},
-    load_balance::{
-        FailurePolicy, InFlightGuard, LoadBalance, LoadBalanceLayer, PickedBackend,
-    },
+    load_balance::{FailurePolicy, InFlightGuard, LoadBalance, LoadBalanceLayer, PickedBackend},
     modify_response::{ModifyResponse, ModifyResponseHook, ModifyResponseLayer},
     proxy_director::{
         remove_hop_by_hop_headers, strip_hop_by_hop_response, HostHeader, ProxyDirector,
