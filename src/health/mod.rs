@@ -9,7 +9,7 @@
 //!
 //! * **Passive ejection**, to the letter of nginx's `max_fails` /
 //!   `fail_timeout` (`ngx_http_upstream_round_robin.c`): failures the
-//!   [`FailurePolicy`](crate::layer::FailurePolicy) blames on the backend
+//!   [`FailurePolicy`] blames on the backend
 //!   are counted; at `max_fails` the backend is out for `fail_timeout`; then
 //!   one probe request goes through, a failed probe ejects it for another
 //!   full `fail_timeout` and a success clears the count. Defaults as nginx:
