@@ -96,6 +96,8 @@ fn a_failed_probe_ejects_for_another_full_fail_timeout() {
     assert!(picks.contains(&"b0".to_owned()), "{picks:?}");
     fail(&lb, "b0"); // the probe failed
     assert_eq!(lb.stats()[0].ejections, 2);
+    fail(&lb, "b0"); // another request that was in flight
+    assert_eq!(lb.stats()[0].ejections, 2);
     clock.advance(10 * SEC);
     assert_eq!(pick_ids(&lb, 4), ["b1", "b1", "b1", "b1"]);
     clock.advance(SEC);

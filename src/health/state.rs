@@ -153,10 +153,17 @@ impl Health {
         }
         let mut state = self.lock();
         if failed {
+            // An ejection is counted when the count reaches max_fails, or
+            // when a probe (the first failure a fail_timeout after the
+            // last) fails; not for each request already in flight that
+            // fails alongside.
+            let fresh = state
+                .accessed
+                .is_none_or(|a| now.saturating_duration_since(a) > rules.fail_timeout);
             state.fails = state.fails.saturating_add(1);
             state.accessed = Some(now);
             state.checked = Some(now);
-            if state.fails >= rules.max_fails {
+            if state.fails == rules.max_fails || (state.fails > rules.max_fails && fresh) {
                 self.ejections.fetch_add(1, Ordering::Relaxed);
             }
         } else if state.fails > 0 && state.accessed < state.checked {
