@@ -127,7 +127,8 @@ struct Shared {
 struct Snapshot {
     members: Vec<Member>,
     by_id: HashMap<Arc<str>, usize>,
-    balancer: Box<dyn Balancer>,
+    /// Shared with a snapshot that differs only in its health policy.
+    balancer: Arc<dyn Balancer>,
     version: u64,
     health: Arc<HealthPolicy>,
 }
@@ -458,7 +459,8 @@ impl LoadBalancer {
     /// all-ejected mode, clock). Backends keep their health state.
     pub fn set_health_policy(&self, policy: HealthPolicy) {
         let policy = Arc::new(policy);
-        // Only the policy changes: the balancer is kept, so is its rotation.
+        // Only the policy changes: the balancer is shared, not rebuilt, so
+        // this cannot fail.
         let _ = self.update_with(|_| Ok(true), Some(policy));
     }
 
@@ -559,7 +561,7 @@ impl LoadBalancer {
             Some(health) => Arc::new(Snapshot {
                 members: current.members.clone(),
                 by_id: current.by_id.clone(),
-                balancer: self.shared.builder.build(&current.members)?,
+                balancer: Arc::clone(&current.balancer),
                 version: current.version + 1,
                 health,
             }),
@@ -578,8 +580,10 @@ impl LoadBalancer {
         };
         // The rotation goes on where it was rather than restarting at the
         // first backend on every change.
-        if let Some(position) = current.balancer.position() {
-            next.balancer.resume_at(position);
+        if !Arc::ptr_eq(&current.balancer, &next.balancer) {
+            if let Some(position) = current.balancer.position() {
+                next.balancer.resume_at(position);
+            }
         }
         drop(current);
         // Take every copy's write lock (always in the same order), then swap
@@ -726,7 +730,7 @@ impl Snapshot {
                 });
             }
         }
-        let balancer = builder.build(&members)?;
+        let balancer: Arc<dyn Balancer> = Arc::from(builder.build(&members)?);
         Ok(Snapshot {
             members,
             by_id,

@@ -514,3 +514,15 @@ fn stats_count_picks_outcomes_and_ejections() {
     lb.mark_down("b1").unwrap();
     assert_eq!(lb.stats()[1].state, BackendState::Down);
 }
+
+#[test]
+fn changing_the_health_policy_keeps_the_balancer_and_its_rotation() {
+    let lb = LoadBalancer::new(Strategy::RoundRobin, (0..3).map(backend)).unwrap();
+    assert_eq!(pick_ids(&lb, 1), ["b0"]);
+    fail(&lb, "b2");
+    lb.set_health_policy(HealthPolicy::default().max_fails(1));
+    // b2's failure was recorded while passive ejection was off: not counted.
+    assert_eq!(pick_ids(&lb, 3), ["b1", "b2", "b0"]);
+    fail(&lb, "b2");
+    assert_eq!(pick_ids(&lb, 3), ["b1", "b0", "b1"]);
+}
