@@ -6,7 +6,9 @@
 //! `LoadBalance`, moves that guard into the response body: the request stays
 //! counted (for `least_request`, and in the stats) until the body has been
 //! read to its end or dropped, and a gRPC response's `grpc-status` trailer
-//! is reported as its outcome. A `101 Switching Protocols` response keeps its
+//! is reported as its outcome (a gRPC body that ends without trailers, breaks
+//! off or is dropped early reports nothing: a client going away is not the
+//! backend's failure, and a success is not proven). A `101 Switching Protocols` response keeps its
 //! guard in the extensions, for the code that runs the upgraded connection
 //! to hold until the tunnel closes.
 //!
