@@ -144,3 +144,58 @@ async fn a_client_aborting_its_upload_never_counts_against_the_backend() {
     assert_eq!(lb.stats()[0].state, BackendState::Up);
     assert_eq!(answers(proxy, 2).await, ["a", "a"]);
 }
+
+/// Waits (up to a second) for `load` to show `n` requests in flight.
+async fn in_flight_reaches(load: &tower_lb::Load, n: u64) -> u64 {
+    for _ in 0..200 {
+        if load.in_flight() == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    load.in_flight()
+}
+
+#[tokio::test]
+async fn an_open_websocket_counts_in_flight_until_it_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let addr = support::spawn_ws_backend("game").await.unwrap();
+    let lb = LoadBalancer::new(
+        Strategy::LeastRequest,
+        [Backend::new(&format!("http://{addr}"))
+            .unwrap()
+            .with_id("game")
+            .unwrap()],
+    )
+    .unwrap();
+    let proxy = proxy_for(lb.clone()).await;
+    let load = lb.get("game").unwrap().load().clone();
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+
+    let (mut ws, res) = support::ws_connect(proxy, loopback, None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let hello = ws.next().await.unwrap().unwrap();
+    assert_eq!(hello, Message::text("hello from game"));
+    assert_eq!(
+        in_flight_reaches(&load, 1).await,
+        1,
+        "the open tunnel counts"
+    );
+    ws.send(Message::text("ping")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("game: ping")
+    );
+    assert_eq!(load.in_flight(), 1);
+
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws); // the client closes its connection too
+    assert_eq!(
+        in_flight_reaches(&load, 0).await,
+        0,
+        "closed: no longer counted"
+    );
+}

@@ -230,6 +230,12 @@ impl Service<Request<Incoming>> for Upstream {
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         let client_side = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        // A tunnel stays counted in flight on its backend until it closes
+        // (LoadBalance's own count ends with the 101).
+        let tunnel_load = client_side.as_ref().and_then(|_| {
+            let member = req.extensions().get::<tower_lb::Member>()?;
+            Some(tower_lb::Load::start(member.load()))
+        });
         let sent = self.client.request(req);
         Box::pin(async move {
             let mut res = sent.await?;
@@ -237,6 +243,7 @@ impl Service<Request<Incoming>> for Upstream {
                 if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let backend_side = hyper::upgrade::on(&mut res);
                     tokio::spawn(async move {
+                        let _counted = tunnel_load;
                         if let (Ok(client), Ok(backend)) = tokio::join!(client_side, backend_side) {
                             let _ = tokio::io::copy_bidirectional(
                                 &mut TokioIo::new(client),
