@@ -24,6 +24,19 @@
 //!   snapshot swap; the ring is shared, not rebuilt, as its layout is
 //!   unchanged).
 //!
+//! * `hash_pick/{n}` for n = 10, 100, 1000 backends of weight 1: the
+//!   consistent-hash family side by side, one thread, the same 16-byte
+//!   keys: `consistent_hash` (the ring, 160 points a backend, the
+//!   baseline), `maglev` (65,537 slots), `bounded_load` (over the ring,
+//!   ε = 0.25) and `maglev_bounded_load`, the bounded ones over a
+//!   `LoadBalancer`'s members (the in-flight total read in `O(1)`) with
+//!   every backend idle.
+//! * `hash_build/{n}`: building the ring and the Maglev table for n
+//!   backends (no sharing: each build is dropped before the next).
+//! * `in_flight`: `Load::start` and dropping the guard, for a member built
+//!   by hand (`unpooled`) and for a `LoadBalancer`'s member, whose count
+//!   also goes into the balancer's total (`pooled`).
+//!
 //! Ring memory cannot be measured by criterion; it is printed to stderr
 //! (from `ConsistentHash::heap_bytes`) before the `build` group runs.
 
@@ -34,8 +47,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tower_lb::{
-    Backend, Balancer, ConsistentHash, LoadBalancer, Member, Random, RoundRobin, Strategy,
-    WeightedRoundRobin,
+    Backend, Balancer, BoundedLoad, ConsistentHash, Load, LoadBalancer, Maglev, Member, Random,
+    RoundRobin, Strategy, WeightedRoundRobin,
 };
 
 const SIZES: [usize; 4] = [3, 100, 1_000, 10_000];
@@ -299,5 +312,68 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
+const HASH_SIZES: [usize; 3] = [10, 100, 1_000];
+
+fn unit_backends(n: usize) -> Vec<Backend> {
+    (0..n).map(|i| backend(i, 1)).collect()
+}
+
+fn hash_pick(c: &mut Criterion) {
+    let keys = keys();
+    for n in HASH_SIZES {
+        let members: Vec<Member> = unit_backends(n).into_iter().map(Member::new).collect();
+        let ring = ConsistentHash::new(&members).unwrap();
+        let maglev = Maglev::new(&members).unwrap();
+        let lb = LoadBalancer::new(Strategy::consistent_hash(), unit_backends(n)).unwrap();
+        let pooled = lb.members();
+        let bounded = BoundedLoad::new(&pooled).unwrap();
+        let maglev_bounded = BoundedLoad::maglev(&pooled, 65_537, 125).unwrap();
+        let mut group = c.benchmark_group(format!("hash_pick/{n}"));
+        let mut run = |name: &str, balancer: &dyn Balancer| {
+            group.bench_function(name, |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) % KEYS;
+                    black_box(balancer.pick(Some(black_box(&keys[i]))))
+                })
+            });
+        };
+        run("consistent_hash", &ring);
+        run("maglev", &maglev);
+        run("bounded_load", &bounded);
+        run("maglev_bounded_load", &maglev_bounded);
+        group.finish();
+    }
+}
+
+fn hash_build(c: &mut Criterion) {
+    for n in HASH_SIZES {
+        let members: Vec<Member> = unit_backends(n).into_iter().map(Member::new).collect();
+        let mut group = c.benchmark_group(format!("hash_build/{n}"));
+        group.bench_function("consistent_hash", |b| {
+            b.iter(|| black_box(ConsistentHash::new(black_box(&members)).unwrap()))
+        });
+        group.bench_function("maglev", |b| {
+            b.iter(|| black_box(Maglev::new(black_box(&members)).unwrap()))
+        });
+        group.finish();
+    }
+}
+
+fn in_flight(c: &mut Criterion) {
+    let unpooled = Member::new(backend(0, 1));
+    let lb = LoadBalancer::new(Strategy::RoundRobin, unit_backends(2)).unwrap();
+    let pooled = lb.members().remove(0);
+    let mut group = c.benchmark_group("in_flight");
+    group.bench_function("unpooled", |b| {
+        b.iter(|| drop(black_box(Load::start(unpooled.load()))))
+    });
+    group.bench_function("pooled", |b| {
+        b.iter(|| drop(black_box(Load::start(pooled.load()))))
+    });
+    group.finish();
+}
+
 criterion_group!(benches, pick_single_thread, pick_two_threads, build);
-criterion_main!(benches);
+criterion_group!(hash_family, hash_pick, hash_build, in_flight);
+criterion_main!(benches, hash_family);

@@ -291,6 +291,9 @@ pub struct Load {
     successes: AtomicU64,
     failures: AtomicU64,
     consecutive_failures: AtomicU64,
+    /// The sum of `in_flight` over every member of one load balancer, kept
+    /// beside it so that bounded-load hashing reads the mean in `O(1)`.
+    pool: Option<Arc<AtomicU64>>,
 }
 
 impl Load {
@@ -331,6 +334,20 @@ impl Load {
         }
     }
 
+    /// Counters counted also in `pool`, the total of a load balancer's
+    /// members.
+    pub(crate) fn pooled(pool: &Arc<AtomicU64>) -> Load {
+        Load {
+            pool: Some(Arc::clone(pool)),
+            ..Load::default()
+        }
+    }
+
+    /// The total these counters are counted in, if any.
+    pub(crate) fn pool(&self) -> Option<&Arc<AtomicU64>> {
+        self.pool.as_ref()
+    }
+
     /// Counts one request as started; the returned guard counts it as
     /// finished when dropped.
     ///
@@ -347,6 +364,9 @@ impl Load {
     pub fn start(this: &Arc<Load>) -> InFlight {
         this.in_flight.fetch_add(1, Ordering::Relaxed);
         this.started.fetch_add(1, Ordering::Relaxed);
+        if let Some(pool) = &this.pool {
+            pool.fetch_add(1, Ordering::Relaxed);
+        }
         InFlight {
             load: Arc::clone(this),
         }
@@ -387,6 +407,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(pool) = &self.load.pool {
+            pool.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -94,7 +94,7 @@ pub enum Error {
 
     /// The consistent-hash ring would hold too many points.
     #[error(
-        "the hash ring would hold {points} points (more than {max}): lower the virtual nodes per weight or the weights"
+        "the hash ring would hold {points} points (more than {max}): lower the virtual nodes per weight or the weights, or use maglev, whose size does not grow with the weights"
     )]
     RingTooLarge {
         /// Points the configuration asks for.

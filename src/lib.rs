@@ -9,7 +9,10 @@
 //!   [`WeightedRoundRobin`] (same sequence, `O(1)` picks),
 //!   [`ConsistentHash`] (a SipHash ring with virtual nodes) and
 //!   [`LeastRequest`] (the power of two choices over requests in flight),
-//!   and the [`Strategy`] factory that builds any of them by name.
+//!   [`Maglev`] (a near-perfect spread with `O(1)` lookups) and
+//!   [`BoundedLoad`] (consistent hashing that caps each backend at
+//!   `1 + ε` times its share of requests in flight), and the [`Strategy`]
+//!   factory that builds any of them by name.
 //! * [`LoadBalancer`] — the runtime handle: add, remove, reweight, mark down
 //!   and up while requests pick, with linearizable snapshot swaps.
 //! * `testing` (with the `testing` feature) — the property-test kit: the
@@ -61,6 +64,7 @@ pub use crate::{
     balancer::{no_pick_error, Balancer, BuildBalancer},
     error::{BoxError, Error, HookStage},
     load_balancer::{IntoBackend, LoadBalancer, MAX_BACKENDS},
+    strategy::{BoundedLoad, Maglev},
     strategy::{ConsistentHash, LeastRequest, Random, RoundRobin, Strategy, WeightedRoundRobin},
 };
 

@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::backend::check_weight;
 use crate::health::{
     Admission, BackendState, BackendStats, CheckResult, HealthPolicy, StickyOutcome, WhenAllEjected,
 };
-use crate::{Backend, Balancer, BuildBalancer, Error, Member, Outcome};
+use crate::{Backend, Balancer, BuildBalancer, Error, Load, Member, Outcome};
 
 /// Fresh picks a keyless pick draws when its first is out, before walking
 /// the failover list: for rotating and random strategies the next draw is as
@@ -122,6 +122,18 @@ struct Shared {
     /// Serializes updates; never taken by picks.
     writer: Mutex<()>,
     builder: Box<dyn BuildBalancer>,
+    /// Requests in flight over every member, for bounded-load hashing.
+    in_flight_total: Arc<AtomicU64>,
+}
+
+/// A new member whose requests in flight also count in `total`.
+fn pooled_member(backend: Backend, total: &Arc<AtomicU64>) -> Member {
+    Member::from_parts(
+        Arc::new(backend),
+        true,
+        Arc::new(Load::pooled(total)),
+        Arc::default(),
+    )
 }
 
 struct Snapshot {
@@ -148,9 +160,10 @@ impl LoadBalancer {
         I: IntoIterator,
         I::Item: IntoBackend,
     {
+        let in_flight_total = Arc::default();
         let members = backends
             .into_iter()
-            .map(|b| b.into_backend().map(Member::new))
+            .map(|b| b.into_backend().map(|b| pooled_member(b, &in_flight_total)))
             .collect::<Result<Vec<_>, _>>()?;
         let builder: Box<dyn BuildBalancer> = Box::new(strategy);
         let snapshot = Snapshot::build(&*builder, members, 0, Arc::new(HealthPolicy::off()))?;
@@ -162,6 +175,7 @@ impl LoadBalancer {
                 },
                 writer: Mutex::new(()),
                 builder,
+                in_flight_total,
             }),
         })
     }
@@ -289,7 +303,7 @@ impl LoadBalancer {
         let backend = backend.into_backend()?;
         let policy = self.health_policy();
         self.update(|members| {
-            let member = Member::new(backend);
+            let member = pooled_member(backend, &self.shared.in_flight_total);
             member
                 .health()
                 .start_ramp(&policy.rules(member.backend()), policy.now());
@@ -389,7 +403,7 @@ impl LoadBalancer {
                 .map(|b| match old.get(b.id()) {
                     Some(m) => m.with_backend(Arc::new(b)),
                     None => {
-                        let member = Member::new(b);
+                        let member = pooled_member(b, &self.shared.in_flight_total);
                         member
                             .health()
                             .start_ramp(&policy.rules(member.backend()), policy.now());

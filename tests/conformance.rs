@@ -71,6 +71,48 @@ fn consistent_hash_with_one_vnode_is_still_minimally_disruptive() {
 }
 
 #[test]
+fn maglev_is_deterministic() {
+    // Maglev is not minimally disruptive (a removal moves a few keys of
+    // other backends too), so that check is not opted into.
+    Conformance::new(Strategy::Maglev { table_size: 1_009 })
+        .name("maglev")
+        .deterministic_keys()
+        .check();
+}
+
+#[test]
+fn maglev_with_the_default_table_conforms() {
+    Conformance::new(Strategy::maglev())
+        .name("maglev (65,537 slots)")
+        .cases(16)
+        .deterministic_keys()
+        .check();
+}
+
+#[test]
+fn bounded_load_over_the_ring_conforms() {
+    Conformance::new(Strategy::BoundedLoad {
+        vnodes: 16,
+        balance_factor: 125,
+    })
+    .name("bounded_load")
+    .max_weight(16)
+    .deterministic_keys()
+    .check();
+}
+
+#[test]
+fn bounded_load_over_maglev_conforms() {
+    Conformance::new(Strategy::MaglevBoundedLoad {
+        table_size: 1_009,
+        balance_factor: 150,
+    })
+    .name("maglev_bounded_load")
+    .deterministic_keys()
+    .check();
+}
+
+#[test]
 fn least_request_conforms() {
     Conformance::new(Strategy::LeastRequest)
         .name("least_request")

@@ -262,6 +262,9 @@ fn with_most_backends_ejected_picks_go_to_the_healthy_ones_only() {
         Strategy::WeightedRoundRobin,
         Strategy::LeastRequest,
         Strategy::consistent_hash(),
+        Strategy::maglev(),
+        Strategy::bounded_load(),
+        Strategy::maglev_bounded_load(),
     ] {
         let (lb, _clock) = lb_with(strategy, 10, HealthPolicy::default());
         for i in 0..9 {
@@ -315,6 +318,9 @@ fn weight_0_drains_in_every_strategy() {
         Strategy::WeightedRoundRobin,
         Strategy::LeastRequest,
         Strategy::consistent_hash(),
+        Strategy::maglev(),
+        Strategy::bounded_load(),
+        Strategy::maglev_bounded_load(),
     ] {
         let lb = LoadBalancer::new(strategy, (0..3).map(backend)).unwrap();
         lb.set_weight("b1", 0).unwrap();
@@ -347,7 +353,8 @@ proptest! {
         spec in prop::collection::vec((0u32..4, any::<bool>()), 0..12),
         strategy in prop::sample::select(vec![
             Strategy::Random, Strategy::RoundRobin, Strategy::WeightedRoundRobin,
-            Strategy::LeastRequest, Strategy::consistent_hash(),
+            Strategy::LeastRequest, Strategy::consistent_hash(), Strategy::maglev(),
+            Strategy::bounded_load(), Strategy::maglev_bounded_load(),
         ]),
         key in prop::option::of(any::<[u8; 4]>()),
     ) {

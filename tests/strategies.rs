@@ -835,6 +835,9 @@ fn every_strategy_name_round_trips_through_display_and_from_str() {
         Strategy::WeightedRoundRobin,
         Strategy::consistent_hash(),
         Strategy::LeastRequest,
+        Strategy::maglev(),
+        Strategy::bounded_load(),
+        Strategy::maglev_bounded_load(),
     ];
     assert_eq!(all.len(), Strategy::NAMES.len());
     for (strategy, name) in all.iter().zip(Strategy::NAMES) {
@@ -887,7 +890,7 @@ fn unknown_strategy_error_lists_the_valid_names() {
         assert_eq!(
             err.to_string(),
             format!(
-                "unknown strategy `{name}`: expected one of random, round_robin, weighted_round_robin, consistent_hash, least_request"
+                "unknown strategy `{name}`: expected one of random, round_robin, weighted_round_robin, consistent_hash, least_request, maglev, bounded_load, maglev_bounded_load"
             )
         );
     }

@@ -35,6 +35,13 @@ use crate::{no_pick_error, Balancer, Error, Member};
 pub const DEFAULT_VNODES: u32 = 160;
 
 /// The most points one ring may hold (about 300 MiB at 16 bytes a point).
+///
+/// This is a memory limit, and it is what bounds the weights: a ring holds
+/// `vnodes × Σ weight` points, so at the default 160 points a weight the
+/// total weight may not pass 104,857, although one backend may weigh up to
+/// [`MAX_WEIGHT`](crate::MAX_WEIGHT). For larger total weights lower the
+/// points per weight, or use [`Maglev`](super::Maglev), whose table size
+/// does not depend on the weights.
 pub const MAX_RING_POINTS: u64 = 1 << 24;
 
 /// The SipHash-1-3 keys `(k0, k1)` for ring points and affinity keys: the
@@ -125,6 +132,15 @@ impl Ring {
         }
         let ring = Arc::new(Ring::build(members, vnodes)?);
         let mut recent = lock();
+        // Another thread may have built the same one meanwhile: share
+        // theirs, so that one layout has one ring in use.
+        let raced = recent
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|other| other.built_from(members, vnodes));
+        if let Some(other) = raced {
+            return Ok(other);
+        }
         recent.retain(|weak| weak.strong_count() > 0);
         if recent.len() >= RECENT_RING_SLOTS {
             recent.remove(0);
@@ -266,6 +282,38 @@ impl ConsistentHash {
     #[inline]
     fn first_point(&self, hash: u64) -> usize {
         self.ring.first_point(hash)
+    }
+
+    /// The owners of the points clockwise from `hash`, once round the ring;
+    /// down members included.
+    pub(crate) fn owners_for(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+        let owners = &self.ring.owners;
+        let (before, from) = owners.split_at(self.first_point(hash));
+        from.iter().chain(before).map(|&owner| owner as usize)
+    }
+
+    /// The fraction of the hash space each member owns, in listing order:
+    /// the arcs ending at its points (down members keep theirs).
+    pub fn ownership(&self) -> Vec<f64> {
+        let ring = &self.ring;
+        let mut owned = vec![0f64; self.up.len()];
+        let n = ring.hashes.len();
+        for i in 0..n {
+            // The arc from the previous point (exclusive) to this one.
+            let prev = ring.hashes[(i + n - 1) % n];
+            let arc = ring.hashes[i].wrapping_sub(prev);
+            let arc = if n == 1 { u64::MAX } else { arc };
+            owned[ring.owners[i] as usize] += arc as f64 / 18_446_744_073_709_551_616.0;
+        }
+        owned
+    }
+
+    pub(crate) fn up(&self) -> &[bool] {
+        &self.up
+    }
+
+    pub(crate) fn up_list(&self) -> &[u32] {
+        &self.up_list
     }
 }
 
@@ -410,6 +458,20 @@ mod tests {
         let d = ConsistentHash::with_vnodes(&members, 40).unwrap();
         assert!(!Arc::ptr_eq(&a.ring, &d.ring));
         assert_eq!(d.points(), 40 * 6);
+    }
+
+    #[test]
+    fn ownership_shares_add_up_to_the_whole_hash_space() {
+        let one = ConsistentHash::new(&crate::strategy::test_members(&[1])).unwrap();
+        assert!((one.ownership()[0] - 1.0).abs() < 1e-9);
+        let ring = ConsistentHash::new(&crate::strategy::test_members(&[1, 1, 2])).unwrap();
+        let shares = ring.ownership();
+        assert!(
+            (shares.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+            "{shares:?}"
+        );
+        // The member of weight 2 owns about half (160 points a weight).
+        assert!((0.4..0.6).contains(&shares[2]), "{shares:?}");
     }
 
     #[test]

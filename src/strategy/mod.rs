@@ -8,18 +8,24 @@
 //! | [`WeightedRoundRobin`] | nginx's smooth weighted round robin, `O(1)` | ignored | the sequence's next picks |
 //! | [`ConsistentHash`] | ring with virtual nodes, SipHash | the affinity key | clockwise on the ring |
 //! | [`LeastRequest`] | fewer requests in flight of two random backends (power of two choices) | ignored | least loaded first |
+//! | [`Maglev`] | Maglev lookup table of prime size, `O(1)`, near-perfect spread | the affinity key | the key's probe sequence in the table |
+//! | [`BoundedLoad`] | consistent hashing (ring or Maglev) skipping backends at `(1 + ε) ×` their share of requests in flight | the affinity key | the key's hash order, those under their cap first |
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::{Balancer, BuildBalancer, Error, Member};
 
+pub mod bounded_load;
 pub mod consistent_hash;
 pub mod least_request;
+pub mod maglev;
 pub mod random;
 pub mod round_robin;
 pub mod weighted_round_robin;
 
+#[doc(inline)]
+pub use self::{bounded_load::BoundedLoad, maglev::Maglev};
 #[doc(inline)]
 pub use self::{
     consistent_hash::ConsistentHash, least_request::LeastRequest, random::Random,
@@ -57,7 +63,7 @@ pub(crate) fn test_members(weights: &[u32]) -> Vec<Member> {
 /// let err = "fastest".parse::<Strategy>().unwrap_err();
 /// assert_eq!(
 ///     err.to_string(),
-///     "unknown strategy `fastest`: expected one of random, round_robin, weighted_round_robin, consistent_hash, least_request"
+///     "unknown strategy `fastest`: expected one of random, round_robin, weighted_round_robin, consistent_hash, least_request, maglev, bounded_load, maglev_bounded_load"
 /// );
 /// # Ok::<(), tower_lb::Error>(())
 /// ```
@@ -81,22 +87,75 @@ pub enum Strategy {
     /// [`LeastRequest`]: the fewer requests in flight of two random
     /// backends.
     LeastRequest,
+    /// [`Maglev`] with a table of `table_size` slots.
+    Maglev {
+        /// Slots in the lookup table, a prime (default
+        /// [`DEFAULT_TABLE_SIZE`](maglev::DEFAULT_TABLE_SIZE)).
+        table_size: u32,
+    },
+    /// [`BoundedLoad`] over a [`ConsistentHash`] ring with `vnodes` points
+    /// per unit of weight.
+    BoundedLoad {
+        /// Virtual nodes per unit of weight (default
+        /// [`DEFAULT_VNODES`](consistent_hash::DEFAULT_VNODES)).
+        vnodes: u32,
+        /// `100 × (1 + ε)`, HAProxy's `hash-balance-factor` (default
+        /// [`DEFAULT_BALANCE_FACTOR`](bounded_load::DEFAULT_BALANCE_FACTOR)).
+        balance_factor: u32,
+    },
+    /// [`BoundedLoad`] over a [`Maglev`] table of `table_size` slots.
+    MaglevBoundedLoad {
+        /// Slots in the lookup table, a prime (default
+        /// [`DEFAULT_TABLE_SIZE`](maglev::DEFAULT_TABLE_SIZE)).
+        table_size: u32,
+        /// `100 × (1 + ε)`, HAProxy's `hash-balance-factor` (default
+        /// [`DEFAULT_BALANCE_FACTOR`](bounded_load::DEFAULT_BALANCE_FACTOR)).
+        balance_factor: u32,
+    },
 }
 
 impl Strategy {
     /// The names [`FromStr`] accepts, in the order they are listed in errors.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 8] = [
         "random",
         "round_robin",
         "weighted_round_robin",
         "consistent_hash",
         "least_request",
+        "maglev",
+        "bounded_load",
+        "maglev_bounded_load",
     ];
 
     /// Consistent hashing with the default number of virtual nodes.
     pub const fn consistent_hash() -> Strategy {
         Strategy::ConsistentHash {
             vnodes: consistent_hash::DEFAULT_VNODES,
+        }
+    }
+
+    /// Maglev with the default table size.
+    pub const fn maglev() -> Strategy {
+        Strategy::Maglev {
+            table_size: maglev::DEFAULT_TABLE_SIZE,
+        }
+    }
+
+    /// Consistent hashing with bounded loads over the ring, with the default
+    /// virtual nodes and balance factor.
+    pub const fn bounded_load() -> Strategy {
+        Strategy::BoundedLoad {
+            vnodes: consistent_hash::DEFAULT_VNODES,
+            balance_factor: bounded_load::DEFAULT_BALANCE_FACTOR,
+        }
+    }
+
+    /// Bounded loads over Maglev, with the default table size and balance
+    /// factor.
+    pub const fn maglev_bounded_load() -> Strategy {
+        Strategy::MaglevBoundedLoad {
+            table_size: maglev::DEFAULT_TABLE_SIZE,
+            balance_factor: bounded_load::DEFAULT_BALANCE_FACTOR,
         }
     }
 
@@ -108,6 +167,9 @@ impl Strategy {
             Strategy::WeightedRoundRobin => Self::NAMES[2],
             Strategy::ConsistentHash { .. } => Self::NAMES[3],
             Strategy::LeastRequest => Self::NAMES[4],
+            Strategy::Maglev { .. } => Self::NAMES[5],
+            Strategy::BoundedLoad { .. } => Self::NAMES[6],
+            Strategy::MaglevBoundedLoad { .. } => Self::NAMES[7],
         }
     }
 }
@@ -122,8 +184,9 @@ impl FromStr for Strategy {
     type Err = Error;
 
     /// Parses `random`, `round_robin`, `weighted_round_robin`,
-    /// `consistent_hash` or `least_request` (also with `-` for `_`, in any
-    /// case).
+    /// `consistent_hash`, `least_request`, `maglev`, `bounded_load` (also
+    /// `consistent_hash_bounded`) or `maglev_bounded_load` (also with `-`
+    /// for `_`, in any case), each with its default parameters.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let normal = s.trim().to_ascii_lowercase().replace('-', "_");
         match normal.as_str() {
@@ -132,6 +195,9 @@ impl FromStr for Strategy {
             "weighted_round_robin" => Ok(Strategy::WeightedRoundRobin),
             "consistent_hash" => Ok(Strategy::consistent_hash()),
             "least_request" => Ok(Strategy::LeastRequest),
+            "maglev" => Ok(Strategy::maglev()),
+            "bounded_load" | "consistent_hash_bounded" => Ok(Strategy::bounded_load()),
+            "maglev_bounded_load" => Ok(Strategy::maglev_bounded_load()),
             _ => Err(Error::UnknownStrategy { name: s.to_owned() }),
         }
     }
@@ -155,6 +221,17 @@ impl BuildBalancer for Strategy {
                 Box::new(ConsistentHash::with_vnodes(members, vnodes)?)
             }
             Strategy::LeastRequest => Box::new(LeastRequest::new(members)),
+            Strategy::Maglev { table_size } => {
+                Box::new(Maglev::with_table_size(members, table_size)?)
+            }
+            Strategy::BoundedLoad {
+                vnodes,
+                balance_factor,
+            } => Box::new(BoundedLoad::ring(members, vnodes, balance_factor)?),
+            Strategy::MaglevBoundedLoad {
+                table_size,
+                balance_factor,
+            } => Box::new(BoundedLoad::maglev(members, table_size, balance_factor)?),
         })
     }
 }
