@@ -15,6 +15,10 @@
 //!   factory that builds any of them by name.
 //! * [`LoadBalancer`] — the runtime handle: add, remove, reweight, mark down
 //!   and up while requests pick, with linearizable snapshot swaps.
+//! * [`discover`] — membership from service discovery: [`BackendChange`]s
+//!   applied one by one or in batches of one rebuild, and (with the
+//!   `discover` feature) a future that follows a `tower::discover::Discover`
+//!   stream.
 //! * `testing` (with the `testing` feature) — the property-test kit: the
 //!   conformance suite for the [`Balancer`] contract and proptest generators,
 //!   to test a balancer of your own as thoroughly as these.
@@ -48,6 +52,7 @@
 
 mod backend;
 mod balancer;
+pub mod discover;
 mod error;
 pub mod health;
 pub mod layer;
@@ -62,6 +67,7 @@ pub mod testing;
 pub use crate::{
     backend::{Backend, InFlight, Load, Member, Outcome, MAX_ID_LEN, MAX_WEIGHT},
     balancer::{no_pick_error, Balancer, BuildBalancer},
+    discover::BackendChange,
     error::{BoxError, Error, HookStage},
     load_balancer::{IntoBackend, LoadBalancer, MAX_BACKENDS},
     strategy::{BoundedLoad, Maglev},

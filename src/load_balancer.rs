@@ -10,7 +10,7 @@ use crate::backend::check_weight;
 use crate::health::{
     Admission, BackendState, BackendStats, CheckResult, HealthPolicy, StickyOutcome, WhenAllEjected,
 };
-use crate::{Backend, Balancer, BuildBalancer, Error, Load, Member, Outcome};
+use crate::{Backend, BackendChange, Balancer, BuildBalancer, Error, Load, Member, Outcome};
 
 /// Fresh picks a keyless pick draws when its first is out, before walking
 /// the failover list: for rotating and random strategies the next draw is as
@@ -161,9 +161,11 @@ impl LoadBalancer {
         I::Item: IntoBackend,
     {
         let in_flight_total = Arc::default();
-        let members = backends
-            .into_iter()
-            .map(|b| b.into_backend().map(|b| pooled_member(b, &in_flight_total)))
+        let members = at_most_max_backends(backends)
+            .map(|b| {
+                b?.into_backend()
+                    .map(|b| pooled_member(b, &in_flight_total))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let builder: Box<dyn BuildBalancer> = Box::new(strategy);
         let snapshot = Snapshot::build(&*builder, members, 0, Arc::new(HealthPolicy::off()))?;
@@ -303,6 +305,9 @@ impl LoadBalancer {
         let backend = backend.into_backend()?;
         let policy = self.health_policy();
         self.update(|members| {
+            if members.len() >= MAX_BACKENDS {
+                return Err(crate::discover::too_many_backends());
+            }
             let member = pooled_member(backend, &self.shared.in_flight_total);
             member
                 .health()
@@ -382,9 +387,8 @@ impl LoadBalancer {
         I: IntoIterator,
         I::Item: IntoBackend,
     {
-        let backends = backends
-            .into_iter()
-            .map(IntoBackend::into_backend)
+        let backends = at_most_max_backends(backends)
+            .map(|b| b?.into_backend())
             .collect::<Result<Vec<_>, _>>()?;
         self.update(|members| {
             let unchanged = members.len() == backends.len()
@@ -413,6 +417,80 @@ impl LoadBalancer {
                 .collect();
             *members = next;
             Ok(true)
+        })
+    }
+
+    /// Applies one membership change from service discovery: inserts (or
+    /// replaces) a backend under an id, or removes one. See
+    /// [`BackendChange`] for what each change means; with the `discover`
+    /// feature a `tower::discover::Change<K, Backend>` is accepted as is.
+    ///
+    /// ```
+    /// use tower_lb::{Backend, BackendChange, LoadBalancer, Strategy};
+    ///
+    /// let lb = LoadBalancer::new(Strategy::WeightedRoundRobin, ["http://10.0.0.1:80"])?;
+    /// let heavier = Backend::new("http://10.0.0.1:80")?.with_weight(3)?;
+    /// lb.apply(BackendChange::Insert("10.0.0.1:80".into(), heavier))?; // replaced in place
+    /// assert_eq!(lb.get("10.0.0.1:80").unwrap().weight(), 3);
+    /// lb.apply(BackendChange::Remove("10.0.0.9:80".into()))?;        // not a member: no change
+    /// assert_eq!(lb.len(), 1);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBackendId`] for an id that cannot be one,
+    /// [`Error::InvalidConfig`] past [`MAX_BACKENDS`], or what the strategy
+    /// refuses for the new set (such as [`Error::RingTooLarge`]); nothing
+    /// changes then.
+    pub fn apply(&self, change: impl Into<BackendChange>) -> Result<(), Error> {
+        self.apply_all([change.into()])
+    }
+
+    /// Applies many membership changes, in order, with one rebuild of the
+    /// balancer: a deploy that replaces 100 endpoints builds one ring, not
+    /// 100. The batch applies whole or not at all, and picks see the set
+    /// before it or after it, never half of it.
+    ///
+    /// ```
+    /// use tower_lb::{Backend, BackendChange, LoadBalancer, Strategy};
+    ///
+    /// let lb = LoadBalancer::new(Strategy::consistent_hash(), ["http://10.0.0.1:80"])?;
+    /// let before = lb.version();
+    /// lb.apply_all((2..=100).map(|i| {
+    ///     let backend = Backend::new(&format!("http://10.0.0.{i}:80")).unwrap();
+    ///     BackendChange::Insert(format!("api-{i}"), backend)
+    /// }))?;
+    /// assert_eq!(lb.len(), 100);
+    /// assert_eq!(lb.version(), before + 1);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](Self::apply), for the first change that fails; nothing
+    /// changes then.
+    pub fn apply_all<I>(&self, changes: I) -> Result<(), Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<BackendChange>,
+    {
+        let policy = self.health_policy();
+        self.update(|members| {
+            crate::discover::apply_changes(
+                members,
+                changes.into_iter().map(Into::into),
+                // As `add` and `set_backends` make and keep members (a new
+                // one slow-starts; a replaced one keeps its health).
+                |backend| {
+                    let member = pooled_member(backend, &self.shared.in_flight_total);
+                    member
+                        .health()
+                        .start_ramp(&policy.rules(member.backend()), policy.now());
+                    member
+                },
+                |old, backend| old.with_backend(Arc::new(backend)),
+            )
         })
     }
 
@@ -633,6 +711,28 @@ impl LoadBalancer {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The backends, failing as soon as there are more than [`MAX_BACKENDS`]:
+/// before any is parsed when the iterator knows its length, so an oversized
+/// list costs no memory.
+fn at_most_max_backends<I>(backends: I) -> impl Iterator<Item = Result<I::Item, Error>>
+where
+    I: IntoIterator,
+{
+    let backends = backends.into_iter();
+    let known_too_many = backends.size_hint().0 > MAX_BACKENDS;
+    // Callers collect into a `Result`, which stops at the first error.
+    known_too_many
+        .then(|| Err(crate::discover::too_many_backends()))
+        .into_iter()
+        .chain(backends.enumerate().map(|(i, b)| {
+            if i < MAX_BACKENDS {
+                Ok(b)
+            } else {
+                Err(crate::discover::too_many_backends())
+            }
+        }))
 }
 
 fn position(members: &[Member], id: &str) -> Result<usize, Error> {
