@@ -5,7 +5,12 @@
 //! cargo run --example gateway                       # 2 backends, round robin, serve until Ctrl-C
 //! cargo run --example gateway -- --strategy weighted_round_robin --backends 3 --demo
 //! cargo run --example gateway -- --strategy consistent_hash --demo
+//! cargo run --example gateway -- --backend http://127.0.0.1:9001=3 --backend http://127.0.0.1:9002
 //! ```
+//!
+//! `--backend URL[=WEIGHT]` (repeatable) balances services that are already
+//! running instead of starting built-in ones; without it the gateway starts
+//! its own backends, so it works on a fresh machine.
 //!
 //! Options: `--strategy NAME` (random, round_robin, weighted_round_robin,
 //! consistent_hash, least_request), `--backends N` (default 2), `--weights 5,1,1` (default:
@@ -35,14 +40,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_lb::layer::{
-    strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
-};
+use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector};
 use tower_lb::sticky::{AffinityKey, StickyCookie};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
 struct Options {
     strategy: Strategy,
+    /// `--backend URL[=WEIGHT]`: existing services to balance.
+    external: Vec<Backend>,
     backends: usize,
     weights: Option<Vec<u32>>,
     listen: SocketAddr,
@@ -54,6 +59,7 @@ struct Options {
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
         strategy: Strategy::RoundRobin,
+        external: Vec::new(),
         backends: 2,
         weights: None,
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -96,12 +102,15 @@ fn parse_args() -> Result<Options, String> {
                     .filter(|n| (1..=100_000).contains(n))
                     .ok_or("--requests takes a number from 1 to 100000")?
             }
+            "--backend" => o
+                .external
+                .push(support::parse_backend(&value("--backend")?)?),
             "--demo" => o.demo = true,
             "--sticky" => o.sticky = true,
             "-h" | "--help" => {
                 return Err(
-                    "usage: gateway [--strategy NAME] [--backends N] [--weights 5,1,1] \
-                     [--listen ADDR] [--demo] [--requests N] [--sticky]"
+                    "usage: gateway [--strategy NAME] [--backend URL[=WEIGHT]]... [--backends N] \
+                     [--weights 5,1,1] [--listen ADDR] [--demo] [--requests N] [--sticky]"
                         .into(),
                 )
             }
@@ -112,11 +121,6 @@ fn parse_args() -> Result<Options, String> {
     if let Some(w) = &o.weights {
         if !(1..=64).contains(&w.len()) {
             return Err("--weights takes 1 to 64 weights".into());
-        }
-        if o.strategy == Strategy::RoundRobin && w.windows(2).any(|p| p[0] != p[1]) {
-            return Err("round_robin takes turns whatever the weights: use \
-                        --strategy weighted_round_robin to follow them"
-                .into());
         }
         o.backends = w.len();
     }
@@ -156,8 +160,21 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             .collect()
     });
 
-    let mut backends = Vec::new();
-    for (i, &weight) in weights.iter().enumerate() {
+    let mut backends = o.external.clone();
+    for backend in &backends {
+        println!(
+            "{:>10}  {}  weight {}",
+            backend.id(),
+            backend.uri(),
+            backend.weight()
+        );
+    }
+    let built_in = if backends.is_empty() {
+        &weights[..]
+    } else {
+        &[]
+    };
+    for (i, &weight) in built_in.iter().enumerate() {
         let name = format!("backend-{}", i + 1);
         let addr = support::spawn_backend(&name).await?;
         let backend = Backend::new(&format!("http://{addr}"))?
@@ -180,9 +197,6 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         balance = balance.sticky(StickyCookie::new("lb", secret)?);
     }
     let stack = ServiceBuilder::new()
-        .layer(ModifyResponseLayer::new(
-            strip_hop_by_hop_response::<Incoming>,
-        ))
         .layer(balance)
         .layer(DirectorLayer::new(ProxyDirector::new()))
         .service(support::Upstream::new());

@@ -70,7 +70,7 @@ pub enum Error {
     },
 
     /// No backend has this id.
-    #[error("unknown backend id `{id}`")]
+    #[error("unknown backend id `{id}`: a backend's id is its `host:port` unless `Backend::with_id` named it")]
     UnknownBackend {
         /// The id asked for.
         id: String,
@@ -159,6 +159,16 @@ pub enum Error {
         max: usize,
     },
 
+    /// The request's method is not forwarded (`CONNECT` and `TRACE`, unless
+    /// the director is told to allow them); a proxy answers `405 Method Not
+    /// Allowed`. The request caused it, so it is not counted against the
+    /// backend.
+    #[error("method {method} is not forwarded: allow it on the director (ProxyDirector::allow_connect, allow_trace) if the backends expect it")]
+    MethodNotAllowed {
+        /// The refused method.
+        method: http::Method,
+    },
+
     /// Every backend that takes new picks is ejected by passive health or
     /// failing its active checks; a proxy answers `503 Service
     /// Unavailable`. See [`health`](crate::health) for Envoy's panic mode
@@ -203,7 +213,9 @@ impl Error {
     /// `503 Service Unavailable` when no backend can take the request,
     /// `502 Bad Gateway` when the upstream or a hook failed, `400 Bad
     /// Request` and `414 URI Too Long` when the client's request cannot be
-    /// forwarded, and `500 Internal Server Error` for configuration mistakes.
+    /// forwarded, `405 Method Not Allowed` for a method the director does
+    /// not forward, and `500 Internal Server Error` for configuration
+    /// mistakes.
     ///
     /// ```
     /// use tower_lb::Error;
@@ -218,7 +230,68 @@ impl Error {
             Error::Upstream { .. } | Error::Hook { .. } => StatusCode::BAD_GATEWAY,
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// A short text for this error that is safe to show a client: what
+    /// happened in general terms, never a backend's id or address, a hook's
+    /// message or an upstream error's detail (log the error's `Display`
+    /// for those).
+    ///
+    /// ```
+    /// use tower_lb::Error;
+    ///
+    /// let err = Error::Upstream { backend: "10.0.0.7:8080".into(), source: "connection refused".into() };
+    /// assert_eq!(err.client_message(), "502 Bad Gateway: the backend failed to answer\n");
+    /// assert!(!err.client_message().contains("10.0.0.7"));
+    /// ```
+    pub fn client_message(&self) -> &'static str {
+        use http::StatusCode;
+        match self.status_code() {
+            StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no backend is available\n",
+            StatusCode::BAD_GATEWAY => "502 Bad Gateway: the backend failed to answer\n",
+            StatusCode::BAD_REQUEST => "400 Bad Request: the request cannot be forwarded\n",
+            StatusCode::URI_TOO_LONG => "414 URI Too Long: shorten the path or query\n",
+            StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
+            _ => "500 Internal Server Error: the proxy is misconfigured\n",
+        }
+    }
+
+    /// The response a proxy answers this error with: its
+    /// [`status_code`](Self::status_code), `Content-Type: text/plain` and
+    /// the [`client_message`](Self::client_message) as the body (a `405`
+    /// also gets the `Allow` header RFC 9110 §15.5.6 requires). Nothing in
+    /// it names a backend.
+    ///
+    /// The body is any type made from a `&'static str`: `String`,
+    /// `Full<Bytes>`, axum's `Body`. Runtime-free: use it from a hyper
+    /// service, or from axum's `HandleErrorLayer`:
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_lb::Error;
+    ///
+    /// let res = Error::AllBackendsDown { count: 2 }.to_response::<String>();
+    /// assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    /// assert_eq!(res.headers()["content-type"], "text/plain; charset=utf-8");
+    /// assert_eq!(res.body(), "503 Service Unavailable: no backend is available\n");
+    /// ```
+    pub fn to_response<B: From<&'static str>>(&self) -> http::Response<B> {
+        let mut res = http::Response::new(B::from(self.client_message()));
+        *res.status_mut() = self.status_code();
+        let headers = res.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(self, Error::MethodNotAllowed { .. }) {
+            headers.insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),
+            );
+        }
+        res
     }
 }

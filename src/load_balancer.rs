@@ -270,6 +270,7 @@ impl LoadBalancer {
 
     /// The member with this id, if any, up or down.
     pub fn get(&self, id: &str) -> Option<Member> {
+        let id = &*backend_id(id);
         let current = self.read();
         current.by_id.get(id).map(|&i| current.members[i].clone())
     }
@@ -353,6 +354,20 @@ impl LoadBalancer {
     }
 
     /// Marks a backend down: no strategy picks it until [`mark_up`](Self::mark_up).
+    ///
+    /// Like every method taking an `id`, it takes the backend's id
+    /// (`host:port` for a backend built from a URI, unless
+    /// [`Backend::with_id`] named it) or the URI it was built from:
+    ///
+    /// ```
+    /// use tower_lb::{LoadBalancer, Strategy};
+    ///
+    /// let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://127.0.0.1:8081", "http://127.0.0.1:8082"])?;
+    /// lb.mark_down("127.0.0.1:8081")?;
+    /// lb.mark_up("http://127.0.0.1:8081")?;
+    /// assert!(lb.get("http://127.0.0.1:8081").unwrap().is_up());
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -735,7 +750,23 @@ where
         }))
 }
 
+/// The id a caller means: an id as given, or the id of a backend URI
+/// (`http://127.0.0.1:8081` names `127.0.0.1:8081`, the id
+/// [`Backend::new`] gives it).
+fn backend_id(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.contains("://") {
+        if let Ok(backend) = Backend::new(id) {
+            return std::borrow::Cow::Owned(backend.id().to_owned());
+        }
+    }
+    std::borrow::Cow::Borrowed(id)
+}
+
 fn position(members: &[Member], id: &str) -> Result<usize, Error> {
+    let wanted = &*backend_id(id);
+    if let Some(index) = members.iter().position(|m| m.backend().id() == wanted) {
+        return Ok(index);
+    }
     members
         .iter()
         .position(|m| m.backend().id() == id)

@@ -323,10 +323,19 @@ fn modulo_hashing_fails_minimal_disruption() {
 }
 
 #[test]
-fn round_robin_is_not_proportional_to_weight() {
-    let suite = Conformance::new(Strategy::RoundRobin).proportional(0.05);
+fn the_plain_rotation_is_not_proportional_to_weight() {
+    let suite =
+        Conformance::new(|m: &[Member]| Ok(tower_lb::RoundRobin::new(m))).proportional(0.05);
     let failure = expect_failure(suite, Check::Proportional);
     assert!(failure.contains("with weight"), "{failure}");
+}
+
+#[test]
+fn the_round_robin_strategy_is_proportional_to_weight_as_nginxs_is() {
+    // Unequal weights build the smooth weighted balancer.
+    Conformance::new(Strategy::RoundRobin)
+        .proportional(0.05)
+        .check();
 }
 
 /// Round robin whose wrap-around races: two threads can both take the last

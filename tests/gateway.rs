@@ -13,9 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_lb::layer::{
-    strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
-};
+use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector};
 use tower_lb::sticky::AffinityKey;
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
@@ -43,10 +41,8 @@ async fn gateway(strategy: Strategy, weights: &[u32]) -> (SocketAddr, LoadBalanc
 }
 
 async fn proxy_for(lb: LoadBalancer) -> SocketAddr {
+    // No response layer: the director strips hop-by-hop headers both ways.
     let stack = ServiceBuilder::new()
-        .layer(ModifyResponseLayer::new(
-            strip_hop_by_hop_response::<Incoming>,
-        ))
         .layer(LoadBalanceLayer::new(lb).key(user_key))
         .layer(DirectorLayer::new(ProxyDirector::new()))
         .service(support::Upstream::new());
@@ -349,7 +345,8 @@ async fn the_backend_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     assert_eq!(a.status, StatusCode::OK);
     let headers = a.body;
     assert!(
-        headers.contains("x-forwarded-for: 198.51.100.1, 127.0.0.1\n"),
+        // At an edge the client's own X-Forwarded-For is replaced.
+        headers.contains("x-forwarded-for: 127.0.0.1\n"),
         "{headers}"
     );
     assert!(
@@ -363,5 +360,141 @@ async fn the_backend_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     assert!(
         !headers.lines().any(|l| l.starts_with("forwarded:")),
         "{headers}"
+    );
+}
+
+/// The status line of a raw answer.
+fn status_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_http11_request_without_host_is_answered_400_over_a_socket() {
+    let (proxy, lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    let answer = raw(proxy, "GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status_line(&answer), "HTTP/1.1 400 Bad Request", "{answer}");
+    assert!(!answer.contains("x-backend"), "{answer}");
+    // Not the backend's fault.
+    assert_eq!(lb.get("a").unwrap().load().failures(), 0);
+    // HTTP/1.0 needs no Host.
+    let answer = raw(proxy, "GET /hello HTTP/1.0\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.0 200 OK") || answer.starts_with("HTTP/1.1 200 OK"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_host_with_a_comma_or_a_second_port_is_answered_400_over_a_socket() {
+    let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    for host in [
+        "evil.example,trusted.example",
+        "front.example:80:81",
+        "%65vil.example",
+    ] {
+        let answer = raw(
+            proxy,
+            &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(
+            status_line(&answer),
+            "HTTP/1.1 400 Bad Request",
+            "{host}: {answer}"
+        );
+        assert!(
+            answer.ends_with("400 Bad Request: the request cannot be forwarded\n"),
+            "{answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn connect_and_trace_are_answered_405_over_a_socket() {
+    let (proxy, lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    for request in [
+        "CONNECT internal.example:22 HTTP/1.1\r\nHost: internal.example:22\r\nConnection: close\r\n\r\n",
+        "TRACE / HTTP/1.1\r\nHost: front.example\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw(proxy, request).await;
+        assert_eq!(status_line(&answer), "HTTP/1.1 405 Method Not Allowed", "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("\r\nallow: get, head, post"), "{answer}");
+    }
+    assert_eq!(lb.get("a").unwrap().load().successes(), 0);
+}
+
+#[tokio::test]
+async fn options_asterisk_reaches_the_backend_unrewritten_over_a_socket() {
+    let addr = support::spawn_backend("a").await.unwrap();
+    let backend = Backend::new(&format!("http://{addr}/api"))
+        .unwrap()
+        .with_id("a")
+        .unwrap();
+    let proxy = proxy_for(LoadBalancer::new(Strategy::RoundRobin, [backend]).unwrap()).await;
+    let answer = raw(
+        proxy,
+        "OPTIONS * HTTP/1.1\r\nHost: front.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
+    assert!(
+        answer.contains("a: OPTIONS * host=front.example\n"),
+        "{answer}"
+    );
+    // Any other path goes under the prefix.
+    let answer = raw(
+        proxy,
+        "GET /x HTTP/1.1\r\nHost: front.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.contains("a: GET /api/x host=front.example\n"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_backends_hop_by_hop_response_headers_never_reach_the_client() {
+    let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    let answer = raw(
+        proxy,
+        "GET /hop-by-hop HTTP/1.1\r\nHost: front.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    for leaked in [
+        "x-internal",
+        "upgrade:",
+        "h2c",
+        "keep-alive",
+        "connection: x-internal",
+    ] {
+        assert!(!lower.contains(leaked), "{leaked} leaked: {answer}");
+    }
+    assert!(lower.contains("x-backend: a"), "{answer}");
+}
+
+#[tokio::test]
+async fn gateway_backend_flags_balance_servers_it_did_not_start() {
+    let a = support::spawn_backend("external-a").await.unwrap();
+    let b = support::spawn_backend("external-b").await.unwrap();
+    let backends = [
+        support::parse_backend(&format!("http://{a}=3")).unwrap(),
+        support::parse_backend(&format!("http://{b}")).unwrap(),
+    ];
+    assert_eq!(backends[0].weight(), 3);
+    assert_eq!(backends[1].weight(), 1);
+    assert!(support::parse_backend("http://x=heavy").is_err());
+    assert_eq!(support::parse_backend("http://x/?w=2").unwrap().weight(), 1);
+    // Round robin follows the weights, as nginx's does.
+    let proxy = proxy_for(LoadBalancer::new(Strategy::RoundRobin, backends).unwrap()).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(get(proxy, "/", None).await.backend);
+    }
+    assert_eq!(
+        seen,
+        ["external-a", "external-a", "external-b", "external-a"]
     );
 }

@@ -472,12 +472,24 @@ fn under_an_update_every_few_picks_the_first_backend_gets_only_its_share() {
             for id in pick_ids(&lb, 3) {
                 *counts.entry(id).or_default() += 1;
             }
-            // A discovery refresh that changes another backend's weight.
-            lb.set_weight("b3", 1 + round % 2).unwrap();
+            if strategy == Strategy::RoundRobin {
+                // A discovery refresh that moves another backend to a new
+                // port (weights stay equal: round robin stays strict).
+                let port = 80 + round % 2;
+                let moved = Backend::new(&format!("http://10.2.0.3:{port}"))
+                    .unwrap()
+                    .with_id("b3")
+                    .unwrap();
+                lb.set_backends([backend(0), backend(1), backend(2), moved])
+                    .unwrap();
+            } else {
+                // A discovery refresh that changes another backend's weight.
+                lb.set_weight("b3", 1 + round % 2).unwrap();
+            }
         }
         // 1200 picks. Restarting the rotation at every update would give b0
-        // one pick in three (400). Round robin ignores weights: 300 each,
-        // exactly. With weights, b3's alternates 1 and 2, so b0's share is
+        // one pick in three (400). Round robin: 300 each, exactly. With
+        // weights, b3's alternates 1 and 2, so b0's share is
         // 1200 × (1/4 + 1/5) / 2 = 270; the offset carried into a period of
         // another length makes it approximate.
         let first = counts["b0"];

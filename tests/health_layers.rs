@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_lb::health::{HealthPolicy, ManualClock};
 use tower_lb::layer::{
-    DirectorLayer, FailurePolicy, InFlightBodyLayer, InFlightGuard, LoadBalanceLayer, PickedBackend,
+    FailurePolicy, InFlightBodyLayer, InFlightGuard, LoadBalanceLayer, PickedBackend,
 };
 use tower_lb::sticky::StickyCookie;
 use tower_lb::{Error, LoadBalancer, Strategy};
@@ -232,7 +232,6 @@ async fn the_response_names_the_backend_that_served_it() {
     let lb = lb(&["a", "b"]);
     let svc = ServiceBuilder::new()
         .layer(LoadBalanceLayer::new(lb))
-        .layer(DirectorLayer::new(tower_lb::layer::ProxyDirector::new()))
         .service(service_fn(|_req: Request<()>| async {
             Ok::<_, Infallible>(Response::new(()))
         }));

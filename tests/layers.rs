@@ -9,7 +9,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_lb::layer::{
     remove_hop_by_hop_headers, strip_hop_by_hop_response, Direct, DirectorLayer, FailurePolicy,
-    HostHeader, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
+    ForwardedFor, HostHeader, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
 };
 use tower_lb::sticky::{AffinityKey, ClientAddr};
 use tower_lb::{Backend, Error, HookStage, LoadBalancer, Member, Strategy};
@@ -35,8 +35,13 @@ fn try_direct(
 }
 
 /// A request for `uri` with `headers`, `backend` picked for it.
+/// Without a `host` among `headers` (nor an authority in `uri`) the
+/// request gets `host: front.example`, as every HTTP/1.1 request has one.
 fn picked(backend: &str, uri: &str, headers: &[(&str, &str)]) -> Req {
     let mut b = Request::builder().uri(uri);
+    if !uri.contains("://") && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        b = b.header("host", "front.example");
+    }
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -139,14 +144,15 @@ fn director_host_header_is_preserved_backend_or_fixed() {
 }
 
 #[test]
-fn director_appends_the_client_to_x_forwarded_for() {
-    let none = direct("http://b", "/", &[], ProxyDirector::new());
+fn director_appends_the_client_to_x_forwarded_for_in_append_mode() {
+    let append = || ProxyDirector::new().forwarded_for(ForwardedFor::Append);
+    let none = direct("http://b", "/", &[], append());
     assert_eq!(none.headers()["x-forwarded-for"], "192.0.2.7");
     let one = direct(
         "http://b",
         "/",
         &[("x-forwarded-for", "203.0.113.1")],
-        ProxyDirector::new(),
+        append(),
     );
     assert_eq!(one.headers()["x-forwarded-for"], "203.0.113.1, 192.0.2.7");
     let two = direct(
@@ -156,7 +162,7 @@ fn director_appends_the_client_to_x_forwarded_for() {
             ("x-forwarded-for", "203.0.113.1, 10.1.1.1"),
             ("x-forwarded-for", "10.2.2.2"),
         ],
-        ProxyDirector::new(),
+        append(),
     );
     assert_eq!(
         two.headers()
@@ -516,11 +522,11 @@ fn a_host_header_that_is_not_a_host_and_port_is_a_bad_request() {
         "front.example:8443",
         "[::1]:80",
         "127.0.0.1",
-        "",
     ] {
         let req = direct("http://b", "/", &[("host", host)], ProxyDirector::new());
         assert_eq!(req.headers()["host"], host);
     }
+    // An empty Host is no Host: a 400 for HTTP/1.1 (see below).
 }
 
 #[test]
@@ -549,7 +555,7 @@ fn dot_segments_with_path_parameters_are_a_bad_request_under_a_prefix() {
 }
 
 #[test]
-fn forwarded_keeps_the_elements_of_every_earlier_line() {
+fn forwarded_in_append_mode_keeps_the_elements_of_every_earlier_line() {
     let req = direct(
         "http://b",
         "/",
@@ -558,7 +564,9 @@ fn forwarded_keeps_the_elements_of_every_earlier_line() {
             ("forwarded", "for=6.6.6.6"),
             ("forwarded", "for=203.0.113.50"),
         ],
-        ProxyDirector::new().forwarded(true),
+        ProxyDirector::new()
+            .forwarded(true)
+            .forwarded_for(ForwardedFor::Append),
     );
     assert_eq!(
         req.headers()
@@ -608,7 +616,11 @@ fn without_a_client_address_forwarded_holds_only_this_hops_element() {
 
 #[test]
 fn director_appends_an_rfc7239_forwarded_element() {
-    let d = || ProxyDirector::new().forwarded(true);
+    let d = || {
+        ProxyDirector::new()
+            .forwarded(true)
+            .forwarded_for(ForwardedFor::Append)
+    };
     let req = direct("http://b", "/", &[("host", "front.example:8443")], d());
     assert_eq!(
         req.headers()["forwarded"],
@@ -624,7 +636,11 @@ fn director_appends_an_rfc7239_forwarded_element() {
         chained.headers()["forwarded"],
         "for=198.51.100.17, for=192.0.2.7;host=front;proto=http"
     );
-    let mut v6 = Request::builder().uri("/").body(()).unwrap();
+    let mut v6 = Request::builder()
+        .uri("/")
+        .version(http::Version::HTTP_10)
+        .body(())
+        .unwrap();
     v6.extensions_mut()
         .insert(Member::new(Backend::new("http://b").unwrap()));
     v6.extensions_mut()
@@ -1196,6 +1212,7 @@ async fn requests_the_director_refuses_are_not_counted_against_the_backend() {
     for _ in 0..3 {
         let req = Request::builder()
             .uri(format!("/{}", "a".repeat(65_530)))
+            .header("host", "front.example")
             .body(())
             .unwrap();
         let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
@@ -1234,7 +1251,11 @@ async fn requests_the_director_refuses_are_not_counted_against_the_backend() {
     assert_eq!(counters(lb.get("a").unwrap().load()), (0, 0, 0, 0));
 
     // A request that is forwarded still counts.
-    let ok = Request::builder().uri("/x").body(()).unwrap();
+    let ok = Request::builder()
+        .uri("/x")
+        .header("host", "front.example")
+        .body(())
+        .unwrap();
     svc.ready().await.unwrap().call(ok).await.unwrap();
     assert_eq!(counters(&load), (0, 1, 0, 0));
 }
@@ -1303,7 +1324,11 @@ async fn the_full_stack_rewrites_the_request_for_the_picked_backend() {
         }));
     let mut uris = Vec::new();
     for _ in 0..2 {
-        let req = Request::builder().uri("/x?q=1").body(()).unwrap();
+        let req = Request::builder()
+            .uri("/x?q=1")
+            .header("host", "front.example")
+            .body(())
+            .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(res.headers()["via"], "1.1 tower-lb");
         uris.push(res.into_body());
@@ -1315,4 +1340,283 @@ async fn the_full_stack_rewrites_the_request_for_the_picked_backend() {
             "http://10.0.0.2:9090/b/x?q=1"
         ]
     );
+}
+
+#[test]
+fn x_forwarded_for_is_overwritten_at_an_edge_by_default() {
+    let req = direct(
+        "http://b",
+        "/",
+        &[("x-forwarded-for", "6.6.6.6, 203.0.113.1")],
+        ProxyDirector::new(),
+    );
+    assert_eq!(req.headers()["x-forwarded-for"], "192.0.2.7");
+}
+
+#[test]
+fn x_forwarded_for_keeps_only_the_entries_of_trusted_hops() {
+    let hops = |n| ProxyDirector::new().forwarded_for(ForwardedFor::TrustedHops(n));
+    let chain = [
+        ("x-forwarded-for", "6.6.6.6, 203.0.113.1"),
+        ("x-forwarded-for", "10.0.0.9"),
+    ];
+    let xff = |n| direct("http://b", "/", &chain, hops(n)).headers()["x-forwarded-for"].clone();
+    assert_eq!(xff(0), "192.0.2.7");
+    assert_eq!(xff(1), "10.0.0.9, 192.0.2.7");
+    assert_eq!(xff(2), "203.0.113.1, 10.0.0.9, 192.0.2.7");
+    assert_eq!(xff(5), "6.6.6.6, 203.0.113.1, 10.0.0.9, 192.0.2.7");
+    // Forwarded follows the same trust, and a quoted comma does not split.
+    let req = direct(
+        "http://b",
+        "/",
+        &[(
+            "forwarded",
+            "for=6.6.6.6, for=\"[2001:db8::1]\";host=\"a,b\"",
+        )],
+        hops(1).forwarded(true),
+    );
+    assert_eq!(
+        req.headers()["forwarded"],
+        "for=\"[2001:db8::1]\";host=\"a,b\", for=192.0.2.7;host=front.example;proto=http"
+    );
+}
+
+#[test]
+fn a_host_that_is_not_exactly_host_and_port_is_a_bad_request() {
+    for host in [
+        "evil.example,trusted.example",
+        "front.example:80:81",
+        "front.example:",
+        "front.example:123456",
+        "%65vil.example",
+        "front.example:8%30",
+        "[::1",
+        "[::1]x",
+        "[v1.fe]",
+        ":80",
+    ] {
+        let result = try_direct("http://b", "/", &[("host", host)], ProxyDirector::new());
+        assert_eq!(
+            bad_request(result),
+            "the request's Host header is not a host and port",
+            "{host}"
+        );
+    }
+    for host in [
+        "front.example",
+        "front.example:8080",
+        "[2001:db8::1]:443",
+        "10.0.0.1",
+        "a_b.local",
+    ] {
+        let req = direct("http://b", "/", &[("host", host)], ProxyDirector::new());
+        assert_eq!(req.headers()["x-forwarded-host"], host);
+    }
+    // An absolute-form target's authority is the host asked for: the same
+    // rule (`http` itself accepts a comma there).
+    let mut req = picked("http://b", "/", &[("host", "front.example")]);
+    *req.uri_mut() = "http://evil.example,trusted.example/".parse().unwrap();
+    assert_eq!(
+        bad_request(run(ProxyDirector::new(), req)),
+        "the request's Host header is not a host and port"
+    );
+}
+
+#[test]
+fn an_http11_request_without_host_is_a_bad_request_but_http10_is_forwarded() {
+    for empty in [None, Some("")] {
+        let mut req = Request::builder().uri("/x");
+        if let Some(host) = empty {
+            req = req.header("host", host);
+        }
+        let mut req = req.body(()).unwrap();
+        req.extensions_mut()
+            .insert(Member::new(Backend::new("http://b").unwrap()));
+        assert_eq!(
+            bad_request(run(ProxyDirector::new(), req)),
+            "the HTTP/1.1 request has no Host header"
+        );
+    }
+    let mut old = Request::builder()
+        .uri("/x")
+        .version(http::Version::HTTP_10)
+        .body(())
+        .unwrap();
+    old.extensions_mut()
+        .insert(Member::new(Backend::new("http://b").unwrap()));
+    let old = run(ProxyDirector::new(), old).unwrap();
+    assert_eq!(old.uri(), "http://b/x");
+    assert!(old.headers().get("x-forwarded-host").is_none());
+    // An empty Host on HTTP/1.0 names no host to forward either.
+    let mut empty = Request::builder()
+        .uri("/x")
+        .version(http::Version::HTTP_10)
+        .header("host", "")
+        .body(())
+        .unwrap();
+    empty
+        .extensions_mut()
+        .insert(Member::new(Backend::new("http://b").unwrap()));
+    let empty = run(ProxyDirector::new(), empty).unwrap();
+    assert!(empty.headers().get("x-forwarded-host").is_none());
+}
+
+#[test]
+fn options_asterisk_is_never_rewritten_under_a_prefix() {
+    let mut req = picked("http://b:8080/api?v=1", "*", &[]);
+    *req.method_mut() = http::Method::OPTIONS;
+    let req = run(ProxyDirector::new(), req).unwrap();
+    assert_eq!(req.uri().path(), "*");
+    assert_eq!(req.uri().query(), None);
+    assert_eq!(req.uri().authority().unwrap(), "b:8080");
+    // `*` with another method is an ordinary (odd) path.
+    assert_eq!(rewritten("http://b/api", "/*"), "http://b/api/*");
+}
+
+#[test]
+fn connect_and_trace_are_405_unless_allowed() {
+    for method in [http::Method::CONNECT, http::Method::TRACE] {
+        let uri = if method == http::Method::CONNECT {
+            "internal.example:22"
+        } else {
+            "/"
+        };
+        let mut req = picked("http://b:8080", uri, &[]);
+        *req.method_mut() = method.clone();
+        match run(ProxyDirector::new(), req) {
+            Err(err @ Error::MethodNotAllowed { .. }) => {
+                assert_eq!(err.status_code(), StatusCode::METHOD_NOT_ALLOWED);
+                let res = err.to_response::<String>();
+                assert_eq!(
+                    res.headers()["allow"],
+                    "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+                );
+            }
+            other => panic!("{method}: expected MethodNotAllowed, got {other:?}"),
+        }
+    }
+    // Allowed, a CONNECT goes to the picked backend, not to the address named.
+    let mut req = picked(
+        "http://b:8080",
+        "internal.example:22",
+        &[("host", "internal.example:22")],
+    );
+    *req.method_mut() = http::Method::CONNECT;
+    let req = run(ProxyDirector::new().allow_connect(true), req).unwrap();
+    assert_eq!(req.uri(), "b:8080");
+    let mut req = picked("http://b:8080", "/t", &[]);
+    *req.method_mut() = http::Method::TRACE;
+    let req = run(ProxyDirector::new().allow_trace(true), req).unwrap();
+    assert_eq!(req.uri(), "http://b:8080/t");
+}
+
+#[tokio::test]
+async fn a_clients_connection_header_cannot_remove_what_a_hook_adds() {
+    // golang/go#50580: the client lists the header an outer director sets.
+    let lb = lb(Strategy::RoundRobin, &["http://a"]);
+    let svc = ServiceBuilder::new()
+        .layer(DirectorLayer::new(|req: &mut Req| {
+            req.headers_mut()
+                .insert("x-gateway-tenant", "acme".parse().unwrap());
+            Ok::<_, Infallible>(())
+        }))
+        .layer(LoadBalanceLayer::new(lb))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(service_fn(|req: Req| async move {
+            Ok::<_, Infallible>(Response::new(req.headers().clone()))
+        }));
+    let req = Request::builder()
+        .header("host", "front.example")
+        .header("connection", "x-gateway-tenant, x-client-private")
+        .header("x-gateway-tenant", "forged")
+        .header("x-client-private", "1")
+        .body(())
+        .unwrap();
+    let headers = svc.oneshot(req).await.unwrap().into_body();
+    assert_eq!(headers["x-gateway-tenant"], "acme");
+    assert!(headers.get("x-client-private").is_none());
+    assert!(headers.get("connection").is_none());
+}
+
+#[tokio::test]
+async fn the_director_strips_a_backends_hop_by_hop_response_headers_by_default() {
+    let lb = lb(Strategy::RoundRobin, &["http://a"]);
+    let svc = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(service_fn(|_req: Req| async {
+            let res = Response::builder()
+                .header("connection", "x-internal")
+                .header("x-internal", "secret")
+                .header("upgrade", "h2c")
+                .header("keep-alive", "timeout=5")
+                .header("x-app", "kept")
+                .body(())
+                .unwrap();
+            Ok::<_, Infallible>(res)
+        }));
+    let req = Request::builder()
+        .header("host", "front.example")
+        .body(())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let names: Vec<&str> = res.headers().keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-app"]);
+}
+
+#[tokio::test]
+async fn a_closure_key_borrowing_from_the_request_needs_no_helper() {
+    let lb = lb(
+        Strategy::consistent_hash(),
+        &["http://a", "http://b", "http://c"],
+    );
+    let svc = ServiceBuilder::new()
+        .layer(
+            LoadBalanceLayer::new(lb.clone())
+                .key_fn(|req: &Req| req.headers().get("x-tenant").map(|v| v.as_bytes().into())),
+        )
+        .service(service_fn(|req: Req| async move {
+            let id = req.extensions().get::<Member>().unwrap().id().to_owned();
+            Ok::<_, Infallible>(Response::new(id))
+        }));
+    for tenant in ["acme", "globex", "initech"] {
+        let expected = lb.pick(Some(tenant.as_bytes())).unwrap().id().to_owned();
+        for _ in 0..3 {
+            let req = Request::builder()
+                .header("x-tenant", tenant)
+                .body(())
+                .unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.body(), &expected, "{tenant}");
+        }
+    }
+}
+
+#[test]
+fn error_responses_name_no_backend() {
+    let errors = [
+        Error::Upstream {
+            backend: "10.9.8.7:8080".into(),
+            source: "connect to 10.9.8.7:8080 refused".into(),
+        },
+        Error::AllBackendsDown { count: 3 },
+        Error::BadRequest {
+            reason: "Host 10.9.8.7".into(),
+        },
+        Error::Hook {
+            stage: HookStage::Director,
+            source: "db at 10.9.8.7 down".into(),
+        },
+    ];
+    let statuses: Vec<u16> = errors
+        .iter()
+        .map(|e| {
+            let res = e.to_response::<String>();
+            assert!(!res.body().contains("10.9.8.7"), "{e}");
+            assert_eq!(res.headers()["content-type"], "text/plain; charset=utf-8");
+            res.status().as_u16()
+        })
+        .collect();
+    assert_eq!(statuses, [502, 503, 400, 502]);
 }

@@ -170,7 +170,8 @@ fn set_backends_keeps_state_and_counters_of_surviving_ids() {
     assert!(Arc::ptr_eq(b2.load(), &b2_load));
     assert!(lb.get("b3").unwrap().is_up());
     assert!(lb.get("b0").is_none());
-    assert_eq!(pick_ids(&lb, 4), ["b2", "b3", "b2", "b3"]);
+    // Round robin follows b2's new weight (3 to b3's 1), as nginx's does.
+    assert_eq!(pick_ids(&lb, 4), ["b2", "b2", "b3", "b2"]);
 }
 
 #[test]
@@ -307,7 +308,7 @@ fn unknown_ids_are_rejected_by_remove_mark_and_set_weight() {
     assert!(unknown(lb.set_weight("nope", 2)));
     assert_eq!(
         lb.remove("nope").unwrap_err().to_string(),
-        "unknown backend id `nope`"
+        "unknown backend id `nope`: a backend's id is its `host:port` unless `Backend::with_id` named it"
     );
     assert_eq!(state(&lb), before);
 }
@@ -642,4 +643,66 @@ fn a_balancer_answering_out_of_range_is_an_error_not_a_panic() {
         .collect();
     assert_eq!(ids, ["a"]);
     assert!(lb.failover(None, "gone").is_empty());
+}
+
+#[test]
+fn round_robin_follows_unequal_weights_with_the_smooth_sequence() {
+    let backends = ["http://a", "http://b", "http://c"]
+        .iter()
+        .zip([5, 1, 1])
+        .map(|(uri, w)| Backend::new(uri).unwrap().with_weight(w).unwrap())
+        .collect::<Vec<_>>();
+    let lb = LoadBalancer::new(Strategy::RoundRobin, backends).unwrap();
+    let picks: Vec<String> = (0..7)
+        .map(|_| lb.pick(None).unwrap().id().to_owned())
+        .collect();
+    // nginx's round robin with weights 5, 1, 1.
+    assert_eq!(picks, ["a", "a", "b", "a", "c", "a", "a"]);
+}
+
+#[test]
+fn round_robin_with_equal_weights_rotates_strictly() {
+    let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://a", "http://b", "http://c"]).unwrap();
+    let picks: Vec<String> = (0..4)
+        .map(|_| lb.pick(None).unwrap().id().to_owned())
+        .collect();
+    assert_eq!(picks, ["a", "b", "c", "a"]);
+}
+
+#[test]
+fn nginx_and_haproxy_strategy_names_are_aliases() {
+    assert_eq!(
+        "roundrobin".parse::<Strategy>().unwrap(),
+        Strategy::RoundRobin
+    );
+    assert_eq!(
+        "least_conn".parse::<Strategy>().unwrap(),
+        Strategy::LeastRequest
+    );
+    assert_eq!(
+        "LeastConn".parse::<Strategy>().unwrap(),
+        Strategy::LeastRequest
+    );
+    assert!(matches!(
+        "least-connections".parse::<Strategy>(),
+        Err(Error::UnknownStrategy { .. })
+    ));
+}
+
+#[test]
+fn a_backend_uri_names_the_backend_built_from_it() {
+    let lb = LoadBalancer::new(
+        Strategy::RoundRobin,
+        ["http://127.0.0.1:8081", "http://127.0.0.1:8082"],
+    )
+    .unwrap();
+    lb.mark_down("http://127.0.0.1:8081").unwrap();
+    assert!(!lb.get("127.0.0.1:8081").unwrap().is_up());
+    assert_eq!(lb.pick(None).unwrap().id(), "127.0.0.1:8082");
+    lb.set_weight("http://127.0.0.1:8082/", 3).unwrap();
+    assert_eq!(lb.get("127.0.0.1:8082").unwrap().backend().weight(), 3);
+    assert!(matches!(
+        lb.mark_down("http://127.0.0.1:9999"),
+        Err(Error::UnknownBackend { id }) if id == "http://127.0.0.1:9999"
+    ));
 }

@@ -466,10 +466,18 @@ proptest! {
         if let Ok(mut req) = builder.body(()) {
             req.extensions_mut().insert(ClientAddr("192.0.2.1:4000".parse().unwrap()));
             let result = runtime.block_on(async { svc.ready().await?.call(req).await });
-            prop_assert!(result.is_ok());
             let sent = sent_to.lock().unwrap();
-            prop_assert_eq!(sent.len(), 1);
-            prop_assert!(["10.0.0.1:80", "10.0.0.2:80"].contains(&sent[0].as_str()), "sent to {}", sent[0]);
+            match result {
+                Ok(_) => {
+                    prop_assert_eq!(sent.len(), 1);
+                    prop_assert!(["10.0.0.1:80", "10.0.0.2:80"].contains(&sent[0].as_str()), "sent to {}", sent[0]);
+                }
+                // A Host that is not host[:port] is refused: sent nowhere.
+                Err(error) => {
+                    prop_assert!(matches!(error, tower_lb::Error::BadRequest { .. }), "{:?}", error);
+                    prop_assert_eq!(sent.len(), 0);
+                }
+            }
         }
     }
 }

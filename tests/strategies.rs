@@ -884,7 +884,9 @@ fn from_str_accepts_dashes_any_case_and_surrounding_space() {
 
 #[test]
 fn unknown_strategy_error_lists_the_valid_names() {
-    for name in ["fastest", "", "roundrobin", "least_conn"] {
+    // (`roundrobin`, `least_conn` and `leastconn` are aliases: see
+    // tests/load_balancer.rs.)
+    for name in ["fastest", "", "round robin", "least_connections"] {
         let err = name.parse::<Strategy>().unwrap_err();
         assert!(matches!(&err, Error::UnknownStrategy { name: n } if n == name));
         assert_eq!(
@@ -901,7 +903,11 @@ fn strategy_builds_the_algorithm_it_names() {
     let members = weighted(&[5, 1, 1]);
     let wrr = Strategy::WeightedRoundRobin.build(&members).unwrap();
     assert_eq!(letters(&*wrr, 7), "aabacaa");
+    // Round robin follows unequal weights as nginx's does: the smooth
+    // sequence; with equal weights, the plain rotation.
     let rr = Strategy::RoundRobin.build(&members).unwrap();
+    assert_eq!(letters(&*rr, 7), "aabacaa");
+    let rr = Strategy::RoundRobin.build(&weighted(&[2, 2, 2])).unwrap();
     assert_eq!(letters(&*rr, 4), "abca");
     let ring = Strategy::consistent_hash().build(&members).unwrap();
     let direct = ConsistentHash::new(&members).unwrap();

@@ -1,16 +1,12 @@
 //! Shared by the examples and the loopback integration tests: small HTTP
-//! backends, an upstream client that passes upgrades (WebSocket) through,
-//! and a hyper server that runs a tower-lb stack as a reverse proxy.
+//! and WebSocket backends, a WebSocket client, and the proxy pieces of
+//! `tower_lb::proxy` (feature `proxy`) wired with logging.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, UPGRADE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -20,8 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tower::{Service, ServiceExt};
-use tower_lb::sticky::ClientAddr;
+use tower::Service;
 
 pub mod stoppable;
 
@@ -33,7 +28,9 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 /// with `x-backend: NAME` and a body naming itself; `POST /echo` streams
 /// the request body back (with its trailers, and the `Trailer` header that
 /// announces them), `/headers` lists the request headers it got, and
-/// `/status/CODE` answers with that status.
+/// `/status/CODE` answers with that status, `/hop-by-hop` answers with
+/// hop-by-hop headers of its own (`Connection: x-internal`, `X-Internal`,
+/// `Upgrade: h2c`, `Keep-Alive`).
 pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -51,6 +48,15 @@ pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
                             res = res.header(http::header::TRAILER, trailer);
                         }
                         res.body(Either::Left(req.into_body()))
+                    } else if req.uri().path() == "/hop-by-hop" {
+                        // A backend leaking its own hop-by-hop headers.
+                        Response::builder()
+                            .header("x-backend", name)
+                            .header("connection", "x-internal")
+                            .header("x-internal", "secret")
+                            .header("upgrade", "h2c")
+                            .header("keep-alive", "timeout=5")
+                            .body(Either::Right(Full::from("hop-by-hop\n")))
                     } else if req.uri().path() == "/headers" {
                         let mut text = String::new();
                         for (k, v) in req.headers() {
@@ -192,77 +198,16 @@ pub fn cookie_pair<B>(res: &Response<B>) -> Option<String> {
     Some(set_cookie.split(';').next()?.trim().to_owned())
 }
 
-/// The innermost service of the proxy: sends the request to the URI the
-/// director wrote, and splices upgraded connections (WebSocket) together.
-#[derive(Clone)]
-pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
-}
+/// The innermost service of the proxy: the library's hyper client with
+/// WebSocket passthrough.
+#[allow(unused_imports)]
+pub use tower_lb::proxy::Upstream;
 
-impl Upstream {
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Upstream {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        }
-    }
-}
-
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(UPGRADE)
-        && req.headers().get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
-}
-
-impl Service<Request<Incoming>> for Upstream {
-    type Response = Response<Incoming>;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let client_side = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        // A tunnel stays counted in flight on its backend until it closes
-        // (LoadBalance's own count ends with the 101).
-        let tunnel_load = client_side.as_ref().and_then(|_| {
-            let member = req.extensions().get::<tower_lb::Member>()?;
-            Some(tower_lb::Load::start(member.load()))
-        });
-        let sent = self.client.request(req);
-        Box::pin(async move {
-            let mut res = sent.await?;
-            if let Some(client_side) = client_side {
-                if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    let backend_side = hyper::upgrade::on(&mut res);
-                    tokio::spawn(async move {
-                        let _counted = tunnel_load;
-                        if let (Ok(client), Ok(backend)) = tokio::join!(client_side, backend_side) {
-                            let _ = tokio::io::copy_bidirectional(
-                                &mut TokioIo::new(client),
-                                &mut TokioIo::new(backend),
-                            )
-                            .await;
-                        }
-                    });
-                }
-            }
-            Ok(res)
-        })
-    }
-}
-
-/// Serves `stack` on `listener` as a reverse proxy: each request gets the
-/// client's address as a [`ClientAddr`] extension, and a tower-lb error
-/// becomes its status (`400`/`414`/`502`/`503`) with a short text that names
-/// no backend.
+/// Serves `stack` on `listener` as a reverse proxy with the library's
+/// accept loop ([`tower_lb::proxy::serve_with`]): each request gets the
+/// client's address as a `ClientAddr`, and a tower-lb error becomes its
+/// status with a short text that names no backend; the detail goes to
+/// stderr.
 pub async fn serve_proxy<S>(listener: TcpListener, stack: S)
 where
     S: Service<Request<Incoming>, Response = Response<Incoming>, Error = tower_lb::Error>
@@ -271,50 +216,30 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let stack = stack.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
-                let stack = stack.clone();
-                async move {
-                    Ok::<_, Infallible>(match stack.oneshot(req).await {
-                        Ok(res) => res.map(Either::Left),
-                        Err(error) => error_response(&error),
-                    })
-                }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
-        });
-    }
-}
-
-/// The answer for a failed request. The detail (which may name a backend
-/// address) goes to the log, never to the client.
-pub fn error_response(error: &tower_lb::Error) -> Response<ProxyBody> {
-    eprintln!("proxy error: {error}");
-    let status = error.status_code();
-    let text = match status {
-        StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no backend is available\n",
-        StatusCode::BAD_GATEWAY => "502 Bad Gateway: the backend failed to answer\n",
-        StatusCode::BAD_REQUEST => "400 Bad Request: the request cannot be forwarded\n",
-        StatusCode::URI_TOO_LONG => "414 URI Too Long: shorten the path or query\n",
-        _ => "500 Internal Server Error: the gateway is misconfigured\n",
-    };
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(Either::Right(Full::from(text)))
-        .expect("static response parts are valid")
+    tower_lb::proxy::serve_with(listener, stack, |error: &tower_lb::Error, peer| {
+        eprintln!("proxy error for {peer}: {error}");
+    })
+    .await
 }
 
 /// A plain client for talking to the proxy.
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A `--backend` value: `URL` or `URL=WEIGHT` (a `=` inside the URL's
+/// query is part of the URL).
+pub fn parse_backend(arg: &str) -> Result<tower_lb::Backend, String> {
+    let (uri, weight) = match arg.rsplit_once('=') {
+        Some((uri, weight)) if !uri.contains('?') => {
+            let weight = weight
+                .parse::<u32>()
+                .map_err(|_| format!("--backend {arg}: the weight after `=` must be a number"))?;
+            (uri, weight)
+        }
+        _ => (arg, 1),
+    };
+    tower_lb::Backend::new(uri)
+        .and_then(|b| b.with_weight(weight))
+        .map_err(|e| format!("--backend {arg}: {e}"))
 }

@@ -7,6 +7,20 @@
 //! answers for any failure between receiving the request and relaying the
 //! response.
 //!
+//! Hop-by-hop headers (RFC 9110 §7.6.1) are handled here, around the hook,
+//! not by it:
+//!
+//! * the request's are removed *before* the hook runs, as Go's `Rewrite`
+//!   does (see [`remove_hop_by_hop_headers`]). A header the hook adds is
+//!   then never removed because the client listed its name in
+//!   `Connection` (with Go's older `Director` model, a client sending
+//!   `Connection: x-gateway-tenant` deleted the header an outer director
+//!   had set: golang/go#50580);
+//! * the response's are removed before it goes back out
+//!   ([`strip_hop_by_hop_response`]: a backend's `Connection: x-internal`
+//!   takes its `X-Internal` with it; only a `101` switching to WebSocket
+//!   keeps its `Upgrade`).
+//!
 //! [`ProxyDirector`](crate::layer::ProxyDirector) is the ready-made hook
 //! that does what a reverse proxy does; any closure
 //! `FnMut(&mut Request<B>) -> Result<(), E>` is a hook too:
@@ -38,12 +52,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::Request;
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Layer;
 use tower_service::Service;
 
-use crate::layer::upstream_error;
+use crate::layer::{remove_hop_by_hop_headers, strip_hop_by_hop_response, upstream_error};
 use crate::{BoxError, Error, HookStage};
 
 /// A hook that rewrites an outgoing request.
@@ -120,13 +134,13 @@ impl<S, D> Director<S, D> {
     }
 }
 
-impl<S, D, B> Service<Request<B>> for Director<S, D>
+impl<S, D, B, ResBody> Service<Request<B>> for Director<S, D>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
     D: Direct<B>,
 {
-    type Response = S::Response;
+    type Response = Response<ResBody>;
     type Error = Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -136,6 +150,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Before the hook: what the hook adds is end-to-end, whatever the
+        // client's Connection header listed.
+        remove_hop_by_hop_headers(req.headers_mut());
         match self.director.direct(&mut req) {
             Ok(()) => ResponseFuture {
                 state: State::Called {
@@ -177,18 +194,19 @@ pin_project! {
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F, ResBody, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<Response<ResBody>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<T, Error>;
+    type Output = Result<Response<ResBody>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Called { future } => {
-                Poll::Ready(ready!(future.poll(cx)).map_err(|e| upstream_error(e, "")))
-            }
+            StateProj::Called { future } => Poll::Ready(match ready!(future.poll(cx)) {
+                Ok(res) => Ok(strip_hop_by_hop_response(res).unwrap_or_else(|n| match n {})),
+                Err(e) => Err(upstream_error(e, "")),
+            }),
             StateProj::Failed { error } => Poll::Ready(Err(error
                 .take()
                 .expect("ResponseFuture polled after completion"))),

@@ -132,7 +132,7 @@ use tower::Layer;
 use tower_service::Service;
 
 use crate::layer::upstream_error;
-use crate::sticky::{KeyExtractor, NoKey, StickyCookie};
+use crate::sticky::{AffinityKey, KeyExtractor, NoKey, StickyCookie};
 use crate::{BoxError, Error, InFlight, Load, LoadBalancer, Member, Outcome};
 
 pub use crate::health::FailurePolicy;
@@ -186,6 +186,31 @@ impl<K> LoadBalanceLayer<K> {
             sticky: self.sticky,
             hold: self.hold,
         }
+    }
+
+    /// Uses a function or closure to find each request's affinity key.
+    ///
+    /// The same as [`key`](Self::key), with the bound that lets a closure
+    /// return a key borrowed from the request without any annotation
+    /// beyond its argument's type:
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tower_lb::layer::LoadBalanceLayer;
+    /// use tower_lb::{LoadBalancer, Strategy};
+    ///
+    /// let lb = LoadBalancer::new(Strategy::consistent_hash(), ["http://10.0.0.1", "http://10.0.0.2"])?;
+    /// let layer = LoadBalanceLayer::new(lb).key_fn(|req: &Request<String>| {
+    ///     req.headers().get("x-tenant").map(|v| v.as_bytes().into())
+    /// });
+    /// # let _ = layer;
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn key_fn<B, F>(self, key: F) -> LoadBalanceLayer<F>
+    where
+        F: for<'r> Fn(&'r Request<B>) -> Option<AffinityKey<'r>>,
+    {
+        self.key(key)
     }
 
     /// Sets which outcomes count as failures of the backend.

@@ -1,8 +1,12 @@
 //! Tower middleware: pick a backend per request, rewrite the outgoing
 //! request, edit the response.
 //!
-//! The layers work over any inner `Service<http::Request<B>>` (a hyper
-//! client, a tonic channel, a test `service_fn`) and need no async runtime.
+//! The layers work over any inner `Service<http::Request<B>>` answering
+//! `http::Response`s (a hyper client, `tower_lb::proxy::Upstream` with the
+//! `proxy` feature, a test `service_fn`) and need no async
+//! runtime. Not tonic's `Channel`: it overwrites each request's scheme and
+//! authority with its own endpoint, so the backend the director wrote would
+//! be ignored (see the README's "Other clients").
 //! They stack like an onion; the natural order, outermost first, is:
 //!
 //! ```text
@@ -10,8 +14,8 @@
 //!  ┌ ModifyResponse ──────────────────────────────────────── runs the hook on the response
 //!  │ ┌ LoadBalance ─────── picks a backend, puts it in the   records the outcome (passive
 //!  │ │                     request's extensions              feedback), adds Set-Cookie
-//!  │ │ ┌ Director ──────── rewrites URI, Host, X-Forwarded-*,
-//!  │ │ │                   strips hop-by-hop headers
+//!  │ │ ┌ Director ──────── strips hop-by-hop headers, then     strips the response's
+//!  │ │ │                   rewrites URI, Host, X-Forwarded-*   hop-by-hop headers
 //!  │ │ │ ┌ inner service (e.g. hyper client) ── sends to the backend
 //! ```
 //!
@@ -38,7 +42,8 @@
 //!         Ok::<_, Infallible>(Response::new(req.uri().to_string()))
 //!     });
 //!
-//! let res = proxy.ready().await?.call(Request::new("hi".to_string())).await?;
+//! let req = Request::builder().header("host", "example.com").body("hi".to_string()).unwrap();
+//! let res = proxy.ready().await?.call(req).await?;
 //! assert_eq!(res.body(), "http://10.0.0.1:8080/");
 //! assert_eq!(res.headers()["via"], "1.1 tower-lb");
 //! # Ok(())
@@ -47,6 +52,7 @@
 
 use crate::{BoxError, Error};
 
+pub mod client_addr;
 pub mod director;
 #[cfg(feature = "http-body")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
@@ -61,11 +67,13 @@ pub mod proxy_director;
 pub use self::in_flight_body::{InFlightBody, InFlightBodyLayer, InFlightBodyService};
 #[doc(inline)]
 pub use self::{
+    client_addr::{client_addr_from, ClientAddrFrom},
     director::{Direct, Director, DirectorLayer},
     load_balance::{FailurePolicy, InFlightGuard, LoadBalance, LoadBalanceLayer, PickedBackend},
     modify_response::{ModifyResponse, ModifyResponseHook, ModifyResponseLayer},
     proxy_director::{
-        remove_hop_by_hop_headers, strip_hop_by_hop_response, HostHeader, ProxyDirector,
+        remove_hop_by_hop_headers, strip_hop_by_hop_response, ForwardedFor, HostHeader,
+        ProxyDirector,
     },
 };
 

@@ -14,17 +14,26 @@
 //!   target's `host[:port]` replaces it, never its userinfo) or set to the
 //!   backend's authority (nginx's default, `proxy_set_header Host
 //!   $proxy_host`), or to a fixed value — see [`HostHeader`];
-//! * the client's address (the [`ClientAddr`] extension the server fills) is
-//!   appended to `X-Forwarded-For` (without that extension an incoming
-//!   `X-Forwarded-For` is dropped: it cannot be vouched for);
+//! * `X-Forwarded-For` gets the client's address (the [`ClientAddr`]
+//!   extension the server fills): by default it *replaces* whatever the
+//!   client sent, the safe choice at an edge; behind proxies of your own,
+//!   [`ForwardedFor::TrustedHops`] keeps the entries they wrote and
+//!   [`ForwardedFor::Append`] keeps everything (Go's and nginx's
+//!   `$proxy_add_x_forwarded_for`). Without a [`ClientAddr`] an incoming
+//!   `X-Forwarded-For` is dropped: it cannot be vouched for;
 //!   `X-Forwarded-Host` and `X-Forwarded-Proto` are set, replacing whatever
 //!   the client sent, the protocol from configuration
 //!   ([`ProxyDirector::https`]), never from the request;
-//! * an incoming RFC 7239 `Forwarded` header is removed, unless
-//!   [`ProxyDirector::forwarded`] is on: then this hop's element is appended
-//!   after every earlier one when the [`ClientAddr`] is known, and replaces
-//!   them (as `for=unknown`) when it is not, by `X-Forwarded-For`'s rule;
-//! * hop-by-hop headers are removed as RFC 9110 §7.6.1 requires:
+//! * an incoming RFC 7239 `Forwarded` header is removed (as Go's
+//!   `ReverseProxy` does with its `Rewrite` hook since Go 1.20; with its
+//!   `Director` hook, and in nginx, it passes through untouched), unless
+//!   [`ProxyDirector::forwarded`] is on: then this hop's element is
+//!   appended after the earlier ones [`ForwardedFor`] trusts when the
+//!   [`ClientAddr`] is known, and replaces them (as `for=unknown`) when it
+//!   is not, by `X-Forwarded-For`'s rule;
+//! * hop-by-hop headers are removed as RFC 9110 §7.6.1 requires (the
+//!   [`Director`](crate::layer::Director) layer has already removed the
+//!   client's before any hook ran):
 //!   `Connection` and every header it lists, `Keep-Alive`,
 //!   `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
 //!   `Transfer-Encoding`, `Upgrade` and `HTTP2-Settings`, except that a
@@ -42,10 +51,20 @@
 //! called and [`LoadBalance`](crate::layer::LoadBalance) does not count it
 //! against the backend:
 //!
+//! * an HTTP/1.1 request without `Host` (or with an empty one) and no
+//!   authority in its target ([`Error::BadRequest`], `400`, RFC 9112
+//!   §3.2): forwarded, it would reach the backend with the backend's own
+//!   address as `Host`;
 //! * more than one `Host` line ([`Error::BadRequest`], RFC 9112 §3.2): the
 //!   backend might read one and `X-Forwarded-Host` say another; and a
-//!   `Host` that cannot be `host[:port]` (whitespace, control characters,
-//!   `@`, `/`, `\`, `?` or `#`), which would reach the backend as written;
+//!   `Host` (or a target's authority) that is not exactly `host[:port]` —
+//!   a name or bracketed IPv6 literal and at most one numeric port, no
+//!   commas (`evil.example,trusted.example`), no second port, no
+//!   percent-escapes, no userinfo, path or whitespace — which backends
+//!   and caches would each read their own way;
+//! * `CONNECT` and `TRACE` ([`Error::MethodNotAllowed`], `405`), unless
+//!   allowed with [`ProxyDirector::allow_connect`] or
+//!   [`ProxyDirector::allow_trace`];
 //! * with a backend path prefix, a path that, once its `/`-delimited dot
 //!   segments are resolved, still has a `.` or `..` segment (`%2e` counting
 //!   as `.`) delimited by `\`, `%2F` or `%5C` (any case), as in
@@ -58,6 +77,22 @@
 //! * a path and query that the backend's path prefix and query would make
 //!   longer than `http` allows (65,534 bytes) ([`Error::UriTooLong`], `414
 //!   URI Too Long`).
+//!
+//! `OPTIONS *` (a question about the server, not a resource) goes to the
+//! backend as `OPTIONS *`: it is never rewritten to `OPTIONS /prefix/*`.
+//!
+//! # `Host` and `X-Forwarded-Host` poisoning
+//!
+//! With [`HostHeader::Preserve`] (the default, as Go's) the backend sees
+//! the `Host` the client chose, validated as `host[:port]` but still
+//! *any* host: a backend that builds absolute links, password-reset mails
+//! or cache keys from `Host` or `X-Forwarded-Host` can be made to use an
+//! attacker's domain. Either pin it — [`HostHeader::Backend`] (nginx's
+//! `proxy_set_header Host $proxy_host`) or [`HostHeader::Fixed`] with your
+//! public name — or make the backend check `Host` against its own list.
+//! `X-Forwarded-Host` always carries what the client asked for (a client's
+//! own `X-Forwarded-Host` is replaced, never passed on), so a backend must
+//! not trust it more than `Host`.
 //!
 //! The pick must already be in the request's extensions: put
 //! [`LoadBalanceLayer`](crate::layer::LoadBalanceLayer) outside the
@@ -84,7 +119,8 @@
 //! ProxyDirector::new().direct(&mut req).unwrap();
 //! assert_eq!(req.uri(), "http://10.0.0.1:8080/api/users?v=1&page=2");
 //! assert_eq!(req.headers()["host"], "example.com");
-//! assert_eq!(req.headers()["x-forwarded-for"], "203.0.113.9, 192.0.2.7");
+//! // At an edge the client's own X-Forwarded-For is not believed.
+//! assert_eq!(req.headers()["x-forwarded-for"], "192.0.2.7");
 //! assert_eq!(req.headers()["x-forwarded-host"], "example.com");
 //! assert_eq!(req.headers()["x-forwarded-proto"], "http");
 //! assert!(req.headers().get("connection").is_none());
@@ -102,7 +138,7 @@ use http::header::{
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::{Authority, PathAndQuery, Uri};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 
 use crate::layer::Direct;
 use crate::sticky::ClientAddr;
@@ -143,18 +179,77 @@ pub enum HostHeader {
 /// ```
 /// use tower_lb::layer::{HostHeader, ProxyDirector};
 ///
+/// use tower_lb::layer::ForwardedFor;
+///
 /// let director = ProxyDirector::new()
 ///     .host(HostHeader::Backend)
+///     .forwarded_for(ForwardedFor::TrustedHops(1))
 ///     .forwarded(true)
-///     .https(true);
+///     .https(true)
+///     .allow_connect(false)
+///     .allow_trace(false);
 /// # let _ = director;
 /// ```
 #[derive(Debug, Clone)]
 pub struct ProxyDirector {
     host: HostHeader,
     x_forwarded: bool,
+    forwarded_for: ForwardedFor,
     forwarded: bool,
     https: bool,
+    allow_connect: bool,
+    allow_trace: bool,
+}
+
+/// How much of an incoming `X-Forwarded-For` (and, when
+/// [`ProxyDirector::forwarded`] is on, of an incoming `Forwarded`) the
+/// director keeps before it adds the client's address. The same trust
+/// model as [`ClientIp::trusted_hops`](crate::sticky::ClientIp::trusted_hops):
+/// a chain is worth only the entries that proxies of your own wrote.
+///
+/// Without a [`ClientAddr`] on the request nothing is kept in any mode:
+/// the chain cannot be extended truthfully.
+///
+/// ```
+/// use http::Request;
+/// use tower_lb::layer::{Direct, ForwardedFor, ProxyDirector};
+/// use tower_lb::sticky::ClientAddr;
+/// use tower_lb::{Backend, Member};
+///
+/// let forward = |mode: ForwardedFor| -> Result<String, tower_lb::BoxError> {
+///     let mut req = Request::builder()
+///         .uri("/")
+///         .header("host", "example.com")
+///         .header("x-forwarded-for", "6.6.6.6, 203.0.113.9")
+///         .body(())?;
+///     req.extensions_mut().insert(Member::new(Backend::new("http://10.0.0.1")?));
+///     req.extensions_mut().insert(ClientAddr("192.0.2.7:50000".parse()?));
+///     ProxyDirector::new().forwarded_for(mode).direct(&mut req)?;
+///     Ok(req.headers()["x-forwarded-for"].to_str()?.to_owned())
+/// };
+/// assert_eq!(forward(ForwardedFor::Overwrite)?, "192.0.2.7");
+/// assert_eq!(forward(ForwardedFor::TrustedHops(1))?, "203.0.113.9, 192.0.2.7");
+/// assert_eq!(forward(ForwardedFor::Append)?, "6.6.6.6, 203.0.113.9, 192.0.2.7");
+/// # Ok::<(), tower_lb::BoxError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForwardedFor {
+    /// Only the client's address: whatever the client sent is dropped.
+    /// The safe choice at an edge, where every client is untrusted (nginx's
+    /// `proxy_set_header X-Forwarded-For $remote_addr`). The default.
+    #[default]
+    Overwrite,
+    /// Keeps the right-most `n` entries, which `n` proxies of your own in
+    /// front of this one appended, and appends the client's address (the
+    /// last of those proxies). Entries further left were written by the
+    /// client and are dropped. `TrustedHops(0)` is `Overwrite`.
+    TrustedHops(usize),
+    /// Keeps every entry and appends the client's address: Go's
+    /// `ReverseProxy` and nginx's `$proxy_add_x_forwarded_for`. Only behind
+    /// a proxy of your own that already overwrites the header: at an edge
+    /// the backend would read what the client wrote.
+    Append,
 }
 
 impl Default for ProxyDirector {
@@ -164,15 +259,45 @@ impl Default for ProxyDirector {
 }
 
 impl ProxyDirector {
-    /// Preserve `Host`, set `X-Forwarded-*`, no `Forwarded`, clients reach
-    /// the proxy over plain `http`.
+    /// Preserve `Host`, set `X-Forwarded-*` (overwriting a client's
+    /// `X-Forwarded-For`), no `Forwarded`, clients reach the proxy over plain
+    /// `http`, `CONNECT` and `TRACE` refused.
     pub fn new() -> Self {
         ProxyDirector {
             host: HostHeader::Preserve,
             x_forwarded: true,
+            forwarded_for: ForwardedFor::Overwrite,
             forwarded: false,
             https: false,
+            allow_connect: false,
+            allow_trace: false,
         }
+    }
+
+    /// How much of an incoming `X-Forwarded-For` chain (and `Forwarded`)
+    /// to keep: see [`ForwardedFor`]. Default
+    /// [`Overwrite`](ForwardedFor::Overwrite).
+    pub fn forwarded_for(mut self, mode: ForwardedFor) -> Self {
+        self.forwarded_for = mode;
+        self
+    }
+
+    /// Whether `CONNECT` requests are forwarded (default `false`: they are
+    /// refused with [`Error::MethodNotAllowed`], `405`, as Go's
+    /// `ReverseProxy` users and nginx expect of a reverse proxy). Allowed,
+    /// the tunnel is asked of the picked backend, never of the address the
+    /// client named: the request target becomes the backend's authority.
+    pub fn allow_connect(mut self, on: bool) -> Self {
+        self.allow_connect = on;
+        self
+    }
+
+    /// Whether `TRACE` requests are forwarded (default `false`: refused with
+    /// [`Error::MethodNotAllowed`], `405`). A `TRACE` echoes the request
+    /// the backend got, headers a proxy added included, back to the client.
+    pub fn allow_trace(mut self, on: bool) -> Self {
+        self.allow_trace = on;
+        self
     }
 
     /// What `Host` to send.
@@ -193,11 +318,14 @@ impl ProxyDirector {
 
     /// Whether to append an RFC 7239 `Forwarded` element (default off).
     ///
-    /// Off, an incoming `Forwarded` header is removed, as Go's
-    /// `ReverseProxy` does: nothing here vouches for it. On, the earlier
-    /// elements are kept and this hop's appended when the request has a
-    /// [`ClientAddr`]; without one they are dropped (as `X-Forwarded-For`
-    /// is) and the header holds only this hop's element, `for=unknown`.
+    /// Off, an incoming `Forwarded` header is removed: nothing here vouches
+    /// for it. (Go's `ReverseProxy` removes it only with its `Rewrite` hook,
+    /// Go 1.20 and later; its `Director` and nginx pass it through
+    /// untouched.) On, the earlier elements that
+    /// [`forwarded_for`](Self::forwarded_for) trusts are kept and this
+    /// hop's appended when the request has a [`ClientAddr`]; without one
+    /// they are dropped (as `X-Forwarded-For` is) and the header holds only
+    /// this hop's element, `for=unknown`.
     pub fn forwarded(mut self, on: bool) -> Self {
         self.forwarded = on;
         self
@@ -223,8 +351,16 @@ impl ProxyDirector {
                 })
             }
         };
+        let method = req.method();
+        if (*method == Method::CONNECT && !self.allow_connect)
+            || (*method == Method::TRACE && !self.allow_trace)
+        {
+            return Err(Error::MethodNotAllowed {
+                method: method.clone(),
+            });
+        }
         let mut hosts = req.headers().get_all(HOST).iter();
-        match (hosts.next(), hosts.next()) {
+        let host = match (hosts.next(), hosts.next()) {
             // RFC 9112 §3.2: more than one Host line is a 400. Forwarded as
             // they are, the backend could read one and X-Forwarded-Host say
             // another.
@@ -233,16 +369,39 @@ impl ProxyDirector {
                     reason: "the request has more than one Host header line".into(),
                 })
             }
-            // A Host is `host[:port]`: no whitespace, no userinfo, no path.
-            // Anything else would reach the backend and X-Forwarded-Host as
-            // the client wrote it.
-            (Some(host), None) if host.as_bytes().iter().any(not_in_host) => {
+            (host, None) => host.filter(|h| !h.is_empty()),
+        };
+        // The host the client asked for: an authority in the request target
+        // wins over Host (RFC 9112 §3.2.2). Whichever it is, it reaches the
+        // backend and X-Forwarded-Host, so it must be `host[:port]` and
+        // nothing else: `evil.example,trusted.example`, a second port or a
+        // percent-escape would be read differently by different backends.
+        let asked = match req.uri().authority() {
+            Some(authority) => Some(host_and_port(authority).as_bytes()),
+            None => host.map(HeaderValue::as_bytes),
+        };
+        match asked {
+            Some(asked) if !is_host_and_port(asked) => {
                 return Err(Error::BadRequest {
                     reason: "the request's Host header is not a host and port".into(),
                 })
             }
+            // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
+            // Forwarded, it would reach the backend with the backend's own
+            // address as Host.
+            None if req.version() == Version::HTTP_11 => {
+                return Err(Error::BadRequest {
+                    reason: "the HTTP/1.1 request has no Host header".into(),
+                })
+            }
             _ => {}
         }
+        let asterisk = *req.method() == Method::OPTIONS
+            && req
+                .uri()
+                .path_and_query()
+                .is_some_and(|pq| pq.as_str() == "*");
+        let connect = *req.method() == Method::CONNECT;
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
 
         // The request URI is taken apart rather than copied: its path and
@@ -250,6 +409,9 @@ impl ProxyDirector {
         let original = std::mem::take(req.uri_mut()).into_parts();
         let proto = if self.https { "https" } else { "http" };
         let headers = req.headers_mut();
+        // The Director layer removed them before any hook ran; a hook of
+        // one's own may have added Connection since, and this director may
+        // run alone (`Direct::direct`).
         remove_hop_by_hop_headers(headers);
 
         // What the client asked for. An authority in the request target
@@ -263,7 +425,8 @@ impl ProxyDirector {
         {
             headers.insert(HOST, value);
         }
-        let original_host = headers.get(HOST).cloned();
+        // An empty Host (HTTP/1.0 may send one) names nothing to forward.
+        let original_host = headers.get(HOST).filter(|h| !h.is_empty()).cloned();
         match &self.host {
             HostHeader::Preserve => {}
             HostHeader::Backend => {
@@ -275,7 +438,10 @@ impl ProxyDirector {
         }
         if self.x_forwarded {
             match client {
-                Some(ip) => append_forwarded_for(headers, ip),
+                Some(ip) => {
+                    keep_trusted(headers, &X_FORWARDED_FOR, self.forwarded_for);
+                    append_forwarded_for(headers, ip)
+                }
                 // Without the peer address the chain cannot be extended
                 // truthfully, and what the client sent cannot be vouched for.
                 None => {
@@ -297,17 +463,33 @@ impl ProxyDirector {
         // Forwarded follows X-Forwarded-For's trust rule: what the client
         // sent is kept only when this hop's element extends it truthfully.
         if !self.forwarded || client.is_none() {
-            // Go's ReverseProxy (Rewrite) removes it too.
+            // Go's ReverseProxy removes it too, with Rewrite (Go 1.20+).
             headers.remove(FORWARDED);
         }
         if self.forwarded {
+            keep_trusted(headers, &FORWARDED, self.forwarded_for);
             append_forwarded(headers, client, original_host.as_ref(), proto);
         }
 
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(backend.scheme().clone());
         parts.authority = Some(backend.authority().clone());
-        parts.path_and_query = Some(join_path_and_query(&backend, original.path_and_query)?);
+        if connect {
+            // Authority form: the tunnel goes to the picked backend, never
+            // to the address the client named.
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Error::InvalidBackendUri {
+                uri: backend.uri().to_string(),
+                reason: "its authority cannot be a CONNECT target",
+            })?;
+            return Ok(());
+        }
+        parts.scheme = Some(backend.scheme().clone());
+        parts.path_and_query = Some(if asterisk {
+            // `OPTIONS *` asks about the server, not a resource: a prefix
+            // would turn it into a question about `/prefix/*`.
+            PathAndQuery::from_static("*")
+        } else {
+            join_path_and_query(&backend, original.path_and_query)?
+        });
         *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Error::InvalidBackendUri {
             uri: backend.uri().to_string(),
             reason: "it cannot be combined with the request URI",
@@ -316,11 +498,98 @@ impl ProxyDirector {
     }
 }
 
-/// Whether `b` cannot appear in a `Host` of `host[:port]` (RFC 9112 §3.2).
-fn not_in_host(b: &u8) -> bool {
-    b.is_ascii_whitespace()
-        || b.is_ascii_control()
-        || matches!(b, b'@' | b'/' | b'\\' | b'?' | b'#')
+/// Whether `s` is `host[:port]` (RFC 9112 §3.2, RFC 3986 §3.2.2): a
+/// bracketed IPv6 literal or a name of letters, digits, `-`, `.`, `_` and
+/// `~`, then at most one `:` and 1 to 5 digits. No commas, no userinfo,
+/// no path, no percent-escapes, no second port.
+fn is_host_and_port(s: &[u8]) -> bool {
+    let (host, rest) = if let [b'[', tail @ ..] = s {
+        let Some(end) = tail.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &tail[..end];
+        let ipv6 = |b: &u8| b.is_ascii_hexdigit() || matches!(b, b':' | b'.');
+        if !literal.iter().all(ipv6) {
+            return false;
+        }
+        (literal, &tail[end + 1..])
+    } else {
+        let end = s.iter().position(|&b| b == b':').unwrap_or(s.len());
+        let name = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        if !s[..end].iter().all(name) {
+            return false;
+        }
+        (&s[..end], &s[end..])
+    };
+    !host.is_empty()
+        && match rest {
+            [] => true,
+            [b':', port @ ..] => {
+                (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit)
+            }
+            _ => false,
+        }
+}
+
+/// Keeps the entries of a comma-separated forwarding header that `mode`
+/// trusts: none, the right-most `n`, or all.
+fn keep_trusted(headers: &mut HeaderMap, name: &HeaderName, mode: ForwardedFor) {
+    let n = match mode {
+        ForwardedFor::Append => return,
+        ForwardedFor::Overwrite | ForwardedFor::TrustedHops(0) => {
+            headers.remove(name);
+            return;
+        }
+        ForwardedFor::TrustedHops(n) => n,
+    };
+    if !headers.contains_key(name) {
+        return;
+    }
+    let mut entries: Vec<&str> = Vec::new();
+    for line in headers.get_all(name) {
+        match line.to_str() {
+            Ok(line) => entries.extend(split_list(line)),
+            // An entry that is not text cannot be vouched for, nor can
+            // anything left of it.
+            Err(_) => entries.clear(),
+        }
+    }
+    let kept = entries[entries.len().saturating_sub(n)..].join(", ");
+    match HeaderValue::try_from(kept) {
+        Ok(value) if !value.is_empty() => {
+            headers.insert(name, value);
+        }
+        _ => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The elements of a comma-separated list (RFC 9110 §5.6.1), trimmed, empty
+/// ones skipped; a comma inside a quoted string (RFC 7239 allows them) does
+/// not split.
+fn split_list(line: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut start = 0;
+    let mut elements = Vec::new();
+    for (i, b) in line.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                elements.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    elements.push(&line[start..]);
+    elements
+        .into_iter()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
 }
 
 /// The longest path and query `http` accepts (its `MAX_LEN`, which it does

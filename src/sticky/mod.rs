@@ -146,7 +146,12 @@ impl fmt::Debug for AffinityKey<'_> {
 /// Reads an affinity key from a request.
 ///
 /// Implemented by the built-in extractors and by any
-/// `Fn(&Request<B>) -> Option<AffinityKey<'_>>` function.
+/// `Fn(&Request<B>) -> Option<AffinityKey<'_>>` function. A closure whose
+/// key borrows from the request compiles when it is given to
+/// [`LoadBalanceLayer::key_fn`](crate::layer::LoadBalanceLayer::key_fn),
+/// whose bound tells Rust that the result borrows from the argument (given
+/// to a method without that bound, such a closure fails with "lifetime may
+/// not live long enough"); a `fn` item works anywhere:
 ///
 /// ```
 /// use http::Request;

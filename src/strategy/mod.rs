@@ -74,7 +74,11 @@ pub enum Strategy {
     /// HAProxy's `balance random` are ([`Random::weighted`]; uniform, and
     /// `O(1)`, when every weight is the same).
     Random,
-    /// [`RoundRobin`].
+    /// Round robin as nginx, HAProxy and Pingora do it: [`RoundRobin`]'s
+    /// lock-free rotation while every weight is the same, nginx's smooth
+    /// [`WeightedRoundRobin`] as soon as weights differ (nginx's
+    /// `round-robin` *is* the smooth weighted algorithm). Configured weights
+    /// are never ignored.
     RoundRobin,
     /// [`WeightedRoundRobin`], nginx's smooth variant.
     WeightedRoundRobin,
@@ -186,15 +190,30 @@ impl FromStr for Strategy {
     /// Parses `random`, `round_robin`, `weighted_round_robin`,
     /// `consistent_hash`, `least_request`, `maglev`, `bounded_load` (also
     /// `consistent_hash_bounded`) or `maglev_bounded_load` (also with `-`
-    /// for `_`, in any case), each with its default parameters.
+    /// for `_`, in any case), each with its default parameters, and nginx's
+    /// and HAProxy's names for the same algorithms: `roundrobin` (HAProxy)
+    /// for round robin, `least_conn` (nginx) and `leastconn` (HAProxy) for
+    /// least request.
+    ///
+    /// ```
+    /// use tower_lb::Strategy;
+    ///
+    /// assert_eq!("roundrobin".parse::<Strategy>()?, Strategy::RoundRobin);
+    /// assert_eq!("least_conn".parse::<Strategy>()?, Strategy::LeastRequest);
+    /// assert_eq!("leastconn".parse::<Strategy>()?, Strategy::LeastRequest);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let normal = s.trim().to_ascii_lowercase().replace('-', "_");
         match normal.as_str() {
             "random" => Ok(Strategy::Random),
-            "round_robin" => Ok(Strategy::RoundRobin),
+            // HAProxy's `balance roundrobin`.
+            "round_robin" | "roundrobin" => Ok(Strategy::RoundRobin),
             "weighted_round_robin" => Ok(Strategy::WeightedRoundRobin),
             "consistent_hash" => Ok(Strategy::consistent_hash()),
-            "least_request" => Ok(Strategy::LeastRequest),
+            // nginx's `least_conn`, HAProxy's `balance leastconn`: both
+            // count requests (connections) in flight, as LeastRequest does.
+            "least_request" | "least_conn" | "leastconn" => Ok(Strategy::LeastRequest),
             "maglev" => Ok(Strategy::maglev()),
             "bounded_load" | "consistent_hash_bounded" => Ok(Strategy::bounded_load()),
             "maglev_bounded_load" => Ok(Strategy::maglev_bounded_load()),
@@ -206,14 +225,15 @@ impl FromStr for Strategy {
 impl BuildBalancer for Strategy {
     fn build(&self, members: &[Member]) -> Result<Box<dyn Balancer>, Error> {
         Ok(match *self {
-            Strategy::Random => {
-                let weight = |m: &Member| m.backend().weight();
-                let same = members.windows(2).all(|w| weight(&w[0]) == weight(&w[1]));
-                Box::new(if same {
-                    Random::new(members)
-                } else {
-                    Random::weighted(members)
-                })
+            Strategy::Random => Box::new(if same_weights(members) {
+                Random::new(members)
+            } else {
+                Random::weighted(members)
+            }),
+            // nginx, HAProxy and Pingora all weight their round robin: a
+            // weight that differs must not be silently ignored.
+            Strategy::RoundRobin if !same_weights(members) => {
+                Box::new(WeightedRoundRobin::new(members))
             }
             Strategy::RoundRobin => Box::new(RoundRobin::new(members)),
             Strategy::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(members)),
@@ -234,4 +254,10 @@ impl BuildBalancer for Strategy {
             } => Box::new(BoundedLoad::maglev(members, table_size, balance_factor)?),
         })
     }
+}
+
+/// Whether every member has the same weight.
+fn same_weights(members: &[Member]) -> bool {
+    let weight = |m: &Member| m.backend().weight();
+    members.windows(2).all(|w| weight(&w[0]) == weight(&w[1]))
 }

@@ -1,0 +1,274 @@
+//! Ready-made reverse-proxy pieces on hyper and tokio (feature `proxy`).
+//!
+//! The layers in [`layer`](crate::layer) need no runtime and work over any
+//! client. What every reverse proxy on hyper also needs is here, so that a
+//! proxy is a few lines of wiring:
+//!
+//! * [`Upstream`] — the innermost service: a hyper client that sends each
+//!   request to the URI the director wrote, pools connections, and passes
+//!   upgraded connections (WebSocket) through in both directions once the
+//!   backend answers `101 Switching Protocols`;
+//! * [`serve`] — the accept loop: an HTTP/1.1 server (upgrades enabled)
+//!   that puts each connection's peer address on its requests as
+//!   [`ClientAddr`] (what `X-Forwarded-For` and
+//!   [`ClientIp`](crate::sticky::ClientIp) read) and answers a tower-lb
+//!   [`Error`] with [`Error::to_response`]: the right status and a short
+//!   text that names no backend. [`serve_with`] also hands each error to a
+//!   function of yours, for logging.
+//!
+//! The runtime-free parts stay in the default build: [`ClientAddr`] is a
+//! plain extension (from axum's `ConnectInfo`, the director hook
+//! [`client_addr_from`](crate::layer::client_addr_from) copies it), and [`Error::to_response`] turns an error into a
+//! response for any body type, axum's `HandleErrorLayer` included.
+//!
+//! ```no_run
+//! use tokio::net::TcpListener;
+//! use tower::ServiceBuilder;
+//! use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector};
+//! use tower_lb::proxy::{serve, Upstream};
+//! use tower_lb::{LoadBalancer, Strategy};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://127.0.0.1:8081", "http://127.0.0.1:8082"])?;
+//! let proxy = ServiceBuilder::new()
+//!     .layer(LoadBalanceLayer::new(lb))
+//!     .layer(DirectorLayer::new(ProxyDirector::new()))
+//!     .service(Upstream::new());
+//! serve(TcpListener::bind("127.0.0.1:8080").await?, proxy).await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::sticky::ClientAddr;
+use crate::{BoxError, Error};
+
+/// What [`serve`] answers with: the stack's own response body, or the short
+/// text of an error.
+pub type ProxyBody<B = Incoming> = Either<B, Full<Bytes>>;
+
+/// The innermost service of a proxy: a pooled hyper HTTP/1.1 client that
+/// sends each request to the URI the director wrote, and splices an
+/// upgraded connection (WebSocket) to the backend's once it answers `101`.
+///
+/// Which upgrades reach it is the director's decision:
+/// [`ProxyDirector`](crate::layer::ProxyDirector) forwards WebSocket only.
+/// Its errors are `hyper_util` client errors; the layers outside turn them
+/// into [`Error::Upstream`] (`502`).
+///
+/// ```
+/// use tower_lb::proxy::Upstream;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let upstream: Upstream = Upstream::new();
+/// # let _ = upstream;
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Upstream<B = Incoming> {
+    client: Client<HttpConnector, B>,
+}
+
+// Not derived: the body type need not be `Clone`.
+impl<B> Clone for Upstream<B> {
+    fn clone(&self) -> Self {
+        Upstream {
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    /// A client with `TCP_NODELAY` and hyper's default pool.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Upstream::from_client(Client::builder(TokioExecutor::new()).build(connector))
+    }
+
+    /// Wraps a client you configured (pool sizes, timeouts).
+    pub fn from_client(client: Client<HttpConnector, B>) -> Self {
+        Upstream { client }
+    }
+}
+
+impl<B> Default for Upstream<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    fn default() -> Self {
+        Upstream::new()
+    }
+}
+
+/// Whether `req` asks to switch protocols (`Connection: upgrade` and an
+/// `Upgrade` header).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(http::header::UPGRADE)
+        && req
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| {
+                v.to_str().is_ok_and(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
+            })
+}
+
+impl<B> Service<Request<B>> for Upstream<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    // The client's own future is boxed too; the upgrade needs the response
+    // before it is returned.
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let client_side = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        // A tunnel stays counted in flight on its backend until it closes
+        // (LoadBalance's own count ends with the 101): the WebSocket load
+        // `least_request` must see.
+        let tunnel_load = client_side.as_ref().and_then(|_| {
+            let member = req.extensions().get::<crate::Member>()?;
+            Some(crate::Load::start(member.load()))
+        });
+        let sent = self.client.request(req);
+        Box::pin(async move {
+            let mut res = sent.await?;
+            if let Some(client_side) = client_side {
+                if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let backend_side = hyper::upgrade::on(&mut res);
+                    tokio::spawn(async move {
+                        let _counted = tunnel_load;
+                        // The backend's side is ready now; the client's once
+                        // hyper has sent it this 101.
+                        let backend = backend_side.await;
+                        if let (Ok(client), Ok(backend)) = (client_side.await, backend) {
+                            let _ = tokio::io::copy_bidirectional(
+                                &mut TokioIo::new(client),
+                                &mut TokioIo::new(backend),
+                            )
+                            .await;
+                        }
+                    });
+                }
+            }
+            Ok(res)
+        })
+    }
+}
+
+/// Serves `stack` on `listener` as a reverse proxy, until the task running
+/// it is dropped: see the [module docs](self). Errors are answered and
+/// otherwise ignored; [`serve_with`] reports them.
+///
+/// A failed `accept` (out of file descriptors, say) is retried after a
+/// short pause instead of ending the loop or spinning.
+pub async fn serve<S, B>(listener: TcpListener, stack: S)
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Error> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    serve_with(listener, stack, |_error: &Error, _peer: SocketAddr| {}).await
+}
+
+/// [`serve`], calling `on_error` with each error and the client's address
+/// before it is answered (the error's `Display` may name a backend: log
+/// it, do not send it).
+///
+/// ```no_run
+/// # use tower_lb::{layer::*, proxy::*, LoadBalancer, Strategy};
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://127.0.0.1:8081"])?;
+/// # let stack = tower::ServiceBuilder::new().layer(LoadBalanceLayer::new(lb))
+/// #     .layer(DirectorLayer::new(ProxyDirector::new())).service(Upstream::new());
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// serve_with(listener, stack, |error: &tower_lb::Error, peer| {
+///     eprintln!("{peer}: {error}");
+/// })
+/// .await;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn serve_with<S, B, E>(listener: TcpListener, stack: S, on_error: E)
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Error> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    E: Fn(&Error, SocketAddr) + Send + Sync + 'static,
+{
+    let on_error = Arc::new(on_error);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let stack = stack.clone();
+        let on_error = Arc::clone(&on_error);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                let stack = stack.clone();
+                let on_error = Arc::clone(&on_error);
+                async move {
+                    Ok::<_, Infallible>(match stack.oneshot(req).await {
+                        Ok(res) => res.map(Either::Left),
+                        Err(error) => {
+                            on_error(&error, peer);
+                            error.to_response::<Full<Bytes>>().map(Either::Right)
+                        }
+                    })
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
