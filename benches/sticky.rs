@@ -3,17 +3,26 @@
 //!
 //! The request carries five cookies, as a browser commonly sends (analytics,
 //! consent, session, preferences and the sticky cookie).
+//!
+//! On a machine others keep busy, `TOWER_LB_BENCH_CLOCK=thread-cpu cargo
+//! bench --bench sticky` measures the CPU time of the benchmarking thread
+//! instead of the wall-clock time, so that time spent descheduled is not
+//! counted.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::Criterion;
 use http::{HeaderMap, HeaderValue, Request};
 use tower_lb::sticky::{
-    ClientAddr, ClientIp, CookieKey, FirstOf, HeaderKey, KeyExtractor, StickyCookie,
+    ClientAddr, ClientIp, CookieKey, FirstOf, HeaderKey, KeyExtractor, Secret, Secrets,
+    StickyCookie, TokenFormat,
 };
 
-const SECRET: &[u8] = b"benchmark secret, thirty-two b!!";
+fn secret() -> Secret {
+    Secret::generate().expect("the OS random number generator")
+}
 
 fn request(cookie: &str) -> Request<()> {
     let mut req = Request::builder()
@@ -40,7 +49,7 @@ fn five_cookies(sticky: &str) -> String {
     )
 }
 
-fn extract(c: &mut Criterion) {
+fn extract<M: Measurement>(c: &mut Criterion<M>) {
     let req = request(&five_cookies("x"));
     let mut g = c.benchmark_group("sticky/extract");
     g.bench_function("baseline: headers.get(cookie)", |b| {
@@ -82,8 +91,8 @@ fn extract(c: &mut Criterion) {
     g.finish();
 }
 
-fn verify(c: &mut Criterion) {
-    let sticky = StickyCookie::new("lb", SECRET)
+fn verify<M: Measurement>(c: &mut Criterion<M>) {
+    let sticky = StickyCookie::new("lb", secret())
         .expect("a valid configuration")
         .max_age(Duration::from_secs(3600))
         .expect("a valid max-age");
@@ -109,14 +118,45 @@ fn verify(c: &mut Criterion) {
 
     // The default configuration: a session cookie, whose token has no
     // expiry, so verifying it reads no clock.
-    let session = StickyCookie::new("lb", SECRET).expect("a valid configuration");
-    let session_token = session
-        .token_at("10.0.0.1:8080", std::time::SystemTime::now())
-        .expect("a valid id");
-    let valid_session = request(&five_cookies(&session_token))
-        .into_parts()
-        .0
-        .headers;
+    let session = StickyCookie::new("lb", secret()).expect("a valid configuration");
+    let session_headers = |sticky: &StickyCookie| {
+        let token = sticky
+            .token_at("10.0.0.1:8080", std::time::SystemTime::now())
+            .expect("a valid id");
+        request(&five_cookies(&token)).into_parts().0.headers
+    };
+    let valid_session = session_headers(&session);
+
+    // The same with the standard AEAD.
+    let aead = StickyCookie::new("lb", secret())
+        .expect("a valid configuration")
+        .token_format(TokenFormat::XChaCha20Poly1305);
+    let valid_aead = session_headers(&aead);
+    let forged_aead = {
+        let mut h = valid_aead.clone();
+        let line = h["cookie"].to_str().expect("ascii").to_owned();
+        let mut bytes = line.into_bytes();
+        let i = bytes.len() - 5;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        h.insert(
+            "cookie",
+            HeaderValue::from_bytes(&bytes).expect("a header value"),
+        );
+        h
+    };
+
+    // After a rotation: a cookie made with the secret now previous (the
+    // current one is tried first), with two previous secrets accepted.
+    let secrets = Secrets::new(secret());
+    let rotating = StickyCookie::new("lb", secrets.clone()).expect("a valid configuration");
+    let before_rotation = session_headers(&rotating);
+    secrets
+        .rotate(secret())
+        .expect("room for a previous secret");
+    secrets
+        .add_previous(secret())
+        .expect("room for a previous secret");
+    let after_rotation = session_headers(&rotating);
 
     let mut g = c.benchmark_group("sticky/verify");
     g.bench_function("baseline: headers.get(cookie)", |b| {
@@ -129,6 +169,30 @@ fn verify(c: &mut Criterion) {
         b.iter(|| {
             session
                 .verify(black_box(&valid_session))
+                .map(|v| v.id().len())
+        })
+    });
+    g.bench_function(
+        "valid session cookie, XChaCha20-Poly1305, last of five",
+        |b| b.iter(|| aead.verify(black_box(&valid_aead)).map(|v| v.id().len())),
+    );
+    g.bench_function("forged cookie, XChaCha20-Poly1305, last of five", |b| {
+        b.iter(|| aead.verify(black_box(&forged_aead)).is_some())
+    });
+    g.bench_function(
+        "valid session cookie, current secret of a rotating handle",
+        |b| {
+            b.iter(|| {
+                rotating
+                    .verify(black_box(&after_rotation))
+                    .map(|v| v.id().len())
+            })
+        },
+    );
+    g.bench_function("valid session cookie, made with a previous secret", |b| {
+        b.iter(|| {
+            rotating
+                .verify(black_box(&before_rotation))
                 .map(|v| v.id().len())
         })
     });
@@ -158,5 +222,59 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, extract, verify);
-criterion_main!(benches);
+/// The CPU time the measuring thread used, instead of the wall-clock time:
+/// on a shared machine whose other users keep both cores busy, time spent
+/// descheduled no longer counts. Chosen with `TOWER_LB_BENCH_CLOCK=thread-cpu`.
+struct ThreadCpuTime;
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu_time()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu_time().saturating_sub(start)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, d: &Duration) -> f64 {
+        d.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        static WALL_TIME: WallTime = WallTime;
+        WALL_TIME.formatter()
+    }
+}
+
+fn thread_cpu_time() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the call only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn main() {
+    if std::env::var("TOWER_LB_BENCH_CLOCK").as_deref() == Ok("thread-cpu") {
+        let mut c = Criterion::default()
+            .with_measurement(ThreadCpuTime)
+            .configure_from_args();
+        extract(&mut c);
+        verify(&mut c);
+        c.final_summary();
+    } else {
+        let mut c = Criterion::default().configure_from_args();
+        extract(&mut c);
+        verify(&mut c);
+        c.final_summary();
+    }
+}

@@ -34,7 +34,7 @@ use tower::ServiceBuilder;
 use tower_lb::layer::{
     strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
 };
-use tower_lb::sticky::{AffinityKey, StickyCookie};
+use tower_lb::sticky::{AffinityKey, Secret, StickyCookie};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
 use etcd::{BackendProcess, Etcd, EtcdServer};
@@ -95,7 +95,10 @@ fn user_key(req: &Request<Incoming>) -> Option<AffinityKey<'_>> {
 }
 
 /// A gateway replica: a load balancer following etcd, and a proxy in front.
-async fn replica(etcd: &Etcd, secret: &[u8]) -> Result<(LoadBalancer, SocketAddr), etcd::BoxError> {
+async fn replica(
+    etcd: &Etcd,
+    secret: &Secret,
+) -> Result<(LoadBalancer, SocketAddr), etcd::BoxError> {
     let lb = LoadBalancer::new(Strategy::consistent_hash(), Vec::<Backend>::new())?;
     let following = lb
         .follow(etcd::discover(etcd.clone(), PREFIX))
@@ -108,7 +111,7 @@ async fn replica(etcd: &Etcd, secret: &[u8]) -> Result<(LoadBalancer, SocketAddr
         .layer(
             LoadBalanceLayer::new(lb.clone())
                 .key(user_key)
-                .sticky(StickyCookie::new("lb", secret)?),
+                .sticky(StickyCookie::new("lb", secret.clone())?),
         )
         .layer(DirectorLayer::new(ProxyDirector::new()))
         .service(support::Upstream::new());
@@ -210,10 +213,13 @@ async fn run(o: Options) -> Result<(), etcd::BoxError> {
     }
 
     // Both replicas take the secret from the same place (a vault, an env
-    // variable); here a constant.
-    let secret = b"an example secret, shared by every replica";
-    let (lb_a, addr_a) = replica(&etcd, secret).await?;
-    let (lb_b, addr_b) = replica(&etcd, secret).await?;
+    // variable, base64 in `TOWER_LB_SECRET`); generated here when unset.
+    let secret = match std::env::var("TOWER_LB_SECRET") {
+        Ok(encoded) => encoded.parse::<Secret>()?,
+        Err(_) => Secret::generate()?,
+    };
+    let (lb_a, addr_a) = replica(&etcd, &secret).await?;
+    let (lb_b, addr_b) = replica(&etcd, &secret).await?;
     println!("gateway A   http://{addr_a}  following {PREFIX}");
     println!("gateway B   http://{addr_b}  following {PREFIX}");
 

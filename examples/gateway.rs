@@ -19,7 +19,8 @@
 //! that is taken), `--demo` (send a batch of requests, print who answered,
 //! exit), `--requests N` (for `--demo`, default 12), `--sticky` (insert a
 //! sticky cookie `lb`, as HAProxy's `cookie lb insert`; the secret comes from
-//! `TOWER_LB_SECRET`, at least 16 bytes, or is random for this run).
+//! `TOWER_LB_SECRET`, at least 32 random bytes in base64 or hex, made with
+//! `openssl rand -base64 32`, or is generated for this run).
 //!
 //! Passive health is on with nginx's defaults (`max_fails=1`,
 //! `fail_timeout=10s`): stop a backend and its traffic moves to the others
@@ -41,7 +42,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector};
-use tower_lb::sticky::{AffinityKey, StickyCookie};
+use tower_lb::sticky::{AffinityKey, Secret, StickyCookie};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
 struct Options {
@@ -189,10 +190,12 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut balance = LoadBalanceLayer::new(lb.clone()).key(user_key);
     if o.sticky {
-        // Any bytes, not only UTF-8: `openssl rand 32` output works as is.
-        let secret = match std::env::var_os("TOWER_LB_SECRET") {
-            Some(secret) => secret.into_encoded_bytes(),
-            None => (0..32).map(|_| rand::random::<u8>()).collect(),
+        // Base64 or hex: an environment variable cannot hold every byte
+        // string (NUL), and a refusal says how to make a good secret.
+        let secret = match std::env::var("TOWER_LB_SECRET") {
+            Ok(encoded) => encoded.parse::<Secret>()?,
+            Err(std::env::VarError::NotPresent) => Secret::generate()?,
+            Err(e) => return Err(format!("TOWER_LB_SECRET: {e}").into()),
         };
         balance = balance.sticky(StickyCookie::new("lb", secret)?);
     }

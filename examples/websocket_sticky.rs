@@ -33,7 +33,7 @@ use tower::ServiceBuilder;
 use tower_lb::layer::{
     strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
 };
-use tower_lb::sticky::{ClientIp, StickyCookie};
+use tower_lb::sticky::{ClientIp, Secret, StickyCookie};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -42,11 +42,13 @@ const HOME: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    // In production, load 32 random bytes from your secret store and give
-    // every gateway replica the same ones, so that each honours the
-    // cookies the others set.
-    let mut secret = [0u8; 32];
-    rand::fill(&mut secret);
+    // In production, read the secret from your secret store (base64, made
+    // once with `openssl rand -base64 32`) and give every gateway replica
+    // the same one, so that each honours the cookies the others set.
+    let secret = match std::env::var("TOWER_LB_SECRET") {
+        Ok(encoded) => encoded.parse::<Secret>()?,
+        Err(_) => Secret::generate()?,
+    };
     let sticky = StickyCookie::new("lb", secret)?;
 
     let mut backends = Vec::new();

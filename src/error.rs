@@ -169,6 +169,15 @@ pub enum Error {
         method: http::Method,
     },
 
+    /// A sticky-cookie secret is refused: too short, or plainly not random
+    /// (a printable phrase, a few repeated values); the message says how to
+    /// make a good one.
+    #[error("sticky-cookie secret refused: {reason}")]
+    InvalidSecret {
+        /// What is wrong with it, and how to make a good one.
+        reason: String,
+    },
+
     /// Every backend that takes new picks is ejected by passive health or
     /// failing its active checks; a proxy answers `503 Service
     /// Unavailable`. See [`health`](crate::health) for Envoy's panic mode

@@ -63,13 +63,14 @@
 //! use http::{Request, Response};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //! use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector};
-//! use tower_lb::sticky::{ClientAddr, StickyCookie};
+//! use tower_lb::sticky::{ClientAddr, Secret, StickyCookie};
 //! use tower_lb::{LoadBalancer, Strategy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_lb::Error> {
 //! let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1:8080", "http://10.0.0.2:8080"])?;
-//! let sticky = StickyCookie::new("lb", b"32 random bytes from the vault!!")?;
+//! // In production: the same secret on every replica, e.g. base64 from the environment.
+//! let sticky = StickyCookie::new("lb", Secret::generate()?)?;
 //! let mut proxy = ServiceBuilder::new()
 //!     .layer(LoadBalanceLayer::new(lb).sticky(sticky))
 //!     .layer(DirectorLayer::new(ProxyDirector::new()))

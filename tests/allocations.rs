@@ -87,9 +87,10 @@ fn the_full_stack_allocates_only_for_header_edits_and_the_pick_extension() {
 #[test]
 fn verifying_a_sticky_cookie_allocates_only_for_ids_longer_than_the_inline_room() {
     use http::HeaderMap;
-    use tower_lb::sticky::{StickyCookie, INLINE_ID_LEN};
+    use tower_lb::sticky::{Secret, Secrets, StickyCookie, INLINE_ID_LEN};
 
-    let sticky = StickyCookie::new("lb", b"allocation test secret, 32 bytes")
+    let secrets = Secrets::new(Secret::generate().unwrap());
+    let sticky = StickyCookie::new("lb", secrets.clone())
         .unwrap()
         .max_age(std::time::Duration::from_secs(3600))
         .unwrap();
@@ -120,4 +121,10 @@ fn verifying_a_sticky_cookie_allocates_only_for_ids_longer_than_the_inline_room(
     assert_eq!(verify_allocations(&headers_for(short), short), 0);
     assert_eq!(verify_allocations(&headers_for(&inline), &inline), 0);
     assert_eq!(verify_allocations(&headers_for(&long), &long), 1);
+    // After a rotation, once the thread has picked up the new keys,
+    // cookies made with the previous secret verify without allocating too.
+    let before_rotation = headers_for(short);
+    secrets.rotate(Secret::generate().unwrap()).unwrap();
+    assert_eq!(verify_allocations(&before_rotation, short), 0);
+    assert_eq!(verify_allocations(&headers_for(short), short), 0);
 }

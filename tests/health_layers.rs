@@ -252,7 +252,7 @@ async fn the_response_names_the_backend_that_served_it() {
 #[tokio::test]
 async fn a_draining_backend_keeps_its_sticky_clients_and_gets_no_new_ones() {
     let lb = lb(&["a", "b"]);
-    let sticky = StickyCookie::new("lb", b"health layer test secret, 32 b!!").unwrap();
+    let sticky = StickyCookie::new("lb", tower_lb::sticky::Secret::generate().unwrap()).unwrap();
     let pin_a = sticky.set_cookie("a").unwrap();
     let pin_a = pin_a
         .to_str()

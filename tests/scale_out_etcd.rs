@@ -26,7 +26,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,7 +38,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_lb::layer::{
     strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
 };
-use tower_lb::sticky::{AffinityKey, StickyCookie};
+use tower_lb::sticky::{AffinityKey, Secret, Secrets, StickyCookie};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
 use etcd::{BackendProcess, Etcd, EtcdServer};
@@ -58,8 +57,6 @@ const DEATH_SEEN_WITHIN: Duration = Duration::from_secs(TTL as u64 + 2);
 /// election, the leases it restores expiring one TTL later, the feed's
 /// reconnect and relist.
 const CATCH_UP_WITHIN: Duration = Duration::from_secs(TTL as u64 + 5);
-const OLD_SECRET: &[u8] = b"the secret every replica shares, 1";
-const NEW_SECRET: &[u8] = b"the secret every replica shares, 2";
 
 /// The strategies whose picks replicas must agree on, each checked on the
 /// same 10,000 keys. Adding one (Maglev) is one line.
@@ -86,10 +83,11 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
         );
     }
 
-    let sticky = || StickyCookie::new("lb", OLD_SECRET).unwrap();
+    // The secret every replica is given (from the secret store, in production).
+    let old_secret = Secret::generate().unwrap();
     let mut replicas = Vec::new();
     for _ in 0..2 {
-        replicas.push(Replica::start(&etcd, sticky()).await);
+        replicas.push(Replica::start(&etcd, Secrets::new(old_secret.clone())).await);
     }
     converge(&replicas, &["a", "b"], ADD_SEEN_WITHIN).await;
 
@@ -120,7 +118,7 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
     );
 
     // Sticky cookies: issued by A, honoured by B; then the secret rolls.
-    sticky_cookies_cross_replicas_through_a_rotation(&replicas).await;
+    sticky_cookies_cross_replicas_through_a_rotation(&replicas, &old_secret).await;
 
     // A backend dies: no deregistration, its lease expires.
     let died = Instant::now();
@@ -190,7 +188,7 @@ async fn replicas_following_etcd_agree_through_a_backend_death_and_an_etcd_resta
 /// and the secret.
 struct Replica {
     gateways: Vec<Gateway>,
-    sticky: Arc<Mutex<StickyCookie>>,
+    secrets: Secrets,
 }
 
 struct Gateway {
@@ -221,8 +219,8 @@ impl Drop for Gateway {
 }
 
 impl Replica {
-    async fn start(etcd: &Etcd, sticky: StickyCookie) -> Replica {
-        let sticky = Arc::new(Mutex::new(sticky));
+    async fn start(etcd: &Etcd, secrets: Secrets) -> Replica {
+        let sticky = StickyCookie::new("lb", secrets.clone()).unwrap();
         let mut gateways = Vec::new();
         for strategy in agreeing_strategies() {
             let lb = LoadBalancer::new(strategy, Vec::<Backend>::new()).unwrap();
@@ -248,22 +246,21 @@ impl Replica {
                 server,
             });
         }
-        Replica { gateways, sticky }
+        Replica { gateways, secrets }
     }
 
-    /// Rolls this replica onto a new sticky configuration (a restart with
-    /// new settings, without losing its membership).
-    fn reconfigure(&self, sticky: StickyCookie) {
-        *self.sticky.lock().unwrap() = sticky;
+    /// This replica's sticky-cookie secrets, rotated while it serves.
+    fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 }
 
-/// The gateway's stack, built per request around the sticky configuration
-/// of the moment, so the test can roll a secret through a running replica.
+/// The gateway's stack; its sticky cookie reads the replica's rotating
+/// secrets on every request.
 #[derive(Clone)]
 struct RotatingStack {
     lb: LoadBalancer,
-    sticky: Arc<Mutex<StickyCookie>>,
+    sticky: StickyCookie,
     upstream: support::Upstream,
 }
 
@@ -281,7 +278,7 @@ impl Service<Request<Incoming>> for RotatingStack {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let sticky = self.sticky.lock().unwrap().clone();
+        let sticky = self.sticky.clone();
         let stack = ServiceBuilder::new()
             .layer(ModifyResponseLayer::new(
                 strip_hop_by_hop_response::<Incoming>,
@@ -437,7 +434,10 @@ async fn routes_through(proxy: SocketAddr, keys: usize) -> Vec<String> {
 /// A cookie issued by replica A reaches the same backend through replica B
 /// (without a cookie B would spread those requests); then the secret rolls
 /// through both in the two phases that keep every cookie valid.
-async fn sticky_cookies_cross_replicas_through_a_rotation(replicas: &[Replica]) {
+async fn sticky_cookies_cross_replicas_through_a_rotation(
+    replicas: &[Replica],
+    old_secret: &Secret,
+) {
     let (a, b) = (&replicas[0], &replicas[1]);
     let (a_addr, b_addr) = (a.gateways[0].addr, b.gateways[0].addr);
 
@@ -454,41 +454,30 @@ async fn sticky_cookies_cross_replicas_through_a_rotation(replicas: &[Replica]) 
     honoured(b_addr, &old_cookie, &pinned, false).await;
 
     // Phase 1, on A then B: accept the new secret, still issue with the old.
-    let phase1 = || {
-        StickyCookie::new("lb", OLD_SECRET)
-            .unwrap()
-            .accept_previous_secret(NEW_SECRET)
-            .unwrap()
-    };
-    a.reconfigure(phase1());
+    let new_secret = Secret::generate().unwrap();
+    a.secrets().add_previous(new_secret.clone()).unwrap();
     honoured(a_addr, &old_cookie, &pinned, false).await;
     honoured(b_addr, &old_cookie, &pinned, false).await;
-    b.reconfigure(phase1());
+    b.secrets().add_previous(new_secret.clone()).unwrap();
 
     // Phase 2, on A then B: issue with the new secret, accept the old.
-    let phase2 = || {
-        StickyCookie::new("lb", NEW_SECRET)
-            .unwrap()
-            .accept_previous_secret(OLD_SECRET)
-            .unwrap()
-    };
-    a.reconfigure(phase2());
+    a.secrets().rotate(new_secret.clone()).unwrap();
     // A honours the old cookie and re-issues it under the new secret...
     let reissued = honoured(a_addr, &old_cookie, &pinned, true).await;
     let new_cookie = reissued.expect("A re-issues an old-secret cookie");
     assert_ne!(new_cookie, old_cookie);
     // ...which B, still in phase 1, already honours.
     honoured(b_addr, &new_cookie, &pinned, true).await;
-    b.reconfigure(phase2());
+    b.secrets().rotate(new_secret.clone()).unwrap();
     honoured(b_addr, &new_cookie, &pinned, false).await;
     honoured(b_addr, &old_cookie, &pinned, true).await;
     let fresh = get(b_addr, None, None).await;
     let fresh_cookie = fresh.set_cookie.expect("B issues cookies");
     honoured(a_addr, &fresh_cookie, &fresh.backend, false).await;
 
-    // Phase 3, once old cookies have expired: the old secret is dropped.
+    // Phase 3, once old cookies have expired: the old secret is retired.
     for replica in replicas {
-        replica.reconfigure(StickyCookie::new("lb", NEW_SECRET).unwrap());
+        assert!(replica.secrets().retire(old_secret));
     }
     honoured(a_addr, &new_cookie, &pinned, false).await;
     honoured(b_addr, &new_cookie, &pinned, false).await;

@@ -27,15 +27,25 @@ use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_lb::layer::{
     strip_hop_by_hop_response, DirectorLayer, LoadBalanceLayer, ModifyResponseLayer, ProxyDirector,
 };
-use tower_lb::sticky::{ClientAddr, ClientIp, KeyExtractor, StickyCookie};
+use tower_lb::sticky::{
+    ClientAddr, ClientIp, KeyExtractor, Secret, Secrets, StickyCookie, TokenFormat,
+};
 use tower_lb::{Backend, LoadBalancer, Member, Strategy};
 
-const SECRET: &[u8] = b"integration-test secret, 32 bytes";
-const OLD_SECRET: &[u8] = b"the secret being rotated out, 32b";
+/// The gateway's secret, as `openssl rand -base64 32` writes one.
+const SECRET: &str = "w3yyCA3iPoG0n5sl1YxXD3u6HVgjBuecyrvZz3Fu+zA=";
+const OLD_SECRET: &str = "vxP00M5JtVFGIFqMU1dq861LN09i43y+5ugLwYFVapc=";
+
+fn secret() -> Secret {
+    SECRET.parse().unwrap()
+}
 
 fn sticky() -> StickyCookie {
-    StickyCookie::new("lb", SECRET).unwrap()
+    StickyCookie::new("lb", secret()).unwrap()
 }
+
+/// Every token format this build knows: the forgery tests hold for each.
+const FORMATS: [TokenFormat; 2] = [TokenFormat::SipHash, TokenFormat::XChaCha20Poly1305];
 
 // ---------------------------------------------------------------------------
 // In process: the layer over a service that answers with the picked id.
@@ -215,14 +225,27 @@ async fn all_backends_down_is_503_whatever_the_cookie() {
 
 #[tokio::test]
 async fn forged_tampered_expired_and_foreign_cookies_count_as_none() {
+    for format in FORMATS {
+        forged_cookies_count_as_none_in(format).await;
+    }
+}
+
+async fn forged_cookies_count_as_none_in(format: TokenFormat) {
     let lb = round_robin(2);
+    let sticky = || sticky().token_format(format);
     let (mut svc, log) = stack(&lb, sticky(), StatusCode::OK);
     let genuine = sticky().token_at("b2", SystemTime::now()).unwrap();
     let mut tampered = genuine.clone().into_bytes();
     tampered[30] = if tampered[30] == b'a' { b'b' } else { b'a' };
     let tampered = String::from_utf8(tampered).unwrap();
-    let foreign = StickyCookie::new("lb", b"somebody else's secret, 32 bytes")
+    let foreign = StickyCookie::new("lb", Secret::generate().unwrap())
         .unwrap()
+        .token_format(format)
+        .token_at("b2", SystemTime::now())
+        .unwrap();
+    let other_format = FORMATS.into_iter().find(|&f| f != format).unwrap();
+    let in_another_format = sticky()
+        .token_format(other_format)
         .token_at("b2", SystemTime::now())
         .unwrap();
     let expired = sticky()
@@ -238,6 +261,7 @@ async fn forged_tampered_expired_and_foreign_cookies_count_as_none() {
         format!("lb={tampered}"),
         format!("lb={foreign}"),
         format!("lb={expired}"),
+        format!("lb={in_another_format}"),
         format!("lb={}", &genuine[..genuine.len() - 1]),
         format!("lb={genuine}A"),
         "lb=\"\"; lb=; lb".to_owned(),
@@ -390,8 +414,12 @@ async fn with_preserve_a_backend_can_end_persistence_itself() {
 #[tokio::test]
 async fn during_rotation_old_cookies_hold_and_are_reissued_with_the_new_secret() {
     let lb = round_robin(2);
-    let old = StickyCookie::new("lb", OLD_SECRET).unwrap();
-    let rotated = sticky().accept_previous_secret(OLD_SECRET).unwrap();
+    let old = StickyCookie::new("lb", OLD_SECRET.parse::<Secret>().unwrap()).unwrap();
+    let rotated = StickyCookie::new(
+        "lb",
+        Secrets::with_previous(secret(), [OLD_SECRET.parse().unwrap()]).unwrap(),
+    )
+    .unwrap();
     let (mut svc, _) = stack(&lb, rotated, StatusCode::OK);
     let old_cookie = format!("lb={}", old.token_at("b2", SystemTime::now()).unwrap());
 
@@ -443,7 +471,9 @@ proptest! {
             "http://[a-z]{1,10}\\.example/[a-z]{0,5}",
         ],
         genuine in any::<bool>(),
+        format in proptest::sample::select(FORMATS.to_vec()),
     ) {
+        let sticky = || sticky().token_format(format);
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let lb = round_robin(2);
         let sent_to: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -649,6 +679,96 @@ async fn http_the_backend_never_sees_the_sticky_cookie() {
     assert!(!body.contains("lb="), "{body}");
 }
 
+/// Rotation on a live gateway, the rolling procedure of docs/sticky.md run
+/// against requests in flight: clients hammer the gateway with their
+/// cookies while the new secret is added as a previous one, then promoted.
+/// Every answer comes from the client's own backend (the requests come from
+/// one address, so IP affinity alone would put everyone on one backend),
+/// every client's cookie is re-issued under the new secret exactly once,
+/// and once the old secret is retired the re-issued cookies still hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_rotating_the_secret_under_load_keeps_every_client_on_its_backend() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const CLIENTS: u8 = 16;
+    let backends = http_backends(&["a", "b", "c"]).await;
+    let old: Secret = OLD_SECRET.parse().unwrap();
+    let new = secret();
+    let secrets = Secrets::new(old.clone());
+    let sticky = StickyCookie::new("lb", secrets.clone()).unwrap();
+    let (proxy, lb) = gateway(&backends, ClientIp::new(), sticky).await;
+
+    // Each client's first answer, from its own address: a backend and a
+    // cookie made with the old secret.
+    let mut clients = Vec::new();
+    for i in 1..=CLIENTS {
+        let first = get(proxy, loopback(i), None).await;
+        clients.push((first.backend, first.cookie.unwrap()));
+    }
+    // From here on every request comes from one address.
+    let shared = loopback(250);
+    let by_ip = lb.pick(Some(&[127, 0, 0, 250])).unwrap().id().to_owned();
+    assert!(
+        clients.iter().any(|(home, _)| *home != by_ip),
+        "some client's backend differs from what IP affinity picks"
+    );
+
+    let requests = Arc::new(AtomicUsize::new(0));
+    let rotated = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (home, cookie) in clients {
+        let (requests, rotated) = (requests.clone(), rotated.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut cookie, mut reissued, mut after_rotation) = (cookie, 0, 0);
+            while after_rotation < 3 {
+                let started_after = rotated.load(Ordering::SeqCst);
+                let answer = get(proxy, shared, Some(&cookie)).await;
+                assert_eq!(answer.status, StatusCode::OK);
+                assert_eq!(answer.backend, home, "a client lost its backend");
+                if let Some(fresh) = answer.cookie {
+                    cookie = fresh;
+                    reissued += 1;
+                }
+                requests.fetch_add(1, Ordering::SeqCst);
+                after_rotation += usize::from(started_after);
+            }
+            (home, cookie, reissued)
+        }));
+    }
+    let wait_for = |n: usize| {
+        let requests = requests.clone();
+        async move {
+            while requests.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    let n = usize::from(CLIENTS);
+    wait_for(2 * n).await;
+    secrets.add_previous(new.clone()).unwrap(); // step 1
+    wait_for(4 * n).await;
+    secrets.rotate(new.clone()).unwrap(); // step 2
+    rotated.store(true, Ordering::SeqCst);
+
+    let new_only = StickyCookie::new("lb", new).unwrap();
+    let mut after = Vec::new();
+    for task in tasks {
+        let (home, cookie, reissued) = task.await.unwrap();
+        assert_eq!(reissued, 1, "re-issued once, under the new secret");
+        let mut headers = HeaderMap::new();
+        headers.insert(COOKIE, cookie.parse().unwrap());
+        assert_eq!(new_only.verify(&headers).unwrap().id(), home);
+        after.push((home, cookie));
+    }
+    assert!(requests.load(Ordering::SeqCst) >= 7 * n);
+
+    assert!(secrets.retire(&old)); // step 3
+    for (home, cookie) in after {
+        let answer = get(proxy, shared, Some(&cookie)).await;
+        assert_eq!((answer.backend, answer.cookie), (home, None));
+    }
+}
+
 async fn hello(ws: &mut WebSocketStream<TcpStream>) -> String {
     let text = next_text(ws).await;
     text.strip_prefix("hello from ")
@@ -749,7 +869,7 @@ async fn websocket_a_forged_cookie_is_balanced_as_no_cookie() {
         format!("lb={}", "A".repeat(71)),
         format!(
             "lb={}",
-            StickyCookie::new("lb", b"not the gateway's secret, 32 byt")
+            StickyCookie::new("lb", Secret::generate().unwrap())
                 .unwrap()
                 .token_at(&other.0, SystemTime::now())
                 .unwrap()
@@ -772,10 +892,13 @@ async fn websocket_a_forged_cookie_is_balanced_as_no_cookie() {
 mod hardening {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use tower_lb::sticky::{SameSite, StickyCookie};
+    use tower_lb::sticky::{SameSite, Secret, StickyCookie};
     use tower_lb::{Backend, Error};
 
-    const SECRET: &[u8] = b"one secret shared by two pools!!";
+    fn shared() -> Secret {
+        // One secret shared by two pools.
+        super::SECRET.parse().unwrap()
+    }
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
@@ -783,8 +906,8 @@ mod hardening {
 
     #[test]
     fn a_token_for_one_cookie_name_does_not_verify_under_another() {
-        let api = StickyCookie::new("lb_api", SECRET).unwrap();
-        let ws = StickyCookie::new("lb_ws", SECRET).unwrap();
+        let api = StickyCookie::new("lb_api", shared()).unwrap();
+        let ws = StickyCookie::new("lb_ws", shared()).unwrap();
         let token = api.token_at("game-1", at(1_000)).unwrap();
         assert!(api.verify_token_at(token.as_bytes(), at(1_000)).is_some());
         assert!(ws.verify_token_at(token.as_bytes(), at(1_000)).is_none());
@@ -792,9 +915,9 @@ mod hardening {
 
     #[test]
     fn turning_max_age_on_renews_session_cookies_already_out() {
-        let session = StickyCookie::new("lb", SECRET).unwrap();
+        let session = StickyCookie::new("lb", shared()).unwrap();
         let token = session.token_at("a", at(1_000)).unwrap();
-        let bounded = StickyCookie::new("lb", SECRET)
+        let bounded = StickyCookie::new("lb", shared())
             .unwrap()
             .max_age(Duration::from_secs(60))
             .unwrap();
@@ -807,12 +930,12 @@ mod hardening {
 
     #[test]
     fn shortening_max_age_renews_cookies_made_for_longer() {
-        let long = StickyCookie::new("lb", SECRET)
+        let long = StickyCookie::new("lb", shared())
             .unwrap()
             .max_age(Duration::from_secs(300 * 86_400))
             .unwrap();
         let token = long.token_at("a", at(1_000)).unwrap();
-        let short = StickyCookie::new("lb", SECRET)
+        let short = StickyCookie::new("lb", shared())
             .unwrap()
             .max_age(Duration::from_secs(60))
             .unwrap();
@@ -830,7 +953,7 @@ mod hardening {
 
     #[test]
     fn same_site_none_and_secure_prefixes_force_secure() {
-        let none = StickyCookie::new("lb", SECRET)
+        let none = StickyCookie::new("lb", shared())
             .unwrap()
             .same_site(SameSite::None)
             .secure(false);
@@ -840,7 +963,7 @@ mod hardening {
             "{set_cookie:?}"
         );
         for name in ["__Secure-lb", "__Host-lb"] {
-            let cookie = StickyCookie::new(name, SECRET).unwrap().secure(false);
+            let cookie = StickyCookie::new(name, shared()).unwrap().secure(false);
             let value = cookie.set_cookie_at("a", at(1)).unwrap();
             assert!(
                 value.to_str().unwrap().contains("; Secure"),
@@ -851,7 +974,7 @@ mod hardening {
 
     #[test]
     fn host_prefixed_cookies_refuse_a_domain_or_another_path() {
-        let host = || StickyCookie::new("__Host-lb", SECRET).unwrap();
+        let host = || StickyCookie::new("__Host-lb", shared()).unwrap();
         assert!(matches!(
             host().domain("example.com"),
             Err(Error::InvalidConfig { .. })

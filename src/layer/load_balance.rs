@@ -81,13 +81,13 @@
 //! use http::{header, Request, Response};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //! use tower_lb::layer::LoadBalanceLayer;
-//! use tower_lb::sticky::StickyCookie;
+//! use tower_lb::sticky::{Secret, StickyCookie};
 //! use tower_lb::{LoadBalancer, Member, Strategy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_lb::Error> {
 //! let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1", "http://10.0.0.2"])?;
-//! let sticky = StickyCookie::new("lb", b"32 random bytes from the vault!!")?;
+//! let sticky = StickyCookie::new("lb", Secret::generate()?)?;
 //! let mut svc = ServiceBuilder::new()
 //!     .layer(LoadBalanceLayer::new(lb.clone()).sticky(sticky))
 //!     .service_fn(|req: Request<()>| async move {

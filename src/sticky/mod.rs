@@ -27,13 +27,17 @@
 //! # The cookie reveals nothing and cannot be forged
 //!
 //! The value is an opaque token naming the backend by its id, encrypted and
-//! authenticated under a secret the user supplies. A client cannot tell
+//! authenticated under a [`Secret`]: at least 32 bytes, generated or read
+//! as base64 or hex, and refused when plainly not random. A [`Secrets`]
+//! handle rotates it while requests run. A client cannot tell
 //! which backend (or address) it names, and a tampered, forged, expired or
 //! unknown token counts as no cookie: the request is balanced as if it had
 //! none. No header or cookie value can route a request anywhere but to a
 //! configured backend.
 //!
-//! The token, base64url without padding:
+//! The token, base64url without padding, in the default
+//! [`TokenFormat::SipHash`] (the AEAD format, behind the `aead` feature, is
+//! described at [`TokenFormat`]):
 //!
 //! ```text
 //! version (1 byte, 0x01) ‖ nonce (12 random bytes) ‖ expiry ‖ ciphertext ‖ tag (16 bytes)
@@ -56,23 +60,28 @@
 //! A backend id of up to 15 bytes (`10.0.0.1:8080`) gives a 71-character
 //! cookie value; each 16 more bytes of id add about 21 characters. See
 //! `docs/sticky.md` for sharing the secret across gateway replicas and
-//! rotating it.
+//! the rolling procedure for rotating it.
 
 use std::fmt;
 
 use http::Request;
 
 mod base64url;
+mod codec;
 mod cookie;
 mod extract;
-mod siphash;
+mod secret;
 mod sticky_cookie;
 mod token;
+#[cfg(feature = "aead")]
+mod token_aead;
 
+pub use self::codec::TokenFormat;
 pub use self::cookie::{Cookies, Named};
 pub use self::extract::{ClientIp, CookieKey, FirstOf, HeaderKey, PathKey, QueryKey};
+pub use self::secret::{Secret, Secrets, MAX_PREVIOUS_SECRETS, MAX_SECRET_LEN, MIN_SECRET_LEN};
 pub use self::sticky_cookie::{
-    SameSite, StickyCookie, VerifiedCookie, INLINE_ID_LEN, MAX_COOKIE_AGE, MIN_SECRET_LEN,
+    SameSite, StickyCookie, VerifiedCookie, INLINE_ID_LEN, MAX_COOKIE_AGE,
 };
 
 /// The longest key kept inline, without allocating.

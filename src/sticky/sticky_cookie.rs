@@ -3,19 +3,19 @@
 use std::cell::Cell;
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{CACHE_CONTROL, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
 use super::base64url;
+use super::codec::{unverified_expiry, TokenFormat, MAX_TOKEN, MIN_TOKEN};
 use super::cookie::{remove_cookie, Cookies};
 use super::extract::check_cookie_name;
-use super::token::{unverified_expiry, Keys, MAX_TOKEN, MIN_TOKEN, NEVER, NONCE_LEN};
+use super::secret::{CookieKeys, Secrets};
+use super::token::NEVER;
 use crate::{Error, MAX_ID_LEN};
-
-/// The shortest secret accepted, in bytes.
-pub const MIN_SECRET_LEN: usize = 16;
 
 /// The longest [`max_age`](StickyCookie::max_age) accepted: 400 days, the
 /// cap browsers put on any cookie's lifetime (RFC 6265bis §5.5).
@@ -70,24 +70,28 @@ impl SameSite {
 /// to a configured backend.
 ///
 /// **Several gateway replicas** honour each other's cookies when they are
-/// given the same secret and the same backend ids (ids default to the
-/// backend's `host:port`; set them with
+/// given the same [`Secret`](super::Secret) and the same backend ids (ids
+/// default to the backend's `host:port`; set them with
 /// [`Backend::with_id`](crate::Backend::with_id) when replicas see the
 /// backends under different addresses). Load the secret from your secret
 /// store; never compile it in.
 ///
-/// **Rotating the secret** without losing sessions: deploy the new secret
-/// with the old one as [`accept_previous_secret`](Self::accept_previous_secret)
-/// to every replica, wait at least the cookie's lifetime (cookies made with
-/// the old secret are re-issued under the new one as they come back), then
-/// drop the old one.
+/// **Rotating the secret** without a restart or lost sessions: keep a clone
+/// of the [`Secrets`] handle the cookie was made with and rotate through it
+/// while requests run; cookies made with a previous secret still route and
+/// are re-issued under the current one (see [`Secrets`] and
+/// `docs/sticky.md` for the rolling procedure across replicas).
 ///
 /// ```
 /// use std::time::Duration;
 /// use http::HeaderMap;
-/// use tower_lb::sticky::{SameSite, StickyCookie};
+/// use tower_lb::sticky::{SameSite, Secret, StickyCookie};
 ///
-/// let sticky = StickyCookie::new("lb", b"32 random bytes from the vault!!")?
+/// # std::env::set_var("STICKY_SECRET", Secret::generate()?.to_base64());
+/// // 32 random bytes in base64, from `openssl rand -base64 32`, given to
+/// // every replica through the environment.
+/// let secret: Secret = std::env::var("STICKY_SECRET").unwrap().parse()?;
+/// let sticky = StickyCookie::new("lb", secret)?
 ///     .max_age(Duration::from_secs(3600))?
 ///     .secure(true)
 ///     .same_site(SameSite::Lax);
@@ -114,8 +118,11 @@ impl SameSite {
 #[derive(Clone)]
 pub struct StickyCookie {
     name: Box<str>,
-    keys: Keys,
-    previous: Option<Keys>,
+    keys: Arc<CookieKeys>,
+    /// The format new tokens are made in.
+    format: TokenFormat,
+    /// The formats accepted, as a set of `TokenFormat::bit`s.
+    accepted: u8,
     path: Option<Box<str>>,
     domain: Option<Box<str>>,
     max_age: Option<u64>,
@@ -128,26 +135,29 @@ pub struct StickyCookie {
 }
 
 impl StickyCookie {
-    /// A sticky cookie called `name`, authenticated under `secret`.
+    /// A sticky cookie called `name`, authenticated under `secrets`: a
+    /// [`Secret`](super::Secret), or a [`Secrets`] handle to rotate it
+    /// later while requests run.
     ///
     /// Defaults: `Path=/`, `HttpOnly`, no `Domain`, no `Secure`, no
     /// `SameSite`, a session cookie (no `Max-Age`), stripped from the
     /// request sent upstream, responses that carry it marked
-    /// `Cache-Control: private`.
+    /// `Cache-Control: private`, tokens in [`TokenFormat::SipHash`].
     ///
-    /// Use 32 random bytes as the secret (`openssl rand 32`); anyone who
-    /// knows it can make cookies for any configured backend.
+    /// Anyone who knows the secret can make cookies for any configured
+    /// backend: generate it ([`Secret::generate`](super::Secret::generate),
+    /// `openssl rand -base64 32`) and keep it in a secret store.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] if `name` is not a valid cookie name or the
-    /// secret is shorter than [`MIN_SECRET_LEN`] bytes.
-    pub fn new(name: &str, secret: impl AsRef<[u8]>) -> Result<Self, Error> {
+    /// [`Error::InvalidConfig`] if `name` is not a valid cookie name.
+    pub fn new(name: &str, secrets: impl Into<Secrets>) -> Result<Self, Error> {
         check_cookie_name(name)?;
         let cookie = StickyCookie {
             name: name.into(),
-            keys: derive_keys(secret.as_ref(), name)?,
-            previous: None,
+            keys: Arc::new(CookieKeys::new(name, secrets.into())),
+            format: TokenFormat::SipHash,
+            accepted: TokenFormat::SipHash.bit(),
             path: Some("/".into()),
             domain: None,
             max_age: None,
@@ -163,17 +173,49 @@ impl StickyCookie {
         Ok(cookie.secure(secure))
     }
 
-    /// Also accepts cookies made with `old`, the secret being rotated out;
-    /// cookies are still made with the current secret, and a cookie made
-    /// with `old` is re-issued ([`VerifiedCookie::should_reissue`]).
+    /// The handle of the secrets this cookie uses: rotate them through it
+    /// (or through any clone of the handle given to [`new`](Self::new)).
+    pub fn secrets(&self) -> &Secrets {
+        self.keys.secrets()
+    }
+
+    /// Makes new tokens in `format` (default [`TokenFormat::SipHash`]),
+    /// and accepts only that format, until
+    /// [`accept_token_format`](Self::accept_token_format) adds another.
     ///
-    /// # Errors
+    /// ```
+    /// # #[cfg(feature = "aead")] {
+    /// use tower_lb::sticky::{Secret, StickyCookie, TokenFormat};
     ///
-    /// [`Error::InvalidConfig`] if `old` is shorter than
-    /// [`MIN_SECRET_LEN`] bytes.
-    pub fn accept_previous_secret(mut self, old: impl AsRef<[u8]>) -> Result<Self, Error> {
-        self.previous = Some(derive_keys(old.as_ref(), &self.name)?);
-        Ok(self)
+    /// // A fleet moving to the AEAD, step 2 of 3: issue it, still accept
+    /// // the default format (re-issued as clients come back).
+    /// let sticky = StickyCookie::new("lb", Secret::generate()?)?
+    ///     .token_format(TokenFormat::XChaCha20Poly1305)
+    ///     .accept_token_format(TokenFormat::SipHash);
+    /// assert_eq!(sticky.issued_token_format(), TokenFormat::XChaCha20Poly1305);
+    /// # }
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn token_format(mut self, format: TokenFormat) -> Self {
+        self.format = format;
+        self.accepted = format.bit();
+        self
+    }
+
+    /// Also accepts tokens in `format`, re-issuing them in the
+    /// [`token_format`](Self::token_format): for moving a fleet from one
+    /// format to another without losing sessions, in the three steps of a
+    /// secret rotation (accept the new format everywhere, issue it
+    /// everywhere while accepting the old, stop accepting the old after
+    /// the cookie's `max_age`).
+    pub fn accept_token_format(mut self, format: TokenFormat) -> Self {
+        self.accepted |= format.bit();
+        self
+    }
+
+    /// The format new tokens are made in.
+    pub fn issued_token_format(&self) -> TokenFormat {
+        self.format
     }
 
     /// Sets the `Path` attribute (default `/`).
@@ -386,10 +428,18 @@ impl StickyCookie {
         }
         // Decrypted in place; a token the current keys reject is untouched,
         // and tried under the previous ones.
-        let (id, previous) = match self.keys.open_in_place(raw) {
-            Some(id) => (id, false),
-            None => (self.previous.as_ref()?.open_in_place(raw)?, true),
-        };
+        let accepted = self.accepted;
+        let (id, previous) = self.keys.with(|keys| {
+            if let Some(id) = keys.current.open_in_place(raw, accepted) {
+                return Some((id, false));
+            }
+            keys.previous
+                .iter()
+                .find_map(|k| k.open_in_place(raw, accepted))
+                .map(|id| (id, true))
+        })?;
+        // Made with a previous secret or in a format being migrated from.
+        let previous = previous || raw[0] != self.format.version();
         // Ids are nearly always ASCII, checked without a call.
         let id_bytes = &raw[id.clone()];
         if !id_bytes.is_ascii() && std::str::from_utf8(id_bytes).is_err() {
@@ -489,10 +539,11 @@ impl StickyCookie {
             Some(max_age) => unix_seconds(now).saturating_add(max_age).min(LATEST_EXPIRY),
             None => NEVER,
         };
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::fill(&mut nonce);
         let mut raw = [0u8; MAX_TOKEN];
-        let len = self.keys.seal(id.as_bytes(), expiry, nonce, &mut raw);
+        let len = self.keys.with(|keys| {
+            keys.current
+                .seal(self.format, id.as_bytes(), expiry, &mut raw)
+        });
         base64url::encode_into(&raw[..len], out);
         Ok(())
     }
@@ -504,9 +555,9 @@ impl StickyCookie {
     ///
     /// ```
     /// use http::HeaderMap;
-    /// use tower_lb::sticky::StickyCookie;
+    /// use tower_lb::sticky::{Secret, StickyCookie};
     ///
-    /// let sticky = StickyCookie::new("lb", b"32 random bytes from the vault!!")?;
+    /// let sticky = StickyCookie::new("lb", Secret::generate()?)?;
     /// let mut headers = HeaderMap::new();
     /// headers.insert("cache-control", "max-age=60".parse().unwrap());
     /// sticky.insert(&mut headers, "game-7")?;
@@ -537,9 +588,9 @@ impl StickyCookie {
     ///
     /// ```
     /// use http::HeaderMap;
-    /// use tower_lb::sticky::StickyCookie;
+    /// use tower_lb::sticky::{Secret, StickyCookie};
     ///
-    /// let sticky = StickyCookie::new("lb", b"32 random bytes from the vault!!")?;
+    /// let sticky = StickyCookie::new("lb", Secret::generate()?)?;
     /// let mut headers = HeaderMap::new();
     /// headers.append("set-cookie", "lb=; Max-Age=0".parse().unwrap());
     /// headers.append("set-cookie", "session=abc; HttpOnly".parse().unwrap());
@@ -598,27 +649,12 @@ fn is_private(headers: &HeaderMap) -> bool {
 /// gateway replicas differ a little) before it is renewed.
 const CLOCK_SKEW: u64 = 300;
 
-fn derive_keys(secret: &[u8], name: &str) -> Result<Keys, Error> {
-    if secret.len() < MIN_SECRET_LEN {
-        return Err(Error::InvalidConfig {
-            reason: format!(
-                "the sticky-cookie secret is {} bytes long; it must be at least {MIN_SECRET_LEN} (use 32 random bytes)",
-                secret.len()
-            ),
-        });
-    }
-    Ok(Keys::derive(secret, name.as_bytes()))
-}
-
 impl fmt::Debug for StickyCookie {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StickyCookie")
             .field("name", &self.name)
-            .field("secret", &"<redacted>")
-            .field(
-                "previous_secret",
-                &self.previous.as_ref().map(|_| "<redacted>"),
-            )
+            .field("secrets", self.keys.secrets())
+            .field("token_format", &self.format)
             .field("path", &self.path)
             .field("domain", &self.domain)
             .field("max_age", &self.max_age.map(Duration::from_secs))
@@ -648,9 +684,9 @@ pub struct VerifiedCookie {
 ///
 /// ```
 /// use std::time::SystemTime;
-/// use tower_lb::sticky::{StickyCookie, INLINE_ID_LEN};
+/// use tower_lb::sticky::{Secret, StickyCookie, INLINE_ID_LEN};
 ///
-/// let sticky = StickyCookie::new("lb", b"thirty-two bytes of shared secret")?;
+/// let sticky = StickyCookie::new("lb", Secret::generate()?)?;
 /// let now = SystemTime::now();
 /// for id in ["checkout.shop.svc.cluster.local:8080", &"x".repeat(INLINE_ID_LEN + 1)] {
 ///     let token = sticky.token_at(id, now)?;
@@ -825,8 +861,21 @@ mod tests {
     use http::header::COOKIE;
     use proptest::prelude::*;
 
-    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-    const OLD: &[u8] = b"the old secret, being rotated out";
+    use crate::sticky::{Secret, Secrets};
+
+    fn secret() -> Secret {
+        Secret::from_base64("xW2OUVNzjeeS1bhYiwtlLt8XW1PavVYrCu/jXEQDzOI=").unwrap()
+    }
+
+    fn old() -> Secret {
+        Secret::from_base64("grkV3RiIf4G0RwNi5gwTIXax/tE7anhUHv3tvltR5uM=").unwrap()
+    }
+
+    /// Every token format this build knows, for the tests that must hold
+    /// for each.
+    fn formats() -> impl Strategy<Value = TokenFormat> {
+        proptest::sample::select(TokenFormat::ALL)
+    }
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
@@ -847,12 +896,9 @@ mod tests {
     }
 
     #[test]
-    fn a_short_secret_or_bad_attribute_is_a_configuration_error() {
-        let err = StickyCookie::new("lb", b"too short").unwrap_err();
-        assert!(err.to_string().contains("at least 16"), "{err}");
-        assert!(StickyCookie::new("l b", SECRET).is_err());
-        let s = StickyCookie::new("lb", SECRET).unwrap();
-        assert!(s.clone().accept_previous_secret(b"short").is_err());
+    fn a_bad_name_or_attribute_is_a_configuration_error() {
+        assert!(StickyCookie::new("l b", secret()).is_err());
+        let s = StickyCookie::new("lb", secret()).unwrap();
         assert!(s.clone().path("no-slash").is_err());
         assert!(s.clone().path("/a;b").is_err());
         assert!(s.clone().domain("a b").is_err());
@@ -868,7 +914,7 @@ mod tests {
 
     #[test]
     fn the_default_cookie_is_a_session_cookie_for_the_whole_site() {
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         let v = s.set_cookie("b1").unwrap();
         let v = v.to_str().unwrap();
         let token = v
@@ -884,7 +930,7 @@ mod tests {
 
     #[test]
     fn set_cookie_carries_every_configured_attribute() {
-        let s = StickyCookie::new("SRV", SECRET)
+        let s = StickyCookie::new("SRV", secret())
             .unwrap()
             .path("/game")
             .unwrap()
@@ -920,7 +966,7 @@ mod tests {
 
     #[test]
     fn a_cookie_round_trips_among_other_cookies_and_headers() {
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         let token = token_of(&s.set_cookie("10.0.0.1:8080").unwrap());
         let h = with_cookies(&["a=1; b=2", &format!("c=3; lb=\"{token}\"; d=4"), "e=5"]);
         let v = s.verify(&h).unwrap();
@@ -931,7 +977,7 @@ mod tests {
 
     #[test]
     fn the_first_valid_cookie_of_the_name_wins_and_garbage_ones_are_skipped() {
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         let token = token_of(&s.set_cookie("b2").unwrap());
         let h = with_cookies(&["lb=garbage", &format!("lb={token}")]);
         assert_eq!(s.verify(&h).unwrap().id(), "b2");
@@ -939,7 +985,7 @@ mod tests {
 
     #[test]
     fn only_a_few_cookies_of_the_name_are_checked() {
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         let token = token_of(&s.set_cookie("b2").unwrap());
         let mut line = "lb=x; ".repeat(MAX_CANDIDATES);
         line.push_str(&format!("lb={token}"));
@@ -948,7 +994,7 @@ mod tests {
 
     #[test]
     fn ids_and_addresses_are_never_accepted_as_values() {
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         for value in [
             "b1",
             "10.0.0.1:8080",
@@ -964,8 +1010,8 @@ mod tests {
 
     #[test]
     fn another_secret_rejects_the_cookie() {
-        let a = StickyCookie::new("lb", SECRET).unwrap();
-        let b = StickyCookie::new("lb", b"another secret, also long enough").unwrap();
+        let a = StickyCookie::new("lb", secret()).unwrap();
+        let b = StickyCookie::new("lb", old()).unwrap();
         let h = with_cookies(&[&format!("lb={}", token_of(&a.set_cookie("b1").unwrap()))]);
         assert!(b.verify(&h).is_none());
         assert_eq!(a.verify(&h).unwrap().id(), "b1");
@@ -973,9 +1019,10 @@ mod tests {
 
     #[test]
     fn replicas_with_the_same_secret_honour_each_other() {
-        let replica_a = StickyCookie::new("lb", SECRET).unwrap();
+        let replica_a = StickyCookie::new("lb", secret()).unwrap();
+        // Given the same secret as base64, as a replica reads it.
         let replica_b =
-            StickyCookie::new("lb", String::from_utf8(SECRET.to_vec()).unwrap()).unwrap();
+            StickyCookie::new("lb", secret().to_base64().parse::<Secret>().unwrap()).unwrap();
         let h = with_cookies(&[&format!(
             "lb={}",
             token_of(&replica_a.set_cookie("b1").unwrap())
@@ -984,13 +1031,97 @@ mod tests {
     }
 
     #[test]
+    fn rotating_the_handle_reaches_every_clone_and_thread_at_the_next_request() {
+        let secrets = Secrets::new(old());
+        let sticky = StickyCookie::new("lb", secrets.clone()).unwrap();
+        let other_name = StickyCookie::new("lb2", secrets.clone()).unwrap();
+        let clone = sticky.clone();
+        let before = sticky.token_at("b1", at(1)).unwrap();
+        let before2 = other_name.token_at("b2", at(1)).unwrap();
+        let verify = |s: &StickyCookie, t: &str| s.verify_token_at(t.as_bytes(), at(1));
+        // Warm this thread's cache with the old keys.
+        assert!(!verify(&clone, &before).unwrap().should_reissue());
+
+        secrets.rotate(secret()).unwrap();
+        for s in [&sticky, &clone] {
+            let v = verify(s, &before).unwrap();
+            assert_eq!(v.id(), "b1");
+            assert!(v.should_reissue(), "made with a previous secret");
+        }
+        assert!(verify(&other_name, &before2).unwrap().should_reissue());
+        let after = sticky.token_at("b1", at(1)).unwrap();
+        assert!(!verify(&clone, &after).unwrap().should_reissue());
+        let fresh = StickyCookie::new("lb", secret()).unwrap();
+        assert!(
+            verify(&fresh, &after).is_some(),
+            "issued with the new secret"
+        );
+        std::thread::scope(|scope| {
+            scope.spawn(|| assert!(verify(&sticky, &before).unwrap().should_reissue()));
+        });
+
+        assert!(secrets.retire(&old()));
+        assert!(verify(&sticky, &before).is_none());
+        assert!(verify(&other_name, &before2).is_none());
+        std::thread::scope(|scope| {
+            scope.spawn(|| assert!(verify(&clone, &before).is_none()));
+        });
+        assert!(verify(&sticky, &after).is_some());
+    }
+
+    #[test]
+    fn many_cookies_on_one_thread_each_keep_their_own_keys() {
+        // More cookies than the per-thread cache holds, verified in turn.
+        let cookies: Vec<StickyCookie> = (0..7)
+            .map(|i| StickyCookie::new(&format!("c{i}"), Secret::generate().unwrap()).unwrap())
+            .collect();
+        let tokens: Vec<String> = cookies
+            .iter()
+            .map(|c| c.token_at("b", at(1)).unwrap())
+            .collect();
+        for _ in 0..3 {
+            for (i, c) in cookies.iter().enumerate() {
+                for (j, t) in tokens.iter().enumerate() {
+                    assert_eq!(c.verify_token_at(t.as_bytes(), at(1)).is_some(), i == j);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_format_not_accepted_counts_as_no_cookie() {
+        for &format in TokenFormat::ALL {
+            let issuer = StickyCookie::new("lb", secret())
+                .unwrap()
+                .token_format(format);
+            let token = issuer.token_at("b1", at(1)).unwrap();
+            for &other in TokenFormat::ALL {
+                let verifier = StickyCookie::new("lb", secret())
+                    .unwrap()
+                    .token_format(other);
+                let v = verifier.verify_token_at(token.as_bytes(), at(1));
+                assert_eq!(v.is_some(), other == format, "{format:?} under {other:?}");
+                let migrating = verifier.accept_token_format(format);
+                let v = migrating.verify_token_at(token.as_bytes(), at(1)).unwrap();
+                assert_eq!(v.id(), "b1");
+                assert_eq!(
+                    v.should_reissue(),
+                    other != format,
+                    "re-issued in {other:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn rotation_accepts_the_old_secret_and_issues_with_the_new() {
-        let old = StickyCookie::new("lb", OLD).unwrap();
-        let rotated = StickyCookie::new("lb", SECRET)
-            .unwrap()
-            .accept_previous_secret(OLD)
-            .unwrap();
-        let new_only = StickyCookie::new("lb", SECRET).unwrap();
+        let old = StickyCookie::new("lb", old()).unwrap();
+        let rotated = StickyCookie::new(
+            "lb",
+            Secrets::with_previous(secret(), [self::old()]).unwrap(),
+        )
+        .unwrap();
+        let new_only = StickyCookie::new("lb", secret()).unwrap();
 
         let from_old = with_cookies(&[&format!("lb={}", token_of(&old.set_cookie("b1").unwrap()))]);
         let v = rotated.verify(&from_old).unwrap();
@@ -1015,7 +1146,7 @@ mod tests {
 
     #[test]
     fn tokens_expire_with_max_age_and_are_refreshed_past_half_life() {
-        let s = StickyCookie::new("lb", SECRET)
+        let s = StickyCookie::new("lb", secret())
             .unwrap()
             .max_age(Duration::from_secs(100))
             .unwrap();
@@ -1034,7 +1165,7 @@ mod tests {
 
     #[test]
     fn a_session_token_does_not_expire() {
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         let h = with_cookies(&[&format!(
             "lb={}",
             token_of(&s.set_cookie_at("b1", at(5)).unwrap())
@@ -1044,7 +1175,7 @@ mod tests {
 
     #[test]
     fn tokens_differ_each_time_so_they_do_not_identify_the_backend() {
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         let a = s.token_at("b1", at(1)).unwrap();
         let b = s.token_at("b1", at(1)).unwrap();
         assert_ne!(a, b);
@@ -1059,7 +1190,7 @@ mod tests {
 
     #[test]
     fn invalid_ids_cannot_be_issued() {
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         assert!(matches!(
             s.set_cookie(""),
             Err(Error::InvalidBackendId { .. })
@@ -1076,7 +1207,7 @@ mod tests {
 
     #[test]
     fn ids_round_trip_on_both_sides_of_the_inline_length() {
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         for len in [1, INLINE_ID_LEN - 1, INLINE_ID_LEN, INLINE_ID_LEN + 1] {
             // Multi-byte characters too: the inline copy keeps them whole.
             let id: String = "é".repeat(len / 2) + &"x".repeat(len % 2);
@@ -1090,7 +1221,7 @@ mod tests {
 
     #[test]
     fn expiries_stay_within_what_a_system_time_and_an_http_date_hold() {
-        let s = StickyCookie::new("lb", SECRET)
+        let s = StickyCookie::new("lb", secret())
             .unwrap()
             .max_age(MAX_COOKIE_AGE)
             .unwrap();
@@ -1154,7 +1285,7 @@ mod tests {
                 .map(|v| v.to_str().unwrap().to_owned())
                 .collect::<Vec<_>>()
         };
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         let mut h = response();
         assert!(!s.remove_backend_cookie(&mut h));
         assert_eq!(
@@ -1181,7 +1312,7 @@ mod tests {
 
     #[test]
     fn strip_removes_only_the_sticky_cookie() {
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         let mut h = with_cookies(&["a=1; lb=x; b=2", "lb=y"]);
         assert!(s.strip(&mut h));
         let lines: Vec<_> = h
@@ -1194,7 +1325,7 @@ mod tests {
 
     #[test]
     fn insert_marks_the_response_private_unless_it_already_is() {
-        let s = StickyCookie::new("lb", SECRET).unwrap();
+        let s = StickyCookie::new("lb", secret()).unwrap();
         let cache = |initial: &[&str], sticky: &StickyCookie| {
             let mut h = HeaderMap::new();
             for v in initial {
@@ -1224,28 +1355,29 @@ mod tests {
 
     #[test]
     fn debug_output_does_not_show_the_secret() {
-        let s = StickyCookie::new("lb", SECRET)
-            .unwrap()
-            .accept_previous_secret(OLD)
-            .unwrap();
+        let s =
+            StickyCookie::new("lb", Secrets::with_previous(secret(), [old()]).unwrap()).unwrap();
         let shown = format!("{s:?}");
         assert!(shown.contains("<redacted>"));
-        assert!(!shown.contains("0123456789abcdef"));
+        assert!(shown.contains("previous: 1"));
+        for bytes in [secret(), old()] {
+            assert!(!shown.contains(bytes.to_base64().trim_end_matches('=')));
+        }
     }
 
     proptest! {
         #[test]
-        fn any_id_round_trips(id in "[^\\x00]{1,64}", now in 0u64..4_000_000_000) {
+        fn any_id_round_trips(format in formats(), id in "[^\\x00]{1,64}", now in 0u64..4_000_000_000) {
             prop_assume!(id.len() <= MAX_ID_LEN);
-            let s = StickyCookie::new("lb", SECRET).unwrap().max_age(Duration::from_secs(60)).unwrap();
+            let s = StickyCookie::new("lb", secret()).unwrap().token_format(format).max_age(Duration::from_secs(60)).unwrap();
             let token = s.token_at(&id, at(now)).unwrap();
             let v = s.verify_token_at(token.as_bytes(), at(now)).unwrap();
             prop_assert_eq!(v.id(), id.as_str());
         }
 
         #[test]
-        fn any_single_character_change_is_rejected(pos in any::<prop::sample::Index>(), c in "[A-Za-z0-9_-]") {
-            let s = StickyCookie::new("lb", SECRET).unwrap();
+        fn any_single_character_change_is_rejected(format in formats(), pos in any::<prop::sample::Index>(), c in "[A-Za-z0-9_-]") {
+            let s = StickyCookie::new("lb", secret()).unwrap().token_format(format);
             let token = s.token_at("backend-1", at(1)).unwrap();
             let i = pos.index(token.len());
             let mut changed = token.clone().into_bytes();
@@ -1255,8 +1387,8 @@ mod tests {
         }
 
         #[test]
-        fn every_bit_flip_of_the_encoded_cookie_is_rejected(id in "[a-z0-9.:-]{1,24}") {
-            let s = StickyCookie::new("lb", SECRET).unwrap();
+        fn every_bit_flip_of_the_encoded_cookie_is_rejected(format in formats(), id in "[a-z0-9.:-]{1,24}") {
+            let s = StickyCookie::new("lb", secret()).unwrap().token_format(format);
             let token = s.token_at(&id, at(1)).unwrap().into_bytes();
             for bit in 0..token.len() * 8 {
                 let mut t = token.clone();
@@ -1267,9 +1399,10 @@ mod tests {
 
         #[test]
         fn garbage_cookie_headers_never_verify_or_panic(
+            format in formats(),
             lines in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 0..4),
         ) {
-            let s = StickyCookie::new("lb", SECRET).unwrap();
+            let s = StickyCookie::new("lb", secret()).unwrap().token_format(format);
             let mut h = HeaderMap::new();
             for raw in &lines {
                 let mut prefixed = b"lb=".to_vec();

@@ -27,27 +27,26 @@
 //! and the cookie's `name`. Every byte of the secret affects both keys, and a
 //! token made for one cookie name does not verify under another.
 
-use siphasher::sip128::{Hasher128, SipHasher24};
 use std::hash::Hasher;
-
-use super::siphash::{sip128, sip128_pair};
 use std::ops::Range;
+
+use siphasher::sip128::{Hasher128, SipHasher24};
 
 use crate::MAX_ID_LEN;
 
 pub(crate) const VERSION: u8 = 1;
 pub(crate) const NONCE_LEN: usize = 12;
 pub(crate) const TAG_LEN: usize = 16;
-const BLOCK: usize = 16;
+pub(crate) const BLOCK: usize = 16;
 const EXPIRY_LEN: usize = 8;
 const HEADER_LEN: usize = 1 + NONCE_LEN + EXPIRY_LEN;
 /// The padding marker after the id.
-const MARK: u8 = 0x80;
+pub(crate) const MARK: u8 = 0x80;
 
 /// The expiry of a token that never expires (a session cookie).
 pub(crate) const NEVER: u64 = u64::MAX;
 
-const fn padded(n: usize) -> usize {
+pub(crate) const fn padded(n: usize) -> usize {
     n.div_ceil(BLOCK) * BLOCK
 }
 
@@ -107,7 +106,7 @@ impl Keys {
         id: &[u8],
         expiry: u64,
         nonce: [u8; NONCE_LEN],
-        out: &mut [u8; MAX_TOKEN],
+        out: &mut [u8],
     ) -> usize {
         debug_assert!(!id.is_empty() && id.len() <= MAX_ID_LEN);
         let plain_len = padded(id.len() + 1);
@@ -119,7 +118,7 @@ impl Keys {
         let body = &mut out[HEADER_LEN..HEADER_LEN + plain_len];
         body[..id.len()].copy_from_slice(id);
         body[id.len()] = MARK;
-        self.apply_keystream(&nonce, 0, body);
+        self.apply_keystream(&nonce, body);
         let tag = self.tag(&out[..HEADER_LEN + plain_len]);
         out[HEADER_LEN + plain_len..total].copy_from_slice(&tag);
         total
@@ -140,37 +139,42 @@ impl Keys {
         }
         let (signed, tag) = token.split_at_mut(len - TAG_LEN);
         let nonce: [u8; NONCE_LEN] = *signed[1..].first_chunk()?;
-        // The tag and the first block of keystream, in one pass.
-        let (expected, first) =
-            sip128_pair(&self.mac, signed, &self.enc, &keystream_input(&nonce, 0));
-        if !equal_in_constant_time(&expected, tag) {
+        if !equal_in_constant_time(&self.tag(signed), tag) {
             return None;
         }
         let body = &mut signed[HEADER_LEN..];
-        let (head, rest) = body.split_at_mut(BLOCK);
-        xor(head, &first);
-        self.apply_keystream(&nonce, 1, rest);
-        // A genuine token ends in the marker and fewer than 16 zeros.
-        let mark = body.iter().rposition(|&b| b != 0)?;
-        if body[mark] != MARK || mark == 0 || body.len() - mark > BLOCK {
-            return None;
-        }
-        Some(HEADER_LEN..HEADER_LEN + mark)
+        self.apply_keystream(&nonce, body);
+        let id_len = unpadded_len(body)?;
+        Some(HEADER_LEN..HEADER_LEN + id_len)
     }
 
     fn tag(&self, signed: &[u8]) -> [u8; TAG_LEN] {
         sip128(&self.mac, signed)
     }
 
-    /// XORs the keystream into `body`, starting at block `first`.
-    fn apply_keystream(&self, nonce: &[u8; NONCE_LEN], first: usize, body: &mut [u8]) {
+    /// XORs the keystream into `body`.
+    fn apply_keystream(&self, nonce: &[u8; NONCE_LEN], body: &mut [u8]) {
         for (i, block) in body.chunks_mut(BLOCK).enumerate() {
-            xor(
-                block,
-                &sip128(&self.enc, &keystream_input(nonce, first + i)),
-            );
+            xor(block, &sip128(&self.enc, &keystream_input(nonce, i)));
         }
     }
+}
+
+/// The length of the id in a decrypted, padded `body`: a genuine token ends
+/// in the marker and fewer than 16 zeros, after an id of at least one byte.
+pub(crate) fn unpadded_len(body: &[u8]) -> Option<usize> {
+    let mark = body.iter().rposition(|&b| b != 0)?;
+    if body[mark] != MARK || mark == 0 || body.len() - mark > BLOCK {
+        return None;
+    }
+    Some(mark)
+}
+
+/// SipHash-2-4-128 of `msg` under `key`, laid out as `siphasher`'s
+/// `Hash128::as_bytes`.
+#[inline]
+fn sip128(key: &[u8; 16], msg: &[u8]) -> [u8; 16] {
+    SipHasher24::new_with_key(key).hash(msg).as_bytes()
 }
 
 /// The input of keystream block `i`: the nonce and the block's number.
@@ -203,19 +207,14 @@ fn equal_in_constant_time(expected: &[u8; TAG_LEN], got: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    //! The forgery tests, shared by every format, are in `codec.rs`.
+
     use super::*;
-    use proptest::prelude::*;
 
     fn seal(keys: &Keys, id: &[u8], expiry: u64) -> Vec<u8> {
         let mut out = [0; MAX_TOKEN];
         let n = keys.seal(id, expiry, [7; NONCE_LEN], &mut out);
         out[..n].to_vec()
-    }
-
-    /// The id in `token`, if it opens.
-    fn open(keys: &Keys, mut token: Vec<u8>) -> Option<Vec<u8>> {
-        let id = keys.open_in_place(&mut token)?;
-        Some(token[id].to_vec())
     }
 
     #[test]
@@ -231,27 +230,6 @@ mod tests {
     }
 
     #[test]
-    fn ids_ending_in_zero_or_marker_bytes_round_trip() {
-        let keys = Keys::derive(b"0123456789abcdef", b"lb");
-        for id in [
-            &b"a\0"[..],
-            b"\x80",
-            b"\0\0\x80\0",
-            &[0x80; 16],
-            &[0; MAX_ID_LEN],
-        ] {
-            assert_eq!(open(&keys, seal(&keys, id, 9)).as_deref(), Some(id));
-        }
-    }
-
-    #[test]
-    fn the_id_does_not_appear_in_the_token() {
-        let keys = Keys::derive(b"0123456789abcdef", b"lb");
-        let token = seal(&keys, b"10.0.0.1:8080", 0);
-        assert!(!token.windows(4).any(|w| w == b"10.0"));
-    }
-
-    #[test]
     fn keys_depend_on_every_byte_of_the_secret() {
         let base = Keys::derive(&[0x55; 32], b"lb");
         for i in 0..32 {
@@ -263,67 +241,15 @@ mod tests {
         assert!(Keys::derive(&[1; 32], b"lb") != Keys::derive(&[0; 32], b"lb"));
     }
 
-    proptest! {
-        #[test]
-        fn open_inverts_seal(
-            id in proptest::collection::vec(any::<u8>(), 1..=MAX_ID_LEN),
-            expiry in any::<u64>(),
-        ) {
-            let keys = Keys::derive(b"a secret of sixteen bytes or more", b"lb");
-            let token = seal(&keys, &id, expiry);
-            prop_assert_eq!(unverified_expiry(&token), Some(expiry));
-            prop_assert_eq!(open(&keys, token), Some(id));
-        }
-
-        #[test]
-        fn every_single_bit_flip_is_rejected(
-            id in proptest::collection::vec(any::<u8>(), 1..40),
-            expiry in any::<u64>(),
-        ) {
-            let keys = Keys::derive(b"a secret of sixteen bytes or more", b"lb");
-            let token = seal(&keys, &id, expiry);
-            for bit in 0..token.len() * 8 {
-                let mut t = token.clone();
-                t[bit / 8] ^= 1 << (bit % 8);
-                let flipped = t.clone();
-                prop_assert!(keys.open_in_place(&mut t).is_none(), "bit {}", bit);
-                // A rejected token is left as it was, for the next key.
-                prop_assert_eq!(&t, &flipped);
-            }
-        }
-
-        #[test]
-        fn truncated_or_extended_tokens_are_rejected(
-            id in proptest::collection::vec(any::<u8>(), 1..40),
-            cut in 1usize..64,
-            extra in proptest::collection::vec(any::<u8>(), 1..32),
-        ) {
-            let keys = Keys::derive(b"a secret of sixteen bytes or more", b"lb");
-            let token = seal(&keys, &id, 1);
-            let cut = cut.min(token.len());
-            let mut shorter = token[..token.len() - cut].to_vec();
-            prop_assert!(keys.open_in_place(&mut shorter).is_none());
-            let mut longer = token.clone();
-            longer.extend_from_slice(&extra);
-            prop_assert!(keys.open_in_place(&mut longer).is_none());
-        }
-
-        #[test]
-        fn another_secret_rejects_the_token(
-            id in proptest::collection::vec(any::<u8>(), 1..40),
-            other in proptest::collection::vec(any::<u8>(), 16..48),
-        ) {
-            let secret = b"a secret of sixteen bytes or more";
-            prop_assume!(other != secret);
-            let mut token = seal(&Keys::derive(secret, b"lb"), &id, 1);
-            prop_assert!(Keys::derive(&other, b"lb").open_in_place(&mut token).is_none());
-        }
-
-        #[test]
-        fn random_bytes_never_open(bytes in proptest::collection::vec(any::<u8>(), 0..320)) {
-            let keys = Keys::derive(b"a secret of sixteen bytes or more", b"lb");
-            let mut bytes = bytes;
-            prop_assert!(keys.open_in_place(&mut bytes).is_none());
-        }
+    #[test]
+    fn sip128_is_siphasher_s_and_matches_the_paper_s_first_vector() {
+        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        assert_eq!(
+            sip128(&key, &[]),
+            [
+                0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7, 0x55,
+                0x02, 0x93
+            ]
+        );
     }
 }
