@@ -26,6 +26,14 @@
 //! `fail_timeout=10s`): stop a backend and its traffic moves to the others
 //! after one failed request; start it again and it is back after 10 s.
 //!
+//! Retries and timeouts are on (see `support/retry.rs`): a request that
+//! fails on one backend with an error, a timeout or a 502/503/504 is retried
+//! on the next, at most `--tries N` backends (default 3; 1 turns retries
+//! off) within `--next-upstream-timeout DUR` (10s); `--connect-timeout DUR`
+//! (2s) and `--response-timeout DUR` (30s) time each attempt (`0`: no limit).
+//! `--chaos` kills the first backend and restarts it every 200 ms: try
+//! `cargo run --example gateway -- --chaos --demo --requests 200`, no request fails.
+//!
 //! The affinity key is the `x-user` request header: with `consistent_hash`
 //! every request of one user reaches the same backend.
 
@@ -41,7 +49,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector};
+use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector, ReplayBody};
 use tower_lb::sticky::{AffinityKey, Secret, StickyCookie};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
@@ -55,6 +63,7 @@ struct Options {
     demo: bool,
     requests: usize,
     sticky: bool,
+    retry: support::retry::RetryOptions,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -67,6 +76,7 @@ fn parse_args() -> Result<Options, String> {
         demo: false,
         requests: 12,
         sticky: false,
+        retry: Default::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -109,12 +119,13 @@ fn parse_args() -> Result<Options, String> {
             "--demo" => o.demo = true,
             "--sticky" => o.sticky = true,
             "-h" | "--help" => {
-                return Err(
+                return Err(format!(
                     "usage: gateway [--strategy NAME] [--backend URL[=WEIGHT]]... [--backends N] \
-                     [--weights 5,1,1] [--listen ADDR] [--demo] [--requests N] [--sticky]"
-                        .into(),
-                )
+                     [--weights 5,1,1] [--listen ADDR] [--demo] [--requests N] [--sticky] {}",
+                    support::retry::USAGE
+                ))
             }
+            other if o.retry.parse_flag(other, || value(other))? => {}
             other => return Err(format!("unknown option `{other}` (try --help)")),
         }
     }
@@ -129,7 +140,7 @@ fn parse_args() -> Result<Options, String> {
 }
 
 /// The affinity key: the `x-user` header.
-fn user_key(req: &Request<Incoming>) -> Option<AffinityKey<'_>> {
+fn user_key(req: &Request<ReplayBody<Incoming>>) -> Option<AffinityKey<'_>> {
     req.headers().get("x-user").map(|v| v.as_bytes().into())
 }
 
@@ -177,7 +188,7 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     };
     for (i, &weight) in built_in.iter().enumerate() {
         let name = format!("backend-{}", i + 1);
-        let addr = support::spawn_backend(&name).await?;
+        let addr = o.retry.spawn_backend(&name, i).await?;
         let backend = Backend::new(&format!("http://{addr}"))?
             .with_id(name.clone())?
             .with_weight(weight)?;
@@ -200,9 +211,11 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         balance = balance.sticky(StickyCookie::new("lb", secret)?);
     }
     let stack = ServiceBuilder::new()
+        .layer(o.retry.next_upstream())
         .layer(balance)
+        .layer(o.retry.response_timeout())
         .layer(DirectorLayer::new(ProxyDirector::new()))
-        .service(support::Upstream::new());
+        .service(o.retry.upstream());
 
     let listener = match TcpListener::bind(o.listen).await {
         Ok(l) => l,
@@ -218,6 +231,7 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         o.strategy,
         if o.sticky { ", sticky cookie `lb`" } else { "" }
     );
+    println!("            {}", o.retry.describe());
     tokio::spawn(support::serve_proxy(listener, stack));
 
     if o.demo {

@@ -178,6 +178,36 @@ pub enum Error {
         reason: String,
     },
 
+    /// A backend did not answer in time: the response head did not arrive
+    /// within a [`ResponseTimeout`](crate::layer::ResponseTimeout), or the
+    /// inner client reported a timeout (such as hyper-util's connect
+    /// timeout, an `io::ErrorKind::TimedOut`); a proxy answers `504 Gateway
+    /// Timeout`. It counts against the backend.
+    #[error("timed out waiting for {waited_for}{}", from_backend(backend))]
+    Timeout {
+        /// The id of the backend the request went to, or empty if unknown.
+        backend: String,
+        /// What did not arrive in time: `the response head`, `the backend`.
+        waited_for: &'static str,
+        /// The client's own timeout error, when it reported one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// An attempt failed in a way `NextUpstream` (feature `http-body`)
+    /// would retry on the next backend, but retrying was not safe (the
+    /// request had reached the backend and is not idempotent, or its body
+    /// was streamed rather than buffered, or it was a protocol upgrade). The
+    /// status is the failure's own ([`Error::status_code`] of `source`).
+    #[error("not retried on another backend because {reason}: {source}")]
+    NotRetried {
+        /// Why retrying was not safe, and what to change if it should be.
+        reason: &'static str,
+        /// The attempt's failure.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// Every backend that takes new picks is ejected by passive health or
     /// failing its active checks; a proxy answers `503 Service
     /// Unavailable`. See [`health`](crate::health) for Envoy's panic mode
@@ -208,6 +238,14 @@ impl fmt::Display for HookStage {
     }
 }
 
+fn from_backend(backend: &str) -> String {
+    if backend.is_empty() {
+        String::new()
+    } else {
+        format!(" from `{backend}`")
+    }
+}
+
 fn to_backend(backend: &str) -> String {
     if backend.is_empty() {
         String::new()
@@ -220,7 +258,8 @@ impl Error {
     /// The HTTP status a proxy should answer with for this error.
     ///
     /// `503 Service Unavailable` when no backend can take the request,
-    /// `502 Bad Gateway` when the upstream or a hook failed, `400 Bad
+    /// `502 Bad Gateway` when the upstream or a hook failed, `504 Gateway
+    /// Timeout` when a backend did not answer in time, `400 Bad
     /// Request` and `414 URI Too Long` when the client's request cannot be
     /// forwarded, `405 Method Not Allowed` for a method the director does
     /// not forward, and `500 Internal Server Error` for configuration
@@ -240,6 +279,8 @@ impl Error {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Error::NotRetried { source, .. } => source.status_code(),
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

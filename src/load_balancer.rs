@@ -268,6 +268,43 @@ impl LoadBalancer {
         member.health().count_sticky(StickyOutcome::Miss);
     }
 
+    /// Picks a backend for a retry: the first backend of
+    /// [`failover`](Self::failover)`(key, tried[0])` whose id is not in
+    /// `tried`, so every attempt of one request goes to a backend not yet
+    /// tried, in the strategy's failover order (for consistent hashing, the
+    /// ring successor of the key's backend). With `tried` empty this is
+    /// [`pick`](Self::pick).
+    ///
+    /// ```
+    /// use tower_lb::{LoadBalancer, Strategy};
+    ///
+    /// let lb = LoadBalancer::new(
+    ///     Strategy::RoundRobin,
+    ///     ["http://10.0.0.1", "http://10.0.0.2", "http://10.0.0.3"],
+    /// )?;
+    /// assert_eq!(lb.pick_excluding(None, &["10.0.0.2"])?.id(), "10.0.0.3");
+    /// assert_eq!(lb.pick_excluding(None, &["10.0.0.2", "10.0.0.3"])?.id(), "10.0.0.1");
+    /// assert!(lb.pick_excluding(None, &["10.0.0.1", "10.0.0.2", "10.0.0.3"]).is_err());
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Those of [`pick`](Self::pick); [`Error::AllBackendsDown`] also when
+    /// every backend that is up has been tried already.
+    pub fn pick_excluding(&self, key: Option<&[u8]>, tried: &[&str]) -> Result<Member, Error> {
+        let Some(&first) = tried.first() else {
+            return self.pick(key);
+        };
+        self.failover(key, first)
+            .into_iter()
+            .find(|m| !tried.contains(&m.id()))
+            .ok_or_else(|| match self.len() {
+                0 => Error::NoBackends,
+                count => Error::AllBackendsDown { count },
+            })
+    }
+
     /// The member with this id, if any, up or down.
     pub fn get(&self, id: &str) -> Option<Member> {
         let id = &*backend_id(id);

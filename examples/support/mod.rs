@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tower::Service;
 
+pub mod retry;
 pub mod stoppable;
 
 /// What the proxy answers with: the backend's streamed body, or its own

@@ -173,7 +173,8 @@ impl fmt::Debug for FailurePolicy {
 /// [`io::Error`] of a kind only the backend's side causes (refused, reset,
 /// aborted, not connected, unreachable, timed out), found before any error
 /// that comes from the request body (a client that aborted its upload).
-/// Nothing else counts.
+/// An [`Error::Timeout`] (the backend did not answer in time) counts too.
+/// Nothing else does.
 ///
 /// ```
 /// use std::io::{Error as IoError, ErrorKind};
@@ -186,6 +187,7 @@ impl fmt::Debug for FailurePolicy {
 pub fn backend_fault(error: &Error) -> bool {
     match error {
         Error::Upstream { source, .. } => io_fault_in_chain(&**source),
+        Error::Timeout { .. } => true,
         _ => false,
     }
 }

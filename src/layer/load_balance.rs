@@ -413,8 +413,12 @@ where
                     Some(cookie) => match ctx.lb.get(cookie.id()) {
                         // Its backend, whatever the strategy would pick
                         // (draining included), unless it is down, ejected
-                        // or failing its checks.
-                        Some(member) if ctx.lb.admit_sticky(&member) => {
+                        // or failing its checks, or this is a retry and it
+                        // failed already: the retry moves the client, and
+                        // the response says so.
+                        Some(member)
+                            if !was_tried(&req, member.id()) && ctx.lb.admit_sticky(&member) =>
+                        {
                             (Ok(member), cookie.should_reissue())
                         }
                         // Redispatch, and re-issue.
@@ -453,13 +457,98 @@ where
 }
 
 impl<S, K> LoadBalance<S, K> {
-    /// A pick by the strategy, with the request's affinity key.
+    /// A pick by the strategy, with the request's affinity key; for a retry,
+    /// the first backend of the failover order not yet tried.
     fn pick<B>(&self, req: &Request<B>) -> Result<Member, Error>
     where
         K: KeyExtractor<B>,
     {
         let key = self.key.extract(req);
-        self.ctx.lb.pick(key.as_ref().map(|k| k.as_bytes()))
+        let key = key.as_ref().map(|k| k.as_bytes());
+        match req.extensions().get::<TriedBackends>() {
+            Some(tried) if !tried.is_empty() => {
+                let ids: Vec<&str> = tried.ids().collect();
+                self.ctx.lb.pick_excluding(key, &ids)
+            }
+            _ => self.ctx.lb.pick(key),
+        }
+    }
+}
+
+fn was_tried<B>(req: &Request<B>, id: &str) -> bool {
+    req.extensions()
+        .get::<TriedBackends>()
+        .is_some_and(|tried| tried.contains(id))
+}
+
+/// The backends already tried for one request, oldest first: a retry layer
+/// such as `NextUpstream` (feature `http-body`) puts it in each
+/// retry's extensions, and [`LoadBalance`] then picks the first backend of
+/// [`LoadBalancer::failover`] not in it (see
+/// [`LoadBalancer::pick_excluding`]); a sticky cookie naming a tried backend
+/// is overruled and re-issued for the backend that serves.
+///
+/// To learn where an attempt went, a retry layer reads the backend id of
+/// [`Error::Upstream`] and [`Error::Timeout`], or the [`Member`] that
+/// `LoadBalance` puts in the extensions of a response its
+/// [`FailurePolicy`] counts as a failure.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_lb::layer::{LoadBalanceLayer, TriedBackends};
+/// use tower_lb::{LoadBalancer, Member, Strategy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_lb::Error> {
+/// let lb = LoadBalancer::new(Strategy::consistent_hash(), ["http://10.0.0.1", "http://10.0.0.2"])?;
+/// let mut svc = ServiceBuilder::new()
+///     .layer(LoadBalanceLayer::new(lb.clone()))
+///     .service_fn(|req: Request<()>| async move {
+///         let member = req.extensions().get::<Member>().unwrap();
+///         Ok::<_, Infallible>(Response::new(member.id().to_owned()))
+///     });
+///
+/// let first = svc.ready().await?.call(Request::new(())).await?.into_body();
+/// let mut retry = Request::new(());
+/// let mut tried = TriedBackends::default();
+/// tried.push(&first);
+/// retry.extensions_mut().insert(tried);
+/// let second = svc.ready().await?.call(retry).await?.into_body();
+/// assert_ne!(first, second);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TriedBackends {
+    ids: Vec<Arc<str>>,
+}
+
+impl TriedBackends {
+    /// Adds a backend id.
+    pub fn push(&mut self, id: &str) {
+        self.ids.push(Arc::from(id));
+    }
+
+    /// Whether this id was tried.
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.iter().any(|tried| &**tried == id)
+    }
+
+    /// The ids, oldest first.
+    pub fn ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.ids.iter().map(|id| &**id)
+    }
+
+    /// How many backends were tried.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 }
 
@@ -524,6 +613,11 @@ where
                             ctx.hold && !failed && FailurePolicy::awaits_grpc_trailers(&res);
                         if !deferred {
                             ctx.lb.report(member, outcome(failed));
+                        }
+                        if failed {
+                            // Where the failed attempt went, for a retry
+                            // layer outside (see `TriedBackends`).
+                            res.extensions_mut().insert(member.clone());
                         }
                         if let Some(sticky) = &ctx.sticky {
                             // Only the balancer says where a client sticks

@@ -12,12 +12,18 @@
 //! ```text
 //!            request ─►                                   ◄─ response
 //!  ┌ ModifyResponse ──────────────────────────────────────── runs the hook on the response
-//!  │ ┌ LoadBalance ─────── picks a backend, puts it in the   records the outcome (passive
-//!  │ │                     request's extensions              feedback), adds Set-Cookie
-//!  │ │ ┌ Director ──────── strips hop-by-hop headers, then     strips the response's
-//!  │ │ │                   rewrites URI, Host, X-Forwarded-*   hop-by-hop headers
-//!  │ │ │ ┌ inner service (e.g. hyper client) ── sends to the backend
+//!  │ ┌ NextUpstream ────── keeps what a retry needs          retries a failure on the next
+//!  │ │                     (feature `http-body`)             backend, when safe
+//!  │ │ ┌ LoadBalance ───── picks a backend, puts it in the   records the outcome (passive
+//!  │ │ │                   request's extensions              feedback), adds Set-Cookie
+//!  │ │ │ ┌ ResponseTimeout  starts the attempt's timer       no head in time: Error::Timeout
+//!  │ │ │ │ ┌ Director ──── strips hop-by-hop headers, then   strips the response's
+//!  │ │ │ │ │               rewrites URI, Host, X-Forwarded-* hop-by-hop headers
+//!  │ │ │ │ │ ┌ inner service (e.g. hyper client) ── sends to the backend
 //! ```
+//!
+//! `NextUpstream` (feature `http-body`) and [`ResponseTimeout`] are optional; the example below
+//! leaves them out (see their modules).
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -59,7 +65,11 @@ pub mod director;
 pub mod in_flight_body;
 pub mod load_balance;
 pub mod modify_response;
+#[cfg(feature = "http-body")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
+pub mod next_upstream;
 pub mod proxy_director;
+pub mod response_timeout;
 
 #[cfg(feature = "http-body")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
@@ -69,17 +79,27 @@ pub use self::in_flight_body::{InFlightBody, InFlightBodyLayer, InFlightBodyServ
 pub use self::{
     client_addr::{client_addr_from, ClientAddrFrom},
     director::{Direct, Director, DirectorLayer},
-    load_balance::{FailurePolicy, InFlightGuard, LoadBalance, LoadBalanceLayer, PickedBackend},
+    load_balance::{
+        FailurePolicy, InFlightGuard, LoadBalance, LoadBalanceLayer, PickedBackend, TriedBackends,
+    },
     modify_response::{ModifyResponse, ModifyResponseHook, ModifyResponseLayer},
     proxy_director::{
         remove_hop_by_hop_headers, strip_hop_by_hop_response, ForwardedFor, HostHeader,
         ProxyDirector,
     },
+    response_timeout::{ResponseTimeout, ResponseTimeoutLayer, Sleep},
 };
 
+#[cfg(feature = "http-body")]
+#[doc(inline)]
+pub use self::next_upstream::{NextUpstream, NextUpstreamLayer, ReplayBody};
+
 /// Turns an inner service's error into a tower-lb [`Error`]: an error that
-/// already is one passes through (an upstream error gains the backend id it
-/// lacked), anything else becomes [`Error::Upstream`].
+/// already is one passes through (an upstream error or a timeout gains the
+/// backend id it lacked), a timeout reported by the client (an
+/// `io::ErrorKind::TimedOut` anywhere in its source chain, as hyper-util's
+/// connect timeout gives) becomes [`Error::Timeout`], anything else
+/// [`Error::Upstream`].
 pub(crate) fn upstream_error(error: impl Into<BoxError>, backend: &str) -> Error {
     match error.into().downcast::<Error>() {
         Ok(lb_error) => match *lb_error {
@@ -90,11 +110,42 @@ pub(crate) fn upstream_error(error: impl Into<BoxError>, backend: &str) -> Error
                 backend: backend.to_owned(),
                 source,
             },
+            Error::Timeout {
+                backend: ref inner,
+                waited_for,
+                source,
+            } if inner.is_empty() => Error::Timeout {
+                backend: backend.to_owned(),
+                waited_for,
+                source,
+            },
             other => other,
+        },
+        Err(source) if has_io_error(&*source, std::io::ErrorKind::TimedOut) => Error::Timeout {
+            backend: backend.to_owned(),
+            waited_for: "the backend",
+            source: Some(source),
         },
         Err(source) => Error::Upstream {
             backend: backend.to_owned(),
             source,
         },
     }
+}
+
+/// Whether an `io::Error` of this kind is anywhere in `error`'s source chain.
+pub(crate) fn has_io_error(
+    error: &(dyn std::error::Error + 'static),
+    kind: std::io::ErrorKind,
+) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        next = match error.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == kind => return true,
+            // An `io::Error`'s `source()` skips the error it wraps.
+            Some(io) => io.get_ref().map(|inner| inner as _),
+            None => error.source(),
+        };
+    }
+    false
 }

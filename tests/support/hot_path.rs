@@ -26,13 +26,18 @@ pub fn shared(value: &'static str) -> HeaderValue {
 /// A request as a server hands it over: typical browser headers, and the
 /// client's address already in the extensions.
 pub fn request() -> Request<()> {
+    request_with_body(())
+}
+
+/// [`request`] with a body.
+pub fn request_with_body<B>(body: B) -> Request<B> {
     let mut req = Request::builder()
         .uri("/api/users?page=2")
         .header("host", shared("gateway.example"))
         .header("user-agent", shared("client/1.0"))
         .header("accept", shared("*/*"))
         .header("connection", shared("keep-alive"))
-        .body(())
+        .body(body)
         .unwrap();
     req.extensions_mut()
         .insert(ClientAddr("192.0.2.7:50000".parse().unwrap()));

@@ -1,0 +1,922 @@
+//! Retry a failed request on the next backend, when it is safe.
+//!
+//! [`NextUpstream`] does what nginx's `proxy_next_upstream` does (HAProxy's
+//! `retries` with `option redispatch`, Envoy's retry policy): when an attempt
+//! fails with an error, a timeout or a chosen status, the request is sent
+//! again, to a backend not yet tried for it, in the order
+//! [`LoadBalancer::failover`](crate::LoadBalancer::failover) gives (for
+//! consistent hashing, the ring successor of the key's backend).
+//!
+//! It sits **outside** [`LoadBalance`](super::LoadBalance): every attempt
+//! goes through `LoadBalance`, which picks its backend (skipping those in the
+//! attempt's [`TriedBackends`]) and records its outcome, so each failed
+//! attempt counts against its backend like any other request.
+//!
+//! ```text
+//! ModifyResponse → NextUpstream → LoadBalance → ResponseTimeout → Director → client
+//! ```
+//!
+//! # What is retried
+//!
+//! * an error of the inner service ([`Error::Upstream`]: connection refused
+//!   or reset, the backend closed the connection), unless
+//!   [`retry_on_error`](NextUpstreamLayer::retry_on_error)`(false)`;
+//! * a timeout ([`Error::Timeout`], see
+//!   [`ResponseTimeout`](super::ResponseTimeout)), unless
+//!   [`retry_on_timeout`](NextUpstreamLayer::retry_on_timeout)`(false)`;
+//! * a response whose status [`retry_on_status`](NextUpstreamLayer::retry_on_status)
+//!   selects (none by default, as nginx: `http_502`, `http_503`, `http_504`
+//!   are opt-in).
+//!
+//! A request refused for what it is (a `4xx` error), a hook's error, or "no
+//! backend is up" is never retried.
+//!
+//! # When it is safe
+//!
+//! * A request that never reached a backend (its connection was refused,
+//!   or whatever [`never_sent`](NextUpstreamLayer::never_sent) recognises,
+//!   such as a connect timeout) is always retried.
+//! * Otherwise only an idempotent method (`GET`, `HEAD`, `OPTIONS`, `TRACE`,
+//!   `PUT`, `DELETE`, RFC 9110 §9.2.2) is, unless
+//!   [`non_idempotent`](NextUpstreamLayer::non_idempotent)`(true)`, and never
+//!   a protocol upgrade (a WebSocket handshake that reached its backend).
+//! * A body is replayed only if it was buffered: a body whose length is
+//!   known and at most [`buffer_limit`](NextUpstreamLayer::buffer_limit)
+//!   (64 KiB by default, Envoy's per-request buffer limit) is read whole
+//!   before the first attempt; a longer one, or one of unknown length
+//!   (chunked), is streamed to the first backend and not retried.
+//!
+//! When a failure would have been retried but was not safe to, the error is
+//! [`Error::NotRetried`], which says why (its status is the failure's own); a
+//! failed response is passed on as it is.
+//!
+//! # Limits
+//!
+//! At most [`tries`](NextUpstreamLayer::tries) attempts in all (0, the
+//! default, means one per backend, as nginx's `proxy_next_upstream_tries 0`;
+//! without a `LoadBalance` inside to say which backend failed, 0 means no
+//! retry),
+//! and no new attempt once [`timeout`](NextUpstreamLayer::timeout) has passed
+//! since the request arrived (`proxy_next_upstream_timeout`). When no
+//! untried backend is left, the last failure is the answer.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_lb::layer::{LoadBalanceLayer, NextUpstreamLayer};
+//! use tower_lb::{LoadBalancer, Member, Strategy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_lb::Error> {
+//! let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1", "http://10.0.0.2"])?;
+//! let mut proxy = ServiceBuilder::new()
+//!     .layer(NextUpstreamLayer::new().tries(3).retry_on_status(|s| s.is_server_error()))
+//!     .layer(LoadBalanceLayer::new(lb))
+//!     // 10.0.0.1 is failing.
+//!     .service_fn(|req: Request<_>| async move {
+//!         let member = req.extensions().get::<Member>().unwrap().clone();
+//!         let status = if member.id() == "10.0.0.1" { 503 } else { 200 };
+//!         let res = Response::builder().status(status).body(member.id().to_owned()).unwrap();
+//!         Ok::<_, Infallible>(res)
+//!     });
+//!
+//! for _ in 0..4 {
+//!     let req = Request::new(Full::new(Bytes::from_static(b"hello")));
+//!     let res = proxy.ready().await?.call(req).await?;
+//!     assert_eq!(res.status(), StatusCode::OK);
+//!     assert_eq!(res.body(), "10.0.0.2");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # `NextUpstream` or `tower::retry`?
+//!
+//! Use `NextUpstream` in a proxy: it knows which backend each attempt went
+//! to and moves the retry to another one (a `tower::retry` placed outside
+//! `LoadBalance` would let consistent hashing or a sticky cookie pick the
+//! failed backend again), it decides safety from the method, the body and
+//! whether the backend was reached, and it buffers the body. Use
+//! `tower::retry` when you bring your own policy (retry budgets, backoff
+//! between attempts, retrying the same backend): wrap `NextUpstream` (its
+//! error is a [`tower_lb::Error`](crate::Error), its request any
+//! `http::Request<B>`) or a single-backend client with it. Both compose; a
+//! `tower::retry::Policy` that clones the request needs a `Clone` body:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::future::{ready, Ready};
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::retry::{Policy, RetryLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_lb::layer::{LoadBalanceLayer, NextUpstreamLayer};
+//! use tower_lb::{Error, LoadBalancer, Strategy};
+//!
+//! /// Retries a request that found no backend up, once.
+//! #[derive(Clone)]
+//! struct OnceMore(bool);
+//!
+//! impl<Res> Policy<Request<Full<Bytes>>, Res, Error> for OnceMore {
+//!     type Future = Ready<()>;
+//!     fn retry(&mut self, _: &mut Request<Full<Bytes>>, r: &mut Result<Res, Error>) -> Option<Ready<()>> {
+//!         let again = matches!(r, Err(Error::AllBackendsDown { .. })) && !self.0;
+//!         self.0 = true;
+//!         again.then(|| ready(()))
+//!     }
+//!     fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
+//!         let mut copy = Request::new(req.body().clone());
+//!         *copy.uri_mut() = req.uri().clone();
+//!         *copy.headers_mut() = req.headers().clone();
+//!         Some(copy)
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1"])?;
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(OnceMore(false)))
+//!     .layer(NextUpstreamLayer::new())
+//!     .layer(LoadBalanceLayer::new(lb))
+//!     .service_fn(|_req: Request<_>| async { Ok::<_, Infallible>(Response::new("ok")) });
+//! let res = svc.ready().await?.call(Request::new(Full::new(Bytes::new()))).await?;
+//! assert_eq!(*res.body(), "ok");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`TriedBackends`]: super::TriedBackends
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::header::{CONNECTION, UPGRADE};
+use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::Layer;
+use tower_service::Service;
+
+use crate::layer::{has_io_error, upstream_error, TriedBackends};
+use crate::{BoxError, Error, Member};
+
+/// The default [`NextUpstreamLayer::buffer_limit`]: 64 KiB.
+const DEFAULT_BUFFER_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+struct Config {
+    tries: usize,
+    timeout: Option<Duration>,
+    on_error: bool,
+    never_sent: fn(&(dyn std::error::Error + 'static)) -> bool,
+    on_timeout: bool,
+    on_status: Option<fn(StatusCode) -> bool>,
+    non_idempotent: bool,
+    buffer_limit: usize,
+    clock: fn() -> Instant,
+}
+
+/// Applies [`NextUpstream`] to a service; see the [module docs](self) for
+/// what each setting does. Cheap to clone (one `Arc`).
+///
+/// ```
+/// use std::time::Duration;
+/// use http::StatusCode;
+/// use tower_lb::layer::NextUpstreamLayer;
+///
+/// // nginx: proxy_next_upstream error timeout http_502 http_503 http_504;
+/// //        proxy_next_upstream_tries 3; proxy_next_upstream_timeout 10s;
+/// let layer = NextUpstreamLayer::new()
+///     .retry_on_status(|s| matches!(s.as_u16(), 502..=504))
+///     .tries(3)
+///     .timeout(Duration::from_secs(10))
+///     .buffer_limit(16 * 1024);
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct NextUpstreamLayer {
+    config: Arc<Config>,
+}
+
+impl NextUpstreamLayer {
+    /// Retries on errors and timeouts, on every backend once, without a time
+    /// budget, idempotent requests (and any request that never reached its
+    /// backend), with bodies of up to 64 KiB buffered.
+    pub fn new() -> Self {
+        NextUpstreamLayer {
+            config: Arc::new(Config {
+                tries: 0,
+                timeout: None,
+                on_error: true,
+                never_sent: refused,
+                on_timeout: true,
+                on_status: None,
+                non_idempotent: false,
+                buffer_limit: DEFAULT_BUFFER_LIMIT,
+                clock: Instant::now,
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// At most `tries` attempts per request, the first one included
+    /// (`proxy_next_upstream_tries`); 0 means no limit but the number of
+    /// backends, 1 turns retries off.
+    pub fn tries(self, tries: usize) -> Self {
+        self.edit(|c| c.tries = tries)
+    }
+
+    /// No new attempt once `timeout` has passed since the request arrived
+    /// (`proxy_next_upstream_timeout`); an attempt under way is not cut short
+    /// (give each a [`ResponseTimeout`](super::ResponseTimeout) for that).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.edit(|c| c.timeout = Some(timeout))
+    }
+
+    /// Whether an error of the inner service (connection refused, reset or
+    /// closed) is retried; on by default (nginx's `error`).
+    pub fn retry_on_error(self, retry: bool) -> Self {
+        self.edit(|c| c.on_error = retry)
+    }
+
+    /// Tells which inner errors mean the request never reached the backend,
+    /// so that it may be retried whatever its method. By default: an
+    /// `io::ErrorKind::ConnectionRefused` anywhere in the error's source
+    /// chain. A client that says more can be asked, e.g. hyper-util's
+    /// `|e| e.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect())`,
+    /// which also covers its connect timeout and DNS failures. The error given
+    /// is the source of [`Error::Upstream`] or [`Error::Timeout`].
+    ///
+    /// ```
+    /// use tower_lb::layer::NextUpstreamLayer;
+    ///
+    /// #[derive(Debug)]
+    /// struct NoConnection;
+    /// impl std::fmt::Display for NoConnection {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("could not connect")
+    ///     }
+    /// }
+    /// impl std::error::Error for NoConnection {}
+    ///
+    /// let layer = NextUpstreamLayer::new().never_sent(|e| e.is::<NoConnection>());
+    /// # let _ = layer;
+    /// ```
+    pub fn never_sent(self, is_never_sent: fn(&(dyn std::error::Error + 'static)) -> bool) -> Self {
+        self.edit(|c| c.never_sent = is_never_sent)
+    }
+
+    /// Whether an [`Error::Timeout`] is retried; on by default (nginx's
+    /// `timeout`).
+    pub fn retry_on_timeout(self, retry: bool) -> Self {
+        self.edit(|c| c.on_timeout = retry)
+    }
+
+    /// Retries responses with a status for which `is_retried` is true (nginx's
+    /// `http_502`, `http_503`, ...); none by default. The last response is
+    /// passed on when no retry is left. Retry only statuses that
+    /// `LoadBalance`'s [`FailurePolicy`](super::FailurePolicy) counts as
+    /// failures (by default 502, 503 and 504): the backend of a failed
+    /// response is known, and avoided by the retry, only then.
+    pub fn retry_on_status(self, is_retried: fn(StatusCode) -> bool) -> Self {
+        self.edit(|c| c.on_status = Some(is_retried))
+    }
+
+    /// Whether a request with a non-idempotent method (`POST`, `PATCH`, ...)
+    /// that reached its backend may be retried (nginx's `non_idempotent`);
+    /// off by default. One that never reached it always may.
+    pub fn non_idempotent(self, retry: bool) -> Self {
+        self.edit(|c| c.non_idempotent = retry)
+    }
+
+    /// Bodies of known length up to `bytes` are buffered so that they can be
+    /// replayed (64 KiB by default); longer ones and bodies of unknown
+    /// length are streamed and not retried. 0 retries only bodiless requests.
+    pub fn buffer_limit(self, bytes: usize) -> Self {
+        self.edit(|c| c.buffer_limit = bytes)
+    }
+
+    /// The clock [`timeout`](Self::timeout) is measured with
+    /// (`Instant::now` by default); tests inject their own.
+    pub fn clock(self, now: fn() -> Instant) -> Self {
+        self.edit(|c| c.clock = now)
+    }
+}
+
+impl Default for NextUpstreamLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for NextUpstreamLayer {
+    type Service = NextUpstream<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        NextUpstream {
+            inner,
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NextUpstreamLayer")
+            .field("tries", &self.tries)
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .field("on_timeout", &self.on_timeout)
+            .field("on_status", &self.on_status.is_some())
+            .field("non_idempotent", &self.non_idempotent)
+            .field("buffer_limit", &self.buffer_limit)
+            .finish()
+    }
+}
+
+impl fmt::Debug for NextUpstreamLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config.fmt(f)
+    }
+}
+
+/// Retries failed requests on the next backend; see the [module docs](self).
+#[derive(Clone)]
+pub struct NextUpstream<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> NextUpstream<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for NextUpstream<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NextUpstream")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// The parts of a request kept to build its retries.
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+}
+
+impl Template {
+    fn of<B>(req: &Request<B>) -> Self {
+        Template {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            extensions: req.extensions().clone(),
+        }
+    }
+
+    fn request<B>(&self, body: B) -> Request<B> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        *req.extensions_mut() = self.extensions.clone();
+        req
+    }
+}
+
+/// A buffered body, shared by every attempt.
+///
+/// Each attempt gets its own copy: the chunks are refcounted (`Bytes`), and
+/// the usual body of one chunk is copied without an allocation.
+#[derive(Clone)]
+struct Buffered<D> {
+    first: Option<D>,
+    rest: std::vec::IntoIter<D>,
+    // Boxed: rare, and the future and each attempt's body stay small.
+    trailers: Option<Box<HeaderMap>>,
+    // The original body's size hint (`Buf::remaining` needs the `bytes`
+    // crate, which the default build does not depend on).
+    hint: SizeHint,
+}
+
+/// What each attempt's body is made from.
+enum Replay<D> {
+    /// No body: every attempt gets an empty one.
+    Empty,
+    /// Buffered whole: every attempt replays it.
+    Buffered(Buffered<D>),
+    /// Streamed to the first attempt: no retry can replay it.
+    Streamed,
+}
+
+impl<D: Clone> Replay<D> {
+    fn body<B: Body<Data = D>>(&self) -> Option<ReplayBody<B>> {
+        match self {
+            Replay::Empty => Some(ReplayBody { kind: Kind::Empty }),
+            Replay::Buffered(buffer) => Some(ReplayBody {
+                kind: Kind::Buffered {
+                    buffer: buffer.clone(),
+                    started: false,
+                },
+            }),
+            Replay::Streamed => None,
+        }
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for NextUpstream<S>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body + Unpin,
+    B::Data: Clone,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = Error;
+    type Future = ResponseFuture<S, B, ResBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(|e| upstream_error(e, ""))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The ready service makes the first attempt; its clone takes its place.
+        let clone = self.inner.clone();
+        let mut service = std::mem::replace(&mut self.inner, clone);
+        let config = Arc::clone(&self.config);
+        let started = config.timeout.map(|_| (config.clock)());
+        let template = (config.tries != 1).then(|| Template::of(&req));
+        let (parts, body) = req.into_parts();
+        let hint = body.size_hint();
+        let (replay, state) = if body.is_end_stream() {
+            let req = Request::from_parts(parts, ReplayBody { kind: Kind::Empty });
+            (
+                Replay::Empty,
+                State::Calling {
+                    future: service.call(req),
+                },
+            )
+        } else if template.is_some()
+            && hint
+                .upper()
+                .is_some_and(|upper| upper <= config.buffer_limit as u64)
+        {
+            (
+                Replay::Streamed,
+                State::Buffering {
+                    parts: Some(parts),
+                    body: Some(body),
+                },
+            )
+        } else {
+            let req = Request::from_parts(
+                parts,
+                ReplayBody {
+                    kind: Kind::Streaming { body },
+                },
+            );
+            (
+                Replay::Streamed,
+                State::Calling {
+                    future: service.call(req),
+                },
+            )
+        };
+        ResponseFuture {
+            service,
+            config,
+            template,
+            replay,
+            first: None,
+            chunks: Vec::new(),
+            trailers: None,
+            hint,
+            tried: TriedBackends::default(),
+            attempts: 1,
+            started,
+            last: None,
+            state,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`NextUpstream`].
+    pub struct ResponseFuture<S, B, ResBody>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+        B: Body,
+    {
+        service: S,
+        config: Arc<Config>,
+        template: Option<Template>,
+        replay: Replay<B::Data>,
+        // The body read so far, while buffering.
+        first: Option<B::Data>,
+        chunks: Vec<B::Data>,
+        trailers: Option<Box<HeaderMap>>,
+        hint: SizeHint,
+        tried: TriedBackends,
+        attempts: usize,
+        started: Option<Instant>,
+        // The latest failure, answered if no other backend is left.
+        // Boxed: only failures pay for it.
+        last: Option<Box<Result<Response<ResBody>, Error>>>,
+        #[pin]
+        state: State<S::Future, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        // Reading a short body whole before the first attempt.
+        Buffering {
+            parts: Option<http::request::Parts>,
+            body: Option<B>,
+        },
+        Calling {
+            #[pin]
+            future: F,
+        },
+        // Waiting for the inner service to be ready for a retry.
+        Retrying,
+        Done,
+    }
+}
+
+/// How an attempt failed, for the retry decision.
+enum Failed {
+    /// It never reached the backend (see `NextUpstreamLayer::never_sent`).
+    NotSent,
+    /// It reached the backend, or may have.
+    Sent,
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B, ResBody>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: Body + Unpin,
+    B::Data: Clone,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResBody>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Buffering { parts, body } => {
+                    let Some(reading) = body.as_mut() else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    match ready!(Pin::new(reading).poll_frame(cx)) {
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(data) => {
+                                if this.first.is_none() {
+                                    *this.first = Some(data);
+                                } else {
+                                    this.chunks.push(data);
+                                }
+                            }
+                            Err(frame) => {
+                                if let Ok(trailers) = frame.into_trailers() {
+                                    *this.trailers = Some(Box::new(trailers));
+                                }
+                            }
+                        },
+                        Some(Err(error)) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(Error::BadRequest {
+                                reason: format!(
+                                    "reading the request body failed: {}",
+                                    Into::<BoxError>::into(error)
+                                ),
+                            }));
+                        }
+                        None => {
+                            let parts = parts.take().expect("buffering holds the request head");
+                            *this.replay = Replay::Buffered(Buffered {
+                                first: this.first.take(),
+                                rest: std::mem::take(this.chunks).into_iter(),
+                                trailers: this.trailers.take(),
+                                hint: *this.hint,
+                            });
+                            let body = this.replay.body().expect("a buffered body replays");
+                            let future = this.service.call(Request::from_parts(parts, body));
+                            this.state.set(State::Calling { future });
+                        }
+                    }
+                }
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    let result = result.map_err(|e| upstream_error(e, ""));
+                    let retry = match decide(
+                        this.config,
+                        &result,
+                        *this.attempts,
+                        *this.started,
+                        this.template.as_ref(),
+                        this.replay,
+                    ) {
+                        Decision::Answer => None,
+                        Decision::NotRetried(reason) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(match result {
+                                Err(error) => Err(Error::NotRetried {
+                                    reason,
+                                    source: Box::new(error),
+                                }),
+                                ok => ok,
+                            });
+                        }
+                        Decision::Retry(backend) => Some(backend),
+                    };
+                    match retry {
+                        // An attempt that found no backend left to try
+                        // answers with the failure before it.
+                        None if this.last.is_some() && no_backend_left(&result) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(*this.last.take().expect("checked above"));
+                        }
+                        None => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(result);
+                        }
+                        Some(backend) => {
+                            if let Some(backend) = backend {
+                                this.tried.push(&backend);
+                            }
+                            *this.last = Some(Box::new(result));
+                            this.state.set(State::Retrying);
+                        }
+                    }
+                }
+                StateProj::Retrying => {
+                    if let Err(error) = ready!(this.service.poll_ready(cx)) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(upstream_error(error, "")));
+                    }
+                    let template = this.template.as_ref().expect("a retry has a template");
+                    let body = this.replay.body().expect("a retry has a replayable body");
+                    let mut req = template.request(body);
+                    req.extensions_mut().insert(this.tried.clone());
+                    *this.attempts += 1;
+                    let future = this.service.call(req);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+enum Decision {
+    /// Pass the result on.
+    Answer,
+    /// Retryable, but not safe to retry: say why.
+    NotRetried(&'static str),
+    /// Retry; the failed attempt went to this backend, if known.
+    Retry(Option<String>),
+}
+
+fn decide<R>(
+    config: &Config,
+    result: &Result<Response<R>, Error>,
+    attempts: usize,
+    started: Option<Instant>,
+    template: Option<&Template>,
+    replay: &Replay<impl Sized>,
+) -> Decision {
+    let (failed, backend) = match result {
+        Ok(res) => match config.on_status {
+            Some(is_retried) if is_retried(res.status()) => (
+                Failed::Sent,
+                res.extensions().get::<Member>().map(|m| m.id().to_owned()),
+            ),
+            _ => return Decision::Answer,
+        },
+        Err(Error::Upstream { backend, source }) if config.on_error => {
+            let failed = if (config.never_sent)(&**source) {
+                Failed::NotSent
+            } else {
+                Failed::Sent
+            };
+            (failed, Some(backend.clone()))
+        }
+        Err(Error::Timeout {
+            backend, source, ..
+        }) if config.on_timeout => {
+            let failed = match source {
+                Some(source) if (config.never_sent)(&**source) => Failed::NotSent,
+                _ => Failed::Sent,
+            };
+            (failed, Some(backend.clone()))
+        }
+        Err(_) => return Decision::Answer,
+    };
+    let Some(template) = template else {
+        return Decision::Answer;
+    };
+    if config.tries != 0 && attempts >= config.tries {
+        return Decision::Answer;
+    }
+    if let (Some(budget), Some(started)) = (config.timeout, started) {
+        if (config.clock)().saturating_duration_since(started) >= budget {
+            return Decision::Answer;
+        }
+    }
+    if matches!(replay, Replay::Streamed) {
+        return Decision::NotRetried(
+            "its body was streamed (longer than the buffer limit, or of unknown length) and \
+             cannot be replayed: raise `NextUpstreamLayer::buffer_limit` to retry such requests",
+        );
+    }
+    if let Failed::Sent = failed {
+        if is_upgrade(&template.headers) {
+            return Decision::NotRetried(
+                "it is a protocol upgrade (WebSocket) whose handshake reached the backend",
+            );
+        }
+        if !config.non_idempotent && !is_idempotent(&template.method) {
+            return Decision::NotRetried(
+                "it reached the backend and its method is not idempotent: set \
+                 `NextUpstreamLayer::non_idempotent(true)` to retry it anyway",
+            );
+        }
+    }
+    match backend.filter(|b| !b.is_empty()) {
+        // Without a `LoadBalance` inside, nothing says when every backend
+        // has been tried: only an explicit `tries` bounds the retries.
+        None if config.tries == 0 => Decision::Answer,
+        backend => Decision::Retry(backend),
+    }
+}
+
+/// The default [`NextUpstreamLayer::never_sent`]: the connection was refused.
+fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    has_io_error(error, std::io::ErrorKind::ConnectionRefused)
+}
+
+/// Whether an attempt failed only because no untried backend was left.
+fn no_backend_left<R>(result: &Result<R, Error>) -> bool {
+    matches!(
+        result,
+        Err(Error::NoBackends | Error::AllBackendsDown { .. })
+    )
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+impl<S, B, ResBody> fmt::Debug for ResponseFuture<S, B, ResBody>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+    B: Body,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempts", &self.attempts)
+            .field("tried", &self.tried)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The request body each attempt gets from [`NextUpstream`]: empty, a replay
+/// of the buffered body, or the original body streamed once.
+pub struct ReplayBody<B: Body> {
+    kind: Kind<B>,
+}
+
+enum Kind<B: Body> {
+    Empty,
+    Buffered {
+        buffer: Buffered<B::Data>,
+        started: bool,
+    },
+    Streaming {
+        body: B,
+    },
+}
+
+// Nothing in a `ReplayBody` is ever pinned but the body it streams, and
+// only through `Pin::new` on an `Unpin` body: the buffered chunks are moved
+// out freely.
+impl<B: Body + Unpin> Unpin for ReplayBody<B> {}
+
+impl<B: Body> ReplayBody<B> {
+    /// Whether this body can be sent again (it is empty or buffered).
+    ///
+    /// ```
+    /// # let _ = |b: tower_lb::layer::ReplayBody<http_body_util::Full<bytes::Bytes>>| b.is_replayable();
+    /// ```
+    pub fn is_replayable(&self) -> bool {
+        !matches!(self.kind, Kind::Streaming { .. })
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body + Unpin,
+    B::Data: Clone,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Buffered { buffer, started } => {
+                *started = true;
+                let frame = match buffer.first.take().or_else(|| buffer.rest.next()) {
+                    Some(chunk) => Frame::data(chunk),
+                    None => match buffer.trailers.take() {
+                        Some(trailers) => Frame::trailers(*trailers),
+                        None => return Poll::Ready(None),
+                    },
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Kind::Streaming { body } => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Buffered { buffer, .. } => {
+                buffer.first.is_none() && buffer.rest.len() == 0 && buffer.trailers.is_none()
+            }
+            Kind::Streaming { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Buffered { buffer, started } if !*started => buffer.hint,
+            Kind::Buffered { buffer, .. } => {
+                let mut hint = SizeHint::new();
+                if let Some(upper) = buffer.hint.upper() {
+                    hint.set_upper(upper);
+                }
+                hint
+            }
+            Kind::Streaming { body } => body.size_hint(),
+        }
+    }
+}
+
+impl<B: Body> fmt::Debug for ReplayBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            Kind::Empty => "ReplayBody::Empty",
+            Kind::Buffered { .. } => "ReplayBody::Buffered",
+            Kind::Streaming { .. } => "ReplayBody::Streaming",
+        })
+    }
+}

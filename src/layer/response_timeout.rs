@@ -1,0 +1,235 @@
+//! A deadline for each attempt's response head.
+//!
+//! [`ResponseTimeout`] fails a request with [`Error::Timeout`] (`504 Gateway
+//! Timeout`) when the inner service has not answered with a response head
+//! within the configured time, like nginx's `proxy_read_timeout` before the
+//! first byte of the response, or Envoy's `per_try_timeout`. The connection
+//! itself is timed by the client's connector (hyper-util's
+//! `HttpConnector::set_connect_timeout`); [`LoadBalance`](super::LoadBalance)
+//! turns the connector's `io::ErrorKind::TimedOut` into [`Error::Timeout`]
+//! too.
+//!
+//! Place it *inside* [`LoadBalance`](super::LoadBalance) (between it and the
+//! director), so that the timed-out attempt's outcome is recorded as a
+//! failure of the backend it went to, and a
+//! `NextUpstream` outside can retry it on another
+//! backend.
+//!
+//! # Differences from `tower::timeout`
+//!
+//! `tower::timeout` needs tokio and fails with its own `Elapsed` error. This
+//! layer takes the sleep from you (any `Fn(Duration) -> impl Future`, such
+//! as `tokio::time::sleep`), so it works on any runtime, and fails with
+//! [`Error::Timeout`], which [`Error::status_code`] answers `504` and the
+//! failure policy counts against the backend.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_lb::layer::{LoadBalanceLayer, ResponseTimeoutLayer};
+//! use tower_lb::{Error, LoadBalancer, Strategy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1"])?;
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(LoadBalanceLayer::new(lb.clone()))
+//!     .layer(ResponseTimeoutLayer::new(Duration::from_millis(10), tokio::time::sleep))
+//!     // A backend that never answers.
+//!     .service_fn(|_req: Request<()>| std::future::pending::<Result<Response<()>, Infallible>>());
+//!
+//! let err = svc.ready().await?.call(Request::new(())).await.unwrap_err();
+//! assert!(matches!(&err, Error::Timeout { backend, .. } if backend == "10.0.0.1"));
+//! assert_eq!(err.status_code(), StatusCode::GATEWAY_TIMEOUT);
+//! assert_eq!(lb.get("10.0.0.1").unwrap().load().failures(), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tower::Layer;
+use tower_service::Service;
+
+use crate::layer::upstream_error;
+use crate::{BoxError, Error};
+
+/// A timer: a future that completes after a given time. Implemented for
+/// every `Fn(Duration) -> impl Future<Output = ()>`, such as
+/// `tokio::time::sleep`, so you pass your runtime's sleep as it is.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lb::layer::{ResponseTimeoutLayer, Sleep};
+///
+/// // Any runtime's sleep works; this one never fires, for illustration.
+/// let never = |_: Duration| std::future::pending::<()>();
+/// let _timer = never.sleep(Duration::from_secs(1));
+/// let layer = ResponseTimeoutLayer::new(Duration::from_secs(1), never);
+/// # let _ = layer;
+/// ```
+pub trait Sleep {
+    /// The future that completes once the time has passed.
+    type Future: Future<Output = ()>;
+
+    /// Starts a timer for `duration`.
+    fn sleep(&self, duration: Duration) -> Self::Future;
+}
+
+impl<F, Fut> Sleep for F
+where
+    F: Fn(Duration) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    type Future = Fut;
+
+    #[inline]
+    fn sleep(&self, duration: Duration) -> Fut {
+        self(duration)
+    }
+}
+
+/// Applies [`ResponseTimeout`] to a service. `Clone` and cheap when the
+/// sleep is (a function item such as `tokio::time::sleep` is zero-sized).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lb::layer::ResponseTimeoutLayer;
+///
+/// let layer = ResponseTimeoutLayer::new(Duration::from_secs(60), tokio::time::sleep);
+/// assert_eq!(layer.timeout(), Duration::from_secs(60));
+/// ```
+#[derive(Clone, Copy)]
+pub struct ResponseTimeoutLayer<T> {
+    timeout: Duration,
+    sleep: T,
+}
+
+impl<T> ResponseTimeoutLayer<T> {
+    /// Fails an attempt whose response head has not arrived within
+    /// `timeout`, timed by `sleep`.
+    pub fn new(timeout: Duration, sleep: T) -> Self {
+        ResponseTimeoutLayer { timeout, sleep }
+    }
+
+    /// The time each attempt may wait for its response head.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl<S, T: Clone> Layer<S> for ResponseTimeoutLayer<T> {
+    type Service = ResponseTimeout<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ResponseTimeout {
+            inner,
+            timeout: self.timeout,
+            sleep: self.sleep.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for ResponseTimeoutLayer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseTimeoutLayer")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fails a request whose response head does not arrive in time; see the
+/// [module docs](self).
+#[derive(Clone)]
+pub struct ResponseTimeout<S, T> {
+    inner: S,
+    timeout: Duration,
+    sleep: T,
+}
+
+impl<S, T> ResponseTimeout<S, T> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: fmt::Debug, T> fmt::Debug for ResponseTimeout<S, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseTimeout")
+            .field("inner", &self.inner)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, T, R> Service<R> for ResponseTimeout<S, T>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+    T: Sleep,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, T::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(|e| upstream_error(e, ""))
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        ResponseFuture {
+            response: self.inner.call(req),
+            sleep: self.sleep.sleep(self.timeout),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ResponseTimeout`].
+    pub struct ResponseFuture<F, T> {
+        #[pin]
+        response: F,
+        #[pin]
+        sleep: T,
+    }
+}
+
+impl<F, T, Res, E> Future for ResponseFuture<F, T>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: Into<BoxError>,
+    T: Future<Output = ()>,
+{
+    type Output = Result<Res, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.response.poll(cx) {
+            return Poll::Ready(result.map_err(|e| upstream_error(e, "")));
+        }
+        match this.sleep.poll(cx) {
+            // LoadBalance, outside, fills in the backend id.
+            Poll::Ready(()) => Poll::Ready(Err(Error::Timeout {
+                backend: String::new(),
+                waited_for: "the response head",
+                source: None,
+            })),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<F, T> fmt::Debug for ResponseFuture<F, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
