@@ -22,6 +22,10 @@
 //! `TOWER_LB_SECRET`, at least 32 random bytes in base64 or hex, made with
 //! `openssl rand -base64 32`, or is generated for this run).
 //!
+//! Passive health is on with nginx's defaults (`max_fails=1`,
+//! `fail_timeout=10s`): stop a backend and its traffic moves to the others
+//! after one failed request; start it again and it is back after 10 s.
+//!
 //! Retries and timeouts are on (see `support/retry.rs`): a request that
 //! fails on one backend with an error, a timeout or a 502/503/504 is retried
 //! on the next, at most `--tries N` backends (default 3; 1 turns retries
@@ -241,7 +245,9 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         support::tls::upstream_roots(o.upstream_ca.as_deref(), need_roots)?,
         o.retry.connect_timeout,
     )?;
-    let lb = LoadBalancer::new(o.strategy, backends)?;
+    // Passive ejection with nginx's defaults: max_fails=1, fail_timeout=10s.
+    let lb = LoadBalancer::new(o.strategy, backends)?
+        .with_health_policy(tower_lb::health::HealthPolicy::default());
 
     let mut balance = LoadBalanceLayer::new(lb.clone()).key(user_key);
     if o.sticky {

@@ -4,10 +4,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme, Uri};
 use http::HeaderValue;
 
+use crate::health::Health;
 use crate::Error;
 
 /// The largest weight a backend may have.
@@ -46,6 +48,10 @@ pub struct Backend {
     weight: u32,
     /// The authority as a `Host` header value, made once.
     host: HeaderValue,
+    /// Per-backend passive health overrides (nginx's `server ... max_fails=
+    /// fail_timeout=`); `None` takes the balancer's policy.
+    max_fails: Option<u32>,
+    fail_timeout: Option<Duration>,
 }
 
 impl Backend {
@@ -105,6 +111,8 @@ impl Backend {
             id,
             weight: 1,
             host,
+            max_fails: None,
+            fail_timeout: None,
         })
     }
 
@@ -126,15 +134,63 @@ impl Backend {
         Ok(self)
     }
 
-    /// Sets the weight (1 to [`MAX_WEIGHT`]).
+    /// Sets the weight (0 to [`MAX_WEIGHT`]).
+    ///
+    /// A weight of 0 *drains* the backend, as HAProxy's `drain` does (and as
+    /// Consul, DNS SRV and Kubernetes terminating endpoints mean it): no
+    /// strategy picks it for new requests, while clients holding a valid
+    /// sticky cookie for it keep reaching it.
+    ///
+    /// ```
+    /// let b = tower_lb::Backend::new("http://10.0.0.1")?.with_weight(0)?;
+    /// assert_eq!(b.weight(), 0);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidWeight`] for 0 or anything above [`MAX_WEIGHT`].
+    /// [`Error::InvalidWeight`] for anything above [`MAX_WEIGHT`].
     pub fn with_weight(mut self, weight: u32) -> Result<Self, Error> {
         check_weight(&self.id, weight)?;
         self.weight = weight;
         Ok(self)
+    }
+
+    /// Overrides the balancer's passive-health `max_fails` for this backend
+    /// (nginx's `server ... max_fails=N`); 0 disables passive ejection for it.
+    ///
+    /// ```
+    /// let b = tower_lb::Backend::new("http://10.0.0.1")?.with_max_fails(3);
+    /// assert_eq!(b.max_fails(), Some(3));
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn with_max_fails(mut self, max_fails: u32) -> Self {
+        self.max_fails = Some(max_fails);
+        self
+    }
+
+    /// Overrides the balancer's passive-health `fail_timeout` for this
+    /// backend (nginx's `server ... fail_timeout=T`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = tower_lb::Backend::new("http://10.0.0.1")?.with_fail_timeout(Duration::from_secs(30));
+    /// assert_eq!(b.fail_timeout(), Some(Duration::from_secs(30)));
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn with_fail_timeout(mut self, fail_timeout: Duration) -> Self {
+        self.fail_timeout = Some(fail_timeout);
+        self
+    }
+
+    /// This backend's `max_fails` override, if any.
+    pub fn max_fails(&self) -> Option<u32> {
+        self.max_fails
+    }
+
+    /// This backend's `fail_timeout` override, if any.
+    pub fn fail_timeout(&self) -> Option<Duration> {
+        self.fail_timeout
     }
 
     /// The stable id.
@@ -142,7 +198,11 @@ impl Backend {
         &self.id
     }
 
-    /// The weight, at least 1.
+    pub(crate) fn shared_id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// The weight; 0 means draining.
     pub fn weight(&self) -> u32 {
         self.weight
     }
@@ -184,7 +244,7 @@ impl Backend {
 }
 
 pub(crate) fn check_weight(id: &str, weight: u32) -> Result<(), Error> {
-    if weight == 0 || weight > MAX_WEIGHT {
+    if weight > MAX_WEIGHT {
         return Err(Error::InvalidWeight {
             id: id.to_owned(),
             weight: u64::from(weight),
@@ -227,6 +287,7 @@ impl fmt::Display for Backend {
 #[derive(Debug, Default)]
 pub struct Load {
     in_flight: AtomicU64,
+    started: AtomicU64,
     successes: AtomicU64,
     failures: AtomicU64,
     consecutive_failures: AtomicU64,
@@ -239,6 +300,12 @@ impl Load {
     /// Requests sent to the backend and not yet answered.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests started on the backend ([`Load::start`] calls): how often
+    /// the load-balance layer sent a request there.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
     }
 
     /// Requests that completed successfully.
@@ -296,6 +363,7 @@ impl Load {
     /// ```
     pub fn start(this: &Arc<Load>) -> InFlight {
         this.in_flight.fetch_add(1, Ordering::Relaxed);
+        this.started.fetch_add(1, Ordering::Relaxed);
         if let Some(pool) = &this.pool {
             pool.fetch_add(1, Ordering::Relaxed);
         }
@@ -374,6 +442,10 @@ pub struct Member {
 }
 
 struct MemberInner {
+    /// Up with a weight above 0: what strategies pick from. Kept beside the
+    /// health pointer so that a pick reads one cache line.
+    takes_new_picks: bool,
+    health: Arc<Health>,
     backend: Arc<Backend>,
     up: bool,
     load: Arc<Load>,
@@ -382,12 +454,23 @@ struct MemberInner {
 impl Member {
     /// A member that is up, with fresh counters.
     pub fn new(backend: Backend) -> Self {
-        Member::from_parts(Arc::new(backend), true, Arc::default())
+        Member::from_parts(Arc::new(backend), true, Arc::default(), Arc::default())
     }
 
-    pub(crate) fn from_parts(backend: Arc<Backend>, up: bool, load: Arc<Load>) -> Self {
+    pub(crate) fn from_parts(
+        backend: Arc<Backend>,
+        up: bool,
+        load: Arc<Load>,
+        health: Arc<Health>,
+    ) -> Self {
         Member {
-            inner: Arc::new(MemberInner { backend, up, load }),
+            inner: Arc::new(MemberInner {
+                takes_new_picks: up && backend.weight() > 0,
+                health,
+                backend,
+                up,
+                load,
+            }),
         }
     }
 
@@ -396,7 +479,45 @@ impl Member {
         if self.inner.up == up {
             return self;
         }
-        Member::from_parts(self.inner.backend.clone(), up, self.inner.load.clone())
+        Member::from_parts(
+            self.inner.backend.clone(),
+            up,
+            self.inner.load.clone(),
+            self.inner.health.clone(),
+        )
+    }
+
+    /// The same member (same counters and health) with another backend
+    /// description, as after a reweight.
+    pub(crate) fn with_backend(&self, backend: Arc<Backend>) -> Self {
+        Member::from_parts(
+            backend,
+            self.inner.up,
+            self.inner.load.clone(),
+            self.inner.health.clone(),
+        )
+    }
+
+    /// Whether strategies may pick this member for a new request: it is up
+    /// and its weight is above 0 (a weight of 0 drains it; see
+    /// [`Backend::with_weight`]).
+    ///
+    /// ```
+    /// use tower_lb::{Backend, Member};
+    ///
+    /// let draining = Member::new(Backend::new("http://10.0.0.1")?.with_weight(0)?);
+    /// assert!(draining.is_up() && !draining.takes_new_picks());
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    #[inline]
+    pub fn takes_new_picks(&self) -> bool {
+        self.inner.takes_new_picks
+    }
+
+    /// The backend's health state, shared by every snapshot of the set.
+    #[inline]
+    pub(crate) fn health(&self) -> &Arc<Health> {
+        &self.inner.health
     }
 
     /// The backend.

@@ -12,11 +12,17 @@ use crate::{Error, Member};
 ///
 /// The contract, which the `testing` feature's conformance suite checks:
 ///
-/// * [`pick`](Balancer::pick) returns the index of a member that is up, or
+/// * [`pick`](Balancer::pick) returns the index of a member that
+///   [takes new picks](Member::takes_new_picks) (up, weight above 0), or
 ///   [`Error::NoBackends`] when the set is empty and
 ///   [`Error::AllBackendsDown`] when no member is up. It never panics.
-/// * [`failover`](Balancer::failover) lists every *other* member that is up,
-///   each once, in the order the strategy would try them.
+/// * [`failover`](Balancer::failover) lists every *other* member that takes
+///   new picks, each once, in the order the strategy would try them.
+/// * Neither panics on a member of weight 0 (draining).
+///
+/// A [`LoadBalancer`](crate::LoadBalancer) also checks the answer against
+/// its [health](crate::health) state, so a balancer that picks a draining or
+/// ejected member is corrected, not trusted.
 ///
 /// ```
 /// use tower_lb::{Balancer, Error, Member};
@@ -50,6 +56,33 @@ pub trait Balancer: Send + Sync {
     /// After `first` failed, the other members that are up, each once, in the
     /// order to try them.
     fn failover(&self, key: Option<&[u8]>, first: usize) -> Vec<usize>;
+
+    /// The first member of the [`failover`](Balancer::failover) order after
+    /// `first` that `accept` takes, asking in that order. The default builds
+    /// the list; a balancer that can walk its order without allocating (the
+    /// ring) overrides it, since a pick whose backend is ejected calls it.
+    fn failover_find(
+        &self,
+        key: Option<&[u8]>,
+        first: usize,
+        accept: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        self.failover(key, first).into_iter().find(|&i| accept(i))
+    }
+
+    /// Where a rotating balancer stands (how many picks it has handed out),
+    /// so that the balancer built after a membership change can go on from
+    /// there instead of restarting at the first member. `None` (the default)
+    /// for balancers without a rotation.
+    fn position(&self) -> Option<u64> {
+        None
+    }
+
+    /// Continues the rotation from `position`, taken from the balancer this
+    /// one replaces. The default ignores it.
+    fn resume_at(&self, position: u64) {
+        let _ = position;
+    }
 }
 
 impl<B: Balancer + ?Sized> Balancer for Box<B> {
@@ -59,6 +92,23 @@ impl<B: Balancer + ?Sized> Balancer for Box<B> {
 
     fn failover(&self, key: Option<&[u8]>, first: usize) -> Vec<usize> {
         (**self).failover(key, first)
+    }
+
+    fn failover_find(
+        &self,
+        key: Option<&[u8]>,
+        first: usize,
+        accept: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        (**self).failover_find(key, first, accept)
+    }
+
+    fn position(&self) -> Option<u64> {
+        (**self).position()
+    }
+
+    fn resume_at(&self, position: u64) {
+        (**self).resume_at(position)
     }
 }
 
@@ -113,12 +163,13 @@ pub fn no_pick_error(members: usize) -> Error {
     }
 }
 
-/// The indices of the members that are up, in listing order.
+/// The indices of the members that take new picks (up, weight above 0), in
+/// listing order.
 pub(crate) fn up_indices(members: &[Member]) -> Vec<u32> {
     members
         .iter()
         .enumerate()
-        .filter(|(_, m)| m.is_up())
+        .filter(|(_, m)| m.takes_new_picks())
         .map(|(i, _)| i as u32)
         .collect()
 }

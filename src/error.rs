@@ -48,8 +48,11 @@ pub enum Error {
         max: usize,
     },
 
-    /// A weight is zero or larger than [`MAX_WEIGHT`](crate::MAX_WEIGHT).
-    #[error("invalid weight {weight} for backend `{id}`: weights must be between 1 and {max}")]
+    /// A weight is larger than [`MAX_WEIGHT`](crate::MAX_WEIGHT). (Weight 0
+    /// is valid: it drains the backend.)
+    #[error(
+        "invalid weight {weight} for backend `{id}`: weights must be between 0 (drain) and {max}"
+    )]
     InvalidWeight {
         /// The backend's id.
         id: String,
@@ -204,6 +207,16 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+
+    /// Every backend that takes new picks is ejected by passive health or
+    /// failing its active checks; a proxy answers `503 Service
+    /// Unavailable`. See [`health`](crate::health) for Envoy's panic mode
+    /// instead.
+    #[error("all {count} backends are ejected or failing their health checks: wait for a probe to succeed, or allow WhenAllEjected::UseAll")]
+    AllBackendsEjected {
+        /// How many backends are configured.
+        count: usize,
+    },
 }
 
 /// Which user hook failed, in [`Error::Hook`].
@@ -261,6 +274,7 @@ impl Error {
         use http::StatusCode;
         match self {
             Error::NoBackends | Error::AllBackendsDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::AllBackendsEjected { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } | Error::Hook { .. } => StatusCode::BAD_GATEWAY,
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::UriTooLong { .. } => StatusCode::URI_TOO_LONG,

@@ -112,6 +112,7 @@ mod backend;
 mod balancer;
 pub mod discover;
 mod error;
+pub mod health;
 pub mod layer;
 mod load_balancer;
 #[cfg(feature = "proxy")]

@@ -7,7 +7,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::backend::check_weight;
+use crate::health::{
+    Admission, BackendState, BackendStats, CheckResult, HealthPolicy, StickyOutcome, WhenAllEjected,
+};
 use crate::{Backend, BackendChange, Balancer, BuildBalancer, Error, Load, Member, Outcome};
+
+/// Fresh picks a keyless pick draws when its first is out, before walking
+/// the failover list: for rotating and random strategies the next draw is as
+/// good a choice and costs no allocation.
+const REDRAWS: usize = 4;
 
 /// The most backends one load balancer holds.
 pub const MAX_BACKENDS: usize = 1 << 24;
@@ -120,14 +128,21 @@ struct Shared {
 
 /// A new member whose requests in flight also count in `total`.
 fn pooled_member(backend: Backend, total: &Arc<AtomicU64>) -> Member {
-    Member::from_parts(Arc::new(backend), true, Arc::new(Load::pooled(total)))
+    Member::from_parts(
+        Arc::new(backend),
+        true,
+        Arc::new(Load::pooled(total)),
+        Arc::default(),
+    )
 }
 
 struct Snapshot {
     members: Vec<Member>,
     by_id: HashMap<Arc<str>, usize>,
-    balancer: Box<dyn Balancer>,
+    /// Shared with a snapshot that differs only in its health policy.
+    balancer: Arc<dyn Balancer>,
     version: u64,
+    health: Arc<HealthPolicy>,
 }
 
 impl LoadBalancer {
@@ -153,7 +168,7 @@ impl LoadBalancer {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let builder: Box<dyn BuildBalancer> = Box::new(strategy);
-        let snapshot = Snapshot::build(&*builder, members, 0)?;
+        let snapshot = Snapshot::build(&*builder, members, 0, Arc::new(HealthPolicy::off()))?;
         Ok(LoadBalancer {
             shared: Arc::new(Shared {
                 shards: {
@@ -175,11 +190,19 @@ impl LoadBalancer {
     /// [`Error::NoBackends`] or [`Error::AllBackendsDown`]; a custom
     /// balancer that answers an index outside the set gets
     /// [`Error::InvalidConfig`] rather than a panic.
+    /// A backend that is ejected or failing its checks (see [`health`](crate::health))
+    /// is not returned: the pick walks the strategy's failover order instead,
+    /// and fails with [`Error::AllBackendsEjected`] when nothing is left
+    /// (unless the policy says [`WhenAllEjected::UseAll`]).
     #[inline]
     pub fn pick(&self, key: Option<&[u8]>) -> Result<Member, Error> {
         let current = self.read();
         let index = current.balancer.pick(key)?;
-        current.member(index).cloned()
+        let member = current.member(index)?;
+        if member.takes_new_picks() && member.health().is_clear() {
+            return Ok(member.clone());
+        }
+        current.pick_healthy(key, index)
     }
 
     /// The backends to try after `failed` failed, in the strategy's order:
@@ -198,15 +221,51 @@ impl LoadBalancer {
                 Err(_) => return Vec::new(),
             },
         };
-        // Indices outside the set (a custom balancer's bug) are skipped.
+        // Indices outside the set (a custom balancer's bug) are skipped, and
+        // so are backends that are ejected or failing their checks.
+        let now = current.health.now();
         order.extend(
             current
                 .balancer
                 .failover(key, first)
                 .into_iter()
-                .filter_map(|i| current.members.get(i).cloned()),
+                .filter_map(|i| current.members.get(i))
+                .filter(|m| {
+                    m.takes_new_picks()
+                        && m.health()
+                            .is_available(&current.health.rules(m.backend()), now)
+                })
+                .cloned(),
         );
         order
+    }
+
+    /// Whether a request holding a sticky cookie for `member` may go to it:
+    /// it is up (draining is fine) and not ejected or failing its checks.
+    /// Like any pick, it may use up an ejected backend's one probe. Counts
+    /// the sticky hit or fallback in the stats.
+    pub fn admit_sticky(&self, member: &Member) -> bool {
+        let current = self.read();
+        let health = member.health();
+        let admitted = member.is_up()
+            && (health.is_clear()
+                || health.admit(
+                    &current.health.rules(member.backend()),
+                    current.health.now(),
+                    true,
+                ) != Admission::Refuse);
+        health.count_sticky(if admitted {
+            StickyOutcome::Hit
+        } else {
+            StickyOutcome::Fallback
+        });
+        admitted
+    }
+
+    /// Counts a request that came without a valid sticky cookie and was
+    /// balanced to `member`, in its stats.
+    pub fn count_sticky_miss(&self, member: &Member) {
+        member.health().count_sticky(StickyOutcome::Miss);
     }
 
     /// Picks a backend for a retry: the first backend of
@@ -278,13 +337,20 @@ impl LoadBalancer {
     /// # Errors
     ///
     /// [`Error::DuplicateId`] if its id is taken; nothing changes then.
+    ///
+    /// With a slow-start window in the [`HealthPolicy`] it ramps up over it.
     pub fn add(&self, backend: impl IntoBackend) -> Result<(), Error> {
         let backend = backend.into_backend()?;
+        let policy = self.health_policy();
         self.update(|members| {
             if members.len() >= MAX_BACKENDS {
                 return Err(crate::discover::too_many_backends());
             }
-            members.push(pooled_member(backend, &self.shared.in_flight_total));
+            let member = pooled_member(backend, &self.shared.in_flight_total);
+            member
+                .health()
+                .start_ramp(&policy.rules(member.backend()), policy.now());
+            members.push(member);
             Ok(true)
         })
     }
@@ -304,7 +370,8 @@ impl LoadBalancer {
         Ok(removed.expect("update ran the closure successfully"))
     }
 
-    /// Changes a backend's weight.
+    /// Changes a backend's weight; 0 drains it (see
+    /// [`Backend::with_weight`]).
     ///
     /// # Errors
     ///
@@ -318,7 +385,7 @@ impl LoadBalancer {
                 return Ok(false);
             }
             let backend = Backend::clone(m.backend()).with_weight(weight)?;
-            members[index] = Member::from_parts(Arc::new(backend), m.is_up(), m.load().clone());
+            members[index] = m.with_backend(Arc::new(backend));
             Ok(true)
         })
     }
@@ -346,7 +413,8 @@ impl LoadBalancer {
         self.set_up(id, false)
     }
 
-    /// Marks a backend up again.
+    /// Marks a backend up again (into slow start, if the policy has a
+    /// window).
     ///
     /// # Errors
     ///
@@ -385,11 +453,18 @@ impl LoadBalancer {
             }
             let old: HashMap<&str, &Member> =
                 members.iter().map(|m| (m.backend().id(), m)).collect();
+            let policy = self.health_policy();
             let next = backends
                 .into_iter()
                 .map(|b| match old.get(b.id()) {
-                    Some(m) => Member::from_parts(Arc::new(b), m.is_up(), m.load().clone()),
-                    None => pooled_member(b, &self.shared.in_flight_total),
+                    Some(m) => m.with_backend(Arc::new(b)),
+                    None => {
+                        let member = pooled_member(b, &self.shared.in_flight_total);
+                        member
+                            .health()
+                            .start_ramp(&policy.rules(member.backend()), policy.now());
+                        member
+                    }
                 })
                 .collect();
             *members = next;
@@ -452,30 +527,148 @@ impl LoadBalancer {
         I: IntoIterator,
         I::Item: Into<BackendChange>,
     {
+        let policy = self.health_policy();
         self.update(|members| {
             crate::discover::apply_changes(
                 members,
                 changes.into_iter().map(Into::into),
-                // As `add` and `set_backends` make and keep members.
-                |backend| pooled_member(backend, &self.shared.in_flight_total),
-                |old, backend| {
-                    Member::from_parts(Arc::new(backend), old.is_up(), old.load().clone())
+                // As `add` and `set_backends` make and keep members (a new
+                // one slow-starts; a replaced one keeps its health).
+                |backend| {
+                    let member = pooled_member(backend, &self.shared.in_flight_total);
+                    member
+                        .health()
+                        .start_ramp(&policy.rules(member.backend()), policy.now());
+                    member
                 },
+                |old, backend| old.with_backend(Arc::new(backend)),
             )
         })
     }
 
-    /// Records how a request to `member` ended (passive feedback). One atomic
-    /// add; never blocks.
+    /// Records how a request to `member` ended (passive feedback): the
+    /// counters, and nginx's `max_fails` rules of the [`HealthPolicy`].
+    /// Atomic adds for a healthy backend's success; a short lock otherwise.
     pub fn report(&self, member: &Member, outcome: Outcome) {
         member.load().record(outcome);
+        let health = member.health();
+        let failed = outcome == Outcome::Failure;
+        if !failed && health.is_clear() {
+            return;
+        }
+        let current = self.read();
+        let policy = &current.health;
+        health.record(failed, &policy.rules(member.backend()), policy.now());
+    }
+
+    /// Reports one active health check of the backend with this id, with
+    /// HAProxy's `rise`/`fall` rules: `fall` failures in a row take it out
+    /// of the picks, `rise` passes in a row bring it back. Returns whether it
+    /// is up as far as checks go. The library does no I/O: your probe loop
+    /// (see `examples/active_health.rs`) decides what a pass is.
+    ///
+    /// ```
+    /// use tower_lb::health::{CheckResult, HealthPolicy};
+    /// use tower_lb::{LoadBalancer, Strategy};
+    ///
+    /// let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1", "http://10.0.0.2"])?
+    ///     .with_health_policy(HealthPolicy::default().rise(2).fall(2));
+    /// assert!(lb.report_check("10.0.0.1", CheckResult::Fail)?);
+    /// assert!(!lb.report_check("10.0.0.1", CheckResult::Fail)?); // down
+    /// assert!((0..4).all(|_| lb.pick(None).unwrap().id() == "10.0.0.2"));
+    /// assert!(!lb.report_check("10.0.0.1", CheckResult::Pass)?);
+    /// assert!(lb.report_check("10.0.0.1", CheckResult::Pass)?); // back
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownBackend`].
+    pub fn report_check(&self, id: &str, result: CheckResult) -> Result<bool, Error> {
+        let member = self
+            .get(id)
+            .ok_or_else(|| Error::UnknownBackend { id: id.to_owned() })?;
+        let policy = self.health_policy();
+        let (rise, fall) = policy.rise_fall();
+        Ok(member.health().record_check(
+            result,
+            rise,
+            fall,
+            &policy.rules(member.backend()),
+            policy.now(),
+        ))
+    }
+
+    /// Replaces the health policy (passive ejection, checks, slow start,
+    /// all-ejected mode, clock). Backends keep their health state.
+    pub fn set_health_policy(&self, policy: HealthPolicy) {
+        let policy = Arc::new(policy);
+        // Only the policy changes: the balancer is shared, not rebuilt, so
+        // this cannot fail.
+        let _ = self.update_with(|_| Ok(true), Some(policy));
+    }
+
+    /// [`set_health_policy`](Self::set_health_policy), builder style.
+    pub fn with_health_policy(self, policy: HealthPolicy) -> Self {
+        self.set_health_policy(policy);
+        self
+    }
+
+    /// The health policy in force.
+    pub fn health_policy(&self) -> Arc<HealthPolicy> {
+        Arc::clone(&self.read().health)
+    }
+
+    /// Every backend's counters and state, in listing order: what a metrics
+    /// exporter reads.
+    pub fn stats(&self) -> Vec<BackendStats> {
+        let current = self.snapshot();
+        let now = current.health.now();
+        current
+            .members
+            .iter()
+            .map(|m| {
+                let health = m.health();
+                let rules = current.health.rules(m.backend());
+                let state = if !m.is_up() {
+                    BackendState::Down
+                } else {
+                    match health.state(&rules, now) {
+                        BackendState::Up if m.backend().weight() == 0 => BackendState::Draining,
+                        state => state,
+                    }
+                };
+                let (sticky_hits, sticky_misses, sticky_fallbacks) = health.sticky();
+                let load = m.load();
+                BackendStats {
+                    id: m.backend().id().to_owned(),
+                    weight: m.backend().weight(),
+                    state,
+                    picks: load.started(),
+                    in_flight: load.in_flight(),
+                    successes: load.successes(),
+                    failures: load.failures(),
+                    current_fails: health.fails(),
+                    ejections: health.ejections(),
+                    sticky_hits,
+                    sticky_misses,
+                    sticky_fallbacks,
+                }
+            })
+            .collect()
     }
 
     fn set_up(&self, id: &str, up: bool) -> Result<(), Error> {
+        let policy = self.health_policy();
         self.update(|members| {
             let index = position(members, id)?;
             if members[index].is_up() == up {
                 return Ok(false);
+            }
+            if up {
+                let m = &members[index];
+                m.health()
+                    .start_ramp(&policy.rules(m.backend()), policy.now());
             }
             members[index] = members[index].clone().with_up(up);
             Ok(true)
@@ -492,21 +685,50 @@ impl LoadBalancer {
         &self,
         edit: impl FnOnce(&mut Vec<Member>) -> Result<bool, Error>,
     ) -> Result<(), Error> {
+        self.update_with(edit, None)
+    }
+
+    /// [`update`](Self::update), optionally with a new health policy (then
+    /// the members and the balancer are kept as they are).
+    fn update_with(
+        &self,
+        edit: impl FnOnce(&mut Vec<Member>) -> Result<bool, Error>,
+        policy: Option<Arc<HealthPolicy>>,
+    ) -> Result<(), Error> {
         let _writer = self
             .shared
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let current = self.snapshot();
-        let mut members = current.members.clone();
-        if !edit(&mut members)? {
-            return Ok(());
+        let next = match policy {
+            Some(health) => Arc::new(Snapshot {
+                members: current.members.clone(),
+                by_id: current.by_id.clone(),
+                balancer: Arc::clone(&current.balancer),
+                version: current.version + 1,
+                health,
+            }),
+            None => {
+                let mut members = current.members.clone();
+                if !edit(&mut members)? {
+                    return Ok(());
+                }
+                Arc::new(Snapshot::build(
+                    &*self.shared.builder,
+                    members,
+                    current.version + 1,
+                    Arc::clone(&current.health),
+                )?)
+            }
+        };
+        // The rotation goes on where it was rather than restarting at the
+        // first backend on every change.
+        if !Arc::ptr_eq(&current.balancer, &next.balancer) {
+            if let Some(position) = current.balancer.position() {
+                next.balancer.resume_at(position);
+            }
         }
-        let next = Arc::new(Snapshot::build(
-            &*self.shared.builder,
-            members,
-            current.version + 1,
-        )?);
         drop(current);
         // Take every copy's write lock (always in the same order), then swap
         // them all: readers see the old snapshot or the new one everywhere.
@@ -600,10 +822,81 @@ impl Snapshot {
         })
     }
 
+    /// The slow path of a pick whose first choice is draining, ejected,
+    /// failing its checks or ramping up: redraw (keyless picks), then walk
+    /// the failover order, then fall back to a ramping backend, then apply
+    /// the all-ejected mode.
+    #[cold]
+    fn pick_healthy(&self, key: Option<&[u8]>, first: usize) -> Result<Member, Error> {
+        let policy = &*self.health;
+        let now = policy.now();
+        let keyed = key.is_some();
+        let mut ramping = None;
+        let mut consider = |index: usize| -> Option<Member> {
+            let member = self.members.get(index)?;
+            if !member.takes_new_picks() {
+                return None;
+            }
+            let health = member.health();
+            if health.is_clear() {
+                return Some(member.clone());
+            }
+            match health.admit(&policy.rules(member.backend()), now, keyed) {
+                Admission::Admit => Some(member.clone()),
+                Admission::Ramping => {
+                    ramping.get_or_insert(index);
+                    None
+                }
+                Admission::Refuse => None,
+            }
+        };
+        if let Some(member) = consider(first) {
+            return Ok(member);
+        }
+        if !keyed {
+            for _ in 0..REDRAWS {
+                let index = self.balancer.pick(None)?;
+                if let Some(member) = consider(index) {
+                    return Ok(member);
+                }
+            }
+        }
+        let mut found = None;
+        self.balancer.failover_find(key, first, &mut |index| {
+            found = consider(index);
+            found.is_some()
+        });
+        if let Some(member) = found {
+            return Ok(member);
+        }
+        if let Some(index) = ramping {
+            return self.member(index).cloned();
+        }
+        match policy.all_ejected() {
+            WhenAllEjected::UseAll if self.members[first].takes_new_picks() => {
+                Ok(self.members[first].clone())
+            }
+            WhenAllEjected::UseAll => self
+                .balancer
+                .failover(key, first)
+                .into_iter()
+                .find_map(|i| self.members.get(i).filter(|m| m.takes_new_picks()).cloned())
+                .ok_or_else(|| self.all_ejected()),
+            _ => Err(self.all_ejected()),
+        }
+    }
+
+    fn all_ejected(&self) -> Error {
+        Error::AllBackendsEjected {
+            count: self.members.len(),
+        }
+    }
+
     fn build(
         builder: &dyn BuildBalancer,
         members: Vec<Member>,
         version: u64,
+        health: Arc<HealthPolicy>,
     ) -> Result<Snapshot, Error> {
         if members.len() > MAX_BACKENDS {
             return Err(Error::InvalidConfig {
@@ -619,12 +912,13 @@ impl Snapshot {
                 });
             }
         }
-        let balancer = builder.build(&members)?;
+        let balancer: Arc<dyn Balancer> = Arc::from(builder.build(&members)?);
         Ok(Snapshot {
             members,
             by_id,
             balancer,
             version,
+            health,
         })
     }
 }

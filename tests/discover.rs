@@ -187,7 +187,6 @@ fn replicas_fed_the_same_changes_in_any_order_route_every_key_alike() {
 }
 
 #[test]
-#[ignore = "weight 0 (drain) arrives with the health branch (issue 10): Backend::with_weight(0) is still Error::InvalidWeight here"]
 fn weight_zero_from_discovery_drains_the_backend() {
     let lb = empty(Strategy::WeightedRoundRobin);
     lb.apply_all([insert("a", 1), insert("b", 2)]).unwrap();

@@ -1126,7 +1126,10 @@ async fn load_balance_wraps_inner_errors_with_the_backend_and_counts_them() {
     let err = ServiceBuilder::new()
         .layer(LoadBalanceLayer::new(lb.clone()))
         .service(service_fn(|_req: Req| async {
-            Err::<Response<()>, _>(std::io::Error::other("connection refused"))
+            Err::<Response<()>, _>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            ))
         }))
         .oneshot(Request::new(()))
         .await

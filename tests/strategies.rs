@@ -1054,9 +1054,10 @@ fn backend_defaults_to_weight_1_and_its_authority_as_id() {
 }
 
 #[test]
-fn weights_must_be_between_1_and_max_weight() {
+fn weights_must_be_between_0_and_max_weight() {
     let b = || Backend::new("http://10.0.0.1").unwrap();
-    for bad in [0, MAX_WEIGHT + 1, u32::MAX] {
+    assert_eq!(b().with_weight(0).unwrap().weight(), 0);
+    for bad in [MAX_WEIGHT + 1, u32::MAX] {
         match b().with_weight(bad) {
             Err(Error::InvalidWeight { id, weight, max }) => {
                 assert_eq!(id, "10.0.0.1");

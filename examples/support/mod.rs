@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tower::Service;
 
 pub mod retry;
+pub mod stoppable;
 
 /// What the proxy answers with: the backend's streamed body, or its own
 /// short error text.

@@ -5,8 +5,10 @@
 //! [`Member`] into the request's extensions, where the
 //! [director](crate::layer::director) and the inner service read it. It
 //! counts the request as in flight on that backend until the response
-//! arrives, and reports the outcome (passive feedback) according to its
-//! [`FailurePolicy`].
+//! arrives (or, with [`LoadBalanceLayer::count_until_exchange_ends`], until
+//! the exchange really ends), reports the outcome (passive feedback, which
+//! drives [health](crate::health)) according to its [`FailurePolicy`], and
+//! names the backend in the response's [`PickedBackend`] extension.
 //!
 //! It does not send anything itself: the inner service does (for a proxy, a
 //! client that sends to the URI the director wrote). Unlike
@@ -121,10 +123,10 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response};
 use pin_project_lite::pin_project;
 use tower::Layer;
 use tower_service::Service;
@@ -133,67 +135,7 @@ use crate::layer::upstream_error;
 use crate::sticky::{AffinityKey, KeyExtractor, NoKey, StickyCookie};
 use crate::{BoxError, Error, InFlight, Load, LoadBalancer, Member, Outcome};
 
-/// Which responses count as a backend failure for passive feedback.
-///
-/// An inner-service error always counts. By default so do `502`, `503` and
-/// `504` (the statuses nginx's `proxy_next_upstream http_502 http_503
-/// http_504` and HAProxy's `observe layer7` treat as the server's fault);
-/// any other status counts as a success.
-///
-/// A request that never reached the backend counts as neither: one a
-/// director refused because of the request itself ([`Error::BadRequest`],
-/// [`Error::UriTooLong`], any error whose [`Error::status_code`] is a
-/// `4xx`), or whose hook failed ([`Error::Hook`],
-/// [`Error::MissingExtension`]). Otherwise any client could push a
-/// backend's failure counters with requests it knows will be refused.
-///
-/// ```
-/// use http::StatusCode;
-/// use tower_lb::layer::FailurePolicy;
-///
-/// let default = FailurePolicy::default();
-/// assert!(default.is_failure(StatusCode::BAD_GATEWAY));
-/// assert!(!default.is_failure(StatusCode::INTERNAL_SERVER_ERROR));
-///
-/// let all_5xx = FailurePolicy::new(|s| s.is_server_error());
-/// assert!(all_5xx.is_failure(StatusCode::INTERNAL_SERVER_ERROR));
-/// ```
-#[derive(Clone, Copy)]
-pub struct FailurePolicy {
-    is_failure: fn(StatusCode) -> bool,
-}
-
-impl FailurePolicy {
-    /// A policy from a predicate over the response status.
-    pub fn new(is_failure: fn(StatusCode) -> bool) -> Self {
-        FailurePolicy { is_failure }
-    }
-
-    /// Whether a response with this status counts as a failure.
-    #[inline]
-    pub fn is_failure(&self, status: StatusCode) -> bool {
-        (self.is_failure)(status)
-    }
-}
-
-impl Default for FailurePolicy {
-    fn default() -> Self {
-        FailurePolicy::new(|s| {
-            matches!(
-                s,
-                StatusCode::BAD_GATEWAY
-                    | StatusCode::SERVICE_UNAVAILABLE
-                    | StatusCode::GATEWAY_TIMEOUT
-            )
-        })
-    }
-}
-
-impl fmt::Debug for FailurePolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FailurePolicy").finish_non_exhaustive()
-    }
-}
+pub use crate::health::FailurePolicy;
 
 /// Applies [`LoadBalance`] to a service. Cheap to clone (one `Arc` and the
 /// extractor).
@@ -218,6 +160,7 @@ pub struct LoadBalanceLayer<K = NoKey> {
     key: K,
     policy: FailurePolicy,
     sticky: Option<Arc<StickyCookie>>,
+    hold: bool,
 }
 
 impl LoadBalanceLayer {
@@ -228,6 +171,7 @@ impl LoadBalanceLayer {
             key: NoKey,
             policy: FailurePolicy::default(),
             sticky: None,
+            hold: false,
         }
     }
 }
@@ -240,6 +184,7 @@ impl<K> LoadBalanceLayer<K> {
             key,
             policy: self.policy,
             sticky: self.sticky,
+            hold: self.hold,
         }
     }
 
@@ -268,7 +213,7 @@ impl<K> LoadBalanceLayer<K> {
         self.key(key)
     }
 
-    /// Sets which responses count as failures.
+    /// Sets which outcomes count as failures of the backend.
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.policy = policy;
         self
@@ -280,6 +225,40 @@ impl<K> LoadBalanceLayer<K> {
         self.sticky = Some(Arc::new(cookie));
         self
     }
+
+    /// Keeps each request counted in flight until the exchange really ends,
+    /// not just until the response head: the count moves into an
+    /// [`InFlightGuard`] in the response's extensions. Wrap the body with
+    /// `InFlightBodyLayer` (feature `http-body`) to hold it until the body
+    /// ends or is dropped, or move the guard into an upgraded connection's
+    /// task (a WebSocket tunnel) to hold it until the tunnel closes. A gRPC
+    /// response's outcome is then also read from its trailers.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_lb::layer::{InFlightGuard, LoadBalanceLayer};
+    /// use tower_lb::{LoadBalancer, Strategy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_lb::Error> {
+    /// let lb = LoadBalancer::new(Strategy::LeastRequest, ["http://10.0.0.1"])?;
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(LoadBalanceLayer::new(lb.clone()).count_until_exchange_ends())
+    ///     .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+    /// let mut res = svc.oneshot(Request::new(())).await?;
+    /// let tunnel = res.extensions_mut().remove::<InFlightGuard>().unwrap();
+    /// assert_eq!(lb.get("10.0.0.1").unwrap().load().in_flight(), 1);
+    /// drop(tunnel); // the tunnel closed
+    /// assert_eq!(lb.get("10.0.0.1").unwrap().load().in_flight(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn count_until_exchange_ends(mut self) -> Self {
+        self.hold = true;
+        self
+    }
 }
 
 impl<S, K: Clone> Layer<S> for LoadBalanceLayer<K> {
@@ -288,33 +267,125 @@ impl<S, K: Clone> Layer<S> for LoadBalanceLayer<K> {
     fn layer(&self, inner: S) -> Self::Service {
         LoadBalance {
             inner,
-            lb: self.lb.clone(),
             key: self.key.clone(),
-            policy: self.policy,
-            sticky: self.sticky.clone(),
+            ctx: Arc::new(Ctx {
+                lb: self.lb.clone(),
+                policy: self.policy.clone(),
+                sticky: self.sticky.clone(),
+                hold: self.hold,
+            }),
         }
     }
+}
+
+/// What every request of one service shares: one `Arc` per request.
+#[derive(Debug)]
+struct Ctx {
+    lb: LoadBalancer,
+    policy: FailurePolicy,
+    sticky: Option<Arc<StickyCookie>>,
+    hold: bool,
 }
 
 /// Picks a backend for each request; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct LoadBalance<S, K = NoKey> {
     inner: S,
-    lb: LoadBalancer,
     key: K,
-    policy: FailurePolicy,
-    sticky: Option<Arc<StickyCookie>>,
+    ctx: Arc<Ctx>,
 }
 
 impl<S, K> LoadBalance<S, K> {
     /// The load balancer picks come from.
     pub fn load_balancer(&self) -> &LoadBalancer {
-        &self.lb
+        &self.ctx.lb
     }
 
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+}
+
+/// The id of the backend that served a response, in the response's
+/// extensions: for logging, tracing and metrics layers outside the stack.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_lb::layer::{LoadBalanceLayer, PickedBackend};
+/// use tower_lb::{LoadBalancer, Strategy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_lb::Error> {
+/// let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1"])?;
+/// let svc = ServiceBuilder::new()
+///     .layer(LoadBalanceLayer::new(lb))
+///     .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+/// let res = svc.oneshot(Request::new(())).await?;
+/// assert_eq!(res.extensions().get::<PickedBackend>().unwrap().id(), "10.0.0.1");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PickedBackend {
+    id: Arc<str>,
+}
+
+impl PickedBackend {
+    /// The backend's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Keeps one request counted in flight on its backend while any clone of it
+/// lives; see [`LoadBalanceLayer::count_until_exchange_ends`].
+#[derive(Clone, Debug)]
+pub struct InFlightGuard {
+    inner: Arc<GuardInner>,
+}
+
+#[derive(Debug)]
+struct GuardInner {
+    _in_flight: InFlight,
+    /// A gRPC response whose outcome waits for its trailers.
+    deferred: Mutex<Option<(Member, Arc<Ctx>)>>,
+}
+
+impl InFlightGuard {
+    fn new(in_flight: InFlight, deferred: Option<(Member, Arc<Ctx>)>) -> Self {
+        InFlightGuard {
+            inner: Arc::new(GuardInner {
+                _in_flight: in_flight,
+                deferred: Mutex::new(deferred),
+            }),
+        }
+    }
+
+    /// Reports the outcome a gRPC response's trailers give, if the layer was
+    /// waiting for them (a response body wrapper calls this).
+    pub fn trailers(&self, trailers: &HeaderMap) {
+        let deferred = self
+            .inner
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((member, ctx)) = deferred {
+            if let Some(failed) = ctx.policy.grpc_failure(trailers) {
+                ctx.lb.report(&member, outcome(failed));
+            }
+        }
+    }
+}
+
+fn outcome(failed: bool) -> Outcome {
+    if failed {
+        Outcome::Failure
+    } else {
+        Outcome::Success
     }
 }
 
@@ -334,26 +405,37 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let (picked, sticky) = match &self.sticky {
-            None => (self.pick(&req), None),
+        let ctx = &self.ctx;
+        let (picked, insert) = match &ctx.sticky {
+            None => (self.pick(&req), false),
             Some(sticky) => {
                 let (picked, insert) = match sticky.verify(req.headers()) {
-                    Some(cookie) => match self.lb.get(cookie.id()) {
-                        // Its backend, whatever the strategy would pick,
-                        // unless this is a retry and it failed already: the
-                        // retry moves the client, and the response says so.
-                        Some(member) if member.is_up() && !was_tried(&req, member.id()) => {
+                    Some(cookie) => match ctx.lb.get(cookie.id()) {
+                        // Its backend, whatever the strategy would pick
+                        // (draining included), unless it is down, ejected
+                        // or failing its checks, or this is a retry and it
+                        // failed already: the retry moves the client, and
+                        // the response says so.
+                        Some(member)
+                            if !was_tried(&req, member.id()) && ctx.lb.admit_sticky(&member) =>
+                        {
                             (Ok(member), cookie.should_reissue())
                         }
-                        // Down or removed: redispatch, and re-issue.
+                        // Redispatch, and re-issue.
                         _ => (self.pick(&req), true),
                     },
-                    None => (self.pick(&req), true),
+                    None => {
+                        let picked = self.pick(&req);
+                        if let Ok(member) = &picked {
+                            ctx.lb.count_sticky_miss(member);
+                        }
+                        (picked, true)
+                    }
                 };
                 if picked.is_ok() && sticky.strips_upstream() {
                     sticky.strip(req.headers_mut());
                 }
-                (picked, Some((Arc::clone(sticky), insert)))
+                (picked, insert)
             }
         };
         let member = match picked {
@@ -361,15 +443,14 @@ where
             Err(error) => return ResponseFuture::failed(error),
         };
         let in_flight = Load::start(member.load());
-        let picked = member.clone();
-        req.extensions_mut().insert(member);
+        req.extensions_mut().insert(member.clone());
         ResponseFuture {
             state: State::Called {
                 future: self.inner.call(req),
-                member: picked,
+                member,
                 in_flight: Some(in_flight),
-                policy: self.policy,
-                sticky,
+                ctx: Arc::clone(ctx),
+                insert,
             },
         }
     }
@@ -387,9 +468,9 @@ impl<S, K> LoadBalance<S, K> {
         match req.extensions().get::<TriedBackends>() {
             Some(tried) if !tried.is_empty() => {
                 let ids: Vec<&str> = tried.ids().collect();
-                self.lb.pick_excluding(key, &ids)
+                self.ctx.lb.pick_excluding(key, &ids)
             }
-            _ => self.lb.pick(key),
+            _ => self.ctx.lb.pick(key),
         }
     }
 }
@@ -487,10 +568,9 @@ pin_project! {
             future: F,
             member: Member,
             in_flight: Option<InFlight>,
-            policy: FailurePolicy,
-            // The sticky cookie, if configured, and whether the response
-            // is to carry a fresh one.
-            sticky: Option<(Arc<StickyCookie>, bool)>,
+            ctx: Arc<Ctx>,
+            // Whether the response is to carry a fresh sticky cookie.
+            insert: bool,
         },
         Failed {
             error: Option<Error>,
@@ -519,47 +599,55 @@ where
                 future,
                 member,
                 in_flight,
-                policy,
-                sticky,
+                ctx,
+                insert,
             } => {
                 let result = ready!(future.poll(cx));
-                // Dropping the guard counts the request as finished.
                 let Some(in_flight) = in_flight.take() else {
                     panic!("ResponseFuture polled after completion");
                 };
-                let load = in_flight.load();
                 Poll::Ready(match result {
                     Ok(mut res) => {
-                        let failed = policy.is_failure(res.status());
-                        load.record(if failed {
-                            Outcome::Failure
-                        } else {
-                            Outcome::Success
-                        });
+                        let failed = ctx.policy.is_response_failure(&res);
+                        let deferred =
+                            ctx.hold && !failed && FailurePolicy::awaits_grpc_trailers(&res);
+                        if !deferred {
+                            ctx.lb.report(member, outcome(failed));
+                        }
                         if failed {
                             // Where the failed attempt went, for a retry
                             // layer outside (see `TriedBackends`).
                             res.extensions_mut().insert(member.clone());
                         }
-                        if let Some((sticky, insert)) = sticky.take() {
+                        if let Some(sticky) = &ctx.sticky {
                             // Only the balancer says where a client sticks
                             // (unless the cookie is configured to preserve
                             // a backend's own).
                             let kept = sticky.remove_backend_cookie(res.headers_mut());
                             // A client is not pinned to a backend that just
                             // failed it.
-                            if insert && !failed && !kept {
+                            if *insert && !failed && !kept {
                                 // Ids are valid by construction; a failure
                                 // only means no cookie this time.
                                 let _ = sticky.insert(res.headers_mut(), member.id());
                             }
                         }
+                        res.extensions_mut().insert(PickedBackend {
+                            id: Arc::clone(member.backend().shared_id()),
+                        });
+                        if ctx.hold {
+                            let deferred = deferred.then(|| (member.clone(), Arc::clone(ctx)));
+                            res.extensions_mut()
+                                .insert(InFlightGuard::new(in_flight, deferred));
+                        }
+                        // Otherwise dropping the guard counts the request as
+                        // finished.
                         Ok(res)
                     }
                     Err(error) => {
                         let error = upstream_error(error, member.id());
-                        if blames_backend(&error) {
-                            load.record(Outcome::Failure);
+                        if ctx.policy.is_error_failure(&error) {
+                            ctx.lb.report(member, Outcome::Failure);
                         }
                         Err(error)
                     }
@@ -570,15 +658,6 @@ where
                 .expect("ResponseFuture polled after completion"))),
         }
     }
-}
-
-/// Whether an error from inside counts as a failure of the picked backend:
-/// not a hook's mistake, nor a request refused because of what it is (any
-/// `4xx`, such as [`Error::BadRequest`] or [`Error::UriTooLong`]). See
-/// [`FailurePolicy`].
-fn blames_backend(error: &Error) -> bool {
-    !(matches!(error, Error::Hook { .. } | Error::MissingExtension { .. })
-        || error.status_code().is_client_error())
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {

@@ -60,6 +60,9 @@ use crate::{BoxError, Error};
 
 pub mod client_addr;
 pub mod director;
+#[cfg(feature = "http-body")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
+pub mod in_flight_body;
 pub mod load_balance;
 pub mod modify_response;
 #[cfg(feature = "http-body")]
@@ -68,11 +71,17 @@ pub mod next_upstream;
 pub mod proxy_director;
 pub mod response_timeout;
 
+#[cfg(feature = "http-body")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
+#[doc(inline)]
+pub use self::in_flight_body::{InFlightBody, InFlightBodyLayer, InFlightBodyService};
 #[doc(inline)]
 pub use self::{
     client_addr::{client_addr_from, ClientAddrFrom},
     director::{Direct, Director, DirectorLayer},
-    load_balance::{FailurePolicy, LoadBalance, LoadBalanceLayer, TriedBackends},
+    load_balance::{
+        FailurePolicy, InFlightGuard, LoadBalance, LoadBalanceLayer, PickedBackend, TriedBackends,
+    },
     modify_response::{ModifyResponse, ModifyResponseHook, ModifyResponseLayer},
     proxy_director::{
         remove_hop_by_hop_headers, strip_hop_by_hop_response, ForwardedFor, HostHeader,

@@ -196,6 +196,13 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let client_side = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        // A tunnel stays counted in flight on its backend until it closes
+        // (LoadBalance's own count ends with the 101): the WebSocket load
+        // `least_request` must see.
+        let tunnel_load = client_side.as_ref().and_then(|_| {
+            let member = req.extensions().get::<crate::Member>()?;
+            Some(crate::Load::start(member.load()))
+        });
         let sent = self.client.request(req);
         Box::pin(async move {
             let mut res = sent.await?;
@@ -203,6 +210,7 @@ where
                 if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let backend_side = hyper::upgrade::on(&mut res);
                     tokio::spawn(async move {
+                        let _counted = tunnel_load;
                         // The backend's side is ready now; the client's once
                         // hyper has sent it this 101.
                         let backend = backend_side.await;

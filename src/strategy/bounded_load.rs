@@ -374,16 +374,19 @@ mod tests {
                 Arc::clone(members[0].backend()),
                 true,
                 Arc::clone(members[0].load()),
+                Arc::default(),
             ),
             Member::from_parts(
                 Arc::clone(members[1].backend()),
                 true,
                 Arc::clone(members[1].load()),
+                Arc::default(),
             ),
             Member::from_parts(
                 Arc::clone(members[2].backend()),
                 false,
                 Arc::clone(members[2].load()),
+                Arc::default(),
             ),
         ];
         let b = BoundedLoad::new(&m).unwrap();

@@ -245,7 +245,7 @@ impl ConsistentHash {
         }
         Ok(ConsistentHash {
             ring: Ring::shared(members, vnodes)?,
-            up: members.iter().map(Member::is_up).collect(),
+            up: members.iter().map(Member::takes_new_picks).collect(),
             up_list: up_indices(members),
             keyless: AtomicUsize::new(0),
         })
@@ -342,7 +342,7 @@ impl Balancer for ConsistentHash {
         let start = self.first_point(Self::hash_key(key));
         let len = self.ring.owners.len();
         // The first point clockwise whose backend is up. Some member is up,
-        // and every member has at least one point, so this finds one.
+        // and every member with a weight above 0 has points, so this finds one.
         for step in 0..len {
             let owner = self.ring.owners[(start + step) % len] as usize;
             if self.up[owner] {
@@ -377,6 +377,40 @@ impl Balancer for ConsistentHash {
             }
         }
         order.into_vec()
+    }
+
+    /// Clockwise from the key without building the list: the owners met
+    /// on the ring, each asked once in a row.
+    fn failover_find(
+        &self,
+        key: Option<&[u8]>,
+        first: usize,
+        accept: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        let Some(key) = key else {
+            return self.failover(None, first).into_iter().find(|&i| accept(i));
+        };
+        let start = self.first_point(Self::hash_key(key));
+        let len = self.ring.owners.len();
+        let mut last = first;
+        for step in 0..len {
+            let owner = self.ring.owners[(start + step) % len] as usize;
+            if owner != last && owner != first && self.up[owner] {
+                last = owner;
+                if accept(owner) {
+                    return Some(owner);
+                }
+            }
+        }
+        None
+    }
+
+    fn position(&self) -> Option<u64> {
+        Some(self.keyless.load(Ordering::Relaxed) as u64)
+    }
+
+    fn resume_at(&self, position: u64) {
+        self.keyless.store(position as usize, Ordering::Relaxed);
     }
 }
 

@@ -14,8 +14,9 @@
 //! every snapshot of a member: the load-balance layer keeps them, and so
 //! does anything holding a [`Load::start`](crate::Load::start) guard for the
 //! duration of a request (the layer counts a request until its response
-//! head arrives, as `tower::load`'s default does: a long-lived stream or
-//! WebSocket tunnel counts as finished once it is established).
+//! head arrives, as `tower::load`'s default does, or with
+//! `LoadBalanceLayer::count_until_exchange_ends` until its body ends or its
+//! WebSocket tunnel closes).
 //!
 //! Weights decide how often a member is *drawn* as a candidate: each of the
 //! two is drawn with probability proportional to its weight (the second
@@ -80,7 +81,7 @@ impl LeastRequest {
         let up: Vec<Candidate> = members
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.is_up())
+            .filter(|(_, m)| m.takes_new_picks())
             .map(|(index, m)| Candidate {
                 index,
                 weight: m.backend().weight(),

@@ -352,7 +352,7 @@ impl Maglev {
         }
         Ok(Maglev {
             table: Table::shared(members, table_size)?,
-            up: members.iter().map(Member::is_up).collect(),
+            up: members.iter().map(Member::takes_new_picks).collect(),
             up_list: up_indices(members),
             keyless: AtomicUsize::new(0),
         })

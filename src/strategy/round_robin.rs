@@ -4,7 +4,9 @@
 //! lock-free, and exact under any number of threads, since every pick takes a
 //! distinct counter value. Over `n` consecutive picks each of `k` backends
 //! that are up is chosen `⌊n/k⌋` or `⌈n/k⌉` times. Like nginx's default
-//! upstream (all weights 1), the rotation starts at the first backend listed.
+//! upstream (all weights 1), the rotation starts at the first backend listed;
+//! after a membership change a [`LoadBalancer`](crate::LoadBalancer) carries
+//! the counter over, so the rotation goes on rather than restarting there.
 //! Weights are ignored; see
 //! [`WeightedRoundRobin`](crate::WeightedRoundRobin) for weighted rotation.
 
@@ -66,5 +68,13 @@ impl Balancer for RoundRobin {
             return Vec::new();
         }
         rotation_after(&self.up, pos, first)
+    }
+
+    fn position(&self) -> Option<u64> {
+        Some(self.next.load(Ordering::Relaxed) as u64)
+    }
+
+    fn resume_at(&self, position: u64) {
+        self.next.store(position as usize, Ordering::Relaxed);
     }
 }

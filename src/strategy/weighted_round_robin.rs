@@ -26,11 +26,12 @@
 //! under a mutex, one step per pick in `O(distinct weights)`: the sequence is
 //! still nginx's exactly.
 //!
-//! Backends that are down take no part, as in nginx, where a down peer is
-//! skipped and neither gains weight nor counts in the total. A
-//! [`LoadBalancer`](crate::LoadBalancer) rebuilds the balancer when a backend
-//! goes down or comes back, so the smooth cycle restarts from zero over the
-//! new set, as it does in nginx after a configuration reload.
+//! Backends that are down or draining (weight 0) take no part, as in nginx,
+//! where a down peer is skipped and neither gains weight nor counts in the
+//! total. A [`LoadBalancer`](crate::LoadBalancer) rebuilds the balancer when
+//! a backend goes down or comes back; it carries the position in the cycle
+//! over, so under frequent changes the cycle does not keep restarting at its
+//! first (heaviest) pick.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -270,6 +271,21 @@ impl Balancer for WeightedRoundRobin {
             }
         }
         order.into_vec()
+    }
+
+    fn position(&self) -> Option<u64> {
+        match &self.mode {
+            Mode::Schedule { next, .. } => Some(next.load(Ordering::Relaxed) as u64),
+            _ => None,
+        }
+    }
+
+    /// Goes on at the same offset into the new period: the cycle does not
+    /// restart at its first (heaviest) pick on every change.
+    fn resume_at(&self, position: u64) {
+        if let Mode::Schedule { next, .. } = &self.mode {
+            next.store(position as usize, Ordering::Relaxed);
+        }
     }
 }
 

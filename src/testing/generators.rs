@@ -102,6 +102,7 @@ impl BackendSpec {
             Arc::new(backend),
             self.up,
             Arc::new(Load::with_in_flight(u64::from(self.in_flight))),
+            Arc::default(),
         )
     }
 }
