@@ -100,9 +100,24 @@ fn bench_retry(c: &mut Criterion) {
     let mut retrying = ServiceBuilder::new()
         .layer(ModifyResponseLayer::new(strip_hop_by_hop_response::<()>))
         .layer(NextUpstreamLayer::new())
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service_fn(noop_any);
+    // The layer's bookkeeping alone: with one try it keeps no copy of the
+    // head and no clone of the inner service.
+    let mut single_try = ServiceBuilder::new()
+        .layer(ModifyResponseLayer::new(strip_hop_by_hop_response::<()>))
+        .layer(NextUpstreamLayer::new().tries(1))
         .layer(LoadBalanceLayer::new(lb))
         .layer(DirectorLayer::new(ProxyDirector::new()))
         .service_fn(noop_any);
+    group.bench_function("full_stack_next_upstream_tries1_get", |b| {
+        b.iter_batched(
+            get,
+            |req| black_box(now(single_try.call(req))),
+            BatchSize::SmallInput,
+        )
+    });
     for (name, make) in [("get", get as fn() -> _), ("post_1kib", post_1kib)] {
         group.bench_function(format!("full_stack_{name}"), |b| {
             b.iter_batched(

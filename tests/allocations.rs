@@ -185,4 +185,31 @@ fn next_upstream_allocates_only_for_the_copy_it_keeps_for_a_retry() {
     // Buffering a body of one chunk allocates nothing more: each attempt
     // gets the chunk by refcount.
     assert_eq!(post, get, "NextUpstream added {post} allocations to a POST");
+
+    // A request no retry could replay keeps no copy: a body streamed past
+    // the buffer limit, or retries turned off.
+    let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1:8080"]).unwrap();
+    let mut plain = ServiceBuilder::new()
+        .layer(ModifyResponseLayer::new(strip_hop_by_hop_response::<()>))
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service_fn(noop_any);
+    let stack = |layer: NextUpstreamLayer| {
+        ServiceBuilder::new()
+            .layer(ModifyResponseLayer::new(strip_hop_by_hop_response::<()>))
+            .layer(layer)
+            .layer(LoadBalanceLayer::new(lb.clone()))
+            .layer(DirectorLayer::new(ProxyDirector::new()))
+            .service_fn(noop_any)
+    };
+    let mut streaming = stack(NextUpstreamLayer::new().buffer_limit(512));
+    let mut single_try = stack(NextUpstreamLayer::new().tries(1));
+    count_with(&mut plain, kib());
+    count_with(&mut streaming, kib());
+    count_with(&mut single_try, Full::default());
+    let streamed = count_with(&mut streaming, kib()) - count_with(&mut plain, kib());
+    let untried =
+        count_with(&mut single_try, Full::default()) - count_with(&mut plain, Full::default());
+    assert_eq!(streamed, 0, "a streamed body cost {streamed} allocations");
+    assert_eq!(untried, 0, "tries(1) cost {untried} allocations");
 }

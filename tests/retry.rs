@@ -191,6 +191,21 @@ async fn tries_bounds_the_attempts_and_the_last_failure_is_the_answer() {
 }
 
 #[tokio::test]
+async fn with_every_retry_condition_off_a_failure_is_answered_after_one_attempt() {
+    let lb = balancer(Strategy::RoundRobin);
+    let all_reset: Vec<_> = IDS.iter().map(|&id| (id, Answer::Reset)).collect();
+    let nothing = NextUpstreamLayer::new()
+        .retry_on_error(false)
+        .retry_on_timeout(false);
+    // A POST too: with nothing to retry on, no `NotRetried` either.
+    for req in [get(), post(b"hello")] {
+        let (res, seen) = send(nothing.clone(), &lb, &all_reset, req).await;
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert!(matches!(res, Err(Error::Upstream { .. })), "{res:?}");
+    }
+}
+
+#[tokio::test]
 async fn statuses_are_retried_only_when_chosen_and_the_last_response_is_passed_on() {
     let lb = balancer(Strategy::RoundRobin);
     let answers = [

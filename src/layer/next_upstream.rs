@@ -386,13 +386,13 @@ struct Template {
 }
 
 impl Template {
-    fn of<B>(req: &Request<B>) -> Self {
+    fn of(parts: &http::request::Parts) -> Self {
         Template {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-            extensions: req.extensions().clone(),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
         }
     }
 
@@ -465,27 +465,38 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The ready service makes the first attempt; its clone takes its place.
-        let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
         let config = Arc::clone(&self.config);
         let started = config.timeout.map(|_| (config.clock)());
-        let template = (config.tries != 1).then(|| Template::of(&req));
+        // Nothing to retry on, or a single try: nothing to keep.
+        let retries = config.tries != 1
+            && (config.on_error || config.on_timeout || config.on_status.is_some());
         let (parts, body) = req.into_parts();
         let hint = body.size_hint();
+        // What is kept for the retries, a copy of the head and a service,
+        // is kept only when a retry can replay the request: a streamed body
+        // never can.
+        let mut template = None;
+        let mut service = None;
         let (replay, state) = if body.is_end_stream() {
+            if retries {
+                template = Some(Template::of(&parts));
+                // The ready service makes the first attempt at once; a
+                // clone, made ready when (if ever) a retry needs it, waits.
+                service = Some(self.inner.clone());
+            }
             let req = Request::from_parts(parts, ReplayBody { kind: Kind::Empty });
-            (
-                Replay::Empty,
-                State::Calling {
-                    future: service.call(req),
-                },
-            )
-        } else if template.is_some()
+            let future = self.inner.call(req);
+            (Replay::Empty, State::Calling { future })
+        } else if retries
             && hint
                 .upper()
                 .is_some_and(|upper| upper <= config.buffer_limit as u64)
         {
+            template = Some(Template::of(&parts));
+            // The body is read before the first attempt: the ready service
+            // goes with the future, its clone takes its place.
+            let clone = self.inner.clone();
+            service = Some(std::mem::replace(&mut self.inner, clone));
             (
                 Replay::Streamed,
                 State::Buffering {
@@ -500,16 +511,13 @@ where
                     kind: Kind::Streaming { body },
                 },
             );
-            (
-                Replay::Streamed,
-                State::Calling {
-                    future: service.call(req),
-                },
-            )
+            let future = self.inner.call(req);
+            (Replay::Streamed, State::Calling { future })
         };
         ResponseFuture {
             service,
             config,
+            retries,
             template,
             replay,
             first: None,
@@ -532,8 +540,13 @@ pin_project! {
         S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
         B: Body,
     {
-        service: S,
+        // The service retries go to (the first attempt's own, for a
+        // buffered body); none when no retry can happen.
+        service: Option<S>,
         config: Arc<Config>,
+        // Whether retries are on (`tries` is not 1).
+        retries: bool,
+        // The head retries are built from; none for a streamed body.
         template: Option<Template>,
         replay: Replay<B::Data>,
         // The body read so far, while buffering.
@@ -629,7 +642,9 @@ where
                                 hint: *this.hint,
                             });
                             let body = this.replay.body().expect("a buffered body replays");
-                            let future = this.service.call(Request::from_parts(parts, body));
+                            let service =
+                                this.service.as_mut().expect("buffering holds the service");
+                            let future = service.call(Request::from_parts(parts, body));
                             this.state.set(State::Calling { future });
                         }
                     }
@@ -642,6 +657,7 @@ where
                         &result,
                         *this.attempts,
                         *this.started,
+                        *this.retries,
                         this.template.as_ref(),
                         this.replay,
                     ) {
@@ -679,7 +695,8 @@ where
                     }
                 }
                 StateProj::Retrying => {
-                    if let Err(error) = ready!(this.service.poll_ready(cx)) {
+                    let service = this.service.as_mut().expect("a retry has a service");
+                    if let Err(error) = ready!(service.poll_ready(cx)) {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(upstream_error(error, "")));
                     }
@@ -688,7 +705,7 @@ where
                     let mut req = template.request(body);
                     req.extensions_mut().insert(this.tried.clone());
                     *this.attempts += 1;
-                    let future = this.service.call(req);
+                    let future = service.call(req);
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
@@ -711,6 +728,7 @@ fn decide<R>(
     result: &Result<Response<R>, Error>,
     attempts: usize,
     started: Option<Instant>,
+    retries: bool,
     template: Option<&Template>,
     replay: &Replay<impl Sized>,
 ) -> Decision {
@@ -741,10 +759,7 @@ fn decide<R>(
         }
         Err(_) => return Decision::Answer,
     };
-    let Some(template) = template else {
-        return Decision::Answer;
-    };
-    if config.tries != 0 && attempts >= config.tries {
+    if !retries || (config.tries != 0 && attempts >= config.tries) {
         return Decision::Answer;
     }
     if let (Some(budget), Some(started)) = (config.timeout, started) {
@@ -758,6 +773,10 @@ fn decide<R>(
              cannot be replayed: raise `NextUpstreamLayer::buffer_limit` to retry such requests",
         );
     }
+    let Some(template) = template else {
+        // Only a streamed body, handled above, goes without a template.
+        return Decision::Answer;
+    };
     if let Failed::Sent = failed {
         if is_upgrade(&template.headers) {
             return Decision::NotRetried(
