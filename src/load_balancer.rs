@@ -168,7 +168,7 @@ impl LoadBalancer {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let builder: Box<dyn BuildBalancer> = Box::new(strategy);
-        let snapshot = Snapshot::build(&*builder, members, 0, Arc::new(HealthPolicy::off()))?;
+        let snapshot = Snapshot::build(&*builder, members, 0, Arc::new(HealthPolicy::default()))?;
         Ok(LoadBalancer {
             shared: Arc::new(Shared {
                 shards: {
@@ -871,6 +871,15 @@ impl Snapshot {
         }
         if let Some(index) = ramping {
             return self.member(index).cloned();
+        }
+        // nginx: "if there is only a single server in a group, max_fails,
+        // fail_timeout and slow_start parameters are ignored, and such a
+        // server will never be considered unavailable" (passively; failing
+        // active checks still hold it out).
+        if let [only] = self.members.as_slice() {
+            if only.takes_new_picks() && !only.health().is_check_down() {
+                return Ok(only.clone());
+            }
         }
         match policy.all_ejected() {
             WhenAllEjected::UseAll if self.members[first].takes_new_picks() => {

@@ -52,9 +52,15 @@ fn state_of(lb: &LoadBalancer, id: &str) -> BackendState {
 fn default_policy_is_nginx_max_fails_1_fail_timeout_10s() {
     let p = HealthPolicy::default();
     assert_eq!((p.get_max_fails(), p.get_fail_timeout()), (1, 10 * SEC));
-    // A load balancer starts with passive ejection off.
+    // A load balancer starts with nginx's defaults: one failure ejects.
     let lb = LoadBalancer::new(Strategy::RoundRobin, (0..2).map(backend)).unwrap();
-    assert_eq!(lb.health_policy().get_max_fails(), 0);
+    assert_eq!(lb.health_policy().get_max_fails(), 1);
+    fail(&lb, "b0");
+    assert_eq!(pick_ids(&lb, 2), ["b1", "b1"]);
+    // `off()` turns passive ejection off.
+    let lb = LoadBalancer::new(Strategy::RoundRobin, (0..2).map(backend))
+        .unwrap()
+        .with_health_policy(HealthPolicy::off());
     fail(&lb, "b0");
     assert_eq!(pick_ids(&lb, 2), ["b0", "b1"]);
 }
@@ -536,7 +542,9 @@ fn stats_count_picks_outcomes_and_ejections() {
 
 #[test]
 fn changing_the_health_policy_keeps_the_balancer_and_its_rotation() {
-    let lb = LoadBalancer::new(Strategy::RoundRobin, (0..3).map(backend)).unwrap();
+    let lb = LoadBalancer::new(Strategy::RoundRobin, (0..3).map(backend))
+        .unwrap()
+        .with_health_policy(HealthPolicy::off());
     assert_eq!(pick_ids(&lb, 1), ["b0"]);
     fail(&lb, "b2");
     lb.set_health_policy(HealthPolicy::default().max_fails(1));
@@ -544,4 +552,25 @@ fn changing_the_health_policy_keeps_the_balancer_and_its_rotation() {
     assert_eq!(pick_ids(&lb, 3), ["b1", "b2", "b0"]);
     fail(&lb, "b2");
     assert_eq!(pick_ids(&lb, 3), ["b1", "b0", "b1"]);
+}
+
+#[test]
+fn a_single_backend_is_never_ejected_passively_but_failing_checks_take_it_out() {
+    // nginx: "if there is only a single server in a group, max_fails,
+    // fail_timeout and slow_start parameters are ignored".
+    let (lb, _clock) = lb_with(
+        Strategy::RoundRobin,
+        1,
+        HealthPolicy::default().rise(1).fall(1),
+    );
+    fail(&lb, "b0");
+    fail(&lb, "b0");
+    assert_eq!(pick_ids(&lb, 3), ["b0", "b0", "b0"]);
+    lb.report_check("b0", CheckResult::Fail).unwrap();
+    assert!(matches!(
+        lb.pick(None),
+        Err(tower_lb::Error::AllBackendsEjected { count: 1 })
+    ));
+    lb.report_check("b0", CheckResult::Pass).unwrap();
+    assert_eq!(pick_ids(&lb, 1), ["b0"]);
 }

@@ -18,6 +18,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower_lb::health::HealthPolicy;
 use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
@@ -111,7 +112,11 @@ async fn killing_a_backend_under_load_loses_no_get_and_no_refused_post() {
                 .unwrap()
         }),
     )
-    .unwrap();
+    .unwrap()
+    // Passive ejection off: requests keep meeting the dead backend, so the
+    // retries alone must keep every client whole (tests/passive_health.rs
+    // covers ejection over sockets).
+    .with_health_policy(HealthPolicy::off());
     let proxy = gateway(lb.clone()).await;
     let victim = Arc::clone(&backends[1]);
 

@@ -129,6 +129,12 @@ impl Health {
         admission
     }
 
+    /// Whether active checks hold the backend down (`fall` failed checks
+    /// and not yet `rise` passing ones), whatever passive ejection says.
+    pub(crate) fn is_check_down(&self) -> bool {
+        !self.is_clear() && self.lock().check_down
+    }
+
     /// Whether the backend could take a request now, without consuming a
     /// probe: for failover lists and sticky routing.
     pub(crate) fn is_available(&self, rules: &Rules, now: Instant) -> bool {
