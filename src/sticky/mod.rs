@@ -59,8 +59,8 @@
 //! checked, in constant time, and nothing is decrypted unless it matches.
 //! A backend id of up to 15 bytes (`10.0.0.1:8080`) gives a 71-character
 //! cookie value; each 16 more bytes of id add about 21 characters. See
-//! `docs/sticky.md` for sharing the secret across gateway replicas and
-//! the rolling procedure for rotating it.
+//! [`Secrets`] for sharing the secret across gateway replicas and the
+//! rolling procedure for rotating it.
 
 use std::fmt;
 

@@ -335,7 +335,7 @@ fn distinct(values: impl Iterator<Item = u8>) -> usize {
 /// derived keys, so rotation costs the hot path nothing measurable.
 ///
 /// A fleet of gateway replicas rotates in three rolling steps, so that no
-/// replica ever meets a cookie it cannot read (see `docs/sticky.md`):
+/// replica ever meets a cookie it cannot read:
 /// 1. [`add_previous`](Self::add_previous) the new secret everywhere;
 /// 2. [`rotate`](Self::rotate) to it everywhere (the old one becomes a
 ///    previous secret);

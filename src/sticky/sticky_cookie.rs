@@ -79,8 +79,8 @@ impl SameSite {
 /// **Rotating the secret** without a restart or lost sessions: keep a clone
 /// of the [`Secrets`] handle the cookie was made with and rotate through it
 /// while requests run; cookies made with a previous secret still route and
-/// are re-issued under the current one (see [`Secrets`] and
-/// `docs/sticky.md` for the rolling procedure across replicas).
+/// are re-issued under the current one (see [`Secrets`] for the rolling
+/// procedure across replicas).
 ///
 /// ```
 /// use std::time::Duration;

@@ -7,8 +7,9 @@
 //!
 //! * the same key lands on the same backend in every process and every build:
 //!   the hash is SipHash-1-3 under the fixed key documented in
-//!   [`RING_HASH_KEYS`], over a byte layout documented in
-//!   `docs/algorithms.md`, independent of the order backends are listed in;
+//!   [`RING_HASH_KEYS`], over a fixed byte layout (the id's length as a
+//!   little-endian u64, the id's bytes, the point's number as a little-endian
+//!   u32), independent of the order backends are listed in;
 //! * removing one of `n` backends moves only the keys it owned, each to the
 //!   next point clockwise; adding one moves keys only to it;
 //! * when a key's backend is down, the key moves to the next point clockwise

@@ -55,8 +55,9 @@
 //!     .check();
 //! ```
 //!
-//! See `docs/testing.md` for what each check means and how to read a
-//! failure.
+//! Each check's own documentation on [`Conformance`] says what it means,
+//! and a failing check's message names the property and the input that
+//! broke it.
 
 mod conformance;
 mod generators;
