@@ -5,7 +5,9 @@
 //! * `pick/{n}` for n = 3, 100, 1000, 10000 backends (weights 1..=5
 //!   cycling), one thread: `baseline_atomic_mod` (a bare `AtomicUsize`
 //!   `fetch_add(1) % n` indexing a `Vec`, the floor any rotation pays),
-//!   `random`, `round_robin`, `weighted_round_robin`, `consistent_hash`
+//!   `random`, `least_request` (power of two choices over backends of
+//!   equal weight, every count 0) and `least_request_weighted` (the same
+//!   over weights 1..=5), `round_robin`, `weighted_round_robin`, `consistent_hash`
 //!   (16-byte keys, a different one each iteration from 1024 precomputed),
 //!   `siphash_key_only` (just hashing that key: the floor for a keyed
 //!   lookup), and `load_balancer_round_robin` / `load_balancer_consistent_hash`
@@ -47,8 +49,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tower_lb::{
-    Backend, Balancer, BoundedLoad, ConsistentHash, Load, LoadBalancer, Maglev, Member, Random,
-    RoundRobin, Strategy, WeightedRoundRobin,
+    Backend, Balancer, BoundedLoad, ConsistentHash, LeastRequest, Load, LoadBalancer, Maglev,
+    Member, Random, RoundRobin, Strategy, WeightedRoundRobin,
 };
 
 const SIZES: [usize; 4] = [3, 100, 1_000, 10_000];
@@ -120,6 +122,8 @@ impl Baseline {
 struct Fixture {
     baseline: Baseline,
     random: Random,
+    least_request: LeastRequest,
+    least_request_weighted: LeastRequest,
     round_robin: RoundRobin,
     weighted_round_robin: WeightedRoundRobin,
     consistent_hash: ConsistentHash,
@@ -134,6 +138,12 @@ impl Fixture {
         Fixture {
             baseline: Baseline::new(n),
             random: Random::new(&members),
+            least_request: LeastRequest::new(
+                &(0..n)
+                    .map(|i| Member::new(backend(i, 1)))
+                    .collect::<Vec<_>>(),
+            ),
+            least_request_weighted: LeastRequest::new(&members),
             round_robin: RoundRobin::new(&members),
             weighted_round_robin: WeightedRoundRobin::new(&members),
             consistent_hash: ConsistentHash::new(&members).unwrap(),
@@ -154,6 +164,12 @@ fn pick_single_thread(c: &mut Criterion) {
         });
         group.bench_function("random", |b| {
             b.iter(|| black_box(f.random.pick(black_box(None))))
+        });
+        group.bench_function("least_request", |b| {
+            b.iter(|| black_box(f.least_request.pick(black_box(None))))
+        });
+        group.bench_function("least_request_weighted", |b| {
+            b.iter(|| black_box(f.least_request_weighted.pick(black_box(None))))
         });
         group.bench_function("round_robin", |b| {
             b.iter(|| black_box(f.round_robin.pick(black_box(None))))

@@ -162,35 +162,51 @@ impl Ring {
         }
         let mut ring: Vec<(u64, u32)> = Vec::with_capacity(points as usize);
         for (index, member) in members.iter().enumerate() {
-            let id = member.backend().id().as_bytes();
+            // The id is hashed once; each replica continues from that state.
+            let id = PointHasher::new(member.backend().id().as_bytes());
             for replica in 0..member.backend().weight() * vnodes {
-                ring.push((point_hash(id, replica), index as u32));
+                ring.push((id.point(replica), index as u32));
             }
         }
-        // Ties (vanishingly rare) are broken by id, so the ring does not
-        // depend on the order the backends were listed in.
-        ring.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0).then_with(|| {
-                members[a.1 as usize]
-                    .backend()
-                    .id()
-                    .cmp(members[b.1 as usize].backend().id())
-            })
-        });
-        let (hashes, owners): (Vec<u64>, Vec<u32>) = ring.into_iter().unzip();
 
         // About one point per bucket, between 2^4 and 2^20 buckets.
-        let bits = (hashes.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
+        let bits = (ring.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
         let shift = 64 - bits;
-        let mut table = Vec::with_capacity((1 << bits) + 1);
-        let mut pos = 0;
-        for bucket in 0..(1u64 << bits) {
-            while pos < hashes.len() && (hashes[pos] >> shift) < bucket {
-                pos += 1;
-            }
-            table.push(pos as u32);
+        let buckets = 1usize << bits;
+        // Positions are uniform, so a counting sort on the top bits (whose
+        // prefix sums are the lookup table) leaves about one point per
+        // bucket to order: linear time instead of a comparison sort.
+        let mut table = vec![0u32; buckets + 1];
+        for &(hash, _) in &ring {
+            table[(hash >> shift) as usize + 1] += 1;
         }
-        table.push(hashes.len() as u32);
+        for b in 0..buckets {
+            table[b + 1] += table[b];
+        }
+        let mut next: Vec<u32> = table[..buckets].to_vec();
+        let mut sorted = vec![(0u64, 0u32); ring.len()];
+        for &point in &ring {
+            let slot = &mut next[(point.0 >> shift) as usize];
+            sorted[*slot as usize] = point;
+            *slot += 1;
+        }
+        drop(ring);
+        for b in 0..buckets {
+            let bucket = &mut sorted[table[b] as usize..table[b + 1] as usize];
+            if bucket.len() > 1 {
+                // Ties (vanishingly rare) are broken by id, so the ring does
+                // not depend on the order the backends were listed in.
+                bucket.sort_unstable_by(|a, b| {
+                    a.0.cmp(&b.0).then_with(|| {
+                        members[a.1 as usize]
+                            .backend()
+                            .id()
+                            .cmp(members[b.1 as usize].backend().id())
+                    })
+                });
+            }
+        }
+        let (hashes, owners): (Vec<u64>, Vec<u32>) = sorted.into_iter().unzip();
 
         Ok(Ring {
             hashes,
@@ -321,12 +337,34 @@ impl ConsistentHash {
 /// SipHash-1-3 under [`RING_HASH_KEYS`] of the id's length (u64,
 /// little-endian), the id's bytes and the replica number (u32,
 /// little-endian).
+#[cfg(test)]
 fn point_hash(id: &[u8], replica: u32) -> u64 {
     let mut h = SipHasher13::new_with_keys(RING_HASH_KEYS.0, RING_HASH_KEYS.1);
     h.write(&(id.len() as u64).to_le_bytes());
     h.write(id);
     h.write(&replica.to_le_bytes());
     h.finish()
+}
+
+/// [`point_hash`] for every replica of one backend, with the id's prefix
+/// hashed once: the hasher's state after the id is copied for each replica,
+/// which gives the same positions.
+struct PointHasher(SipHasher13);
+
+impl PointHasher {
+    fn new(id: &[u8]) -> Self {
+        let mut h = SipHasher13::new_with_keys(RING_HASH_KEYS.0, RING_HASH_KEYS.1);
+        h.write(&(id.len() as u64).to_le_bytes());
+        h.write(id);
+        PointHasher(h)
+    }
+
+    #[inline]
+    fn point(&self, replica: u32) -> u64 {
+        let mut h = self.0.clone();
+        h.write(&replica.to_le_bytes());
+        h.finish()
+    }
 }
 
 impl Balancer for ConsistentHash {
@@ -390,6 +428,66 @@ mod tests {
         // from different versions must agree. A change here moves every key.
         assert_eq!(ConsistentHash::hash_key(b"user-42"), 0xa72f_a011_c575_4330);
         assert_eq!(point_hash(b"10.0.0.1:80", 0), 0x4795_887d_35b9_5a49);
+    }
+
+    /// The ring as it was first built: every point hashed from scratch,
+    /// then a comparison sort with ties broken by id.
+    fn reference_ring(members: &[Member], vnodes: u32) -> Vec<(u64, u32)> {
+        let mut ring: Vec<(u64, u32)> = Vec::new();
+        for (index, member) in members.iter().enumerate() {
+            let id = member.backend().id().as_bytes();
+            for replica in 0..member.backend().weight() * vnodes {
+                ring.push((point_hash(id, replica), index as u32));
+            }
+        }
+        ring.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| {
+                members[a.1 as usize]
+                    .backend()
+                    .id()
+                    .cmp(members[b.1 as usize].backend().id())
+            })
+        });
+        ring
+    }
+
+    #[test]
+    fn hashing_each_id_once_and_bucket_sorting_gives_the_same_ring() {
+        // Ids of many lengths (the hasher's buffered tail differs), weights
+        // 1..=5, and vnodes from tiny rings (16 buckets, many points a
+        // bucket) to the default.
+        let members: Vec<Member> = (0..300)
+            .map(|i| {
+                let backend =
+                    crate::Backend::new(&format!("http://10.0.{}.{}:8080", i / 250, i % 250))
+                        .unwrap()
+                        .with_id("b".repeat(i % 23) + &i.to_string())
+                        .unwrap()
+                        .with_weight(1 + i as u32 % 5)
+                        .unwrap();
+                Member::new(backend)
+            })
+            .collect();
+        for (count, vnodes) in [(1, 1), (3, 2), (40, 7), (300, 160)] {
+            let ring = Ring::build(&members[..count], vnodes).unwrap();
+            let built: Vec<(u64, u32)> = ring
+                .hashes
+                .iter()
+                .copied()
+                .zip(ring.owners.iter().copied())
+                .collect();
+            assert_eq!(
+                built,
+                reference_ring(&members[..count], vnodes),
+                "{count} backends, {vnodes} vnodes"
+            );
+            // The lookup table still finds the first point at or after a hash.
+            for i in 0..2000u64 {
+                let hash = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let expected = ring.hashes.partition_point(|&p| p < hash) % ring.hashes.len();
+                assert_eq!(ring.first_point(hash), expected);
+            }
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ fn next_u64() -> u64 {
 
 /// A random number in `0..n` (`n > 0`).
 #[inline]
-fn below(n: u64) -> u64 {
+pub(crate) fn below(n: u64) -> u64 {
     ((u128::from(next_u64()) * u128::from(n)) >> 64) as u64
 }
 
