@@ -169,44 +169,29 @@ impl Ring {
             }
         }
 
+        sort_points(&mut ring, |a, b| {
+            members[a as usize]
+                .backend()
+                .id()
+                .cmp(members[b as usize].backend().id())
+        });
+        let (hashes, owners): (Vec<u64>, Vec<u32>) = ring.into_iter().unzip();
+
         // About one point per bucket, between 2^4 and 2^20 buckets.
-        let bits = (ring.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
+        let bits = (hashes.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
         let shift = 64 - bits;
-        let buckets = 1usize << bits;
-        // Positions are uniform, so a counting sort on the top bits (whose
-        // prefix sums are the lookup table) leaves about one point per
-        // bucket to order: linear time instead of a comparison sort.
-        let mut table = vec![0u32; buckets + 1];
-        for &(hash, _) in &ring {
-            table[(hash >> shift) as usize + 1] += 1;
-        }
-        for b in 0..buckets {
-            table[b + 1] += table[b];
-        }
-        let mut next: Vec<u32> = table[..buckets].to_vec();
-        let mut sorted = vec![(0u64, 0u32); ring.len()];
-        for &point in &ring {
-            let slot = &mut next[(point.0 >> shift) as usize];
-            sorted[*slot as usize] = point;
-            *slot += 1;
-        }
-        drop(ring);
-        for b in 0..buckets {
-            let bucket = &mut sorted[table[b] as usize..table[b + 1] as usize];
-            if bucket.len() > 1 {
-                // Ties (vanishingly rare) are broken by id, so the ring does
-                // not depend on the order the backends were listed in.
-                bucket.sort_unstable_by(|a, b| {
-                    a.0.cmp(&b.0).then_with(|| {
-                        members[a.1 as usize]
-                            .backend()
-                            .id()
-                            .cmp(members[b.1 as usize].backend().id())
-                    })
-                });
+        // Filled run by run: each bucket from just past the previous
+        // point's up to this point's gets this point's index.
+        let mut table = vec![0u32; (1 << bits) + 1];
+        let mut filled = 0;
+        for (pos, &hash) in hashes.iter().enumerate() {
+            let bucket = (hash >> shift) as usize;
+            if bucket >= filled {
+                table[filled..=bucket].fill(pos as u32);
+                filled = bucket + 1;
             }
         }
-        let (hashes, owners): (Vec<u64>, Vec<u32>) = sorted.into_iter().unzip();
+        table[filled..].fill(hashes.len() as u32);
 
         Ok(Ring {
             hashes,
@@ -344,6 +329,55 @@ fn point_hash(id: &[u8], replica: u32) -> u64 {
     h.write(id);
     h.write(&replica.to_le_bytes());
     h.finish()
+}
+
+/// Sorts ring points by position, ties by `owner_order` (the owners' ids).
+///
+/// Positions are uniform hashes, so two passes of a radix sort on their top
+/// 20 bits (1,024 buckets a pass: each pass reads in order and writes to
+/// 1,024 places that stay in cache) leave only the rare points sharing
+/// those bits to compare. This is linear in the points, where a comparison
+/// sort of a large ring spends most of the build in cache misses.
+fn sort_points(points: &mut Vec<(u64, u32)>, owner_order: impl Fn(u32, u32) -> std::cmp::Ordering) {
+    let order = |a: &(u64, u32), b: &(u64, u32)| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1));
+    const DIGIT_BITS: u32 = 10;
+    const TOP_BITS: u32 = 2 * DIGIT_BITS;
+    const MASK: u64 = (1 << DIGIT_BITS) - 1;
+    if points.len() < 4096 {
+        points.sort_unstable_by(order);
+        return;
+    }
+    let mut counts = [[0u32; 1 << DIGIT_BITS]; 2];
+    let shifts = [64 - TOP_BITS, 64 - DIGIT_BITS];
+    for &(hash, _) in points.iter() {
+        counts[0][((hash >> shifts[0]) & MASK) as usize] += 1;
+        counts[1][((hash >> shifts[1]) & MASK) as usize] += 1;
+    }
+    let mut spare = points.clone();
+    for (counts, shift) in counts.iter_mut().zip(shifts) {
+        let mut start = 0;
+        for count in counts.iter_mut() {
+            let n = *count;
+            *count = start;
+            start += n;
+        }
+        for &point in points.iter() {
+            let next = &mut counts[((point.0 >> shift) & MASK) as usize];
+            spare[*next as usize] = point;
+            *next += 1;
+        }
+        std::mem::swap(points, &mut spare);
+    }
+    // Order each run of points sharing their top bits (usually of one).
+    let mut run = 0;
+    for i in 1..=points.len() {
+        if i == points.len() || points[i].0 >> shifts[0] != points[run].0 >> shifts[0] {
+            if i - run > 1 {
+                points[run..i].sort_unstable_by(order);
+            }
+            run = i;
+        }
+    }
 }
 
 /// [`point_hash`] for every replica of one backend, with the id's prefix
@@ -488,6 +522,25 @@ mod tests {
                 assert_eq!(ring.first_point(hash), expected);
             }
         }
+    }
+
+    #[test]
+    fn radix_sorted_points_equal_a_comparison_sort_with_ties_and_shared_top_bits() {
+        // 10,000 points (the radix path): positions crowded into a few
+        // top-bit buckets, equal positions tied by owner (descending here,
+        // to show the order comes from the comparator).
+        let points: Vec<(u64, u32)> = (0..10_000u64)
+            .map(|i| {
+                let hash = ((i % 7) << 60) | (i.wrapping_mul(0x9e37_79b9) % 50);
+                (hash, (i % 13) as u32)
+            })
+            .collect();
+        let owner_order = |a: u32, b: u32| b.cmp(&a);
+        let mut expected = points.clone();
+        expected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1)));
+        let mut sorted = points;
+        sort_points(&mut sorted, owner_order);
+        assert_eq!(sorted, expected);
     }
 
     #[test]

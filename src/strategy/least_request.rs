@@ -32,7 +32,7 @@
 use std::cmp::Reverse;
 use std::sync::Arc;
 
-use super::random::below;
+use super::random::{below, two_below};
 use crate::{no_pick_error, Balancer, Error, Load, Member};
 
 /// Least request by the power of two choices: of two members that are up,
@@ -136,10 +136,10 @@ impl Balancer for LeastRequest {
             1 => Ok(self.up[0].index),
             _ if self.cumulative.is_empty() => {
                 // Equal weights: two distinct positions, uniformly, from
-                // the thread's fast generator (the second among the n - 1
-                // others, skipping the first).
-                let a = below(n as u64) as usize;
-                let mut b = below(n as u64 - 1) as usize;
+                // one draw of the thread's fast generator (the second
+                // among the n - 1 others, skipping the first).
+                let (a, b) = two_below(n as u64, n as u64 - 1);
+                let (a, mut b) = (a as usize, b as usize);
                 if b >= a {
                     b += 1;
                 }
