@@ -12,7 +12,9 @@
 //!   `siphash_key_only` (just hashing that key: the floor for a keyed
 //!   lookup), and `load_balancer_round_robin` / `load_balancer_consistent_hash`
 //!   (the same picks through [`LoadBalancer::pick`]: read lock, snapshot,
-//!   `Member` clone).
+//!   `Member` clone), and `load_balancer_round_robin_borrowed` (the pick
+//!   through [`LoadBalancer::pick_with`], reading the port of the member's
+//!   URI by reference: no `Member` clone).
 //! * `pick_2threads/{n}`: the same balancers with two threads picking at
 //!   once from one shared balancer. The time reported is **per pick per
 //!   thread**: each thread does `iters` picks after a common start barrier,
@@ -199,6 +201,14 @@ fn pick_single_thread(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % KEYS;
                 black_box(f.lb_consistent_hash.pick(Some(black_box(&f.keys[i]))))
+            })
+        });
+        group.bench_function("load_balancer_round_robin_borrowed", |b| {
+            b.iter(|| {
+                black_box(
+                    f.lb_round_robin
+                        .pick_with(black_box(None), |m| m.backend().uri().port_u16()),
+                )
             })
         });
         group.finish();
