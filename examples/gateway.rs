@@ -20,12 +20,17 @@
 //! exit), `--requests N` (for `--demo`, default 12), `--sticky` (insert a
 //! sticky cookie `lb`, as HAProxy's `cookie lb insert`; the secret comes from
 //! `TOWER_LB_SECRET`, at least 32 random bytes in base64 or hex, made with
-//! `openssl rand -base64 32`, or is generated for this run).
+//! `openssl rand -base64 32`, or is generated for this run), `--workers N`
+//! (default: one per CPU this process may run on; see
+//! `examples/support/workers.rs`: nginx's worker model, a current-thread
+//! runtime and an `SO_REUSEPORT` listener per worker).
 //!
 //! The affinity key is the `x-user` request header: with `consistent_hash`
 //! every request of one user reaches the same backend.
 
 mod support;
+#[path = "support/workers.rs"]
+mod workers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -51,6 +56,8 @@ struct Options {
     demo: bool,
     requests: usize,
     sticky: bool,
+    /// Worker threads, each with its own runtime and listener.
+    workers: usize,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -63,6 +70,7 @@ fn parse_args() -> Result<Options, String> {
         demo: false,
         requests: 12,
         sticky: false,
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -102,12 +110,20 @@ fn parse_args() -> Result<Options, String> {
             "--backend" => o
                 .external
                 .push(support::parse_backend(&value("--backend")?)?),
+            "--workers" => {
+                o.workers = value("--workers")?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or("--workers takes a number from 1 to 256")?
+            }
             "--demo" => o.demo = true,
             "--sticky" => o.sticky = true,
             "-h" | "--help" => {
                 return Err(
                     "usage: gateway [--strategy NAME] [--backend URL[=WEIGHT]]... [--backends N] \
-                     [--weights 5,1,1] [--listen ADDR] [--demo] [--requests N] [--sticky]"
+                     [--weights 5,1,1] [--listen ADDR] [--demo] [--requests N] [--sticky] \
+                     [--workers N]"
                         .into(),
                 )
             }
@@ -193,26 +209,30 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         };
         balance = balance.sticky(StickyCookie::new("lb", secret)?);
     }
-    let stack = ServiceBuilder::new()
-        .layer(balance)
-        .layer(DirectorLayer::new(ProxyDirector::new()))
-        .service(support::Upstream::new());
+    // Each worker builds its own stack: its own upstream pool.
+    let serve = move |listener: TcpListener| {
+        let stack = ServiceBuilder::new()
+            .layer(balance.clone())
+            .layer(DirectorLayer::new(ProxyDirector::new()))
+            .service(support::Upstream::new());
+        support::serve_proxy(listener, stack)
+    };
 
-    let listener = match TcpListener::bind(o.listen).await {
-        Ok(l) => l,
+    let sockets = match workers::bind(o.listen, o.workers) {
+        Ok(s) => s,
         Err(e) if !o.demo => {
             eprintln!("cannot listen on {} ({e}); using a free port", o.listen);
-            TcpListener::bind("127.0.0.1:0").await?
+            workers::bind(([127, 0, 0, 1], 0).into(), o.workers)?
         }
-        Err(_) => TcpListener::bind("127.0.0.1:0").await?,
+        Err(_) => workers::bind(([127, 0, 0, 1], 0).into(), o.workers)?,
     };
-    let proxy = listener.local_addr()?;
+    let proxy = sockets[0].local_addr()?;
     println!(
         "   gateway  http://{proxy}  strategy {}{}",
         o.strategy,
         if o.sticky { ", sticky cookie `lb`" } else { "" }
     );
-    tokio::spawn(support::serve_proxy(listener, stack));
+    workers::spawn(sockets, serve)?;
 
     if o.demo {
         return demo(proxy, o.requests, o.strategy, o.sticky).await;
