@@ -18,6 +18,9 @@
 #   ROUNDS=5 DURATION=20 CONNECTIONS=128 scripts/proxy-vs-nginx.sh
 #   WRK_CPU=0 SERVER_CPU=1 scripts/proxy-vs-nginx.sh
 #   GATEWAY_ARGS="--workers 1" scripts/proxy-vs-nginx.sh   # extra gateway flags
+#   GATEWAY=/path/to/gateway scripts/proxy-vs-nginx.sh   # another build (A/B)
+#   PERF_STAT=1 scripts/proxy-vs-nginx.sh     # also the proxy's CPU time and context
+#                                             # switches per request (perf stat)
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -26,17 +29,20 @@ CONNECTIONS=${CONNECTIONS:-64}
 WRK_CPU=${WRK_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 GATEWAY_ARGS=${GATEWAY_ARGS:-}
+PERF_STAT=${PERF_STAT:-0}
 BASE_PORT=${BASE_PORT:-18080}
 
-for tool in nginx wrk taskset cargo; do
+for tool in nginx wrk taskset; do
     command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install -y nginx-light wrk)" >&2; exit 2; }
 done
 NGINX=$(command -v nginx)
 
 cd "$(dirname "$0")/.."
-echo "building the gateway example (release)..." >&2
-cargo build --release --example gateway -q
-GATEWAY=target/release/examples/gateway
+if [[ -z ${GATEWAY:-} ]]; then
+    echo "building the gateway example (release)..." >&2
+    cargo build --release --example gateway -q
+    GATEWAY=target/release/examples/gateway
+fi
 
 WORK=$(mktemp -d /tmp/proxy-vs-nginx.XXXXXX)
 PIDS=()
@@ -151,11 +157,29 @@ for port in $NGINX_PORT $GATEWAY_PORT; do
     [[ $seen == "backend-1 backend-2 " ]] || { echo "127.0.0.1:$port answered: $seen" >&2; exit 1; }
 done
 
-# wrk's summary: requests/s, and p50, p99 in microseconds.
-measure() { # port
-    local out
+# wrk's summary: requests/s, and p50, p99 in microseconds; with PERF_STAT=1
+# also the proxy's CPU microseconds and context switches per
+# request (perf stat on its PID for the run).
+measure() { # port, pid
+    local out perf_pid=""
+    if [[ $PERF_STAT == 1 ]]; then
+        perf stat -x, -e task-clock,context-switches -p "$2" -o "$WORK/perf.txt" &
+        perf_pid=$!
+        PIDS+=("$perf_pid")
+    fi
     out=$(timeout $((DURATION + 30)) taskset -c "$WRK_CPU" \
         wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/bench")
+    local per_request=""
+    if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        local requests
+        requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+        per_request=$(awk -F, -v n="$requests" '
+            $3 == "task-clock" { cpu = $1 * 1000 / n }
+            $3 == "context-switches" { cs = $1 / n }
+            END { printf " %.2f %.3f", cpu, cs }' "$WORK/perf.txt")
+    fi
     if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
         echo "errors during the run on port $1:" >&2
         grep "Non-2xx\|Socket errors" <<<"$out" >&2
@@ -170,25 +194,36 @@ measure() { # port
         /Requests\/sec/ { rps = $2 }
         $1 == "50%" { p50 = us($2) }
         $1 == "99%" { p99 = us($2) }
-        END { printf "%.0f %.0f %.0f\n", rps, p50, p99 }' <<<"$out"
+        END { printf "%.0f %.0f %.0f", rps, p50, p99 }' <<<"$out"
+    echo "$per_request"
 }
 
 # Warm both (connections to the backends, caches) before the rounds.
 DURATION_SAVED=$DURATION
 DURATION=2
-measure "$NGINX_PORT" >/dev/null
-measure "$GATEWAY_PORT" >/dev/null
+NGINX_PID=${PIDS[1]} GATEWAY_PID=${PIDS[2]}
+measure "$NGINX_PORT" "$NGINX_PID" >/dev/null
+measure "$GATEWAY_PORT" "$GATEWAY_PID" >/dev/null
 DURATION=$DURATION_SAVED
 
 echo "# wrk -t1 -c$CONNECTIONS -d${DURATION}s on cpu $WRK_CPU; servers on cpu $SERVER_CPU; $(nproc) cpus; load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf "%-6s %-8s %10s %9s %9s\n" round proxy "req/s" "p50 us" "p99 us"
+if [[ $PERF_STAT == 1 ]]; then
+    printf "%-6s %-8s %10s %9s %9s %12s %10s\n" round proxy "req/s" "p50 us" "p99 us" \
+        "cpu us/req" "cs/req"
+else
+    printf "%-6s %-8s %10s %9s %9s\n" round proxy "req/s" "p50 us" "p99 us"
+fi
 : >"$WORK/results"
 for round in $(seq "$ROUNDS"); do
     for proxy in nginx gateway; do
-        port=$NGINX_PORT
-        [[ $proxy == gateway ]] && port=$GATEWAY_PORT
-        read -r rps p50 p99 < <(measure "$port")
-        printf "%-6s %-8s %10s %9s %9s\n" "$round" "$proxy" "$rps" "$p50" "$p99"
+        port=$NGINX_PORT pid=$NGINX_PID
+        [[ $proxy == gateway ]] && port=$GATEWAY_PORT pid=$GATEWAY_PID
+        read -r rps p50 p99 cpu cs < <(measure "$port" "$pid")
+        if [[ $PERF_STAT == 1 ]]; then
+            printf "%-6s %-8s %10s %9s %9s %12s %10s\n" "$round" "$proxy" "$rps" "$p50" "$p99" "$cpu" "$cs"
+        else
+            printf "%-6s %-8s %10s %9s %9s\n" "$round" "$proxy" "$rps" "$p50" "$p99"
+        fi
         echo "$round $proxy $rps $p50 $p99" >>"$WORK/results"
     done
 done
