@@ -214,7 +214,7 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         let stack = ServiceBuilder::new()
             .layer(balance.clone())
             .layer(DirectorLayer::new(ProxyDirector::new()))
-            .service(support::Upstream::new());
+            .service(support::WorkerUpstream::new());
         support::serve_proxy(listener, stack)
     };
 
