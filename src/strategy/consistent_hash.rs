@@ -395,7 +395,7 @@ impl PointHasher {
 
     #[inline]
     fn point(&self, replica: u32) -> u64 {
-        let mut h = self.0.clone();
+        let mut h = self.0;
         h.write(&replica.to_le_bytes());
         h.finish()
     }
