@@ -169,13 +169,12 @@ impl Ring {
             }
         }
 
-        sort_points(&mut ring, |a, b| {
+        let (hashes, owners) = sorted_points(ring, |a, b| {
             members[a as usize]
                 .backend()
                 .id()
                 .cmp(members[b as usize].backend().id())
         });
-        let (hashes, owners): (Vec<u64>, Vec<u32>) = ring.into_iter().unzip();
 
         // About one point per bucket, between 2^4 and 2^20 buckets.
         let bits = (hashes.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
@@ -331,53 +330,95 @@ fn point_hash(id: &[u8], replica: u32) -> u64 {
     h.finish()
 }
 
-/// Sorts ring points by position, ties by `owner_order` (the owners' ids).
+/// The ring points sorted by position, ties by `owner_order` (the owners'
+/// ids), as positions and owners.
 ///
 /// Positions are uniform hashes, so two passes of a radix sort on their top
 /// 20 bits (1,024 buckets a pass: each pass reads in order and writes to
-/// 1,024 places that stay in cache) leave only the rare points sharing
-/// those bits to compare. This is linear in the points, where a comparison
-/// sort of a large ring spends most of the build in cache misses.
-fn sort_points(points: &mut Vec<(u64, u32)>, owner_order: impl Fn(u32, u32) -> std::cmp::Ordering) {
+/// 1,024 places that stay in cache; the second writes the final arrays)
+/// leave only the rare points sharing those bits to compare. This is linear
+/// in the points, where a comparison sort of a large ring spends most of
+/// the build in cache misses.
+fn sorted_points(
+    mut points: Vec<(u64, u32)>,
+    owner_order: impl Fn(u32, u32) -> std::cmp::Ordering,
+) -> (Vec<u64>, Vec<u32>) {
     let order = |a: &(u64, u32), b: &(u64, u32)| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1));
     const DIGIT_BITS: u32 = 10;
     const TOP_BITS: u32 = 2 * DIGIT_BITS;
     const MASK: u64 = (1 << DIGIT_BITS) - 1;
+    /// Runs up to this long are put in order by insertion.
+    const SHORT_RUN: usize = 16;
     if points.len() < 4096 {
         points.sort_unstable_by(order);
-        return;
+        return points.into_iter().unzip();
     }
+    let n = points.len();
+    let (low, high) = (64 - TOP_BITS, 64 - DIGIT_BITS);
     let mut counts = [[0u32; 1 << DIGIT_BITS]; 2];
-    let shifts = [64 - TOP_BITS, 64 - DIGIT_BITS];
-    for &(hash, _) in points.iter() {
-        counts[0][((hash >> shifts[0]) & MASK) as usize] += 1;
-        counts[1][((hash >> shifts[1]) & MASK) as usize] += 1;
+    for &(hash, _) in &points {
+        counts[0][((hash >> low) & MASK) as usize] += 1;
+        counts[1][(hash >> high) as usize] += 1;
     }
-    let mut spare = points.clone();
-    for (counts, shift) in counts.iter_mut().zip(shifts) {
+    for counts in &mut counts {
         let mut start = 0;
         for count in counts.iter_mut() {
             let n = *count;
             *count = start;
             start += n;
         }
-        for &point in points.iter() {
-            let next = &mut counts[((point.0 >> shift) & MASK) as usize];
-            spare[*next as usize] = point;
-            *next += 1;
-        }
-        std::mem::swap(points, &mut spare);
     }
+    let mut by_low = vec![(0u64, 0u32); n];
+    for &point in &points {
+        let next = &mut counts[0][((point.0 >> low) & MASK) as usize];
+        by_low[*next as usize] = point;
+        *next += 1;
+    }
+    drop(points);
+    let mut hashes = vec![0u64; n];
+    let mut owners = vec![0u32; n];
+    for &(hash, owner) in &by_low {
+        let next = &mut counts[1][(hash >> high) as usize];
+        hashes[*next as usize] = hash;
+        owners[*next as usize] = owner;
+        *next += 1;
+    }
+    drop(by_low);
     // Order each run of points sharing their top bits (usually of one).
     let mut run = 0;
-    for i in 1..=points.len() {
-        if i == points.len() || points[i].0 >> shifts[0] != points[run].0 >> shifts[0] {
-            if i - run > 1 {
-                points[run..i].sort_unstable_by(order);
-            }
-            run = i;
+    for i in 1..=n {
+        if i < n && hashes[i] >> low == hashes[run] >> low {
+            continue;
         }
+        let len = i - run;
+        if len > SHORT_RUN {
+            // Only crafted ids crowd a run: a comparison sort keeps that
+            // `O(k log k)`.
+            let mut pairs: Vec<(u64, u32)> = hashes[run..i]
+                .iter()
+                .copied()
+                .zip(owners[run..i].iter().copied())
+                .collect();
+            pairs.sort_unstable_by(order);
+            for (k, (hash, owner)) in pairs.into_iter().enumerate() {
+                hashes[run + k] = hash;
+                owners[run + k] = owner;
+            }
+        } else {
+            for j in run + 1..i {
+                let mut k = j;
+                while k > run
+                    && order(&(hashes[k - 1], owners[k - 1]), &(hashes[k], owners[k])).is_gt()
+                {
+                    hashes.swap(k - 1, k);
+                    owners.swap(k - 1, k);
+                    k -= 1;
+                }
+            }
+        }
+        run = i;
     }
+    (hashes, owners)
 }
 
 /// [`point_hash`] for every replica of one backend, with the id's prefix
@@ -527,20 +568,26 @@ mod tests {
     #[test]
     fn radix_sorted_points_equal_a_comparison_sort_with_ties_and_shared_top_bits() {
         // 10,000 points (the radix path): positions crowded into a few
-        // top-bit buckets, equal positions tied by owner (descending here,
-        // to show the order comes from the comparator).
-        let points: Vec<(u64, u32)> = (0..10_000u64)
-            .map(|i| {
-                let hash = ((i % 7) << 60) | (i.wrapping_mul(0x9e37_79b9) % 50);
-                (hash, (i % 13) as u32)
-            })
-            .collect();
+        // top-bit buckets (runs far longer than an insertion sort takes),
+        // equal positions tied by owner (descending here, to show the
+        // order comes from the comparator); then runs of a few points.
+        let crowded = (0..10_000u64).map(|i| {
+            let hash = ((i % 7) << 60) | (i.wrapping_mul(0x9e37_79b9) % 50);
+            (hash, (i % 13) as u32)
+        });
+        // Runs of up to 5 sharing the top 20 bits, listed in reverse.
+        let short_runs = (0..10_000u64).rev().map(|i| {
+            let hash = ((i / 5) << 44) | (i % 2);
+            (hash, (i % 3) as u32)
+        });
         let owner_order = |a: u32, b: u32| b.cmp(&a);
-        let mut expected = points.clone();
-        expected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1)));
-        let mut sorted = points;
-        sort_points(&mut sorted, owner_order);
-        assert_eq!(sorted, expected);
+        for points in [crowded.collect::<Vec<_>>(), short_runs.collect()] {
+            let mut expected = points.clone();
+            expected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1)));
+            let (hashes, owners) = sorted_points(points, owner_order);
+            let sorted: Vec<(u64, u32)> = hashes.into_iter().zip(owners).collect();
+            assert_eq!(sorted, expected);
+        }
     }
 
     #[test]
