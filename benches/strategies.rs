@@ -5,12 +5,16 @@
 //! * `pick/{n}` for n = 3, 100, 1000, 10000 backends (weights 1..=5
 //!   cycling), one thread: `baseline_atomic_mod` (a bare `AtomicUsize`
 //!   `fetch_add(1) % n` indexing a `Vec`, the floor any rotation pays),
-//!   `random`, `round_robin`, `weighted_round_robin`, `consistent_hash`
+//!   `random`, `least_request` (power of two choices over backends of
+//!   equal weight, every count 0) and `least_request_weighted` (the same
+//!   over weights 1..=5), `round_robin`, `weighted_round_robin`, `consistent_hash`
 //!   (16-byte keys, a different one each iteration from 1024 precomputed),
 //!   `siphash_key_only` (just hashing that key: the floor for a keyed
 //!   lookup), and `load_balancer_round_robin` / `load_balancer_consistent_hash`
 //!   (the same picks through [`LoadBalancer::pick`]: read lock, snapshot,
-//!   `Member` clone).
+//!   `Member` clone), and `load_balancer_round_robin_borrowed` (the pick
+//!   through [`LoadBalancer::pick_with`], reading whether the member is
+//!   up by reference: no `Member` clone).
 //! * `pick_2threads/{n}`: the same balancers with two threads picking at
 //!   once from one shared balancer. The time reported is **per pick per
 //!   thread**: each thread does `iters` picks after a common start barrier,
@@ -47,8 +51,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tower_lb::{
-    Backend, Balancer, BoundedLoad, ConsistentHash, Load, LoadBalancer, Maglev, Member, Random,
-    RoundRobin, Strategy, WeightedRoundRobin,
+    Backend, Balancer, BoundedLoad, ConsistentHash, LeastRequest, Load, LoadBalancer, Maglev,
+    Member, Random, RoundRobin, Strategy, WeightedRoundRobin,
 };
 
 const SIZES: [usize; 4] = [3, 100, 1_000, 10_000];
@@ -120,6 +124,8 @@ impl Baseline {
 struct Fixture {
     baseline: Baseline,
     random: Random,
+    least_request: LeastRequest,
+    least_request_weighted: LeastRequest,
     round_robin: RoundRobin,
     weighted_round_robin: WeightedRoundRobin,
     consistent_hash: ConsistentHash,
@@ -134,6 +140,12 @@ impl Fixture {
         Fixture {
             baseline: Baseline::new(n),
             random: Random::new(&members),
+            least_request: LeastRequest::new(
+                &(0..n)
+                    .map(|i| Member::new(backend(i, 1)))
+                    .collect::<Vec<_>>(),
+            ),
+            least_request_weighted: LeastRequest::new(&members),
             round_robin: RoundRobin::new(&members),
             weighted_round_robin: WeightedRoundRobin::new(&members),
             consistent_hash: ConsistentHash::new(&members).unwrap(),
@@ -154,6 +166,12 @@ fn pick_single_thread(c: &mut Criterion) {
         });
         group.bench_function("random", |b| {
             b.iter(|| black_box(f.random.pick(black_box(None))))
+        });
+        group.bench_function("least_request", |b| {
+            b.iter(|| black_box(f.least_request.pick(black_box(None))))
+        });
+        group.bench_function("least_request_weighted", |b| {
+            b.iter(|| black_box(f.least_request_weighted.pick(black_box(None))))
         });
         group.bench_function("round_robin", |b| {
             b.iter(|| black_box(f.round_robin.pick(black_box(None))))
@@ -184,6 +202,9 @@ fn pick_single_thread(c: &mut Criterion) {
                 i = (i + 1) % KEYS;
                 black_box(f.lb_consistent_hash.pick(Some(black_box(&f.keys[i]))))
             })
+        });
+        group.bench_function("load_balancer_round_robin_borrowed", |b| {
+            b.iter(|| black_box(f.lb_round_robin.pick_with(black_box(None), |m| m.is_up())))
         });
         group.finish();
     }
@@ -312,6 +333,99 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
+/// The CPU time this thread has used: on a shared machine, time spent
+/// descheduled does not count.
+fn thread_cpu_time() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the call only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The ring as 0.1.0 built it, step for step, as the baseline of
+/// `ring_build`: every point hashed from scratch (the id re-hashed for each
+/// of its points), a comparison sort with ties broken by id, then the
+/// positions, owners, lookup table and layout.
+#[allow(clippy::type_complexity)]
+fn ring_before(members: &[Member]) -> (Vec<u64>, Vec<u32>, Vec<u32>, Vec<(Box<str>, u32)>) {
+    use std::hash::Hasher;
+    let (k0, k1) = tower_lb::strategy::consistent_hash::RING_HASH_KEYS;
+    let vnodes = tower_lb::strategy::consistent_hash::DEFAULT_VNODES;
+    let points: usize = members
+        .iter()
+        .map(|m| (m.backend().weight() * vnodes) as usize)
+        .sum();
+    let mut ring: Vec<(u64, u32)> = Vec::with_capacity(points);
+    for (index, member) in members.iter().enumerate() {
+        let id = member.backend().id().as_bytes();
+        for replica in 0..member.backend().weight() * vnodes {
+            let mut h = siphasher::sip::SipHasher13::new_with_keys(k0, k1);
+            h.write(&(id.len() as u64).to_le_bytes());
+            h.write(id);
+            h.write(&replica.to_le_bytes());
+            ring.push((h.finish(), index as u32));
+        }
+    }
+    ring.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0).then_with(|| {
+            members[a.1 as usize]
+                .backend()
+                .id()
+                .cmp(members[b.1 as usize].backend().id())
+        })
+    });
+    let (hashes, owners): (Vec<u64>, Vec<u32>) = ring.into_iter().unzip();
+    let bits = (hashes.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
+    let shift = 64 - bits;
+    let mut table = Vec::with_capacity((1 << bits) + 1);
+    let mut pos = 0;
+    for bucket in 0..(1u64 << bits) {
+        while pos < hashes.len() && (hashes[pos] >> shift) < bucket {
+            pos += 1;
+        }
+        table.push(pos as u32);
+    }
+    table.push(hashes.len() as u32);
+    let layout = members
+        .iter()
+        .map(|m| (Box::from(m.backend().id()), m.backend().weight()))
+        .collect();
+    (hashes, owners, table, layout)
+}
+
+/// Building the ring for 1,000 backends of weight 1 (160,000 points), in
+/// thread CPU time: `before` (the 0.1.0 algorithm, [`ring_before`]) and
+/// `consistent_hash` (`ConsistentHash::new`, each ring dropped before the
+/// next is built, so none is shared).
+fn ring_build(c: &mut Criterion) {
+    let n = 1_000;
+    let unit: Vec<Member> = (0..n).map(|i| Member::new(backend(i, 1))).collect();
+    let mut group = c.benchmark_group(format!("ring_build_cpu/{n}"));
+    group.bench_function("before", |b| {
+        b.iter_custom(|iters| {
+            let start = thread_cpu_time();
+            for _ in 0..iters {
+                black_box(ring_before(black_box(&unit)));
+            }
+            thread_cpu_time() - start
+        })
+    });
+    group.bench_function("consistent_hash", |b| {
+        b.iter_custom(|iters| {
+            let start = thread_cpu_time();
+            for _ in 0..iters {
+                black_box(ConsistentHash::new(black_box(&unit)).unwrap());
+            }
+            thread_cpu_time() - start
+        })
+    });
+    group.finish();
+}
+
 const HASH_SIZES: [usize; 3] = [10, 100, 1_000];
 
 fn unit_backends(n: usize) -> Vec<Backend> {
@@ -374,6 +488,12 @@ fn in_flight(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick_single_thread, pick_two_threads, build);
+criterion_group!(
+    benches,
+    pick_single_thread,
+    pick_two_threads,
+    build,
+    ring_build
+);
 criterion_group!(hash_family, hash_pick, hash_build, in_flight);
 criterion_main!(benches, hash_family);

@@ -205,6 +205,44 @@ impl LoadBalancer {
         current.pick_healthy(key, index)
     }
 
+    /// Picks a backend as [`pick`](Self::pick) does and hands it to `use_member`
+    /// by reference, for a caller that needs the member only for a moment
+    /// (to read its URI, say): no reference count is taken or released.
+    ///
+    /// `use_member` runs under this thread's read lock on the member set,
+    /// so updates wait for it: keep it short, and do not update this load
+    /// balancer from inside it. A request that holds on to its backend
+    /// (the [`LoadBalanceLayer`](crate::layer::LoadBalanceLayer), which
+    /// counts it in flight until the response) takes an owned [`Member`].
+    ///
+    /// ```
+    /// use tower_lb::{LoadBalancer, Strategy};
+    ///
+    /// let lb = LoadBalancer::new(Strategy::RoundRobin, ["http://10.0.0.1:8080"])?;
+    /// let port = lb.pick_with(None, |member| member.backend().uri().port_u16())?;
+    /// assert_eq!(port, Some(8080));
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`pick`](Self::pick).
+    #[inline]
+    pub fn pick_with<R>(
+        &self,
+        key: Option<&[u8]>,
+        use_member: impl FnOnce(&Member) -> R,
+    ) -> Result<R, Error> {
+        let current = self.read();
+        let index = current.balancer.pick(key)?;
+        let member = current.member(index)?;
+        if member.takes_new_picks() && member.health().is_clear() {
+            return Ok(use_member(member));
+        }
+        // Ejected, draining or ramping: the slow path, as `pick` takes it.
+        current.pick_healthy(key, index).map(|m| use_member(&m))
+    }
+
     /// The backends to try after `failed` failed, in the strategy's order:
     /// every other backend that is up, each once. If `failed` is no longer
     /// a member, the list starts with a fresh pick.

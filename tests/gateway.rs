@@ -45,7 +45,8 @@ async fn proxy_for(lb: LoadBalancer) -> SocketAddr {
     let stack = ServiceBuilder::new()
         .layer(LoadBalanceLayer::new(lb).key(user_key))
         .layer(DirectorLayer::new(ProxyDirector::new()))
-        .service(support::Upstream::new());
+        // What the gateway example runs.
+        .service(support::WorkerUpstream::new());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(support::serve_proxy(listener, stack));
@@ -497,4 +498,31 @@ async fn gateway_backend_flags_balance_servers_it_did_not_start() {
         seen,
         ["external-a", "external-a", "external-b", "external-a"]
     );
+}
+
+#[tokio::test]
+async fn a_websocket_session_passes_through_the_worker_upstream() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let addr = support::spawn_ws_backend("game-a").await.unwrap();
+    let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{addr}")]).unwrap();
+    let proxy = proxy_for(lb).await;
+    let from = std::net::IpAddr::from([127, 0, 0, 1]);
+    let (mut ws, res) = support::ws_connect(proxy, from, None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut texts = Vec::new();
+    ws.send(Message::text("ping")).await.unwrap();
+    while texts.len() < 2 {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .expect("the backend answers within 5 s")
+            .expect("the connection stays open")
+            .expect("a valid frame");
+        if let Message::Text(text) = message {
+            texts.push(text.to_string());
+        }
+    }
+    assert_eq!(texts, ["hello from game-a", "game-a: ping"]);
+    ws.close(None).await.unwrap();
 }

@@ -574,3 +574,14 @@ fn a_single_backend_is_never_ejected_passively_but_failing_checks_take_it_out() 
     lb.report_check("b0", CheckResult::Pass).unwrap();
     assert_eq!(pick_ids(&lb, 1), ["b0"]);
 }
+
+#[test]
+fn a_borrowed_pick_skips_ejected_and_draining_backends_as_an_owned_one_does() {
+    let (lb, _clock) = lb_with(Strategy::RoundRobin, 3, HealthPolicy::default());
+    fail(&lb, "b0");
+    lb.set_weight("b1", 0).unwrap();
+    for _ in 0..4 {
+        assert_eq!(lb.pick_with(None, |m| m.id().to_owned()).unwrap(), "b2");
+        assert_eq!(lb.pick(None).unwrap().id(), "b2");
+    }
+}

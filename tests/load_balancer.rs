@@ -706,3 +706,36 @@ fn a_backend_uri_names_the_backend_built_from_it() {
         Err(Error::UnknownBackend { id }) if id == "http://127.0.0.1:9999"
     ));
 }
+
+#[test]
+fn a_borrowed_pick_follows_the_same_sequence_as_an_owned_one() {
+    let owned = LoadBalancer::new(Strategy::WeightedRoundRobin, backends(0..3)).unwrap();
+    owned.set_weight("b0", 3).unwrap();
+    let borrowed = LoadBalancer::new(Strategy::WeightedRoundRobin, backends(0..3)).unwrap();
+    borrowed.set_weight("b0", 3).unwrap();
+    let by_reference: Vec<String> = (0..10)
+        .map(|_| borrowed.pick_with(None, |m| m.id().to_owned()).unwrap())
+        .collect();
+    assert_eq!(by_reference, pick_ids(&owned, 10));
+    assert_eq!(
+        by_reference,
+        // nginx's smooth sequence for weights 3, 1, 1, twice.
+        ["b0", "b1", "b0", "b2", "b0", "b0", "b1", "b0", "b2", "b0"]
+    );
+}
+
+#[test]
+fn a_borrowed_pick_with_every_backend_down_is_the_same_error() {
+    let lb = LoadBalancer::new(Strategy::RoundRobin, backends(0..2)).unwrap();
+    lb.mark_down("b0").unwrap();
+    lb.mark_down("b1").unwrap();
+    assert!(matches!(
+        lb.pick_with(None, |_| unreachable!("nothing to pick")),
+        Err(Error::AllBackendsDown { .. })
+    ));
+    let empty = LoadBalancer::new(Strategy::RoundRobin, Vec::<Backend>::new()).unwrap();
+    assert!(matches!(
+        empty.pick_with(None, |_| ()),
+        Err(Error::NoBackends)
+    ));
+}

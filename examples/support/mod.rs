@@ -207,6 +207,10 @@ pub fn cookie_pair<B>(res: &Response<B>) -> Option<String> {
 #[allow(unused_imports)]
 pub use tower_lb::proxy::Upstream;
 
+/// The upstream client the gateway example runs: one pool per worker.
+#[allow(unused_imports)]
+pub use tower_lb::proxy::WorkerUpstream;
+
 /// Serves `stack` on `listener` as a reverse proxy with the library's
 /// accept loop ([`tower_lb::proxy::serve_with`]): each request gets the
 /// client's address as a `ClientAddr`, and a tower-lb error becomes its

@@ -8,6 +8,9 @@
 //!   request to the URI the director wrote, pools connections, and passes
 //!   upgraded connections (WebSocket) through in both directions once the
 //!   backend answers `101 Switching Protocols`;
+//! * [`WorkerUpstream`] — the same for a proxy that runs one current-thread
+//!   runtime per core (nginx's worker model): a pool per worker, nothing
+//!   spawned per request; measured in `docs/benchmarks.md`;
 //! * [`serve`] — the accept loop: an HTTP/1.1 server (upgrades enabled)
 //!   that puts each connection's peer address on its requests as
 //!   [`ClientAddr`] (what `X-Forwarded-For` and
@@ -64,6 +67,10 @@ use tower_service::Service;
 
 use crate::sticky::ClientAddr;
 use crate::{BoxError, Error};
+
+mod worker_upstream;
+
+pub use self::worker_upstream::{WorkerUpstream, DEFAULT_MAX_CONNECTIONS_PER_BACKEND};
 
 /// What [`serve`] answers with: the stack's own response body, or the short
 /// text of an error.
@@ -199,34 +206,51 @@ where
         // A tunnel stays counted in flight on its backend until it closes
         // (LoadBalance's own count ends with the 101): the WebSocket load
         // `least_request` must see.
-        let tunnel_load = client_side.as_ref().and_then(|_| {
-            let member = req.extensions().get::<crate::Member>()?;
-            Some(crate::Load::start(member.load()))
-        });
+        let tunnel_load = tunnel_load(&req, client_side.is_some());
         let sent = self.client.request(req);
         Box::pin(async move {
             let mut res = sent.await?;
             if let Some(client_side) = client_side {
                 if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    let backend_side = hyper::upgrade::on(&mut res);
-                    tokio::spawn(async move {
-                        let _counted = tunnel_load;
-                        // The backend's side is ready now; the client's once
-                        // hyper has sent it this 101.
-                        let backend = backend_side.await;
-                        if let (Ok(client), Ok(backend)) = (client_side.await, backend) {
-                            let _ = tokio::io::copy_bidirectional(
-                                &mut TokioIo::new(client),
-                                &mut TokioIo::new(backend),
-                            )
-                            .await;
-                        }
-                    });
+                    splice_upgrade(client_side, hyper::upgrade::on(&mut res), tunnel_load);
                 }
             }
             Ok(res)
         })
     }
+}
+
+/// Copies bytes both ways between the client's and the backend's upgraded
+/// connections, on a task of its own.
+fn splice_upgrade(
+    client_side: hyper::upgrade::OnUpgrade,
+    backend_side: hyper::upgrade::OnUpgrade,
+    tunnel_load: Option<crate::InFlight>,
+) {
+    tokio::spawn(async move {
+        let _counted = tunnel_load;
+        // The backend's side is ready now; the client's once hyper has sent
+        // it the 101.
+        let backend = backend_side.await;
+        if let (Ok(client), Ok(backend)) = (client_side.await, backend) {
+            let _ = tokio::io::copy_bidirectional(
+                &mut TokioIo::new(client),
+                &mut TokioIo::new(backend),
+            )
+            .await;
+        }
+    });
+}
+
+/// For an upgrade request, a count in flight on the picked backend that
+/// the tunnel holds until it closes (LoadBalance's own count ends with the
+/// 101): the WebSocket load `least_request` must see.
+fn tunnel_load<B>(req: &Request<B>, upgrade: bool) -> Option<crate::InFlight> {
+    if !upgrade {
+        return None;
+    }
+    let member = req.extensions().get::<crate::Member>()?;
+    Some(crate::Load::start(member.load()))
 }
 
 /// Serves `stack` on `listener` as a reverse proxy, until the task running

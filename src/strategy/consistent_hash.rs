@@ -163,35 +163,35 @@ impl Ring {
         }
         let mut ring: Vec<(u64, u32)> = Vec::with_capacity(points as usize);
         for (index, member) in members.iter().enumerate() {
-            let id = member.backend().id().as_bytes();
+            // The id is hashed once; each replica continues from that state.
+            let id = PointHasher::new(member.backend().id().as_bytes());
             for replica in 0..member.backend().weight() * vnodes {
-                ring.push((point_hash(id, replica), index as u32));
+                ring.push((id.point(replica), index as u32));
             }
         }
-        // Ties (vanishingly rare) are broken by id, so the ring does not
-        // depend on the order the backends were listed in.
-        ring.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0).then_with(|| {
-                members[a.1 as usize]
-                    .backend()
-                    .id()
-                    .cmp(members[b.1 as usize].backend().id())
-            })
+
+        let (hashes, owners) = sorted_points(ring, |a, b| {
+            members[a as usize]
+                .backend()
+                .id()
+                .cmp(members[b as usize].backend().id())
         });
-        let (hashes, owners): (Vec<u64>, Vec<u32>) = ring.into_iter().unzip();
 
         // About one point per bucket, between 2^4 and 2^20 buckets.
         let bits = (hashes.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
         let shift = 64 - bits;
-        let mut table = Vec::with_capacity((1 << bits) + 1);
-        let mut pos = 0;
-        for bucket in 0..(1u64 << bits) {
-            while pos < hashes.len() && (hashes[pos] >> shift) < bucket {
-                pos += 1;
+        // Filled run by run: each bucket from just past the previous
+        // point's up to this point's gets this point's index.
+        let mut table = vec![0u32; (1 << bits) + 1];
+        let mut filled = 0;
+        for (pos, &hash) in hashes.iter().enumerate() {
+            let bucket = (hash >> shift) as usize;
+            if bucket >= filled {
+                table[filled..=bucket].fill(pos as u32);
+                filled = bucket + 1;
             }
-            table.push(pos as u32);
         }
-        table.push(hashes.len() as u32);
+        table[filled..].fill(hashes.len() as u32);
 
         Ok(Ring {
             hashes,
@@ -322,12 +322,125 @@ impl ConsistentHash {
 /// SipHash-1-3 under [`RING_HASH_KEYS`] of the id's length (u64,
 /// little-endian), the id's bytes and the replica number (u32,
 /// little-endian).
+#[cfg(test)]
 fn point_hash(id: &[u8], replica: u32) -> u64 {
     let mut h = SipHasher13::new_with_keys(RING_HASH_KEYS.0, RING_HASH_KEYS.1);
     h.write(&(id.len() as u64).to_le_bytes());
     h.write(id);
     h.write(&replica.to_le_bytes());
     h.finish()
+}
+
+/// The ring points sorted by position, ties by `owner_order` (the owners'
+/// ids), as positions and owners.
+///
+/// Positions are uniform hashes, so two passes of a radix sort on their top
+/// 20 bits (1,024 buckets a pass: each pass reads in order and writes to
+/// 1,024 places that stay in cache; the second writes the final arrays)
+/// leave only the rare points sharing those bits to compare. This is linear
+/// in the points, where a comparison sort of a large ring spends most of
+/// the build in cache misses.
+fn sorted_points(
+    mut points: Vec<(u64, u32)>,
+    owner_order: impl Fn(u32, u32) -> std::cmp::Ordering,
+) -> (Vec<u64>, Vec<u32>) {
+    let order = |a: &(u64, u32), b: &(u64, u32)| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1));
+    const DIGIT_BITS: u32 = 10;
+    const TOP_BITS: u32 = 2 * DIGIT_BITS;
+    const MASK: u64 = (1 << DIGIT_BITS) - 1;
+    /// Runs up to this long are put in order by insertion.
+    const SHORT_RUN: usize = 16;
+    if points.len() < 4096 {
+        points.sort_unstable_by(order);
+        return points.into_iter().unzip();
+    }
+    let n = points.len();
+    let (low, high) = (64 - TOP_BITS, 64 - DIGIT_BITS);
+    let mut counts = [[0u32; 1 << DIGIT_BITS]; 2];
+    for &(hash, _) in &points {
+        counts[0][((hash >> low) & MASK) as usize] += 1;
+        counts[1][(hash >> high) as usize] += 1;
+    }
+    for counts in &mut counts {
+        let mut start = 0;
+        for count in counts.iter_mut() {
+            let n = *count;
+            *count = start;
+            start += n;
+        }
+    }
+    let mut by_low = vec![(0u64, 0u32); n];
+    for &point in &points {
+        let next = &mut counts[0][((point.0 >> low) & MASK) as usize];
+        by_low[*next as usize] = point;
+        *next += 1;
+    }
+    drop(points);
+    let mut hashes = vec![0u64; n];
+    let mut owners = vec![0u32; n];
+    for &(hash, owner) in &by_low {
+        let next = &mut counts[1][(hash >> high) as usize];
+        hashes[*next as usize] = hash;
+        owners[*next as usize] = owner;
+        *next += 1;
+    }
+    drop(by_low);
+    // Order each run of points sharing their top bits (usually of one).
+    let mut run = 0;
+    for i in 1..=n {
+        if i < n && hashes[i] >> low == hashes[run] >> low {
+            continue;
+        }
+        let len = i - run;
+        if len > SHORT_RUN {
+            // Only crafted ids crowd a run: a comparison sort keeps that
+            // `O(k log k)`.
+            let mut pairs: Vec<(u64, u32)> = hashes[run..i]
+                .iter()
+                .copied()
+                .zip(owners[run..i].iter().copied())
+                .collect();
+            pairs.sort_unstable_by(order);
+            for (k, (hash, owner)) in pairs.into_iter().enumerate() {
+                hashes[run + k] = hash;
+                owners[run + k] = owner;
+            }
+        } else {
+            for j in run + 1..i {
+                let mut k = j;
+                while k > run
+                    && order(&(hashes[k - 1], owners[k - 1]), &(hashes[k], owners[k])).is_gt()
+                {
+                    hashes.swap(k - 1, k);
+                    owners.swap(k - 1, k);
+                    k -= 1;
+                }
+            }
+        }
+        run = i;
+    }
+    (hashes, owners)
+}
+
+/// [`point_hash`] for every replica of one backend, with the id's prefix
+/// hashed once: the hasher's state after the id is copied for each replica,
+/// which gives the same positions.
+struct PointHasher(SipHasher13);
+
+impl PointHasher {
+    fn new(id: &[u8]) -> Self {
+        let mut h = SipHasher13::new_with_keys(RING_HASH_KEYS.0, RING_HASH_KEYS.1);
+        h.write(&(id.len() as u64).to_le_bytes());
+        h.write(id);
+        PointHasher(h)
+    }
+
+    #[inline]
+    fn point(&self, replica: u32) -> u64 {
+        let mut h = self.0;
+        h.write(&replica.to_le_bytes());
+        h.finish()
+    }
 }
 
 impl Balancer for ConsistentHash {
@@ -425,6 +538,91 @@ mod tests {
         // from different versions must agree. A change here moves every key.
         assert_eq!(ConsistentHash::hash_key(b"user-42"), 0xa72f_a011_c575_4330);
         assert_eq!(point_hash(b"10.0.0.1:80", 0), 0x4795_887d_35b9_5a49);
+    }
+
+    /// The ring as it was first built: every point hashed from scratch,
+    /// then a comparison sort with ties broken by id.
+    fn reference_ring(members: &[Member], vnodes: u32) -> Vec<(u64, u32)> {
+        let mut ring: Vec<(u64, u32)> = Vec::new();
+        for (index, member) in members.iter().enumerate() {
+            let id = member.backend().id().as_bytes();
+            for replica in 0..member.backend().weight() * vnodes {
+                ring.push((point_hash(id, replica), index as u32));
+            }
+        }
+        ring.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| {
+                members[a.1 as usize]
+                    .backend()
+                    .id()
+                    .cmp(members[b.1 as usize].backend().id())
+            })
+        });
+        ring
+    }
+
+    #[test]
+    fn hashing_each_id_once_and_bucket_sorting_gives_the_same_ring() {
+        // Ids of many lengths (the hasher's buffered tail differs), weights
+        // 1..=5, and vnodes from tiny rings (16 buckets, many points a
+        // bucket) to the default.
+        let members: Vec<Member> = (0..300)
+            .map(|i| {
+                let backend =
+                    crate::Backend::new(&format!("http://10.0.{}.{}:8080", i / 250, i % 250))
+                        .unwrap()
+                        .with_id("b".repeat(i % 23) + &i.to_string())
+                        .unwrap()
+                        .with_weight(1 + i as u32 % 5)
+                        .unwrap();
+                Member::new(backend)
+            })
+            .collect();
+        for (count, vnodes) in [(1, 1), (3, 2), (40, 7), (300, 160)] {
+            let ring = Ring::build(&members[..count], vnodes).unwrap();
+            let built: Vec<(u64, u32)> = ring
+                .hashes
+                .iter()
+                .copied()
+                .zip(ring.owners.iter().copied())
+                .collect();
+            assert_eq!(
+                built,
+                reference_ring(&members[..count], vnodes),
+                "{count} backends, {vnodes} vnodes"
+            );
+            // The lookup table still finds the first point at or after a hash.
+            for i in 0..2000u64 {
+                let hash = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let expected = ring.hashes.partition_point(|&p| p < hash) % ring.hashes.len();
+                assert_eq!(ring.first_point(hash), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn radix_sorted_points_equal_a_comparison_sort_with_ties_and_shared_top_bits() {
+        // 10,000 points (the radix path): positions crowded into a few
+        // top-bit buckets (runs far longer than an insertion sort takes),
+        // equal positions tied by owner (descending here, to show the
+        // order comes from the comparator); then runs of a few points.
+        let crowded = (0..10_000u64).map(|i| {
+            let hash = ((i % 7) << 60) | (i.wrapping_mul(0x9e37_79b9) % 50);
+            (hash, (i % 13) as u32)
+        });
+        // Runs of up to 5 sharing the top 20 bits, listed in reverse.
+        let short_runs = (0..10_000u64).rev().map(|i| {
+            let hash = ((i / 5) << 44) | (i % 2);
+            (hash, (i % 3) as u32)
+        });
+        let owner_order = |a: u32, b: u32| b.cmp(&a);
+        for points in [crowded.collect::<Vec<_>>(), short_runs.collect()] {
+            let mut expected = points.clone();
+            expected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1)));
+            let (hashes, owners) = sorted_points(points, owner_order);
+            let sorted: Vec<(u64, u32)> = hashes.into_iter().zip(owners).collect();
+            assert_eq!(sorted, expected);
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@
 use std::cmp::Reverse;
 use std::sync::Arc;
 
+use super::random::{below, two_below};
 use crate::{no_pick_error, Balancer, Error, Load, Member};
 
 /// Least request by the power of two choices: of two members that are up,
@@ -55,7 +56,9 @@ use crate::{no_pick_error, Balancer, Error, Load, Member};
 #[derive(Debug)]
 pub struct LeastRequest {
     up: Vec<Candidate>,
-    /// Running sums of the candidates' weights, for weighted draws.
+    /// Running sums of the candidates' weights, for weighted draws; empty
+    /// when every weight is the same, as the draws are then uniform and
+    /// need no search.
     cumulative: Vec<u64>,
     total: usize,
 }
@@ -88,18 +91,34 @@ impl LeastRequest {
                 load: Arc::clone(m.load()),
             })
             .collect();
+        let equal = up.windows(2).all(|w| w[0].weight == w[1].weight);
         let mut sum = 0;
-        let cumulative = up
-            .iter()
-            .map(|c| {
-                sum += u64::from(c.weight);
-                sum
-            })
-            .collect();
+        let cumulative = if equal {
+            Vec::new()
+        } else {
+            up.iter()
+                .map(|c| {
+                    sum += u64::from(c.weight);
+                    sum
+                })
+                .collect()
+        };
         LeastRequest {
             up,
             cumulative,
             total: members.len(),
+        }
+    }
+
+    /// Of the candidates at positions `a` and `b`, the member with fewer
+    /// requests in flight; `a` on a tie.
+    #[inline]
+    fn lesser(&self, a: usize, b: usize) -> usize {
+        let (a, b) = (&self.up[a], &self.up[b]);
+        if b.load.in_flight() < a.load.in_flight() {
+            b.index
+        } else {
+            a.index
         }
     }
 
@@ -110,29 +129,36 @@ impl LeastRequest {
 }
 
 impl Balancer for LeastRequest {
+    #[inline]
     fn pick(&self, _key: Option<&[u8]>) -> Result<usize, Error> {
         let n = self.up.len();
         match n {
             0 => Err(no_pick_error(self.total)),
             1 => Ok(self.up[0].index),
+            _ if self.cumulative.is_empty() => {
+                // Equal weights: two distinct positions, uniformly, from
+                // one draw of the thread's fast generator (the second
+                // among the n - 1 others, skipping the first).
+                let (a, b) = two_below(n as u64, n as u64 - 1);
+                let (a, mut b) = (a as usize, b as usize);
+                if b >= a {
+                    b += 1;
+                }
+                Ok(self.lesser(a, b))
+            }
             _ => {
                 // Two distinct candidates, each drawn by weight: the second
                 // from the weight left once the first is set aside.
                 let total = self.cumulative[n - 1];
-                let a = self.position(rand::random_range(0..total));
+                let a = self.position(below(total));
                 let a_weight = u64::from(self.up[a].weight);
                 let a_start = self.cumulative[a] - a_weight;
-                let mut ticket = rand::random_range(0..total - a_weight);
+                let mut ticket = below(total - a_weight);
                 if ticket >= a_start {
                     ticket += a_weight;
                 }
                 let b = self.position(ticket);
-                let (a, b) = (&self.up[a], &self.up[b]);
-                Ok(if b.load.in_flight() < a.load.in_flight() {
-                    b.index
-                } else {
-                    a.index
-                })
+                Ok(self.lesser(a, b))
             }
         }
     }
@@ -174,6 +200,40 @@ mod tests {
             .count();
         // Binomial(30_000, 2/3): sd 81.6, so ±500 is over 6 sigma.
         assert!((19_500..=20_500).contains(&heavy), "{heavy} of 30000");
+    }
+
+    #[test]
+    fn with_equal_weights_and_loads_picks_are_uniform() {
+        let m = members(&[2, 2, 2]);
+        let least = LeastRequest::new(&m);
+        let mut counts = [0; 3];
+        for _ in 0..30_000 {
+            counts[least.pick(None).unwrap()] += 1;
+        }
+        // Binomial(30_000, 1/3): sd 81.6, so ±500 is over 6 sigma.
+        assert!(
+            counts.iter().all(|c| (9_500..=10_500).contains(c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn with_equal_weights_candidates_are_two_distinct_members() {
+        // Three members, two busy: a draw of one busy member twice would
+        // pick it; distinct draws include the idle one or the other busy
+        // one, so the most loaded member never wins.
+        let m = members(&[1, 1, 1]);
+        let least = LeastRequest::new(&m);
+        let _busy = [Load::start(m[0].load()), Load::start(m[0].load())];
+        let _one = Load::start(m[1].load());
+        let mut counts = [0; 3];
+        for _ in 0..3000 {
+            counts[least.pick(None).unwrap()] += 1;
+        }
+        assert_eq!(counts[0], 0, "{counts:?}");
+        // Member 2 wins every pair it is in (2 of 3 pairs), member 1 the
+        // pair {0, 1}: 2000 and 1000 expected.
+        assert!((1_800..=2_200).contains(&counts[2]), "{counts:?}");
     }
 
     #[test]

@@ -28,8 +28,19 @@ fn next_u64() -> u64 {
 
 /// A random number in `0..n` (`n > 0`).
 #[inline]
-fn below(n: u64) -> u64 {
+pub(crate) fn below(n: u64) -> u64 {
     ((u128::from(next_u64()) * u128::from(n)) >> 64) as u64
+}
+
+/// Two random numbers, in `0..n` and `0..m` (`n, m > 0`), from one draw:
+/// the first is the high half of `r × n`, the second comes from the low
+/// half, which is uniform to within `n / 2^64` and independent of the first
+/// to that precision (the chaining that nearly-divisionless shuffles use).
+#[inline]
+pub(crate) fn two_below(n: u64, m: u64) -> (u64, u64) {
+    let full = u128::from(next_u64()) * u128::from(n);
+    let rest = u128::from(full as u64);
+    ((full >> 64) as u64, ((rest * u128::from(m)) >> 64) as u64)
 }
 
 /// A random member among those that are up.
