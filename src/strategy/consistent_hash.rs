@@ -25,11 +25,12 @@
 
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use siphasher::sip::SipHasher13;
 
 use crate::balancer::{rotation_after, up_indices, Distinct};
+use crate::strategy::shared_build::{layout_of, same_layout, Layout, RecentBuilds};
 use crate::{no_pick_error, Balancer, Error, Member};
 
 /// Virtual nodes per unit of weight, by default.
@@ -94,7 +95,7 @@ struct Ring {
     shift: u32,
     /// What the ring was built from: (id, weight) in listing order, and the
     /// virtual nodes per weight.
-    layout: Vec<(Box<str>, u32)>,
+    layout: Layout,
     vnodes: u32,
 }
 
@@ -102,52 +103,20 @@ struct Ring {
 /// or up builds a new balancer over the same ids and weights: it finds its
 /// ring here instead of hashing and sorting every point again (tens of
 /// milliseconds at 1,000 backends).
-static RECENT_RINGS: Mutex<Vec<Weak<Ring>>> = Mutex::new(Vec::new());
-
-/// How many rings [`RECENT_RINGS`] remembers (one per load balancer, roughly).
-const RECENT_RING_SLOTS: usize = 8;
+static RECENT_RINGS: RecentBuilds<Ring, 8> = RecentBuilds::new();
 
 impl Ring {
     fn built_from(&self, members: &[Member], vnodes: u32) -> bool {
-        self.vnodes == vnodes
-            && self.layout.len() == members.len()
-            && self.layout.iter().zip(members).all(|((id, weight), m)| {
-                **id == *m.backend().id() && *weight == m.backend().weight()
-            })
+        self.vnodes == vnodes && same_layout(&self.layout, members)
     }
 
     /// The ring for `members`: one in use elsewhere if it has the same ids,
     /// weights and order, else a new one.
     fn shared(members: &[Member], vnodes: u32) -> Result<Arc<Ring>, Error> {
-        let lock = || {
-            RECENT_RINGS
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-        };
-        let found = lock()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|ring| ring.built_from(members, vnodes));
-        if let Some(ring) = found {
-            return Ok(ring);
-        }
-        let ring = Arc::new(Ring::build(members, vnodes)?);
-        let mut recent = lock();
-        // Another thread may have built the same one meanwhile: share
-        // theirs, so that one layout has one ring in use.
-        let raced = recent
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|other| other.built_from(members, vnodes));
-        if let Some(other) = raced {
-            return Ok(other);
-        }
-        recent.retain(|weak| weak.strong_count() > 0);
-        if recent.len() >= RECENT_RING_SLOTS {
-            recent.remove(0);
-        }
-        recent.push(Arc::downgrade(&ring));
-        Ok(ring)
+        RECENT_RINGS.share_or_build(
+            |ring| ring.built_from(members, vnodes),
+            || Ring::build(members, vnodes),
+        )
     }
 
     fn build(members: &[Member], vnodes: u32) -> Result<Ring, Error> {
@@ -198,10 +167,7 @@ impl Ring {
             owners,
             table,
             shift,
-            layout: members
-                .iter()
-                .map(|m| (Box::from(m.backend().id()), m.backend().weight()))
-                .collect(),
+            layout: layout_of(members),
             vnodes,
         })
     }

@@ -43,11 +43,12 @@ use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use siphasher::sip::SipHasher13;
 
 use crate::balancer::{rotation_after, up_indices, Distinct};
+use crate::strategy::shared_build::{layout_of, same_layout, Layout, RecentBuilds};
 use crate::{no_pick_error, Balancer, Error, Member};
 
 /// The table size used unless another is asked for: the prime 65,537, as
@@ -108,15 +109,13 @@ struct Table {
     slots: Vec<u32>,
     /// What the table was built from: (id, weight) in listing order, and the
     /// table size asked for.
-    layout: Vec<(Box<str>, u32)>,
+    layout: Layout,
     asked_size: u32,
 }
 
 /// Tables built recently and still in use somewhere, so that marking a
-/// backend down or up does not refill the table (see the ring's cache).
-static RECENT_TABLES: Mutex<Vec<Weak<Table>>> = Mutex::new(Vec::new());
-
-const RECENT_TABLE_SLOTS: usize = 8;
+/// backend down or up does not refill the table.
+static RECENT_TABLES: RecentBuilds<Table, 8> = RecentBuilds::new();
 
 /// One backend's turn in the filling order: its next slot is taken at time
 /// `taken / weight`; ties go to the smaller id (`rank`).
@@ -184,43 +183,14 @@ fn table_size(asked: u32, members: usize) -> Result<u32, Error> {
 
 impl Table {
     fn built_from(&self, members: &[Member], asked_size: u32) -> bool {
-        self.asked_size == asked_size
-            && self.layout.len() == members.len()
-            && self.layout.iter().zip(members).all(|((id, weight), m)| {
-                **id == *m.backend().id() && *weight == m.backend().weight()
-            })
+        self.asked_size == asked_size && same_layout(&self.layout, members)
     }
 
     fn shared(members: &[Member], asked_size: u32) -> Result<Arc<Table>, Error> {
-        let lock = || {
-            RECENT_TABLES
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-        };
-        let found = lock()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|table| table.built_from(members, asked_size));
-        if let Some(table) = found {
-            return Ok(table);
-        }
-        let table = Arc::new(Table::build(members, asked_size)?);
-        let mut recent = lock();
-        // Another thread may have built the same one meanwhile: share
-        // theirs, so that one layout has one table in use.
-        let raced = recent
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|other| other.built_from(members, asked_size));
-        if let Some(other) = raced {
-            return Ok(other);
-        }
-        recent.retain(|weak| weak.strong_count() > 0);
-        if recent.len() >= RECENT_TABLE_SLOTS {
-            recent.remove(0);
-        }
-        recent.push(Arc::downgrade(&table));
-        Ok(table)
+        RECENT_TABLES.share_or_build(
+            |table| table.built_from(members, asked_size),
+            || Table::build(members, asked_size),
+        )
     }
 
     fn build(members: &[Member], asked_size: u32) -> Result<Table, Error> {
@@ -289,10 +259,7 @@ impl Table {
         }
         Ok(Table {
             slots,
-            layout: members
-                .iter()
-                .map(|m| (Box::from(m.backend().id()), m.backend().weight()))
-                .collect(),
+            layout: layout_of(members),
             asked_size,
         })
     }

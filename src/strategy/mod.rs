@@ -22,6 +22,7 @@ pub mod least_request;
 pub mod maglev;
 pub mod random;
 pub mod round_robin;
+mod shared_build;
 pub mod weighted_round_robin;
 
 #[doc(inline)]
