@@ -17,7 +17,7 @@
 #   scripts/proxy-vs-nginx.sh                 # 3 rounds of 10 s, 64 connections
 #   ROUNDS=5 DURATION=20 CONNECTIONS=128 scripts/proxy-vs-nginx.sh
 #   WRK_CPU=0 SERVER_CPU=1 scripts/proxy-vs-nginx.sh
-#   GATEWAY_ARGS="--workers 1" scripts/proxy-vs-nginx.sh   # extra gateway flags
+#   GATEWAY_ARGS="--tries 1" scripts/proxy-vs-nginx.sh     # extra gateway flags
 #   GATEWAY=/path/to/gateway scripts/proxy-vs-nginx.sh   # another build (A/B)
 #   PERF_STAT=1 scripts/proxy-vs-nginx.sh     # also the proxy's CPU time and context
 #                                             # switches per request (perf stat)
