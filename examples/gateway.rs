@@ -57,10 +57,11 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either as BodyEither, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
+use tower::util::Either;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector, ReplayBody};
 use tower_lb::sticky::{AffinityKey, Secret, StickyCookie};
 use tower_lb::{Backend, LoadBalancer, Strategy};
@@ -238,13 +239,30 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         println!("{name:>10}  http://{addr}  weight {weight}");
         backends.push(backend);
     }
+    // Plain http backends get the per-worker client that drives each
+    // backend connection from the request's own task (tower_lb's
+    // `WorkerUpstream`); a set with `https://` backends gets hyper-util's
+    // client with a TLS connector.
     let need_roots = backends
         .iter()
         .any(|b| b.uri().scheme_str() == Some("https"));
-    let upstream = support::tls::upstream_with(
-        support::tls::upstream_roots(o.upstream_ca.as_deref(), need_roots)?,
-        o.retry.connect_timeout,
-    )?;
+    let upstream = if need_roots {
+        let tls_client = support::tls::upstream_with(
+            support::tls::upstream_roots(o.upstream_ca.as_deref(), true)?,
+            o.retry.connect_timeout,
+        )?;
+        Either::Right(
+            tls_client
+                .map_response(|res| res.map(BodyEither::Right))
+                .map_err(tower_lb::BoxError::from),
+        )
+    } else {
+        Either::Left(
+            o.retry
+                .upstream()
+                .map_response(|res| res.map(BodyEither::Left)),
+        )
+    };
     // Passive ejection with nginx's defaults: max_fails=1, fail_timeout=10s.
     let lb = LoadBalancer::new(o.strategy, backends)?
         .with_health_policy(tower_lb::health::HealthPolicy::default());
@@ -268,7 +286,12 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             ProxyDirector::new().https(tls.is_some()),
         ))
         .service(upstream);
-    let stack = support::policy::protect(o.policies, stack);
+    // tower's policies box the stack; without any, nothing is boxed.
+    let stack = if o.policies.any() {
+        Either::Left(support::policy::protect(o.policies, stack))
+    } else {
+        Either::Right(stack.map_response(|res| res.map(BodyEither::Left)))
+    };
 
     let listener = match TcpListener::bind(o.listen).await {
         Ok(l) => l,

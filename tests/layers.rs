@@ -1620,3 +1620,24 @@ fn error_responses_name_no_backend() {
         .collect();
     assert_eq!(statuses, [502, 503, 400, 502]);
 }
+
+proptest::proptest! {
+    /// The client's address in `X-Forwarded-For` reads as the address's
+    /// own text, every IPv4 and IPv6 address (IPv4 is formatted by hand).
+    #[test]
+    fn x_forwarded_for_writes_any_client_address_as_std_does(
+        v4 in proptest::prelude::any::<[u8; 4]>(),
+        v6 in proptest::prelude::any::<[u16; 8]>(),
+        port in proptest::prelude::any::<u16>(),
+    ) {
+        let v4 = std::net::IpAddr::from(v4);
+        let v6 = std::net::IpAddr::from(v6);
+        for ip in [v4, v6] {
+            let mut req = picked("http://b", "/", &[("x-forwarded-for", "6.6.6.6")]);
+            req.extensions_mut()
+                .insert(ClientAddr(std::net::SocketAddr::new(ip, port)));
+            let req = run(ProxyDirector::new(), req).unwrap();
+            proptest::prop_assert_eq!(req.headers()["x-forwarded-for"].to_str().unwrap(), ip.to_string());
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! `WorkerUpstream`'s pool over real loopback sockets: keep-alive to the
 //! backend, a second connection only while the first is busy, a closed
-//! connection replaced. (The whole gateway suite in tests/gateway.rs runs
-//! over it too.)
+//! connection replaced (closed with the response, or later while idle), a
+//! bodiless response freeing its connection at once, the connect timeout.
+//! (The whole gateway suite in tests/gateway.rs runs over it too.)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,9 +15,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
-use tower_lb::proxy::WorkerUpstream;
+use tower_lb::proxy::{ConnectError, UpstreamBody, WorkerUpstream};
 
 /// A keep-alive backend on loopback that counts the connections it
 /// accepted; it answers `ok`, 4 MiB on `/big` (more than a connection
@@ -35,9 +37,13 @@ async fn counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
                 let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let body = match req.uri().path() {
                         "/big" => Bytes::from(vec![b'x'; 4 << 20]),
+                        "/empty" => Bytes::new(),
                         _ => Bytes::from_static(b"ok"),
                     };
                     let mut res = Response::new(Full::new(body));
+                    if req.uri().path() == "/empty" {
+                        *res.status_mut() = http::StatusCode::NO_CONTENT;
+                    }
                     if req.uri().path() == "/close" {
                         res.headers_mut()
                             .insert(http::header::CONNECTION, "close".parse().unwrap());
@@ -57,10 +63,15 @@ async fn get(
     upstream: &mut WorkerUpstream<Full<Bytes>>,
     addr: SocketAddr,
     path: &str,
-) -> Response<hyper::body::Incoming> {
-    let req = Request::get(format!("http://{addr}{path}"))
-        .body(Full::default())
-        .unwrap();
+) -> Response<UpstreamBody<Full<Bytes>>> {
+    send(upstream, Request::get(format!("http://{addr}{path}"))).await
+}
+
+async fn send(
+    upstream: &mut WorkerUpstream<Full<Bytes>>,
+    req: http::request::Builder,
+) -> Response<UpstreamBody<Full<Bytes>>> {
+    let req = req.body(Full::default()).unwrap();
     upstream.ready().await.unwrap().call(req).await.unwrap()
 }
 
@@ -118,4 +129,126 @@ async fn only_plain_http_backends_are_accepted() {
         .unwrap();
     let error = upstream.ready().await.unwrap().call(req).await.unwrap_err();
     assert!(error.to_string().contains("plain http"), "{error}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_response_without_a_body_frees_its_connection_at_once() {
+    let (addr, accepted) = counting_backend().await;
+    let mut upstream = WorkerUpstream::new();
+    // Bodies never polled, as a server does not poll a body that has ended:
+    // HEAD, 204. Each connection is back in the pool with the head.
+    let mut kept = Vec::new();
+    for _ in 0..5 {
+        let head = send(&mut upstream, Request::head(format!("http://{addr}/"))).await;
+        assert!(http_body::Body::is_end_stream(head.body()));
+        kept.push(head);
+        let empty = get(&mut upstream, addr, "/empty").await;
+        assert_eq!(empty.status(), http::StatusCode::NO_CONTENT);
+        kept.push(empty);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// A backend on raw sockets that answers one keep-alive request per
+/// connection and closes the connection `idle_close` later, as a backend's
+/// keep-alive timeout does. Counts its connections.
+async fn closing_backend(idle_close: std::time::Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(idle_close).await;
+                // Dropped: closed while idle in the client's pool.
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_the_backend_closed_while_idle_is_not_used() {
+    let (addr, accepted) = closing_backend(std::time::Duration::from_millis(20)).await;
+    let mut upstream = WorkerUpstream::new();
+    for round in 1..=3 {
+        let res = get(&mut upstream, addr, "/").await;
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        // Long enough for the backend to close the idle connection: the
+        // next request sees that when it takes the connection, and opens
+        // another instead of failing.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), round);
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_connect_that_hangs_times_out_as_a_connect_error() {
+    // A listener that never accepts, its queue filled: the kernel drops
+    // further SYNs, so a connect hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => fillers.push(stream),
+            _ => break,
+        }
+    }
+    let mut upstream =
+        WorkerUpstream::<Full<Bytes>>::new().connect_timeout(std::time::Duration::from_millis(200));
+    let req = Request::get(format!("http://{addr}/"))
+        .body(Full::default())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let error = upstream.ready().await.unwrap().call(req).await.unwrap_err();
+    let connect = error
+        .downcast_ref::<ConnectError>()
+        .unwrap_or_else(|| panic!("not a ConnectError: {error}"));
+    assert_eq!(connect.io_error().kind(), std::io::ErrorKind::TimedOut);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    drop(listener);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_connect_is_a_connect_error() {
+    // A port nothing listens on: bound, then closed.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut upstream = WorkerUpstream::<Full<Bytes>>::new();
+    let req = Request::get(format!("http://{addr}/"))
+        .body(Full::default())
+        .unwrap();
+    let error = upstream.ready().await.unwrap().call(req).await.unwrap_err();
+    let connect = error
+        .downcast_ref::<ConnectError>()
+        .expect("a ConnectError");
+    assert_eq!(
+        connect.io_error().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
 }

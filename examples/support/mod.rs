@@ -26,7 +26,7 @@ pub mod stoppable;
 
 /// What the proxy answers with: the backend's streamed body, or its own
 /// short error text.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody<B = Incoming> = Either<B, Full<Bytes>>;
 
 /// Starts a backend on an ephemeral loopback port. It answers every request
 /// with `x-backend: NAME` and a body naming itself; `POST /echo` streams

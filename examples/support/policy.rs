@@ -45,7 +45,8 @@ use super::ProxyBody;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A proxy stack as the server wants it.
-pub type Protected = BoxCloneService<Request<Incoming>, Response<ProxyBody>, tower_lb::Error>;
+pub type Protected<B = Incoming> =
+    BoxCloneService<Request<Incoming>, Response<ProxyBody<B>>, tower_lb::Error>;
 
 /// How many requests may wait for the rate limiter's shared worker. They
 /// wait only while it hands the previous one on, never for a token.
@@ -141,15 +142,16 @@ pub fn parse_rate_limit(arg: &str) -> Result<(u64, Duration), String> {
 /// Wraps `stack` (the balancing layers and the upstream) in `policies`.
 /// Must run inside a tokio runtime: the rate limiter's buffer spawns its
 /// worker.
-pub fn protect<S>(policies: Policies, stack: S) -> Protected
+pub fn protect<S, B>(policies: Policies, stack: S) -> Protected<B>
 where
-    S: Service<Request<Incoming>, Response = Response<Incoming>, Error = tower_lb::Error>
+    S: Service<Request<Incoming>, Response = Response<B>, Error = tower_lb::Error>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
-    let mut svc: BoxCloneService<Request<Incoming>, Response<ProxyBody>, BoxError> =
+    let mut svc: BoxCloneService<Request<Incoming>, Response<ProxyBody<B>>, BoxError> =
         BoxCloneService::new(
             stack
                 .map_response(|res| res.map(Either::Left))
@@ -181,9 +183,9 @@ where
 }
 
 /// A policy's refusal becomes `503` with `Retry-After`.
-fn answer_refusals(
-    result: Result<Response<ProxyBody>, BoxError>,
-) -> Result<Response<ProxyBody>, BoxError> {
+fn answer_refusals<B>(
+    result: Result<Response<ProxyBody<B>>, BoxError>,
+) -> Result<Response<ProxyBody<B>>, BoxError> {
     match result {
         Err(error) if error.is::<Overloaded>() => Ok(refusal(RETRY_AFTER_SECS)),
         Err(error) => match error.downcast::<OverRate>() {
@@ -209,7 +211,7 @@ fn lb_error(error: BoxError) -> tower_lb::Error {
     }
 }
 
-fn refusal(retry_after_secs: u64) -> Response<ProxyBody> {
+fn refusal<B>(retry_after_secs: u64) -> Response<ProxyBody<B>> {
     let text = "503 Service Unavailable: the gateway is over its limit, retry later\n";
     let mut res = Response::new(Either::Right(Full::new(Bytes::from_static(
         text.as_bytes(),

@@ -17,15 +17,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 use tower_lb::layer::{NextUpstreamLayer, ReplayBody, ResponseTimeoutLayer};
 
-use super::Upstream;
+use super::WorkerUpstream;
 
 /// The timer the response-head timeout uses.
 pub type TokioSleep = fn(Duration) -> tokio::time::Sleep;
@@ -89,11 +86,12 @@ impl RetryOptions {
         let layer = NextUpstreamLayer::new()
             .tries(self.tries)
             .retry_on_status(|s| matches!(s.as_u16(), 502..=504))
-            // hyper-util knows when it never connected (refused, connect
+            // Both clients know when they never connected (refused, connect
             // timeout, DNS): such a request may be retried, POST included.
             .never_sent(|e| {
-                e.downcast_ref::<hyper_util::client::legacy::Error>()
-                    .is_some_and(|e| e.is_connect())
+                e.is::<tower_lb::proxy::ConnectError>()
+                    || e.downcast_ref::<hyper_util::client::legacy::Error>()
+                        .is_some_and(|e| e.is_connect())
             });
         match self.next_upstream_timeout {
             Some(budget) => layer.timeout(budget),
@@ -110,12 +108,14 @@ impl RetryOptions {
         )
     }
 
-    /// The upstream client, its connector timed as configured.
-    pub fn upstream(&self) -> Upstream<ReplayBody<Incoming>> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(self.connect_timeout);
-        Upstream::from_client(Client::builder(TokioExecutor::new()).build(connector))
+    /// The upstream client the gateway runs for plain http backends, its
+    /// connects timed as configured.
+    pub fn upstream(&self) -> WorkerUpstream<ReplayBody<Incoming>> {
+        let upstream = WorkerUpstream::new();
+        match self.connect_timeout {
+            Some(limit) => upstream.connect_timeout(limit),
+            None => upstream,
+        }
     }
 
     /// Starts backend number `index` (from 0) for the gateway: the usual

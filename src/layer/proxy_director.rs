@@ -758,10 +758,34 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
     // The address is formatted on the stack first so that the line is
     // allocated once, at its exact size.
     let mut ip_text = [0u8; 48];
-    let ip_len = {
-        let mut cursor = std::io::Cursor::new(&mut ip_text[..]);
-        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
-        cursor.position() as usize
+    let ip_len = match ip {
+        // Every request of an IPv4 client: digits by hand, not through
+        // `fmt` (a fifth of the director's cost when it was).
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    ip_text[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    ip_text[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    ip_text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                ip_text[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            len
+        }
+        IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut ip_text[..]);
+            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
+            cursor.position() as usize
+        }
     };
     let ip_text = std::str::from_utf8(&ip_text[..ip_len]).unwrap_or_default();
     append_to_list(headers, X_FORWARDED_FOR, ip_text);
@@ -772,6 +796,13 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
 /// which the header value takes over without copying.
 fn append_to_list(headers: &mut HeaderMap, name: HeaderName, last: &str) {
     let previous = headers.get_all(&name);
+    if previous.iter().next().is_none() {
+        // Nothing to fold (the usual case: overwritten, or a first hop).
+        if let Ok(value) = HeaderValue::from_str(last) {
+            headers.insert(name, value);
+        }
+        return;
+    }
     let len: usize = previous.iter().map(|v| v.len() + 2).sum::<usize>() + last.len();
     let mut line = String::with_capacity(len);
     for value in previous {

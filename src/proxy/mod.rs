@@ -70,7 +70,9 @@ use crate::{BoxError, Error};
 
 mod worker_upstream;
 
-pub use self::worker_upstream::{WorkerUpstream, DEFAULT_MAX_CONNECTIONS_PER_BACKEND};
+pub use self::worker_upstream::{
+    ConnectError, UpstreamBody, WorkerUpstream, DEFAULT_MAX_CONNECTIONS_PER_BACKEND,
+};
 
 /// What [`serve`] answers with: the stack's own response body, or the short
 /// text of an error.

@@ -1,14 +1,18 @@
 //! [`WorkerUpstream`]: the upstream client for one worker of a proxy that
-//! runs a runtime per core (nginx's worker model).
+//! runs a runtime per core (nginx's worker model), driving each backend
+//! connection from the task that uses it.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -18,9 +22,9 @@ use tower_service::Service;
 use super::is_upgrade;
 use crate::BoxError;
 
-/// How many idle or busy connections one backend keeps in a worker's pool
-/// by default: as nginx's `keepalive`, a cap on what is kept, not on what
-/// is opened.
+/// How many idle connections one backend keeps in a worker's pool by
+/// default: as nginx's `keepalive`, a cap on what is kept, not on what is
+/// opened.
 pub const DEFAULT_MAX_CONNECTIONS_PER_BACKEND: usize = 256;
 
 /// The upstream client for one worker thread: HTTP/1.1 over plain TCP with
@@ -28,47 +32,91 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_BACKEND: usize = 256;
 /// [`Upstream`](super::Upstream).
 ///
 /// [`Upstream`](super::Upstream) wraps hyper-util's general client: one
-/// pool shared by every thread, a check-out that races a new connection
-/// against an idle one, and a task spawned per request to put the
-/// connection back once its response body has been read. A proxy that runs
-/// one current-thread runtime per core (as nginx runs one worker per core)
-/// does not need that generality: each worker keeps its own pool, takes the
-/// first connection to the backend that is ready, and puts a connection
-/// back as soon as the response head arrives; a connection still busy with
-/// its body is skipped until hyper reports it ready again. Nothing is
-/// spawned per request, and connections stay on the thread that uses them.
+/// pool shared by every thread, a task per backend connection that the
+/// request hands its message to and gets its response back from, and a
+/// task spawned per request to put the connection back once its response
+/// body has been read. A proxy that runs one runtime per core, as nginx
+/// runs one worker per core, does not need that generality. `WorkerUpstream`
+/// drives each backend connection from the task that uses it, as nginx's
+/// event loop does: the request's future writes the request and reads the
+/// response head, and the response body ([`UpstreamBody`]) reads the rest
+/// and puts the connection back in the pool when it ends. Nothing is
+/// spawned per request or per connection (an upgraded connection aside),
+/// no message crosses between tasks, and a connection stays on the thread
+/// that uses it. An idle connection is looked at when it is next taken: one
+/// the backend closed meanwhile is dropped then, and another is taken.
 ///
 /// Build one per worker (a clone shares the pool). Only `http` URIs are
 /// supported; the director writes the backend's absolute URI, which is sent
 /// in origin form, with a `Host` header from it if the request has none.
 /// A request that a reused connection closed before sending is tried once
-/// more on a new connection, as hyper-util's client does.
+/// more on a new connection, as hyper-util's client does. A connect that
+/// fails is an `io::Error` in the error's source chain
+/// (`ConnectionRefused`, or `TimedOut` past
+/// [`connect_timeout`](Self::connect_timeout)), which the layers read:
+/// [`NextUpstream`](crate::layer::NextUpstream) retries a refused
+/// connection, and a timeout is answered `504`.
 ///
 /// ```
+/// use std::time::Duration;
 /// use tower_lb::proxy::WorkerUpstream;
 ///
-/// let upstream: WorkerUpstream = WorkerUpstream::new();
+/// let upstream: WorkerUpstream = WorkerUpstream::new().connect_timeout(Duration::from_secs(2));
 /// # let _ = upstream;
 /// ```
 #[derive(Debug)]
 pub struct WorkerUpstream<B = Incoming> {
     pool: Arc<Pool<B>>,
+    connect_timeout: Option<Duration>,
 }
 
 impl<B> Clone for WorkerUpstream<B> {
     fn clone(&self) -> Self {
         WorkerUpstream {
             pool: Arc::clone(&self.pool),
+            connect_timeout: self.connect_timeout,
         }
     }
 }
 
-#[derive(Debug)]
+/// The idle connections of every backend seen so far.
 struct Pool<B> {
-    /// Per backend, the connections: ready ones are taken, busy ones wait
-    /// there until hyper says they are ready (or closed).
-    by_backend: Mutex<HashMap<Authority, Vec<SendRequest<B>>>>,
+    by_backend: Mutex<HashMap<Box<str>, Arc<Slot<B>>>>,
     max_per_backend: usize,
+}
+
+impl<B> std::fmt::Debug for Pool<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("max_per_backend", &self.max_per_backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One backend's idle connections, newest last.
+struct Slot<B> {
+    idle: Mutex<Vec<Conn<B>>>,
+    max: usize,
+}
+
+/// A backend connection: the handle requests are sent through, and the
+/// connection itself, which whoever holds it polls.
+struct Conn<B> {
+    send: SendRequest<B>,
+    /// The connection itself (hyper's `Connection`, boxed once per
+    /// connection so that the types above need no bounds); `None` once it
+    /// has ended (closed, or failed).
+    io: Option<ConnectionFuture>,
+}
+
+/// A backend connection, which reads and writes when polled.
+type ConnectionFuture = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while these locks are held.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<B> Default for WorkerUpstream<B> {
@@ -78,78 +126,226 @@ impl<B> Default for WorkerUpstream<B> {
 }
 
 impl<B> WorkerUpstream<B> {
-    /// A client keeping up to [`DEFAULT_MAX_CONNECTIONS_PER_BACKEND`]
-    /// connections per backend.
+    /// A client keeping up to [`DEFAULT_MAX_CONNECTIONS_PER_BACKEND`] idle
+    /// connections per backend, with no connect timeout.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A client keeping up to `max` connections per backend (at least 1);
-    /// more are opened when all are busy, and closed after their request.
+    /// A client keeping up to `max` idle connections per backend (at least
+    /// 1); more are opened when all are busy, and closed after their
+    /// request if the pool is full.
     pub fn with_max_connections_per_backend(max: usize) -> Self {
         WorkerUpstream {
             pool: Arc::new(Pool {
                 by_backend: Mutex::new(HashMap::new()),
                 max_per_backend: max.max(1),
             }),
+            connect_timeout: None,
         }
+    }
+
+    /// Gives up on a TCP connect after `timeout` (nginx's
+    /// `proxy_connect_timeout`) with an `io::ErrorKind::TimedOut` error,
+    /// which [`ResponseTimeout`](crate::layer::ResponseTimeout) and
+    /// [`NextUpstream`](crate::layer::NextUpstream) read as a timeout
+    /// (`504`, and retried on the next backend).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_lb::proxy::WorkerUpstream;
+    /// let upstream: WorkerUpstream = WorkerUpstream::new().connect_timeout(Duration::from_millis(500));
+    /// # let _ = upstream;
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
     }
 }
 
 impl<B> Pool<B> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, Vec<SendRequest<B>>>> {
-        // Nothing panics while the lock is held.
-        self.by_backend
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// A ready connection to `backend`, dropping closed ones on the way.
-    fn checkout(&self, backend: &Authority) -> Option<SendRequest<B>> {
-        let mut pool = self.lock();
-        let conns = pool.get_mut(backend)?;
-        let mut i = conns.len();
-        while i > 0 {
-            i -= 1;
-            if conns[i].is_closed() {
-                conns.swap_remove(i);
-            } else if conns[i].is_ready() {
-                return Some(conns.swap_remove(i));
-            }
+    /// `backend`'s slot, made on first use.
+    fn slot(&self, backend: &str) -> Arc<Slot<B>> {
+        let mut pool = lock(&self.by_backend);
+        if let Some(slot) = pool.get(backend) {
+            return Arc::clone(slot);
         }
-        None
+        let slot = Arc::new(Slot {
+            idle: Mutex::new(Vec::new()),
+            max: self.max_per_backend,
+        });
+        pool.insert(backend.into(), Arc::clone(&slot));
+        slot
+    }
+}
+
+impl<B> Slot<B> {
+    fn checkout(&self) -> Option<Conn<B>> {
+        lock(&self.idle).pop()
     }
 
-    fn checkin(&self, backend: Authority, conn: SendRequest<B>) {
-        if conn.is_closed() {
+    fn checkin(&self, conn: Conn<B>) {
+        if conn.io.is_none() || conn.send.is_closed() {
             return;
         }
-        let mut pool = self.lock();
-        let conns = pool.entry(backend).or_default();
-        if conns.len() < self.max_per_backend {
-            conns.push(conn);
+        let mut idle = lock(&self.idle);
+        if idle.len() < self.max {
+            idle.push(conn);
         }
     }
 }
 
-/// A new connection to `backend`, driven by a task on this runtime.
-async fn connect<B>(backend: &Authority) -> Result<SendRequest<B>, BoxError>
+impl<B> Conn<B>
 where
-    B: http_body::Body + Send + 'static,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    /// Polls the connection: reads and writes whatever it can. Returns
+    /// whether it is still open.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(io) = &mut self.io {
+            if io.as_mut().poll(cx).is_ready() {
+                // Closed, or failed: the request in flight, if any, gets
+                // the error through its own future.
+                self.io = None;
+            }
+        }
+        self.io.is_some()
+    }
+
+    /// Waits until a request can be sent; `false` if the connection ended
+    /// first.
+    async fn ready(&mut self) -> bool {
+        poll_fn(|cx| {
+            let open = self.drive(cx);
+            match self.send.poll_ready(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(true),
+                Poll::Ready(Err(_)) => Poll::Ready(false),
+                Poll::Pending if open => Poll::Pending,
+                Poll::Pending => Poll::Ready(false),
+            }
+        })
+        .await
+    }
+
+    /// Sends `req` and drives the connection until the response head.
+    async fn send(
+        &mut self,
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<B>>> {
+        let mut sent = pin!(self.send.try_send_request(req));
+        let io = &mut self.io;
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = sent.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            if let Some(conn) = io {
+                if conn.as_mut().poll(cx).is_ready() {
+                    *io = None;
+                }
+            }
+            // Whatever the connection did (wrote the request, read the
+            // head, closed) the request's future may know now.
+            sent.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+/// A new connection to `backend`, for the caller to drive.
+async fn connect<B>(backend: Authority, timeout: Option<Duration>) -> Result<Conn<B>, BoxError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let stream = connect_tcp(&backend, timeout).await?;
+    let (send, io) = http1::handshake(TokioIo::new(stream)).await?;
+    Ok(Conn {
+        send,
+        io: Some(Box::pin(io)),
+    })
+}
+
+/// A TCP connection to `backend`, with `TCP_NODELAY`.
+async fn connect_tcp(
+    backend: &Authority,
+    timeout: Option<Duration>,
+) -> Result<TcpStream, ConnectError> {
     let port = backend.port_u16().unwrap_or(80);
     // An IPv6 literal is bracketed in the authority.
     let host = backend.host().trim_start_matches('[').trim_end_matches(']');
-    let stream = TcpStream::connect((host, port)).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    let connecting = TcpStream::connect((host, port));
+    let stream = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, connecting).await {
+            Ok(connected) => connected,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        },
+        None => connecting.await,
+    };
+    let stream = stream.map_err(|source| ConnectError { source })?;
+    stream
+        .set_nodelay(true)
+        .map_err(|source| ConnectError { source })?;
+    Ok(stream)
+}
+
+/// [`WorkerUpstream`] could not connect to the backend (refused, timed out,
+/// unreachable): nothing of the request was sent, so any request may be
+/// tried on another backend, whatever its method. The `io::Error` is its
+/// source.
+///
+/// ```
+/// use tower_lb::layer::NextUpstreamLayer;
+/// use tower_lb::proxy::ConnectError;
+///
+/// // Retried whatever the method: a connect timeout too, not only a refusal.
+/// let retries = NextUpstreamLayer::new().never_sent(|e| e.is::<ConnectError>());
+/// # let _ = retries;
+/// ```
+#[derive(Debug)]
+pub struct ConnectError {
+    source: io::Error,
+}
+
+impl ConnectError {
+    /// What the connect failed with.
+    pub fn io_error(&self) -> &io::Error {
+        &self.source
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "could not connect to the backend: {}", self.source)
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// A new connection to `backend` on a task of its own, for an upgrade: the
+/// connection then becomes the tunnel's, which outlives the response.
+async fn connect_spawned<B>(
+    backend: Authority,
+    timeout: Option<Duration>,
+) -> Result<SendRequest<B>, BoxError>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let stream = connect_tcp(&backend, timeout).await?;
+    let (send, io) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         // Its errors reach the request that was using it.
-        let _ = conn.with_upgrades().await;
+        let _ = io.with_upgrades().await;
     });
-    Ok(sender)
+    Ok(send)
 }
 
 /// The backend of a request the director addressed: its authority, and the
@@ -177,14 +373,13 @@ fn prepare<B>(req: &mut Request<B>) -> Result<Authority, BoxError> {
 
 impl<B> Service<Request<B>> for WorkerUpstream<B>
 where
-    B: http_body::Body + Send + Unpin + 'static,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<Incoming>;
+    type Response = Response<UpstreamBody<B>>;
     type Error = BoxError;
-    // The response is awaited before it is returned (the connection goes
-    // back to the pool then), as in `Upstream`.
+    // The response head is awaited before it is returned, as in `Upstream`.
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     #[inline]
@@ -193,36 +388,185 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let client_side = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        let tunnel_load = super::tunnel_load(&req, client_side.is_some());
         let pool = Arc::clone(&self.pool);
+        let timeout = self.connect_timeout;
+        if is_upgrade(&req) {
+            return Box::pin(upgrade(req, timeout));
+        }
         Box::pin(async move {
             let backend = prepare(&mut req)?;
-            let (mut conn, reused) = match pool.checkout(&backend) {
-                Some(conn) => (conn, true),
-                None => (connect(&backend).await?, false),
+            let slot = pool.slot(backend.as_str());
+            // The newest idle connection that is still open and ready.
+            let mut reused = true;
+            let mut conn = loop {
+                match slot.checkout() {
+                    Some(mut conn) => {
+                        if conn.ready().await {
+                            break conn;
+                        }
+                    }
+                    None => {
+                        reused = false;
+                        break Box::pin(connect(backend.clone(), timeout)).await?;
+                    }
+                }
             };
-            let mut res = match conn.try_send_request(req).await {
+            let res = match conn.send(req).await {
                 Ok(res) => res,
                 Err(mut error) => match error.take_message() {
                     // Closed under us before the request was written: once
                     // more, on a fresh connection.
                     Some(req) if reused => {
-                        conn = connect(&backend).await?;
-                        conn.send_request(req).await?
+                        conn = Box::pin(connect(backend, timeout)).await?;
+                        conn.send(req).await.map_err(|e| e.into_error())?
                     }
                     _ => return Err(error.into_error().into()),
                 },
             };
-            if client_side.is_none() {
-                pool.checkin(backend, conn);
-            }
-            if let Some(client_side) = client_side {
-                if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    super::splice_upgrade(client_side, hyper::upgrade::on(&mut res), tunnel_load);
-                }
-            }
-            Ok(res)
+            let lease = Lease { conn, slot };
+            Ok(res.map(|body| UpstreamBody::leased(body, lease)))
         })
+    }
+}
+
+/// An upgrade request: a connection of its own, on a task of its own, then
+/// the tunnel if the backend switches protocols.
+async fn upgrade<B>(
+    mut req: Request<B>,
+    timeout: Option<Duration>,
+) -> Result<Response<UpstreamBody<B>>, BoxError>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let client_side = hyper::upgrade::on(&mut req);
+    let tunnel_load = super::tunnel_load(&req, true);
+    let backend = prepare(&mut req)?;
+    let mut send = connect_spawned(backend, timeout).await?;
+    let mut res = send.send_request(req).await?;
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        super::splice_upgrade(client_side, hyper::upgrade::on(&mut res), tunnel_load);
+    }
+    Ok(res.map(UpstreamBody::plain))
+}
+
+/// A connection lent to one response: back to its slot when the body ends.
+struct Lease<B> {
+    conn: Conn<B>,
+    slot: Arc<Slot<B>>,
+}
+
+pin_project_lite::pin_project! {
+    /// The response body of a [`WorkerUpstream`] request: the backend's
+    /// body, read by driving the backend connection, which goes back to the
+    /// pool as soon as the body has ended. Dropped before its end, it
+    /// closes the connection (what is left of the response is not read).
+    pub struct UpstreamBody<B> {
+        #[pin]
+        inner: Incoming,
+        lease: Option<Lease<B>>,
+    }
+}
+
+impl<B> std::fmt::Debug for UpstreamBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("inner", &self.inner)
+            .field("pooled", &self.lease.is_some())
+            .finish()
+    }
+}
+
+impl<B> UpstreamBody<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn leased(inner: Incoming, lease: Lease<B>) -> Self {
+        let mut body = UpstreamBody {
+            inner,
+            lease: Some(lease),
+        };
+        // No body to read (HEAD, 204, 304, `Content-Length: 0`): the
+        // connection is free now. A server may never poll such a body.
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn plain(inner: Incoming) -> Self {
+        UpstreamBody { inner, lease: None }
+    }
+
+    fn release(&mut self) {
+        release(&mut self.lease);
+    }
+}
+
+/// Puts a lent connection back in its slot.
+fn release<B>(lease: &mut Option<Lease<B>>) {
+    if let Some(Lease { conn, slot }) = lease.take() {
+        slot.checkin(conn);
+    }
+}
+
+impl<B> Body for UpstreamBody<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let mut driven = false;
+        loop {
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // The last frame: a server that sees the end does not
+                    // poll again, so the connection goes back now.
+                    if this.inner.is_end_stream() {
+                        release(this.lease);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => {
+                    release(this.lease);
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    *this.lease = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Poll::Pending => match this.lease {
+                    // Once: the connection, driven, may have just handed
+                    // the body its next frame.
+                    Some(lease) if !driven => {
+                        driven = true;
+                        if !lease.conn.drive(cx) {
+                            // Closed mid-body: the body reports how.
+                            *this.lease = None;
+                        }
+                    }
+                    _ => return Poll::Pending,
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
