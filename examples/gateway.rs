@@ -20,7 +20,9 @@
 //! exit), `--requests N` (for `--demo`, default 12), `--sticky` (insert a
 //! sticky cookie `lb`, as HAProxy's `cookie lb insert`; the secret comes from
 //! `TOWER_LB_SECRET`, at least 32 random bytes in base64 or hex, made with
-//! `openssl rand -base64 32`, or is generated for this run).
+//! `openssl rand -base64 32`, or is generated for this run), `--workers N`
+//! (runtime threads; default: one per CPU the process may run on, and on
+//! one CPU a current-thread runtime).
 //!
 //! Passive health is on with nginx's defaults (`max_fails=1`,
 //! `fail_timeout=10s`): stop a backend and its traffic moves to the others
@@ -77,6 +79,8 @@ struct Options {
     requests: usize,
     sticky: bool,
     retry: support::retry::RetryOptions,
+    /// Runtime threads (`--workers N`).
+    workers: usize,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     upstream_ca: Option<PathBuf>,
@@ -94,6 +98,7 @@ fn parse_args() -> Result<Options, String> {
         requests: 12,
         sticky: false,
         retry: Default::default(),
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         tls_cert: None,
         tls_key: None,
         upstream_ca: None,
@@ -137,6 +142,13 @@ fn parse_args() -> Result<Options, String> {
             "--backend" => o
                 .external
                 .push(support::parse_backend(&value("--backend")?)?),
+            "--workers" => {
+                o.workers = value("--workers")?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or("--workers takes a number from 1 to 256")?
+            }
             "--demo" => o.demo = true,
             "--sticky" => o.sticky = true,
             "--tls-cert" => o.tls_cert = Some(value("--tls-cert")?.into()),
@@ -156,6 +168,7 @@ fn parse_args() -> Result<Options, String> {
                 return Err(format!(
                     "usage: gateway [--strategy NAME] [--backend URL[=WEIGHT]]... [--backends N] \
                      [--weights 5,1,1] [--listen ADDR] [--demo] [--requests N] [--sticky] \
+                     [--workers N] \
                      [--tls-cert FILE --tls-key FILE] [--upstream-ca FILE] \
                      [--concurrency-limit N [--load-shed]] [--rate-limit N[/SECONDS]] {}",
                     support::retry::USAGE
@@ -184,8 +197,7 @@ fn user_key(req: &Request<ReplayBody<Incoming>>) -> Option<AffinityKey<'_>> {
     req.headers().get("x-user").map(|v| v.as_bytes().into())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let options = match parse_args() {
         Ok(o) => o,
         Err(message) => {
@@ -193,7 +205,26 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(options).await {
+    // One thread per core the gateway may run on. On one core a
+    // current-thread runtime: no work-stealing scheduler, no thread to hand
+    // wake-ups to (measured: docs/benchmarks.md).
+    let runtime = match options.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("gateway: {message}");

@@ -35,6 +35,11 @@ async fn counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    if req.uri().path() == "/echo" {
+                        // The whole request body back, once it has all come.
+                        let got = req.into_body().collect().await.unwrap().to_bytes();
+                        return Ok::<_, Infallible>(Response::new(Full::new(got)));
+                    }
                     let body = match req.uri().path() {
                         "/big" => Bytes::from(vec![b'x'; 4 << 20]),
                         "/empty" => Bytes::new(),
@@ -251,4 +256,60 @@ async fn a_refused_connect_is_a_connect_error() {
         connect.io_error().kind(),
         std::io::ErrorKind::ConnectionRefused
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_body_read_slowly_arrives_whole_and_its_connection_is_reused() {
+    let (addr, accepted) = counting_backend().await;
+    let mut upstream = WorkerUpstream::new();
+    let mut body = get(&mut upstream, addr, "/big").await.into_body();
+    // A slow reader: the body drives the connection, frame by frame.
+    let mut total = 0;
+    let mut frames = 0;
+    while let Some(frame) = body.frame().await {
+        let data = frame.unwrap().into_data().unwrap();
+        assert!(data.iter().all(|&b| b == b'x'));
+        total += data.len();
+        frames += 1;
+        if frames % 16 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    assert_eq!(total, 4 << 20);
+    assert!(frames > 1, "read in one frame: the test reads nothing slowly");
+    let res = get(&mut upstream, addr, "/").await;
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_body_streamed_over_time_reaches_the_backend_whole() {
+    use http_body_util::StreamBody;
+
+    let (addr, accepted) = counting_backend().await;
+    let mut upstream = WorkerUpstream::new();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (frame, rx))
+    });
+    let req = Request::post(format!("http://{addr}/echo"))
+        .body(StreamBody::new(Box::pin(stream)))
+        .unwrap();
+    let sending = tokio::spawn(async move {
+        for i in 0..50u8 {
+            let chunk = Bytes::from(vec![b'a' + i % 26; 10_000]);
+            tx.send(Ok(http_body::Frame::data(chunk))).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    });
+    // The response waits for the whole body: the request's future must
+    // keep writing it (the connection is driven from here, not a task).
+    let res = upstream.ready().await.unwrap().call(req).await.unwrap();
+    sending.await.unwrap();
+    let echoed = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(echoed.len(), 500_000);
+    for (i, chunk) in echoed.chunks(10_000).enumerate() {
+        assert!(chunk.iter().all(|&b| b == b'a' + (i % 26) as u8));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
