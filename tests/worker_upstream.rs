@@ -276,7 +276,10 @@ async fn a_large_body_read_slowly_arrives_whole_and_its_connection_is_reused() {
         }
     }
     assert_eq!(total, 4 << 20);
-    assert!(frames > 1, "read in one frame: the test reads nothing slowly");
+    assert!(
+        frames > 1,
+        "read in one frame: the test reads nothing slowly"
+    );
     let res = get(&mut upstream, addr, "/").await;
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -312,4 +315,161 @@ async fn a_request_body_streamed_over_time_reaches_the_backend_whole() {
         assert!(chunk.iter().all(|&b| b == b'a' + (i % 26) as u8));
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// A backend on raw sockets: a POST is answered `413` at once, before its
+/// body is read, and the connection is kept open (its body never read); a
+/// GET is answered `ok`. Counts its connections.
+async fn refusing_upload_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if seen.starts_with(b"POST") {
+                        let _ = stream
+                            .write_all(
+                                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
+                            )
+                            .await;
+                        // The upload is never read: the connection idles.
+                        while let Ok(n) = stream.read(&mut buf).await {
+                            if n == 0 {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_still_writing_an_upload_is_not_pooled() {
+    use http_body_util::StreamBody;
+
+    let (addr, accepted) = refusing_upload_backend().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (frame, rx))
+    });
+    type Frames = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<http_body::Frame<Bytes>, Infallible>> + Send>,
+    >;
+    let mut uploads = WorkerUpstream::<StreamBody<Frames>>::new();
+    let req = Request::post(format!("http://{addr}/upload"))
+        .header("content-length", "1000000")
+        .body(StreamBody::new(Box::pin(stream) as Frames))
+        .unwrap();
+    tx.send(Ok(http_body::Frame::data(Bytes::from(vec![b'u'; 1000]))))
+        .await
+        .unwrap();
+    let refused = uploads.ready().await.unwrap().call(req).await.unwrap();
+    // Answered before the upload ended (the sender is still open): the
+    // connection is still writing it and must not be handed to the next
+    // request, which would wait on that upload.
+    assert_eq!(refused.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    let req = Request::get(format!("http://{addr}/"))
+        .body(StreamBody::new(
+            Box::pin(futures_util::stream::empty()) as Frames
+        ))
+        .unwrap();
+    let res = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        uploads.ready().await.unwrap().call(req),
+    )
+    .await
+    .expect("the GET waited on a connection busy with another upload")
+    .unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    drop(tx);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_chunked_response_with_trailers_frees_its_connection_at_the_trailers() {
+    use http_body_util::StreamBody;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: Request<hyper::body::Incoming>| async move {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    let frames = vec![
+                        Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b"chunk"))),
+                        Ok(http_body::Frame::trailers(trailers)),
+                    ];
+                    let mut res =
+                        Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+                    res.headers_mut()
+                        .insert(http::header::TRAILER, "grpc-status".parse().unwrap());
+                    Ok::<_, Infallible>(res)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let mut upstream = WorkerUpstream::new();
+    for _ in 0..5 {
+        let req = Request::get(format!("http://{addr}/"))
+            .header(http::header::TE, "trailers")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let mut body = upstream
+            .ready()
+            .await
+            .unwrap()
+            .call(req)
+            .await
+            .unwrap()
+            .into_body();
+        // Read as hyper's server reads: up to the trailers, then dropped.
+        let mut saw_trailers = false;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap();
+            if let Some(trailers) = frame.trailers_ref() {
+                assert_eq!(trailers["grpc-status"], "0");
+                saw_trailers = true;
+                break;
+            }
+        }
+        assert!(saw_trailers);
+        drop(body);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn the_response_body_is_send_and_sync_as_hypers_is() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<UpstreamBody<Full<Bytes>>>();
+    send_sync::<UpstreamBody<hyper::body::Incoming>>();
 }

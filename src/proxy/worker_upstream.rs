@@ -95,9 +95,19 @@ impl<B> std::fmt::Debug for Pool<B> {
 
 /// One backend's idle connections, newest last.
 struct Slot<B> {
-    idle: Mutex<Vec<Conn<B>>>,
+    idle: Mutex<Idle<B>>,
     max: usize,
 }
+
+struct Idle<B> {
+    conns: Vec<Conn<B>>,
+    /// Check-ins so far: every [`SWEEP_EVERY`]th looks at the oldest idle
+    /// connection, so that one the backend closed does not linger there.
+    checkins: usize,
+}
+
+/// How often a check-in looks at the oldest idle connection of its slot.
+const SWEEP_EVERY: usize = 32;
 
 /// A backend connection: the handle requests are sent through, and the
 /// connection itself, which whoever holds it polls.
@@ -105,8 +115,10 @@ struct Conn<B> {
     send: SendRequest<B>,
     /// The connection itself (hyper's `Connection`, boxed once per
     /// connection so that the types above need no bounds); `None` once it
-    /// has ended (closed, or failed).
-    io: Option<ConnectionFuture>,
+    /// has ended (closed, or failed). Behind a `Mutex` only so that
+    /// [`UpstreamBody`] is `Sync` as hyper's `Incoming` is (boxed bodies
+    /// need it); it is only reached through `&mut` (`get_mut`, no lock).
+    io: Option<Mutex<ConnectionFuture>>,
 }
 
 /// A backend connection, which reads and writes when polled.
@@ -171,7 +183,10 @@ impl<B> Pool<B> {
             return Arc::clone(slot);
         }
         let slot = Arc::new(Slot {
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle {
+                conns: Vec::new(),
+                checkins: 0,
+            }),
             max: self.max_per_backend,
         });
         pool.insert(backend.into(), Arc::clone(&slot));
@@ -179,18 +194,45 @@ impl<B> Pool<B> {
     }
 }
 
-impl<B> Slot<B> {
+impl<B> Slot<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     fn checkout(&self) -> Option<Conn<B>> {
-        lock(&self.idle).pop()
+        lock(&self.idle).conns.pop()
     }
 
-    fn checkin(&self, conn: Conn<B>) {
-        if conn.io.is_none() || conn.send.is_closed() {
+    /// Keeps `conn` for the next request if it can take one now: its
+    /// response has been read and its request written. A connection still
+    /// writing a request body (a backend may answer, 413 say, before
+    /// reading it all) is dropped instead: pooled, nobody would drive it,
+    /// and both that upload and the next request would wait on it.
+    fn checkin(&self, mut conn: Conn<B>, cx: &mut Context<'_>) {
+        if !conn.send.is_ready() {
+            // The poll that ended the body may not have turned the
+            // connection round yet: once more.
+            conn.drive(cx);
+        }
+        if conn.io.is_none() || !conn.send.is_ready() {
             return;
         }
         let mut idle = lock(&self.idle);
-        if idle.len() < self.max {
-            idle.push(conn);
+        idle.checkins = idle.checkins.wrapping_add(1);
+        if idle.checkins % SWEEP_EVERY == 0 {
+            // The oldest idle connection is the least likely to be taken
+            // soon: see whether its backend closed it meanwhile.
+            let closed = idle.conns.first_mut().is_some_and(|oldest| {
+                let mut noop = Context::from_waker(std::task::Waker::noop());
+                !oldest.drive(&mut noop)
+            });
+            if closed {
+                idle.conns.remove(0);
+            }
+        }
+        if idle.conns.len() < self.max {
+            idle.conns.push(conn);
         }
     }
 }
@@ -205,6 +247,9 @@ where
     /// whether it is still open.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         if let Some(io) = &mut self.io {
+            let io = io
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if io.as_mut().poll(cx).is_ready() {
                 // Closed, or failed: the request in flight, if any, gets
                 // the error through its own future.
@@ -241,6 +286,9 @@ where
                 return Poll::Ready(result);
             }
             if let Some(conn) = io {
+                let conn = conn
+                    .get_mut()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                 if conn.as_mut().poll(cx).is_ready() {
                     *io = None;
                 }
@@ -264,7 +312,7 @@ where
     let (send, io) = http1::handshake(TokioIo::new(stream)).await?;
     Ok(Conn {
         send,
-        io: Some(Box::pin(io)),
+        io: Some(Mutex::new(Box::pin(io))),
     })
 }
 
@@ -418,14 +466,36 @@ where
                     // more, on a fresh connection.
                     Some(req) if reused => {
                         conn = Box::pin(connect(backend, timeout)).await?;
-                        conn.send(req).await.map_err(|e| e.into_error())?
+                        match conn.send(req).await {
+                            Ok(res) => res,
+                            Err(error) => return Err(unsent(error)),
+                        }
                     }
-                    _ => return Err(error.into_error().into()),
+                    Some(_) => return Err(Box::new(closed_before_sending())),
+                    None => return Err(error.into_error().into()),
                 },
             };
             let lease = Lease { conn, slot };
             Ok(res.map(|body| UpstreamBody::leased(body, lease)))
         })
+    }
+}
+
+/// The error of a send on a new connection: a request the connection
+/// closed before writing it was not sent at all, as when the connect fails.
+fn unsent<B>(mut error: hyper::client::conn::TrySendError<Request<B>>) -> BoxError {
+    match error.take_message() {
+        Some(_) => Box::new(closed_before_sending()),
+        None => Box::new(error.into_error()),
+    }
+}
+
+fn closed_before_sending() -> ConnectError {
+    ConnectError {
+        source: io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "the backend closed a new connection before the request was written",
+        ),
     }
 }
 
@@ -492,7 +562,8 @@ where
         // No body to read (HEAD, 204, 304, `Content-Length: 0`): the
         // connection is free now. A server may never poll such a body.
         if body.inner.is_end_stream() {
-            body.release();
+            let mut noop = Context::from_waker(std::task::Waker::noop());
+            release(&mut body.lease, &mut noop);
         }
         body
     }
@@ -500,16 +571,17 @@ where
     fn plain(inner: Incoming) -> Self {
         UpstreamBody { inner, lease: None }
     }
-
-    fn release(&mut self) {
-        release(&mut self.lease);
-    }
 }
 
-/// Puts a lent connection back in its slot.
-fn release<B>(lease: &mut Option<Lease<B>>) {
+/// Puts a lent connection back in its slot, if it can take a request.
+fn release<B>(lease: &mut Option<Lease<B>>, cx: &mut Context<'_>)
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     if let Some(Lease { conn, slot }) = lease.take() {
-        slot.checkin(conn);
+        slot.checkin(conn, cx);
     }
 }
 
@@ -532,14 +604,16 @@ where
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     // The last frame: a server that sees the end does not
-                    // poll again, so the connection goes back now.
-                    if this.inner.is_end_stream() {
-                        release(this.lease);
+                    // poll again, so the connection goes back now. Trailers
+                    // end a chunked body, which never reports its end
+                    // before; hyper's server stops polling after them.
+                    if frame.is_trailers() || this.inner.is_end_stream() {
+                        release(this.lease, cx);
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(None) => {
-                    release(this.lease);
+                    release(this.lease, cx);
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(error))) => {
