@@ -438,7 +438,7 @@ impl<D: Clone> Replay<D> {
             Replay::Empty => Some(ReplayBody { kind: Kind::Empty }),
             Replay::Buffered(buffer) => Some(ReplayBody {
                 kind: Kind::Buffered {
-                    buffer: buffer.clone(),
+                    buffer: Box::new(buffer.clone()),
                     started: false,
                 },
             }),
@@ -500,8 +500,13 @@ where
             (
                 Replay::Streamed,
                 State::Buffering {
-                    parts: Some(parts),
-                    body: Some(body),
+                    buffering: Some(Box::new(Buffering {
+                        parts,
+                        body,
+                        first: None,
+                        chunks: Vec::new(),
+                        trailers: None,
+                    })),
                 },
             )
         } else {
@@ -520,9 +525,6 @@ where
             retries,
             template,
             replay,
-            first: None,
-            chunks: Vec::new(),
-            trailers: None,
             hint,
             tried: TriedBackends::default(),
             attempts: 1,
@@ -549,10 +551,6 @@ pin_project! {
         // The head retries are built from; none for a streamed body.
         template: Option<Template>,
         replay: Replay<B::Data>,
-        // The body read so far, while buffering.
-        first: Option<B::Data>,
-        chunks: Vec<B::Data>,
-        trailers: Option<Box<HeaderMap>>,
         hint: SizeHint,
         tried: TriedBackends,
         attempts: usize,
@@ -567,11 +565,12 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B> {
-        // Reading a short body whole before the first attempt.
+    enum State<F, B: Body> {
+        // Reading a short body whole before the first attempt. Boxed: only
+        // such requests pay for the room, and every future stays small
+        // (the future is moved several times on its way to the server).
         Buffering {
-            parts: Option<http::request::Parts>,
-            body: Option<B>,
+            buffering: Option<Box<Buffering<B>>>,
         },
         Calling {
             #[pin]
@@ -581,6 +580,16 @@ pin_project! {
         Retrying,
         Done,
     }
+}
+
+/// A request whose body is being read whole before its first attempt.
+struct Buffering<B: Body> {
+    parts: http::request::Parts,
+    body: B,
+    // The body read so far.
+    first: Option<B::Data>,
+    chunks: Vec<B::Data>,
+    trailers: Option<Box<HeaderMap>>,
 }
 
 /// How an attempt failed, for the retry decision.
@@ -605,22 +614,22 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Buffering { parts, body } => {
-                    let Some(reading) = body.as_mut() else {
+                StateProj::Buffering { buffering } => {
+                    let Some(reading) = buffering.as_mut() else {
                         panic!("ResponseFuture polled after completion");
                     };
-                    match ready!(Pin::new(reading).poll_frame(cx)) {
+                    match ready!(Pin::new(&mut reading.body).poll_frame(cx)) {
                         Some(Ok(frame)) => match frame.into_data() {
                             Ok(data) => {
-                                if this.first.is_none() {
-                                    *this.first = Some(data);
+                                if reading.first.is_none() {
+                                    reading.first = Some(data);
                                 } else {
-                                    this.chunks.push(data);
+                                    reading.chunks.push(data);
                                 }
                             }
                             Err(frame) => {
                                 if let Ok(trailers) = frame.into_trailers() {
-                                    *this.trailers = Some(Box::new(trailers));
+                                    reading.trailers = Some(Box::new(trailers));
                                 }
                             }
                         },
@@ -634,11 +643,12 @@ where
                             }));
                         }
                         None => {
-                            let parts = parts.take().expect("buffering holds the request head");
+                            let read = *buffering.take().expect("checked above");
+                            let parts = read.parts;
                             *this.replay = Replay::Buffered(Buffered {
-                                first: this.first.take(),
-                                rest: std::mem::take(this.chunks).into_iter(),
-                                trailers: this.trailers.take(),
+                                first: read.first,
+                                rest: read.chunks.into_iter(),
+                                trailers: read.trailers,
                                 hint: *this.hint,
                             });
                             let body = this.replay.body().expect("a buffered body replays");
@@ -850,8 +860,10 @@ pub struct ReplayBody<B: Body> {
 
 enum Kind<B: Body> {
     Empty,
+    // Boxed: a request is moved many times on its way to the backend, and
+    // only a replayed body needs the room.
     Buffered {
-        buffer: Buffered<B::Data>,
+        buffer: Box<Buffered<B::Data>>,
         started: bool,
     },
     Streaming {
