@@ -473,3 +473,80 @@ fn the_response_body_is_send_and_sync_as_hypers_is() {
     send_sync::<UpstreamBody<Full<Bytes>>>();
     send_sync::<UpstreamBody<hyper::body::Incoming>>();
 }
+
+/// A keep-alive backend that counts the connections it accepted and the
+/// ones that were closed.
+async fn closing_counting_backend() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, c) = (Arc::clone(&accepted), Arc::clone(&closed));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            a.fetch_add(1, Ordering::SeqCst);
+            let c = Arc::clone(&c);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, accepted, closed)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_connection_past_the_idle_timeout_is_closed_not_reused() {
+    let (addr, accepted, closed) = closing_counting_backend().await;
+    let mut upstream = WorkerUpstream::new().idle_timeout(std::time::Duration::from_millis(50));
+    for _ in 0..3 {
+        let res = get(&mut upstream, addr, "/").await;
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "reused within the timeout"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    let res = get(&mut upstream, addr, "/").await;
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection after the timeout"
+    );
+    assert_eq!(settled(&closed, 1).await, 1, "the expired one was closed");
+}
+
+/// `counter` once it reaches `want`, or what it is after 2 s.
+async fn settled(counter: &AtomicUsize, want: usize) -> usize {
+    for _ in 0..200 {
+        if counter.load(Ordering::SeqCst) >= want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    counter.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_backend_no_longer_used_is_left_no_open_connection() {
+    let (gone, _, gone_closed) = closing_counting_backend().await;
+    let (other, _, _) = closing_counting_backend().await;
+    let mut upstream = WorkerUpstream::new().idle_timeout(std::time::Duration::from_millis(50));
+    let res = get(&mut upstream, gone, "/").await;
+    res.into_body().collect().await.unwrap();
+    // `gone` leaves the set: nothing asks for it again. Past the idle
+    // timeout, the next new backend the pool meets sweeps it.
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    assert_eq!(gone_closed.load(Ordering::SeqCst), 0);
+    let res = get(&mut upstream, other, "/").await;
+    res.into_body().collect().await.unwrap();
+    assert_eq!(settled(&gone_closed, 1).await, 1);
+}

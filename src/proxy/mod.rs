@@ -71,7 +71,8 @@ use crate::{BoxError, Error};
 mod worker_upstream;
 
 pub use self::worker_upstream::{
-    ConnectError, UpstreamBody, WorkerUpstream, DEFAULT_MAX_CONNECTIONS_PER_BACKEND,
+    ConnectError, UpstreamBody, WorkerUpstream, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS_PER_BACKEND,
 };
 
 /// What [`serve`] answers with: the stack's own response body, or the short

@@ -8,7 +8,7 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
@@ -26,6 +26,10 @@ use crate::BoxError;
 /// default: as nginx's `keepalive`, a cap on what is kept, not on what is
 /// opened.
 pub const DEFAULT_MAX_CONNECTIONS_PER_BACKEND: usize = 256;
+
+/// How long an idle connection is kept by default: nginx's upstream
+/// `keepalive_timeout`, 60 seconds.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The upstream client for one worker thread: HTTP/1.1 over plain TCP with
 /// a keep-alive pool of its own, and WebSocket passthrough as in
@@ -81,9 +85,21 @@ impl<B> Clone for WorkerUpstream<B> {
 
 /// The idle connections of every backend seen so far.
 struct Pool<B> {
-    by_backend: Mutex<HashMap<Box<str>, Arc<Slot<B>>>>,
+    by_backend: Mutex<Slots<B>>,
     max_per_backend: usize,
+    idle_timeout: Duration,
 }
+
+struct Slots<B> {
+    by_backend: HashMap<Box<str>, Arc<Slot<B>>>,
+    /// Look-ups so far: every [`SWEEP_SLOTS_EVERY`]th, and every new
+    /// backend, sweeps the slots (a backend that left the set leaves no
+    /// connections behind for long).
+    lookups: usize,
+}
+
+/// How often a slot look-up sweeps every slot for expired connections.
+const SWEEP_SLOTS_EVERY: usize = 4096;
 
 impl<B> std::fmt::Debug for Pool<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,6 +113,7 @@ impl<B> std::fmt::Debug for Pool<B> {
 struct Slot<B> {
     idle: Mutex<Idle<B>>,
     max: usize,
+    idle_timeout: Duration,
 }
 
 struct Idle<B> {
@@ -113,6 +130,8 @@ const SWEEP_EVERY: usize = 32;
 /// connection itself, which whoever holds it polls.
 struct Conn<B> {
     send: SendRequest<B>,
+    /// When it was last put back in the pool.
+    idle_since: Instant,
     /// The connection itself (hyper's `Connection`, boxed once per
     /// connection so that the types above need no bounds); `None` once it
     /// has ended (closed, or failed). Behind a `Mutex` only so that
@@ -150,11 +169,45 @@ impl<B> WorkerUpstream<B> {
     pub fn with_max_connections_per_backend(max: usize) -> Self {
         WorkerUpstream {
             pool: Arc::new(Pool {
-                by_backend: Mutex::new(HashMap::new()),
+                by_backend: Mutex::new(Slots {
+                    by_backend: HashMap::new(),
+                    lookups: 0,
+                }),
                 max_per_backend: max.max(1),
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
             }),
             connect_timeout: None,
         }
+    }
+
+    /// Closes a connection that has been idle for `timeout` (nginx's
+    /// upstream `keepalive_timeout`; default [`DEFAULT_IDLE_TIMEOUT`]),
+    /// instead of sending a request on it: a backend may have dropped it by
+    /// then. Expired connections are closed when their backend is next
+    /// used, and otherwise within a few thousand requests to other
+    /// backends, so a backend that left the set leaves nothing open. Set it
+    /// before cloning: the setting is the pool's, and a client already
+    /// cloned gets a pool of its own.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_lb::proxy::WorkerUpstream;
+    /// let upstream: WorkerUpstream = WorkerUpstream::new().idle_timeout(Duration::from_secs(4));
+    /// # let _ = upstream;
+    /// ```
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        match Arc::get_mut(&mut self.pool) {
+            Some(pool) => pool.idle_timeout = timeout,
+            None => {
+                let max = self.pool.max_per_backend;
+                let mut fresh = WorkerUpstream::<B>::with_max_connections_per_backend(max);
+                if let Some(pool) = Arc::get_mut(&mut fresh.pool) {
+                    pool.idle_timeout = timeout;
+                }
+                self.pool = fresh.pool;
+            }
+        }
+        self
     }
 
     /// Gives up on a TCP connect after `timeout` (nginx's
@@ -178,19 +231,49 @@ impl<B> WorkerUpstream<B> {
 impl<B> Pool<B> {
     /// `backend`'s slot, made on first use.
     fn slot(&self, backend: &str) -> Arc<Slot<B>> {
-        let mut pool = lock(&self.by_backend);
-        if let Some(slot) = pool.get(backend) {
-            return Arc::clone(slot);
+        let mut slots = lock(&self.by_backend);
+        slots.lookups = slots.lookups.wrapping_add(1);
+        let sweep = slots.lookups % SWEEP_SLOTS_EVERY == 0;
+        if let Some(slot) = slots.by_backend.get(backend) {
+            let slot = Arc::clone(slot);
+            if sweep {
+                self.sweep(&mut slots.by_backend);
+            }
+            return slot;
         }
+        self.sweep(&mut slots.by_backend);
         let slot = Arc::new(Slot {
             idle: Mutex::new(Idle {
                 conns: Vec::new(),
                 checkins: 0,
             }),
             max: self.max_per_backend,
+            idle_timeout: self.idle_timeout,
         });
-        pool.insert(backend.into(), Arc::clone(&slot));
+        slots.by_backend.insert(backend.into(), Arc::clone(&slot));
         slot
+    }
+
+    /// Closes every expired idle connection, and forgets the slots left
+    /// empty that no response holds.
+    fn sweep(&self, by_backend: &mut HashMap<Box<str>, Arc<Slot<B>>>) {
+        let now = Instant::now();
+        by_backend.retain(|_, slot| {
+            let mut idle = lock(&slot.idle);
+            idle.expire(now, slot.idle_timeout);
+            !idle.conns.is_empty() || Arc::strong_count(slot) > 1
+        });
+    }
+}
+
+impl<B> Idle<B> {
+    /// Drops the connections idle for `timeout` or longer: the oldest,
+    /// first in line.
+    fn expire(&mut self, now: Instant, timeout: Duration) {
+        let fresh = self
+            .conns
+            .partition_point(|c| now.saturating_duration_since(c.idle_since) >= timeout);
+        self.conns.drain(..fresh);
     }
 }
 
@@ -201,7 +284,12 @@ where
     B::Error: Into<BoxError>,
 {
     fn checkout(&self) -> Option<Conn<B>> {
-        lock(&self.idle).conns.pop()
+        let mut idle = lock(&self.idle);
+        if idle.conns.is_empty() {
+            return None;
+        }
+        idle.expire(Instant::now(), self.idle_timeout);
+        idle.conns.pop()
     }
 
     /// Keeps `conn` for the next request if it can take one now: its
@@ -218,6 +306,7 @@ where
         if conn.io.is_none() || !conn.send.is_ready() {
             return;
         }
+        conn.idle_since = Instant::now();
         let mut idle = lock(&self.idle);
         idle.checkins = idle.checkins.wrapping_add(1);
         if idle.checkins % SWEEP_EVERY == 0 {
@@ -312,6 +401,7 @@ where
     let (send, io) = http1::handshake(TokioIo::new(stream)).await?;
     Ok(Conn {
         send,
+        idle_since: Instant::now(),
         io: Some(Mutex::new(Box::pin(io))),
     })
 }
