@@ -111,13 +111,7 @@ fn parse_args() -> Result<Options, String> {
             "--strategy" => {
                 o.strategy = value("--strategy")?.parse().map_err(|e| format!("{e}"))?
             }
-            "--backends" => {
-                o.backends = value("--backends")?
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=64).contains(n))
-                    .ok_or("--backends takes a number from 1 to 64")?
-            }
+            "--backends" => o.backends = count("--backends", value("--backends")?, 64)?,
             "--weights" => {
                 o.weights = Some(
                     value("--weights")?
@@ -132,23 +126,11 @@ fn parse_args() -> Result<Options, String> {
                     .parse()
                     .map_err(|_| "--listen takes an address like 127.0.0.1:8080")?
             }
-            "--requests" => {
-                o.requests = value("--requests")?
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=100_000).contains(n))
-                    .ok_or("--requests takes a number from 1 to 100000")?
-            }
+            "--requests" => o.requests = count("--requests", value("--requests")?, 100_000)?,
             "--backend" => o
                 .external
                 .push(support::parse_backend(&value("--backend")?)?),
-            "--workers" => {
-                o.workers = value("--workers")?
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=256).contains(n))
-                    .ok_or("--workers takes a number from 1 to 256")?
-            }
+            "--workers" => o.workers = count("--workers", value("--workers")?, 256)?,
             "--demo" => o.demo = true,
             "--sticky" => o.sticky = true,
             "--tls-cert" => o.tls_cert = Some(value("--tls-cert")?.into()),
@@ -190,6 +172,15 @@ fn parse_args() -> Result<Options, String> {
     }
     o.policies.check()?;
     Ok(o)
+}
+
+/// `flag`'s value: a number from 1 to `max`.
+fn count(flag: &str, value: String, max: usize) -> Result<usize, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("{flag} takes a number from 1 to {max}"))
 }
 
 /// The affinity key: the `x-user` header.

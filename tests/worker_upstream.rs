@@ -25,14 +25,21 @@ use tower_lb::proxy::{ConnectError, UpstreamBody, WorkerUpstream};
 /// buffers, so the connection stays busy until the body is read), and
 /// closes after one request on `/close`.
 async fn counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, accepted, _closed) = counting_backend_with_closes().await;
+    (addr, accepted)
+}
+
+/// [`counting_backend`], also counting the connections that were closed.
+async fn counting_backend_with_closes() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (count, closes) = (Arc::clone(&accepted), Arc::clone(&closed));
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             count.fetch_add(1, Ordering::SeqCst);
+            let closes = Arc::clone(&closes);
             tokio::spawn(async move {
                 let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     if req.uri().path() == "/echo" {
@@ -58,10 +65,11 @@ async fn counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
+                closes.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, closed)
 }
 
 async fn get(
@@ -70,6 +78,30 @@ async fn get(
     path: &str,
 ) -> Response<UpstreamBody<Full<Bytes>>> {
     send(upstream, Request::get(format!("http://{addr}{path}"))).await
+}
+
+/// A GET of `/`, answered `ok`.
+async fn get_ok(upstream: &mut WorkerUpstream<Full<Bytes>>, addr: SocketAddr) {
+    let res = get(upstream, addr, "/").await;
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+}
+
+/// A request body streamed as it is sent: frames go in through the
+/// sender, and the body ends when the sender is dropped.
+type Frames = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<http_body::Frame<Bytes>, Infallible>> + Send>,
+>;
+type Streamed = http_body_util::StreamBody<Frames>;
+
+fn streamed_body() -> (
+    tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, Infallible>>,
+    Streamed,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (frame, rx))
+    });
+    (tx, http_body_util::StreamBody::new(Box::pin(frames)))
 }
 
 async fn send(
@@ -85,8 +117,7 @@ async fn sequential_requests_share_one_backend_connection() {
     let (addr, accepted) = counting_backend().await;
     let mut upstream = WorkerUpstream::new();
     for _ in 0..20 {
-        let res = get(&mut upstream, addr, "/").await;
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        get_ok(&mut upstream, addr).await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
@@ -121,8 +152,7 @@ async fn a_connection_the_backend_closed_is_replaced() {
     let mut upstream = WorkerUpstream::new();
     let res = get(&mut upstream, addr, "/close").await;
     res.into_body().collect().await.unwrap();
-    let res = get(&mut upstream, addr, "/").await;
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    get_ok(&mut upstream, addr).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
@@ -154,36 +184,54 @@ async fn a_response_without_a_body_frees_its_connection_at_once() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
-/// A backend on raw sockets that answers one keep-alive request per
-/// connection and closes the connection `idle_close` later, as a backend's
-/// keep-alive timeout does. Counts its connections.
-async fn closing_backend(idle_close: std::time::Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+/// A backend on raw sockets: `serve` handles each accepted connection on
+/// a task of its own. Counts the connections.
+async fn raw_backend<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&accepted);
     tokio::spawn(async move {
         loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(idle_close).await;
-                // Dropped: closed while idle in the client's pool.
-            });
+            tokio::spawn(serve(stream));
         }
     });
     (addr, accepted)
+}
+
+/// Reads up to the end of a request head; `None` if the client closed.
+async fn read_head(stream: &mut tokio::net::TcpStream, buf: &mut [u8]) -> Option<Vec<u8>> {
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(seen)
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// A backend that answers one keep-alive request per connection and closes
+/// the connection `idle_close` later, as a backend's keep-alive timeout
+/// does.
+async fn closing_backend(idle_close: std::time::Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    raw_backend(move |mut stream| async move {
+        let mut buf = vec![0u8; 4096];
+        if read_head(&mut stream, &mut buf).await.is_some() {
+            let _ = stream.write_all(OK).await;
+            tokio::time::sleep(idle_close).await;
+            // Dropped: closed while idle in the client's pool.
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -191,8 +239,7 @@ async fn a_connection_the_backend_closed_while_idle_is_not_used() {
     let (addr, accepted) = closing_backend(std::time::Duration::from_millis(20)).await;
     let mut upstream = WorkerUpstream::new();
     for round in 1..=3 {
-        let res = get(&mut upstream, addr, "/").await;
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        get_ok(&mut upstream, addr).await;
         // Long enough for the backend to close the idle connection: the
         // next request sees that when it takes the connection, and opens
         // another instead of failing.
@@ -280,23 +327,17 @@ async fn a_large_body_read_slowly_arrives_whole_and_its_connection_is_reused() {
         frames > 1,
         "read in one frame: the test reads nothing slowly"
     );
-    let res = get(&mut upstream, addr, "/").await;
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    get_ok(&mut upstream, addr).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_request_body_streamed_over_time_reaches_the_backend_whole() {
-    use http_body_util::StreamBody;
-
     let (addr, accepted) = counting_backend().await;
-    let mut upstream = WorkerUpstream::new();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|frame| (frame, rx))
-    });
+    let mut upstream = WorkerUpstream::<Streamed>::new();
+    let (tx, body) = streamed_body();
     let req = Request::post(format!("http://{addr}/echo"))
-        .body(StreamBody::new(Box::pin(stream)))
+        .body(body)
         .unwrap();
     let sending = tokio::spawn(async move {
         for i in 0..50u8 {
@@ -319,66 +360,37 @@ async fn a_request_body_streamed_over_time_reaches_the_backend_whole() {
 
 /// A backend on raw sockets: a POST is answered `413` at once, before its
 /// body is read, and the connection is kept open (its body never read); a
-/// GET is answered `ok`. Counts its connections.
+/// GET is answered `ok`.
 async fn refusing_upload_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    let mut seen = Vec::new();
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    if seen.starts_with(b"POST") {
-                        let _ = stream
-                            .write_all(
-                                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
-                            )
-                            .await;
-                        // The upload is never read: the connection idles.
-                        while let Ok(n) = stream.read(&mut buf).await {
-                            if n == 0 {
-                                return;
-                            }
-                        }
+    raw_backend(|mut stream| async move {
+        let mut buf = vec![0u8; 65536];
+        while let Some(head) = read_head(&mut stream, &mut buf).await {
+            if head.starts_with(b"POST") {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                // The upload is never read: the connection idles.
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
                         return;
                     }
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
                 }
-            });
+                return;
+            }
+            let _ = stream.write_all(OK).await;
         }
-    });
-    (addr, accepted)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_connection_still_writing_an_upload_is_not_pooled() {
-    use http_body_util::StreamBody;
-
     let (addr, accepted) = refusing_upload_backend().await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|frame| (frame, rx))
-    });
-    type Frames = std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = Result<http_body::Frame<Bytes>, Infallible>> + Send>,
-    >;
-    let mut uploads = WorkerUpstream::<StreamBody<Frames>>::new();
+    let (tx, body) = streamed_body();
+    let mut uploads = WorkerUpstream::<Streamed>::new();
     let req = Request::post(format!("http://{addr}/upload"))
         .header("content-length", "1000000")
-        .body(StreamBody::new(Box::pin(stream) as Frames))
+        .body(body)
         .unwrap();
     tx.send(Ok(http_body::Frame::data(Bytes::from(vec![b'u'; 1000]))))
         .await
@@ -389,8 +401,8 @@ async fn a_connection_still_writing_an_upload_is_not_pooled() {
     // request, which would wait on that upload.
     assert_eq!(refused.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
     let req = Request::get(format!("http://{addr}/"))
-        .body(StreamBody::new(
-            Box::pin(futures_util::stream::empty()) as Frames
+        .body(http_body_util::StreamBody::new(
+            Box::pin(futures_util::stream::empty()) as Frames,
         ))
         .unwrap();
     let res = tokio::time::timeout(
@@ -409,34 +421,24 @@ async fn a_connection_still_writing_an_upload_is_not_pooled() {
 async fn a_chunked_response_with_trailers_frees_its_connection_at_the_trailers() {
     use http_body_util::StreamBody;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let svc = service_fn(|_req: Request<hyper::body::Incoming>| async move {
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", "0".parse().unwrap());
-                    let frames = vec![
-                        Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b"chunk"))),
-                        Ok(http_body::Frame::trailers(trailers)),
-                    ];
-                    let mut res =
-                        Response::new(StreamBody::new(futures_util::stream::iter(frames)));
-                    res.headers_mut()
-                        .insert(http::header::TRAILER, "grpc-status".parse().unwrap());
-                    Ok::<_, Infallible>(res)
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    let (addr, accepted) = raw_backend(|stream| async move {
+        let svc = service_fn(|_req: Request<hyper::body::Incoming>| async move {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames = vec![
+                Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b"chunk"))),
+                Ok(http_body::Frame::trailers(trailers)),
+            ];
+            let mut res = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+            res.headers_mut()
+                .insert(http::header::TRAILER, "grpc-status".parse().unwrap());
+            Ok::<_, Infallible>(res)
+        });
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    })
+    .await;
     let mut upstream = WorkerUpstream::new();
     for _ in 0..5 {
         let req = Request::get(format!("http://{addr}/"))
@@ -474,39 +476,12 @@ fn the_response_body_is_send_and_sync_as_hypers_is() {
     send_sync::<UpstreamBody<hyper::body::Incoming>>();
 }
 
-/// A keep-alive backend that counts the connections it accepted and the
-/// ones that were closed.
-async fn closing_counting_backend() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (a, c) = (Arc::clone(&accepted), Arc::clone(&closed));
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            a.fetch_add(1, Ordering::SeqCst);
-            let c = Arc::clone(&c);
-            tokio::spawn(async move {
-                let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-                c.fetch_add(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (addr, accepted, closed)
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn an_idle_connection_past_the_idle_timeout_is_closed_not_reused() {
-    let (addr, accepted, closed) = closing_counting_backend().await;
+    let (addr, accepted, closed) = counting_backend_with_closes().await;
     let mut upstream = WorkerUpstream::new().idle_timeout(std::time::Duration::from_millis(50));
     for _ in 0..3 {
-        let res = get(&mut upstream, addr, "/").await;
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        get_ok(&mut upstream, addr).await;
     }
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -514,8 +489,7 @@ async fn an_idle_connection_past_the_idle_timeout_is_closed_not_reused() {
         "reused within the timeout"
     );
     tokio::time::sleep(std::time::Duration::from_millis(120)).await;
-    let res = get(&mut upstream, addr, "/").await;
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    get_ok(&mut upstream, addr).await;
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         2,
@@ -537,8 +511,8 @@ async fn settled(counter: &AtomicUsize, want: usize) -> usize {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_backend_no_longer_used_is_left_no_open_connection() {
-    let (gone, _, gone_closed) = closing_counting_backend().await;
-    let (other, _, _) = closing_counting_backend().await;
+    let (gone, _, gone_closed) = counting_backend_with_closes().await;
+    let (other, _, _) = counting_backend_with_closes().await;
     let mut upstream = WorkerUpstream::new().idle_timeout(std::time::Duration::from_millis(50));
     let res = get(&mut upstream, gone, "/").await;
     res.into_body().collect().await.unwrap();
