@@ -8,9 +8,11 @@
 //!   request to the URI the director wrote, pools connections, and passes
 //!   upgraded connections (WebSocket) through in both directions once the
 //!   backend answers `101 Switching Protocols`;
-//! * [`WorkerUpstream`] — the same for a proxy that runs one current-thread
-//!   runtime per core (nginx's worker model): a pool per worker, nothing
-//!   spawned per request; measured in `docs/benchmarks.md`;
+//! * [`WorkerUpstream`] — the same for plain `http` backends, driving each
+//!   backend connection from the task that uses it, as nginx's event loop
+//!   does: no task per connection, nothing spawned per request, the
+//!   connection back in its pool when the response body ([`UpstreamBody`])
+//!   ends; what the gateway example runs, measured in `docs/benchmarks.md`;
 //! * [`serve`] — the accept loop: an HTTP/1.1 server (upgrades enabled)
 //!   that puts each connection's peer address on its requests as
 //!   [`ClientAddr`] (what `X-Forwarded-For` and
