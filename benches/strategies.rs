@@ -423,6 +423,25 @@ fn ring_build(c: &mut Criterion) {
             thread_cpu_time() - start
         })
     });
+    // Pingora's ring (pingora-ketama's `Continuum`: 160 CRC32 points per
+    // unit of weight, 32-bit positions, one comparison sort) over the same
+    // number of backends, measured the same way.
+    let buckets: Vec<pingora_ketama::Bucket> = (0..n)
+        .map(|i| {
+            let addr =
+                std::net::SocketAddr::from(([10, (i / 250) as u8, (i % 250) as u8, 1], 8080));
+            pingora_ketama::Bucket::new(addr, 1)
+        })
+        .collect();
+    group.bench_function("pingora_ketama", |b| {
+        b.iter_custom(|iters| {
+            let start = thread_cpu_time();
+            for _ in 0..iters {
+                black_box(pingora_ketama::Continuum::new(black_box(&buckets)));
+            }
+            thread_cpu_time() - start
+        })
+    });
     group.finish();
 }
 
