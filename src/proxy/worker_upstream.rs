@@ -233,15 +233,14 @@ impl<B> Pool<B> {
     fn slot(&self, backend: &str) -> Arc<Slot<B>> {
         let mut slots = lock(&self.by_backend);
         slots.lookups = slots.lookups.wrapping_add(1);
-        let sweep = slots.lookups % SWEEP_SLOTS_EVERY == 0;
-        if let Some(slot) = slots.by_backend.get(backend) {
-            let slot = Arc::clone(slot);
-            if sweep {
-                self.sweep(&mut slots.by_backend);
-            }
+        let found = slots.by_backend.get(backend).map(Arc::clone);
+        if found.is_none() || slots.lookups % SWEEP_SLOTS_EVERY == 0 {
+            // A slot found is held here, so the sweep keeps it.
+            self.sweep(&mut slots.by_backend);
+        }
+        if let Some(slot) = found {
             return slot;
         }
-        self.sweep(&mut slots.by_backend);
         let slot = Arc::new(Slot {
             idle: Mutex::new(Idle {
                 conns: Vec::new(),
@@ -335,17 +334,7 @@ where
     /// Polls the connection: reads and writes whatever it can. Returns
     /// whether it is still open.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(io) = &mut self.io {
-            let io = io
-                .get_mut()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if io.as_mut().poll(cx).is_ready() {
-                // Closed, or failed: the request in flight, if any, gets
-                // the error through its own future.
-                self.io = None;
-            }
-        }
-        self.io.is_some()
+        drive(&mut self.io, cx)
     }
 
     /// Waits until a request can be sent; `false` if the connection ended
@@ -368,26 +357,37 @@ where
         &mut self,
         req: Request<B>,
     ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<B>>> {
+        // The request's future borrows `send`: the connection is driven
+        // through its own field.
         let mut sent = pin!(self.send.try_send_request(req));
         let io = &mut self.io;
         poll_fn(|cx| {
             if let Poll::Ready(result) = sent.as_mut().poll(cx) {
                 return Poll::Ready(result);
             }
-            if let Some(conn) = io {
-                let conn = conn
-                    .get_mut()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if conn.as_mut().poll(cx).is_ready() {
-                    *io = None;
-                }
-            }
+            drive(io, cx);
             // Whatever the connection did (wrote the request, read the
             // head, closed) the request's future may know now.
             sent.as_mut().poll(cx)
         })
         .await
     }
+}
+
+/// Polls a connection: it reads and writes whatever it can. Returns whether
+/// it is still open; once it has ended (closed, or failed) it is dropped,
+/// and the request in flight, if any, gets the error through its own
+/// future.
+fn drive(io: &mut Option<Mutex<ConnectionFuture>>, cx: &mut Context<'_>) -> bool {
+    if let Some(conn) = io {
+        let conn = conn
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if conn.as_mut().poll(cx).is_ready() {
+            *io = None;
+        }
+    }
+    io.is_some()
 }
 
 /// A new connection to `backend`, for the caller to drive.
