@@ -93,15 +93,7 @@ pub async fn serve_proxy_tls<S, B>(
 {
     let acceptor = TlsAcceptor::from(config);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(_) => {
-                // Out of file descriptors, say: pause rather than spin.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let (stream, peer) = tower_lb::proxy::accept(&listener).await;
         let acceptor = acceptor.clone();
         let stack = stack.clone();
         tokio::spawn(async move {

@@ -20,7 +20,8 @@
 //!   [`Error`] with [`Error::to_response`]: the right status and a short
 //!   text that names no backend. [`serve_with`] also hands each error to a
 //!   function of yours, for logging, and [`serve_connection`] serves one
-//!   connection you accepted yourself: a TLS stream, say.
+//!   connection you accepted yourself ([`accept`] takes the next one as
+//!   the loop does): a TLS stream, say.
 //!
 //! The runtime-free parts stay in the default build: [`ClientAddr`] is a
 //! plain extension (from axum's `ConnectInfo`, the director hook
@@ -63,7 +64,7 @@ use hyper::server::conn::http1;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tower_service::Service;
 
@@ -303,14 +304,7 @@ where
 {
     let on_error = Arc::new(on_error);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let (stream, peer) = accept(&listener).await;
         let stack = stack.clone();
         let on_error = Arc::clone(&on_error);
         tokio::spawn(serve_connection(
@@ -319,6 +313,35 @@ where
             stack,
             move |error: &Error, peer| on_error(error, peer),
         ));
+    }
+}
+
+/// The next connection on `listener`, with `TCP_NODELAY` set, as
+/// [`serve_with`] accepts them: a failed `accept` (out of file descriptors,
+/// say) is retried after a short pause instead of ending the loop or
+/// spinning. For an accept loop of your own, a TLS one say (see
+/// [`serve_connection`]).
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+/// loop {
+///     let (stream, peer) = tower_lb::proxy::accept(&listener).await;
+///     // A TLS handshake on `stream`, then `serve_connection`.
+/// #   let _ = (stream, peer);
+/// }
+/// # }
+/// ```
+pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
 
@@ -346,7 +369,7 @@ where
 /// #     .layer(DirectorLayer::new(ProxyDirector::new())).service(Upstream::new());
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
 /// loop {
-///     let (stream, peer) = listener.accept().await?;
+///     let (stream, peer) = accept(&listener).await;
 ///     // A TLS acceptor's handshake goes here, turning `stream` into a TLS stream.
 ///     tokio::spawn(serve_connection(
 ///         TokioIo::new(stream),
