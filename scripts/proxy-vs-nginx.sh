@@ -61,6 +61,7 @@ trap cleanup EXIT INT TERM
 
 B1=$((BASE_PORT + 1)) B2=$((BASE_PORT + 2)) NGINX_PORT=$BASE_PORT GATEWAY_PORT=$((BASE_PORT + 3))
 
+# What both configurations share, up to the inside of `http {`.
 common() {
     cat <<EOF
 daemon off;
@@ -69,13 +70,6 @@ worker_processes 1;
 pid $WORK/$1.pid;
 error_log $WORK/$1.error.log warn;
 events { worker_connections 4096; }
-EOF
-}
-
-# The backends: one nginx, one worker, two ports, a short body.
-{
-    common backends
-    cat <<EOF
 http {
     access_log off;
     client_body_temp_path $WORK/body;
@@ -84,6 +78,13 @@ http {
     uwsgi_temp_path $WORK/uwsgi;
     scgi_temp_path $WORK/scgi;
     keepalive_requests 1000000;
+EOF
+}
+
+# The backends: one nginx, one worker, two ports, a short body.
+{
+    common backends
+    cat <<EOF
     server { listen 127.0.0.1:$B1; location / { return 200 "backend-1\n"; } }
     server { listen 127.0.0.1:$B2; location / { return 200 "backend-2\n"; } }
 }
@@ -95,14 +96,6 @@ EOF
 {
     common proxy
     cat <<EOF
-http {
-    access_log off;
-    client_body_temp_path $WORK/body;
-    proxy_temp_path $WORK/proxy;
-    fastcgi_temp_path $WORK/fastcgi;
-    uwsgi_temp_path $WORK/uwsgi;
-    scgi_temp_path $WORK/scgi;
-    keepalive_requests 1000000;
     upstream backends {
         server 127.0.0.1:$B1;
         server 127.0.0.1:$B2;
