@@ -130,37 +130,25 @@ impl Ring {
                 max: MAX_RING_POINTS,
             });
         }
-        let mut ring: Vec<(u64, u32)> = Vec::with_capacity(points as usize);
+        // Every point, in listing order (each member's points after the
+        // previous member's), then sorted where it lies.
+        let mut hashes: Vec<u64> = Vec::with_capacity(points as usize);
+        let mut owners: Vec<u32> = Vec::with_capacity(points as usize);
         for (index, member) in members.iter().enumerate() {
+            let count = member.backend().weight() * vnodes;
             // The id is hashed once; each replica continues from that state.
-            let id = PointHasher::new(member.backend().id().as_bytes());
-            for replica in 0..member.backend().weight() * vnodes {
-                ring.push((id.point(replica), index as u32));
-            }
+            PointHasher::new(member.backend().id().as_bytes()).extend(count, &mut hashes);
+            owners.resize(owners.len() + count as usize, index as u32);
         }
-
-        let (hashes, owners) = sorted_points(ring, |a, b| {
+        // About one point per bucket, between 2^4 and 2^20 buckets.
+        let bits = (hashes.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
+        let table = sort_points(&mut hashes, &mut owners, bits, |a, b| {
             members[a as usize]
                 .backend()
                 .id()
                 .cmp(members[b as usize].backend().id())
         });
-
-        // About one point per bucket, between 2^4 and 2^20 buckets.
-        let bits = (hashes.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
         let shift = 64 - bits;
-        // Filled run by run: each bucket from just past the previous
-        // point's up to this point's gets this point's index.
-        let mut table = vec![0u32; (1 << bits) + 1];
-        let mut filled = 0;
-        for (pos, &hash) in hashes.iter().enumerate() {
-            let bucket = (hash >> shift) as usize;
-            if bucket >= filled {
-                table[filled..=bucket].fill(pos as u32);
-                filled = bucket + 1;
-            }
-        }
-        table[filled..].fill(hashes.len() as u32);
 
         Ok(Ring {
             hashes,
@@ -297,95 +285,142 @@ fn point_hash(id: &[u8], replica: u32) -> u64 {
     h.finish()
 }
 
-/// The ring points sorted by position, ties by `owner_order` (the owners'
-/// ids), as positions and owners.
+/// Sorts a ring's points (positions and their owners) by position, ties
+/// by `owner_order` (the owners' ids), and returns the lookup table for
+/// `bits`: `table[b]` is the index of the first point whose top `bits` bits
+/// are `>= b`.
 ///
-/// Positions are uniform hashes, so two passes of a radix sort on their top
-/// 20 bits (1,024 buckets a pass: each pass reads in order and writes to
-/// 1,024 places that stay in cache; the second writes the final arrays)
-/// leave only the rare points sharing those bits to compare. This is linear
-/// in the points, where a comparison sort of a large ring spends most of
-/// the build in cache misses.
-fn sorted_points(
-    mut points: Vec<(u64, u32)>,
+/// Two counting sorts, most significant digit first, in place, do it. The
+/// first moves every point into its group by the top [`TOP_BITS`] bits (an
+/// American flag sort: 256 places written at once, which stay in cache).
+/// The second orders each group (a few hundred points, in cache) by the rest
+/// of the table's `bits`, through a copy, and the offsets it counts are that
+/// group's stretch of the table. Positions are uniform hashes and there are
+/// about as many buckets as points, so the only points left to order are
+/// the few sharing a bucket: by insertion, or by a comparison sort for a
+/// bucket longer than [`SHORT_RUN`] (only crafted ids crowd one). Linear in
+/// the points, and no array the size of the ring is allocated but the
+/// table.
+fn sort_points(
+    hashes: &mut [u64],
+    owners: &mut [u32],
+    bits: u32,
     owner_order: impl Fn(u32, u32) -> std::cmp::Ordering,
-) -> (Vec<u64>, Vec<u32>) {
-    let order = |a: &(u64, u32), b: &(u64, u32)| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1));
-    const DIGIT_BITS: u32 = 10;
-    const TOP_BITS: u32 = 2 * DIGIT_BITS;
-    const MASK: u64 = (1 << DIGIT_BITS) - 1;
-    /// Runs up to this long are put in order by insertion.
-    const SHORT_RUN: usize = 16;
-    if points.len() < 4096 {
-        points.sort_unstable_by(order);
-        return points.into_iter().unzip();
+) -> Vec<u32> {
+    let top = bits.min(TOP_BITS);
+    let sub = bits - top;
+    let shift = 64 - bits;
+    let group_of = |hash: u64| (hash >> (64 - top)) as usize;
+
+    // First digit, in place: `starts[d]` is where group `d` starts (and
+    // `starts[d + 1]` where it ends), `next[d]` its first point not yet
+    // known to belong there.
+    let mut starts = vec![0u32; (1 << top) + 1];
+    for &hash in hashes.iter() {
+        starts[group_of(hash) + 1] += 1;
     }
-    let n = points.len();
-    let (low, high) = (64 - TOP_BITS, 64 - DIGIT_BITS);
-    let mut counts = [[0u32; 1 << DIGIT_BITS]; 2];
-    for &(hash, _) in &points {
-        counts[0][((hash >> low) & MASK) as usize] += 1;
-        counts[1][(hash >> high) as usize] += 1;
+    for d in 1..starts.len() {
+        starts[d] += starts[d - 1];
     }
-    for counts in &mut counts {
-        let mut start = 0;
-        for count in counts.iter_mut() {
-            let n = *count;
-            *count = start;
-            start += n;
+    let mut next = starts.clone();
+    for d in 0..1usize << top {
+        while next[d] < starts[d + 1] {
+            let i = next[d] as usize;
+            let (mut hash, mut owner) = (hashes[i], owners[i]);
+            let mut e = group_of(hash);
+            // Carry the point to its group, and the one it displaces to
+            // that one's, until one belongs here.
+            while e != d {
+                let j = next[e] as usize;
+                next[e] += 1;
+                std::mem::swap(&mut hash, &mut hashes[j]);
+                std::mem::swap(&mut owner, &mut owners[j]);
+                e = group_of(hash);
+            }
+            hashes[i] = hash;
+            owners[i] = owner;
+            next[d] += 1;
         }
     }
-    let mut by_low = vec![(0u64, 0u32); n];
-    for &point in &points {
-        let next = &mut counts[0][((point.0 >> low) & MASK) as usize];
-        by_low[*next as usize] = point;
-        *next += 1;
-    }
-    drop(points);
-    let mut hashes = vec![0u64; n];
-    let mut owners = vec![0u32; n];
-    for &(hash, owner) in &by_low {
-        let next = &mut counts[1][(hash >> high) as usize];
-        hashes[*next as usize] = hash;
-        owners[*next as usize] = owner;
-        *next += 1;
-    }
-    drop(by_low);
-    // Order each run of points sharing their top bits (usually of one).
-    let mut run = 0;
-    for i in 1..=n {
-        if i < n && hashes[i] >> low == hashes[run] >> low {
-            continue;
+
+    // The rest of the digits, group by group, in the table itself:
+    // `table[b + 1]` counts bucket `b`, then holds where it starts, then
+    // (each point placed moves it on) where it ends, where `b + 1` starts.
+    let mut table = vec![0u32; (1 << bits) + 1];
+    let mut group: Vec<(u64, u32)> = Vec::new();
+    for d in 0..1usize << top {
+        let (lo, hi) = (starts[d] as usize, starts[d + 1] as usize);
+        let first = d << sub;
+        let stretch = &mut table[first + 1..=first + (1 << sub)];
+        for &hash in &hashes[lo..hi] {
+            stretch[(hash >> shift) as usize - first] += 1;
         }
-        let len = i - run;
-        if len > SHORT_RUN {
-            // Only crafted ids crowd a run: a comparison sort keeps that
-            // `O(k log k)`.
-            let mut pairs: Vec<(u64, u32)> = hashes[run..i]
+        prefix_sums(stretch, lo as u32);
+        group.clear();
+        group.extend(
+            hashes[lo..hi]
                 .iter()
                 .copied()
-                .zip(owners[run..i].iter().copied())
-                .collect();
-            pairs.sort_unstable_by(order);
-            for (k, (hash, owner)) in pairs.into_iter().enumerate() {
-                hashes[run + k] = hash;
-                owners[run + k] = owner;
-            }
-        } else {
-            for j in run + 1..i {
-                let mut k = j;
-                while k > run
-                    && order(&(hashes[k - 1], owners[k - 1]), &(hashes[k], owners[k])).is_gt()
-                {
-                    hashes.swap(k - 1, k);
-                    owners.swap(k - 1, k);
-                    k -= 1;
-                }
+                .zip(owners[lo..hi].iter().copied()),
+        );
+        for &(hash, owner) in &group {
+            let next = &mut table[(hash >> shift) as usize + 1];
+            hashes[*next as usize] = hash;
+            owners[*next as usize] = owner;
+            *next += 1;
+        }
+        for bucket in first..first + (1 << sub) {
+            let (lo, hi) = (table[bucket] as usize, table[bucket + 1] as usize);
+            if hi - lo > 1 {
+                order_bucket(&mut hashes[lo..hi], &mut owners[lo..hi], &owner_order);
             }
         }
-        run = i;
     }
-    (hashes, owners)
+    table
+}
+
+/// The bits of [`sort_points`]' first digit: 256 groups.
+const TOP_BITS: u32 = 8;
+
+/// Buckets up to this long are put in order by insertion.
+const SHORT_RUN: usize = 16;
+
+/// Turns counts into where each count's items start, from `base`.
+fn prefix_sums(counts: &mut [u32], base: u32) {
+    let mut start = base;
+    for slot in counts {
+        let count = *slot;
+        *slot = start;
+        start += count;
+    }
+}
+
+/// Orders one bucket's points by position, ties by `owner_order`.
+fn order_bucket(
+    hashes: &mut [u64],
+    owners: &mut [u32],
+    owner_order: &impl Fn(u32, u32) -> std::cmp::Ordering,
+) {
+    let order = |a: (u64, u32), b: (u64, u32)| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1));
+    let len = hashes.len();
+    if len > SHORT_RUN {
+        let mut pairs: Vec<(u64, u32)> =
+            hashes.iter().copied().zip(owners.iter().copied()).collect();
+        pairs.sort_unstable_by(|a, b| order(*a, *b));
+        for (k, (hash, owner)) in pairs.into_iter().enumerate() {
+            hashes[k] = hash;
+            owners[k] = owner;
+        }
+        return;
+    }
+    for j in 1..len {
+        let mut k = j;
+        while k > 0 && order((hashes[k - 1], owners[k - 1]), (hashes[k], owners[k])).is_gt() {
+            hashes.swap(k - 1, k);
+            owners.swap(k - 1, k);
+            k -= 1;
+        }
+    }
 }
 
 /// [`point_hash`] for every replica of one backend, with the id's prefix
@@ -401,10 +436,27 @@ impl PointHasher {
         PointHasher(h)
     }
 
+    /// Pushes the positions of replicas `0..count`. Four at a time: the
+    /// four hashes are independent, so the processor overlaps them.
+    fn extend(&self, count: u32, out: &mut Vec<u64>) {
+        let quads = count / 4 * 4;
+        for r in (0..quads).step_by(4) {
+            out.extend_from_slice(&[
+                self.point(r),
+                self.point(r + 1),
+                self.point(r + 2),
+                self.point(r + 3),
+            ]);
+        }
+        out.extend((quads..count).map(|r| self.point(r)));
+    }
+
     #[inline]
     fn point(&self, replica: u32) -> u64 {
         let mut h = self.0;
-        h.write(&replica.to_le_bytes());
+        // The replica's little-endian bytes, as `point_hash` writes them
+        // (`write_u32` takes its argument's value as little-endian).
+        h.write_u32(replica.to_le());
         h.finish()
     }
 }
@@ -567,27 +619,40 @@ mod tests {
     }
 
     #[test]
-    fn radix_sorted_points_equal_a_comparison_sort_with_ties_and_shared_top_bits() {
-        // 10,000 points (the radix path): positions crowded into a few
-        // top-bit buckets (runs far longer than an insertion sort takes),
-        // equal positions tied by owner (descending here, to show the
-        // order comes from the comparator); then runs of a few points.
+    fn counting_sorted_points_equal_a_comparison_sort_with_ties_and_crowded_buckets() {
+        // 10,000 points: positions crowded into a few buckets (runs far
+        // longer than an insertion sort takes), equal positions tied by
+        // owner (descending here, to show the order comes from the
+        // comparator); then, listed in reverse, runs of 5 sharing their top
+        // 20 bits, in buckets of 14 bits (or 20) holding hundreds (or 5).
         let crowded = (0..10_000u64).map(|i| {
             let hash = ((i % 7) << 60) | (i.wrapping_mul(0x9e37_79b9) % 50);
             (hash, (i % 13) as u32)
         });
-        // Runs of up to 5 sharing the top 20 bits, listed in reverse.
         let short_runs = (0..10_000u64).rev().map(|i| {
             let hash = ((i / 5) << 44) | (i % 2);
             (hash, (i % 3) as u32)
         });
         let owner_order = |a: u32, b: u32| b.cmp(&a);
-        for points in [crowded.collect::<Vec<_>>(), short_runs.collect()] {
+        for (points, bits) in [
+            (crowded.collect::<Vec<_>>(), 14),
+            (short_runs.clone().collect(), 14),
+            (short_runs.collect(), 20),
+        ] {
             let mut expected = points.clone();
             expected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1)));
-            let (hashes, owners) = sorted_points(points, owner_order);
-            let sorted: Vec<(u64, u32)> = hashes.into_iter().zip(owners).collect();
-            assert_eq!(sorted, expected);
+            let mut hashes: Vec<u64> = points.iter().map(|p| p.0).collect();
+            let mut owners: Vec<u32> = points.iter().map(|p| p.1).collect();
+            let table = sort_points(&mut hashes, &mut owners, bits, owner_order);
+            let pairs: Vec<(u64, u32)> =
+                hashes.iter().copied().zip(owners.iter().copied()).collect();
+            assert_eq!(pairs, expected);
+            // The table: where each bucket's points start.
+            assert_eq!(table.len(), (1 << bits) + 1);
+            for (bucket, &start) in table.iter().enumerate() {
+                let first = hashes.partition_point(|&h| ((h >> (64 - bits)) as usize) < bucket);
+                assert_eq!(start as usize, first, "bucket {bucket}");
+            }
         }
     }
 
