@@ -184,41 +184,49 @@ impl Backend {
     }
 
     /// This backend's `max_fails` override, if any.
+    #[inline]
     pub fn max_fails(&self) -> Option<u32> {
         self.max_fails
     }
 
     /// This backend's `fail_timeout` override, if any.
+    #[inline]
     pub fn fail_timeout(&self) -> Option<Duration> {
         self.fail_timeout
     }
 
     /// The stable id.
+    #[inline]
     pub fn id(&self) -> &str {
         &self.id
     }
 
+    #[inline]
     pub(crate) fn shared_id(&self) -> &Arc<str> {
         &self.id
     }
 
     /// The weight; 0 means draining.
+    #[inline]
     pub fn weight(&self) -> u32 {
         self.weight
     }
 
     /// The full URI as configured.
+    #[inline]
     pub fn uri(&self) -> &Uri {
         &self.uri
     }
 
     /// The scheme, `http` or `https`.
+    #[inline]
     pub fn scheme(&self) -> &Scheme {
         // `new` guarantees a scheme.
         self.uri.scheme().unwrap_or(&Scheme::HTTP)
     }
 
     /// The authority (`host:port`).
+    #[inline]
     pub fn authority(&self) -> &Authority {
         // `new` guarantees an authority; the fallback is never reached.
         self.uri
@@ -227,17 +235,20 @@ impl Backend {
     }
 
     /// The authority as a `Host` header value.
+    #[inline]
     pub fn host_header(&self) -> &HeaderValue {
         &self.host
     }
 
     /// The path prefix, `/` when none was given.
+    #[inline]
     pub fn path_prefix(&self) -> &str {
         self.uri.path()
     }
 
     /// The query configured on the backend URI, if any; the director merges
     /// it with each request's query.
+    #[inline]
     pub fn query(&self) -> Option<&str> {
         self.uri.query()
     }
@@ -298,28 +309,33 @@ pub struct Load {
 
 impl Load {
     /// Requests sent to the backend and not yet answered.
+    #[inline]
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Requests started on the backend ([`Load::start`] calls): how often
     /// the load-balance layer sent a request there.
+    #[inline]
     pub fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
     }
 
     /// Requests that completed successfully.
+    #[inline]
     pub fn successes(&self) -> u64 {
         self.successes.load(Ordering::Relaxed)
     }
 
     /// Requests that failed (inner error or a status the policy counts as
     /// failure).
+    #[inline]
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 
     /// Failures since the last success.
+    #[inline]
     pub fn consecutive_failures(&self) -> u64 {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
@@ -344,6 +360,7 @@ impl Load {
     }
 
     /// The total these counters are counted in, if any.
+    #[inline]
     pub(crate) fn pool(&self) -> Option<&Arc<AtomicU64>> {
         self.pool.as_ref()
     }
@@ -361,6 +378,7 @@ impl Load {
     /// drop(guard);
     /// assert_eq!(load.in_flight(), 0);
     /// ```
+    #[inline]
     pub fn start(this: &Arc<Load>) -> InFlight {
         this.in_flight.fetch_add(1, Ordering::Relaxed);
         this.started.fetch_add(1, Ordering::Relaxed);
@@ -399,12 +417,14 @@ pub struct InFlight {
 
 impl InFlight {
     /// The counters this request is counted in.
+    #[inline]
     pub fn load(&self) -> &Load {
         &self.load
     }
 }
 
 impl Drop for InFlight {
+    #[inline]
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(pool) = &self.load.pool {
@@ -521,16 +541,19 @@ impl Member {
     }
 
     /// The backend.
+    #[inline]
     pub fn backend(&self) -> &Arc<Backend> {
         &self.inner.backend
     }
 
     /// Whether the backend may be picked.
+    #[inline]
     pub fn is_up(&self) -> bool {
         self.inner.up
     }
 
     /// The backend's live counters.
+    #[inline]
     pub fn load(&self) -> &Arc<Load> {
         &self.inner.load
     }

@@ -932,7 +932,12 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
             // Host is never a connection option (RFC 9110 §7.6.1): a
             // client cannot make the proxy drop it.
             for token in s.split(',').map(str::trim) {
-                if !token.is_empty() && !token.eq_ignore_ascii_case("host") {
+                // A hop-by-hop name (`keep-alive`, the usual token) is
+                // removed below if present: no look-up for it here.
+                if !token.is_empty()
+                    && !token.eq_ignore_ascii_case("host")
+                    && !names_hop_by_hop(token)
+                {
                     headers.remove(token);
                 }
             }
@@ -982,6 +987,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || *name == HTTP2_SETTINGS
 }
 
+/// Whether a `Connection` option names a header [`is_hop_by_hop`] accepts.
+fn names_hop_by_hop(token: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .chain([&KEEP_ALIVE, &PROXY_CONNECTION, &HTTP2_SETTINGS])
+        .any(|name| token.eq_ignore_ascii_case(name.as_str()))
+}
+
 /// A modify-response hook that removes hop-by-hop headers from a backend's
 /// response before it goes to the client (see
 /// [`remove_hop_by_hop_headers`]); a `101 Switching Protocols` keeps its
@@ -1005,4 +1018,33 @@ pub fn strip_hop_by_hop_response<B>(mut res: Response<B>) -> Result<Response<B>,
         remove_hop_by_hop_headers(res.headers_mut());
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_option_names_a_hop_by_hop_header_exactly_when_the_header_is_one() {
+        for token in [
+            "Keep-Alive",
+            "keep-alive",
+            "CONNECTION",
+            "te",
+            "Transfer-Encoding",
+            "upgrade",
+            "proxy-connection",
+            "Proxy-Authenticate",
+            "proxy-authorization",
+            "HTTP2-Settings",
+            "close",
+            "x-conn-a",
+            "trailer",
+            "keep-alive2",
+            "host",
+        ] {
+            let name = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()).unwrap();
+            assert_eq!(names_hop_by_hop(token), is_hop_by_hop(&name), "{token}");
+        }
+    }
 }

@@ -123,6 +123,7 @@ impl LeastRequest {
     }
 
     /// The position holding weight unit `ticket`.
+    #[inline]
     fn position(&self, ticket: u64) -> usize {
         self.cumulative.partition_point(|&c| c <= ticket)
     }
