@@ -656,6 +656,43 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+
+        /// Any positions (crowded top bits, equal positions, few owners)
+        /// and any table size: the in-place sort equals a comparison sort,
+        /// and the table finds each bucket's first point.
+        #[test]
+        fn sorting_in_place_equals_a_comparison_sort(
+            points in proptest::collection::vec(
+                (proptest::prelude::any::<u64>(), 0u32..5, 0u32..5), 0..3000),
+            bits in 4u32..=16,
+        ) {
+            // Most positions are kept; the others keep only their top 4, 8
+            // or 12 bits, or none, so buckets crowd and positions repeat.
+            let points: Vec<(u64, u32)> = points
+                .into_iter()
+                .map(|(hash, crowd, owner)| match crowd {
+                    0 => (hash, owner),
+                    4 => (0, owner),
+                    _ => (hash & !(u64::MAX >> (crowd * 4)), owner),
+                })
+                .collect();
+            let owner_order = |a: u32, b: u32| a.cmp(&b);
+            let mut expected = points.clone();
+            expected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1)));
+            let mut hashes: Vec<u64> = points.iter().map(|p| p.0).collect();
+            let mut owners: Vec<u32> = points.iter().map(|p| p.1).collect();
+            let table = sort_points(&mut hashes, &mut owners, bits, owner_order);
+            let sorted: Vec<(u64, u32)> = hashes.iter().copied().zip(owners).collect();
+            proptest::prop_assert_eq!(sorted, expected);
+            for (bucket, &start) in table.iter().enumerate() {
+                let first = hashes.partition_point(|&h| ((h >> (64 - bits)) as usize) < bucket);
+                proptest::prop_assert_eq!(start as usize, first);
+            }
+        }
+    }
+
     #[test]
     fn marking_a_backend_down_reuses_the_ring() {
         let members = crate::strategy::test_members(&[1, 2, 3]);
