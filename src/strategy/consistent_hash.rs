@@ -142,11 +142,14 @@ impl Ring {
         }
         // About one point per bucket, between 2^4 and 2^20 buckets.
         let bits = (hashes.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
+        // Ties by id, then (for members sharing an id, which only a
+        // hand-built member list can have) by listing order.
         let table = sort_points(&mut hashes, &mut owners, bits, |a, b| {
             members[a as usize]
                 .backend()
                 .id()
                 .cmp(members[b as usize].backend().id())
+                .then(a.cmp(&b))
         });
         let shift = 64 - bits;
 
@@ -290,17 +293,18 @@ fn point_hash(id: &[u8], replica: u32) -> u64 {
 /// `bits`: `table[b]` is the index of the first point whose top `bits` bits
 /// are `>= b`.
 ///
-/// Two counting sorts, most significant digit first, in place, do it. The
-/// first moves every point into its group by the top [`TOP_BITS`] bits (an
-/// American flag sort: 256 places written at once, which stay in cache).
-/// The second orders each group (a few hundred points, in cache) by the rest
-/// of the table's `bits`, through a copy, and the offsets it counts are that
-/// group's stretch of the table. Positions are uniform hashes and there are
-/// about as many buckets as points, so the only points left to order are
-/// the few sharing a bucket: by insertion, or by a comparison sort for a
-/// bucket longer than [`SHORT_RUN`] (only crafted ids crowd one). Linear in
-/// the points, and no array the size of the ring is allocated but the
-/// table.
+/// Two counting sorts, most significant digit first. The first moves every
+/// point into its group by the top [`TOP_BITS`] bits, in place (an American
+/// flag sort: at most 256 places written at once, which stay in cache). The
+/// second orders each group (a few hundred points at 160,000, in cache) by
+/// the rest of the table's `bits`, through a copy of that group, and the
+/// offsets it counts are the group's stretch of the table. Positions are
+/// uniform hashes and, up to 2^20 points, there are about as many buckets as
+/// points, so the only points left to order are the few sharing a bucket:
+/// by insertion, or by a comparison sort for a bucket longer than
+/// [`SHORT_RUN`] (only crafted ids, or rings past 2^20 points, crowd one).
+/// Linear in the points, and no array the size of the ring is allocated but
+/// the table.
 fn sort_points(
     hashes: &mut [u64],
     owners: &mut [u32],
@@ -379,7 +383,8 @@ fn sort_points(
     table
 }
 
-/// The bits of [`sort_points`]' first digit: 256 groups.
+/// The bits of [`sort_points`]' first digit: 256 groups (fewer for a table
+/// of fewer bits).
 const TOP_BITS: u32 = 8;
 
 /// Buckets up to this long are put in order by insertion.
@@ -454,8 +459,9 @@ impl PointHasher {
     #[inline]
     fn point(&self, replica: u32) -> u64 {
         let mut h = self.0;
-        // The replica's little-endian bytes, as `point_hash` writes them
-        // (`write_u32` takes its argument's value as little-endian).
+        // The replica's little-endian bytes, as `point_hash` writes them:
+        // `write_u32(x)` hashes `x.to_ne_bytes()`, and
+        // `replica.to_le().to_ne_bytes()` is `replica.to_le_bytes()`.
         h.write_u32(replica.to_le());
         h.finish()
     }
@@ -556,6 +562,13 @@ mod tests {
         // from different versions must agree. A change here moves every key.
         assert_eq!(ConsistentHash::hash_key(b"user-42"), 0xa72f_a011_c575_4330);
         assert_eq!(point_hash(b"10.0.0.1:80", 0), 0x4795_887d_35b9_5a49);
+        // The build's own hasher (a copied state, `write_u32`) agrees.
+        let id = PointHasher::new(b"10.0.0.1:80");
+        assert_eq!(id.point(0), 0x4795_887d_35b9_5a49);
+        let mut first_five = Vec::new();
+        id.extend(5, &mut first_five);
+        let expected: Vec<u64> = (0..5).map(|r| point_hash(b"10.0.0.1:80", r)).collect();
+        assert_eq!(first_five, expected);
     }
 
     /// The ring as it was first built: every point hashed from scratch,
@@ -690,6 +703,22 @@ mod tests {
                 let first = hashes.partition_point(|&h| ((h >> (64 - bits)) as usize) < bucket);
                 proptest::prop_assert_eq!(start as usize, first);
             }
+        }
+    }
+
+    #[test]
+    fn members_sharing_an_id_tie_in_listing_order() {
+        // Only a hand-built list can repeat an id (`LoadBalancer` refuses
+        // one): each position is then held twice, the first listed first.
+        let backend = |uri: &str| crate::Backend::new(uri).unwrap().with_id("same").unwrap();
+        let members = vec![
+            Member::new(backend("http://a")),
+            Member::new(backend("http://b")),
+        ];
+        let ring = Ring::build(&members, 3000).unwrap();
+        assert_eq!(ring.owners.len(), 6000);
+        for pair in ring.owners.chunks(2) {
+            assert_eq!(pair, [0, 1]);
         }
     }
 
