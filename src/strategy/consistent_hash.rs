@@ -22,6 +22,12 @@
 //!
 //! Lookups are `O(1)` expected: a table indexed by the hash's top bits narrows
 //! the binary search to a handful of points.
+//!
+//! Builds are linear in the points (two counting sorts; about 5 ms for 1,000
+//! backends, see docs/benchmarks.md). A thread that builds a ring keeps the
+//! buffer it hashed the points into for its next build, up to 8 MiB (a ring
+//! of 2^20 points): fresh memory of that size costs as much in page faults
+//! as the sort itself.
 
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -130,27 +136,34 @@ impl Ring {
                 max: MAX_RING_POINTS,
             });
         }
-        // Every point, in listing order (each member's points after the
-        // previous member's), then sorted where it lies.
-        let mut hashes: Vec<u64> = Vec::with_capacity(points as usize);
-        let mut owners: Vec<u32> = Vec::with_capacity(points as usize);
-        for (index, member) in members.iter().enumerate() {
-            let count = member.backend().weight() * vnodes;
+        // Every point's position, in listing order (each member's points
+        // after the previous member's), in this thread's scratch buffer.
+        let mut positions = SCRATCH.take();
+        positions.clear();
+        positions.reserve(points as usize);
+        for member in members {
             // The id is hashed once; each replica continues from that state.
-            PointHasher::new(member.backend().id().as_bytes()).extend(count, &mut hashes);
-            owners.resize(owners.len() + count as usize, index as u32);
+            PointHasher::new(member.backend().id().as_bytes())
+                .extend(member.backend().weight() * vnodes, &mut positions);
         }
         // About one point per bucket, between 2^4 and 2^20 buckets.
-        let bits = (hashes.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
+        let bits = (positions.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
+        let runs = members
+            .iter()
+            .enumerate()
+            .map(|(index, m)| (index as u32, (m.backend().weight() * vnodes) as usize));
         // Ties by id, then (for members sharing an id, which only a
         // hand-built member list can have) by listing order.
-        let table = sort_points(&mut hashes, &mut owners, bits, |a, b| {
+        let (hashes, owners, table) = sort_points(&positions, runs, bits, |a, b| {
             members[a as usize]
                 .backend()
                 .id()
                 .cmp(members[b as usize].backend().id())
                 .then(a.cmp(&b))
         });
+        if positions.capacity() <= SCRATCH_KEEP {
+            SCRATCH.set(positions);
+        }
         let shift = 64 - bits;
 
         Ok(Ring {
@@ -288,64 +301,70 @@ fn point_hash(id: &[u8], replica: u32) -> u64 {
     h.finish()
 }
 
-/// Sorts a ring's points (positions and their owners) by position, ties
-/// by `owner_order` (the owners' ids), and returns the lookup table for
-/// `bits`: `table[b]` is the index of the first point whose top `bits` bits
-/// are `>= b`.
+thread_local! {
+    /// The positions of the ring being built on this thread, in listing
+    /// order. Kept for the next build: fresh memory the size of a ring costs
+    /// as much in page faults as sorting it does.
+    static SCRATCH: std::cell::Cell<Vec<u64>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest scratch buffer a thread keeps, in points (8 MiB).
+const SCRATCH_KEEP: usize = 1 << 20;
+
+/// Sorts a ring's points by position, ties by `owner_order` (the owners'
+/// ids): `positions` are owned in runs (`(owner, count)`, in order). Returns
+/// the positions, their owners and the lookup table for `bits`: `table[b]`
+/// is the index of the first point whose top `bits` bits are `>= b`.
 ///
-/// Two counting sorts, most significant digit first. The first moves every
-/// point into its group by the top [`TOP_BITS`] bits, in place (an American
-/// flag sort: at most 256 places written at once, which stay in cache). The
-/// second orders each group (a few hundred points at 160,000, in cache) by
-/// the rest of the table's `bits`, through a copy of that group, and the
-/// offsets it counts are the group's stretch of the table. Positions are
-/// uniform hashes and, up to 2^20 points, there are about as many buckets as
-/// points, so the only points left to order are the few sharing a bucket:
-/// by insertion, or by a comparison sort for a bucket longer than
-/// [`SHORT_RUN`] (only crafted ids, or rings past 2^20 points, crowd one).
-/// Linear in the points, and no array the size of the ring is allocated but
-/// the table.
+/// Two counting sorts, most significant digit first. The first places every
+/// point in its group by the top [`TOP_BITS`] bits (at most 256 places
+/// written at once, which stay in cache). The second orders each group (a
+/// few hundred points at 160,000, in cache) by the rest of the table's
+/// `bits`, through a copy of that group, and the offsets it counts are the
+/// group's stretch of the table. Positions are uniform hashes and, up to
+/// 2^20 points, there are about as many buckets as points, so the only
+/// points left to order are the few sharing a bucket: by insertion, or by a
+/// comparison sort for a bucket longer than [`SHORT_RUN`] (only crafted ids,
+/// or rings past 2^20 points, crowd one). Linear in the points.
 fn sort_points(
-    hashes: &mut [u64],
-    owners: &mut [u32],
+    positions: &[u64],
+    runs: impl Iterator<Item = (u32, usize)>,
     bits: u32,
     owner_order: impl Fn(u32, u32) -> std::cmp::Ordering,
-) -> Vec<u32> {
+) -> (Vec<u64>, Vec<u32>, Vec<u32>) {
     let top = bits.min(TOP_BITS);
     let sub = bits - top;
     let shift = 64 - bits;
     let group_of = |hash: u64| (hash >> (64 - top)) as usize;
+    let n = positions.len();
 
-    // First digit, in place: `starts[d]` is where group `d` starts (and
-    // `starts[d + 1]` where it ends), `next[d]` its first point not yet
-    // known to belong there.
+    // First digit: `starts[d]` is where group `d` starts (and
+    // `starts[d + 1]` where it ends), `next[d]` where its next point goes.
     let mut starts = vec![0u32; (1 << top) + 1];
-    for &hash in hashes.iter() {
+    for &hash in positions {
         starts[group_of(hash) + 1] += 1;
     }
     for d in 1..starts.len() {
         starts[d] += starts[d - 1];
     }
     let mut next = starts.clone();
-    for d in 0..1usize << top {
-        while next[d] < starts[d + 1] {
-            let i = next[d] as usize;
-            let (mut hash, mut owner) = (hashes[i], owners[i]);
-            let mut e = group_of(hash);
-            // Carry the point to its group, and the one it displaces to
-            // that one's, until one belongs here.
-            while e != d {
-                let j = next[e] as usize;
-                next[e] += 1;
-                std::mem::swap(&mut hash, &mut hashes[j]);
-                std::mem::swap(&mut owner, &mut owners[j]);
-                e = group_of(hash);
-            }
-            hashes[i] = hash;
-            owners[i] = owner;
-            next[d] += 1;
+    // Written before read, but zeroed by `resize` (a `calloc` of fresh
+    // pages would fault them in one by one as the points land).
+    let mut hashes: Vec<u64> = Vec::with_capacity(n);
+    hashes.resize(n, 0);
+    let mut owners: Vec<u32> = Vec::with_capacity(n);
+    owners.resize(n, 0);
+    let mut from = 0;
+    for (owner, count) in runs {
+        for &hash in &positions[from..from + count] {
+            let slot = &mut next[group_of(hash)];
+            hashes[*slot as usize] = hash;
+            owners[*slot as usize] = owner;
+            *slot += 1;
         }
+        from += count;
     }
+    debug_assert_eq!(from, n, "the runs cover every position");
 
     // The rest of the digits, group by group, in the table itself:
     // `table[b + 1]` counts bucket `b`, then holds where it starts, then
@@ -380,7 +399,7 @@ fn sort_points(
             }
         }
     }
-    table
+    (hashes, owners, table)
 }
 
 /// The bits of [`sort_points`]' first digit: 256 groups (fewer for a table
@@ -654,9 +673,9 @@ mod tests {
         ] {
             let mut expected = points.clone();
             expected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1)));
-            let mut hashes: Vec<u64> = points.iter().map(|p| p.0).collect();
-            let mut owners: Vec<u32> = points.iter().map(|p| p.1).collect();
-            let table = sort_points(&mut hashes, &mut owners, bits, owner_order);
+            let positions: Vec<u64> = points.iter().map(|p| p.0).collect();
+            let runs = points.iter().map(|p| (p.1, 1));
+            let (hashes, owners, table) = sort_points(&positions, runs, bits, owner_order);
             let pairs: Vec<(u64, u32)> =
                 hashes.iter().copied().zip(owners.iter().copied()).collect();
             assert_eq!(pairs, expected);
@@ -694,9 +713,9 @@ mod tests {
             let owner_order = |a: u32, b: u32| a.cmp(&b);
             let mut expected = points.clone();
             expected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1)));
-            let mut hashes: Vec<u64> = points.iter().map(|p| p.0).collect();
-            let mut owners: Vec<u32> = points.iter().map(|p| p.1).collect();
-            let table = sort_points(&mut hashes, &mut owners, bits, owner_order);
+            let positions: Vec<u64> = points.iter().map(|p| p.0).collect();
+            let runs = points.iter().map(|p| (p.1, 1));
+            let (hashes, owners, table) = sort_points(&positions, runs, bits, owner_order);
             let sorted: Vec<(u64, u32)> = hashes.iter().copied().zip(owners).collect();
             proptest::prop_assert_eq!(sorted, expected);
             for (bucket, &start) in table.iter().enumerate() {
