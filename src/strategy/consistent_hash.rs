@@ -348,12 +348,8 @@ fn sort_points(
         starts[d] += starts[d - 1];
     }
     let mut next = starts.clone();
-    // Written before read, but zeroed by `resize` (a `calloc` of fresh
-    // pages would fault them in one by one as the points land).
-    let mut hashes: Vec<u64> = Vec::with_capacity(n);
-    hashes.resize(n, 0);
-    let mut owners: Vec<u32> = Vec::with_capacity(n);
-    owners.resize(n, 0);
+    let mut hashes = vec![0u64; n];
+    let mut owners = vec![0u32; n];
     let mut from = 0;
     for (owner, count) in runs {
         for &hash in &positions[from..from + count] {
