@@ -55,56 +55,57 @@ use crate::{no_pick_error, Balancer, Error, Load, Member};
 /// ```
 #[derive(Debug)]
 pub struct LeastRequest {
+    /// The members that take picks: 16 bytes each, so that the two a pick
+    /// reads are likely in cache even over thousands of members.
     up: Vec<Candidate>,
+    /// Their weights, in the same order.
+    weights: Vec<u32>,
     /// Running sums of the candidates' weights, for weighted draws; empty
     /// when every weight is the same, as the draws are then uniform and
     /// need no search.
     cumulative: Vec<u64>,
     total: usize,
+    /// Every member is up, so a candidate's position is its index: a pick
+    /// reads no index.
+    all_up: bool,
 }
 
 #[derive(Debug)]
 struct Candidate {
     index: usize,
-    weight: u32,
     load: Arc<Load>,
-}
-
-impl Candidate {
-    /// For failover, lower is better: fewer in flight, then a higher weight.
-    fn rank(&self) -> (u64, Reverse<u32>) {
-        (self.load.in_flight(), Reverse(self.weight))
-    }
 }
 
 impl LeastRequest {
     /// Builds the balancer over the members that are up, reading their live
     /// counters on every pick.
     pub fn new(members: &[Member]) -> Self {
-        let up: Vec<Candidate> = members
+        let (up, weights): (Vec<Candidate>, Vec<u32>) = members
             .iter()
             .enumerate()
             .filter(|(_, m)| m.takes_new_picks())
-            .map(|(index, m)| Candidate {
-                index,
-                weight: m.backend().weight(),
-                load: Arc::clone(m.load()),
+            .map(|(index, m)| {
+                let load = Arc::clone(m.load());
+                (Candidate { index, load }, m.backend().weight())
             })
-            .collect();
-        let equal = up.windows(2).all(|w| w[0].weight == w[1].weight);
+            .unzip();
+        let equal = weights.windows(2).all(|w| w[0] == w[1]);
         let mut sum = 0;
         let cumulative = if equal {
             Vec::new()
         } else {
-            up.iter()
-                .map(|c| {
-                    sum += u64::from(c.weight);
+            weights
+                .iter()
+                .map(|&weight| {
+                    sum += u64::from(weight);
                     sum
                 })
                 .collect()
         };
         LeastRequest {
+            all_up: up.len() == members.len(),
             up,
+            weights,
             cumulative,
             total: members.len(),
         }
@@ -114,11 +115,17 @@ impl LeastRequest {
     /// requests in flight; `a` on a tie.
     #[inline]
     fn lesser(&self, a: usize, b: usize) -> usize {
-        let (a, b) = (&self.up[a], &self.up[b]);
-        if b.load.in_flight() < a.load.in_flight() {
-            b.index
+        let (first, second) = (&self.up[a], &self.up[b]);
+        let second_wins = second.load.in_flight() < first.load.in_flight();
+        let (a, b) = if self.all_up {
+            (a, b)
         } else {
-            a.index
+            (first.index, second.index)
+        };
+        if second_wins {
+            b
+        } else {
+            a
         }
     }
 
@@ -127,32 +134,19 @@ impl LeastRequest {
     fn position(&self, ticket: u64) -> usize {
         self.cumulative.partition_point(|&c| c <= ticket)
     }
-}
 
-impl Balancer for LeastRequest {
-    #[inline]
-    fn pick(&self, _key: Option<&[u8]>) -> Result<usize, Error> {
-        let n = self.up.len();
+    /// A pick with fewer than two candidates, or unequal weights: two
+    /// distinct candidates, each drawn by weight, the second from the
+    /// weight left once the first is set aside.
+    #[inline(never)]
+    fn pick_otherwise(&self, n: usize) -> Result<usize, Error> {
         match n {
             0 => Err(no_pick_error(self.total)),
             1 => Ok(self.up[0].index),
-            _ if self.cumulative.is_empty() => {
-                // Equal weights: two distinct positions, uniformly, from
-                // one draw of the thread's fast generator (the second
-                // among the n - 1 others, skipping the first).
-                let (a, b) = two_below(n as u64, n as u64 - 1);
-                let (a, mut b) = (a as usize, b as usize);
-                if b >= a {
-                    b += 1;
-                }
-                Ok(self.lesser(a, b))
-            }
             _ => {
-                // Two distinct candidates, each drawn by weight: the second
-                // from the weight left once the first is set aside.
                 let total = self.cumulative[n - 1];
                 let a = self.position(below(total));
-                let a_weight = u64::from(self.up[a].weight);
+                let a_weight = u64::from(self.weights[a]);
                 let a_start = self.cumulative[a] - a_weight;
                 let mut ticket = below(total - a_weight);
                 if ticket >= a_start {
@@ -163,16 +157,38 @@ impl Balancer for LeastRequest {
             }
         }
     }
+}
+
+impl Balancer for LeastRequest {
+    #[inline]
+    fn pick(&self, _key: Option<&[u8]>) -> Result<usize, Error> {
+        let n = self.up.len();
+        if n < 2 || !self.cumulative.is_empty() {
+            // Kept out of line, so that what callers inline is this path.
+            return self.pick_otherwise(n);
+        }
+        // Equal weights: two distinct positions, uniformly, from one draw
+        // of the thread's fast generator (the second among the n - 1
+        // others, skipping the first).
+        let (a, b) = two_below(n as u64, n as u64 - 1);
+        let (a, mut b) = (a as usize, b as usize);
+        if b >= a {
+            b += 1;
+        }
+        Ok(self.lesser(a, b))
+    }
 
     /// The other members that are up, least loaded first (then by higher
     /// weight, then in listing order), as the counts stand at the call.
     fn failover(&self, _key: Option<&[u8]>, first: usize) -> Vec<usize> {
         // Read each count once: they move while we sort.
+        // Lower is better: fewer in flight, then a higher weight.
         let mut order: Vec<((u64, Reverse<u32>), usize)> = self
             .up
             .iter()
-            .filter(|c| c.index != first)
-            .map(|c| (c.rank(), c.index))
+            .zip(&self.weights)
+            .filter(|(c, _)| c.index != first)
+            .map(|(c, &weight)| ((c.load.in_flight(), Reverse(weight)), c.index))
             .collect();
         order.sort_unstable();
         order.into_iter().map(|(_, index)| index).collect()
