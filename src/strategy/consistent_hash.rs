@@ -25,9 +25,9 @@
 //!
 //! Builds are linear in the points (two counting sorts; about 5 ms for 1,000
 //! backends, see docs/benchmarks.md). A thread that builds a ring keeps the
-//! buffer it hashed the points into for its next build, up to 8 MiB (a ring
-//! of 2^20 points): fresh memory of that size costs as much in page faults
-//! as the sort itself.
+//! buffer it hashed the points into for its next build, up to 32 MiB (a ring
+//! of 2^22 points, about 26,000 backends at 160 points each): fresh memory
+//! of that size costs as much in page faults as the sort itself.
 
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -308,8 +308,8 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Vec<u64>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The largest scratch buffer a thread keeps, in points (8 MiB).
-const SCRATCH_KEEP: usize = 1 << 20;
+/// The largest scratch buffer a thread keeps, in points (32 MiB).
+const SCRATCH_KEEP: usize = 1 << 22;
 
 /// Sorts a ring's points by position, ties by `owner_order` (the owners'
 /// ids): `positions` are owned in runs (`(owner, count)`, in order). Returns
