@@ -4,7 +4,8 @@
 # Two loopback backends (one nginx worker answering a short text) sit behind
 # both proxies: nginx (one worker, upstream `keepalive`, HTTP/1.1 to the
 # backends, the same forwarded headers as tower-lb's ProxyDirector) and the
-# gateway example (release build, round robin, `--backend` flags). wrk runs
+# gateway example (release build, which Cargo.toml links with fat LTO: the
+# first build takes a few minutes; round robin, `--backend` flags). wrk runs
 # on one core, every server process on the other (taskset). Rounds are
 # interleaved (nginx, gateway, nginx, gateway, ...) so a change in the
 # machine's load hits both alike. Prints req/s, p50 and p99 for each run,
