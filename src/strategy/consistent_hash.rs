@@ -146,8 +146,9 @@ impl Ring {
             PointHasher::new(member.backend().id().as_bytes())
                 .extend(member.backend().weight() * vnodes, &mut positions);
         }
-        // About one point per bucket, between 2^4 and 2^20 buckets.
-        let bits = (positions.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 20);
+        // About one point per bucket: between 2^4 buckets and 2^24, as many
+        // as a ring may hold points.
+        let bits = (positions.len().max(1).next_power_of_two().trailing_zeros()).clamp(4, 24);
         let runs = members
             .iter()
             .enumerate()
@@ -321,11 +322,11 @@ const SCRATCH_KEEP: usize = 1 << 22;
 /// written at once, which stay in cache). The second orders each group (a
 /// few hundred points at 160,000, in cache) by the rest of the table's
 /// `bits`, through a copy of that group, and the offsets it counts are the
-/// group's stretch of the table. Positions are uniform hashes and, up to
-/// 2^20 points, there are about as many buckets as points, so the only
-/// points left to order are the few sharing a bucket: by insertion, or by a
-/// comparison sort for a bucket longer than [`SHORT_RUN`] (only crafted ids,
-/// or rings past 2^20 points, crowd one). Linear in the points.
+/// group's stretch of the table. Positions are uniform hashes and there
+/// are about as many buckets as points, so the only points left to order
+/// are the few sharing a bucket: by insertion, or by a comparison sort for a
+/// bucket longer than [`SHORT_RUN`] (only crafted ids crowd one). Linear in
+/// the points.
 fn sort_points(
     positions: &[u64],
     runs: impl Iterator<Item = (u32, usize)>,
