@@ -7,6 +7,9 @@
 //! cargo run --release --example spread -- --quick # 100,000 keys, no plots
 //! ```
 //!
+//! (Release builds of this workspace link with fat LTO: the first one takes a
+//! few minutes.)
+//!
 //! Deterministic: the keys are 1,000,000 16-byte strings from SplitMix64
 //! with a fixed seed, the backends `10.0.x.y:8080` with weight 1, and every
 //! strategy hashes with fixed keys, so two runs print the same numbers.

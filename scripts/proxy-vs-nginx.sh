@@ -40,7 +40,7 @@ NGINX=$(command -v nginx)
 
 cd "$(dirname "$0")/.."
 if [[ -z ${GATEWAY:-} ]]; then
-    echo "building the gateway example (release)..." >&2
+    echo "building the gateway example (release, fat LTO: a few minutes the first time)..." >&2
     cargo build --release --example gateway -q
     GATEWAY=target/release/examples/gateway
 fi
