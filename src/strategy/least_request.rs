@@ -65,9 +65,6 @@ pub struct LeastRequest {
     /// need no search.
     cumulative: Vec<u64>,
     total: usize,
-    /// Every member is up, so a candidate's position is its index: a pick
-    /// reads no index.
-    all_up: bool,
 }
 
 #[derive(Debug)]
@@ -103,7 +100,6 @@ impl LeastRequest {
                 .collect()
         };
         LeastRequest {
-            all_up: up.len() == members.len(),
             up,
             weights,
             cumulative,
@@ -117,7 +113,9 @@ impl LeastRequest {
     fn lesser(&self, a: usize, b: usize) -> usize {
         let (first, second) = (&self.up[a], &self.up[b]);
         let second_wins = second.load.in_flight() < first.load.in_flight();
-        let (a, b) = if self.all_up {
+        // Every member takes picks: a candidate's position is its index, and
+        // no index is read.
+        let (a, b) = if self.up.len() == self.total {
             (a, b)
         } else {
             (first.index, second.index)
