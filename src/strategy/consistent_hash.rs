@@ -138,13 +138,14 @@ impl Ring {
         }
         // Every point's position, in listing order (each member's points
         // after the previous member's), in this thread's scratch buffer.
+        let points_of = |member: &Member| member.backend().weight() * vnodes;
         let mut positions = SCRATCH.take();
         positions.clear();
         positions.reserve(points as usize);
         for member in members {
             // The id is hashed once; each replica continues from that state.
             PointHasher::new(member.backend().id().as_bytes())
-                .extend(member.backend().weight() * vnodes, &mut positions);
+                .extend(points_of(member), &mut positions);
         }
         // About one point per bucket: between 2^4 buckets and 2^24, as many
         // as a ring may hold points.
@@ -152,7 +153,7 @@ impl Ring {
         let runs = members
             .iter()
             .enumerate()
-            .map(|(index, m)| (index as u32, (m.backend().weight() * vnodes) as usize));
+            .map(|(index, m)| (index as u32, points_of(m) as usize));
         // Ties by id, then (for members sharing an id, which only a
         // hand-built member list can have) by listing order.
         let (hashes, owners, table) = sort_points(&positions, runs, bits, |a, b| {
@@ -339,33 +340,32 @@ fn sort_points(
     let group_of = |hash: u64| (hash >> (64 - top)) as usize;
     let n = positions.len();
 
-    // First digit: `starts[d]` is where group `d` starts (and
-    // `starts[d + 1]` where it ends), `next[d]` where its next point goes.
+    // Both sorts keep their counts where the second one's table wants its
+    // offsets: slot `k + 1` counts key `k`, then holds where key `k` starts,
+    // then (each point placed moves it on) where it ends, which is where
+    // `k + 1` starts. Once placed, slot `k` is where key `k` starts.
+
+    // First digit: `starts[d]` ends as where group `d` starts.
     let mut starts = vec![0u32; (1 << top) + 1];
     for &hash in positions {
         starts[group_of(hash) + 1] += 1;
     }
-    for d in 1..starts.len() {
-        starts[d] += starts[d - 1];
-    }
-    let mut next = starts.clone();
+    prefix_sums(&mut starts[1..], 0);
     let mut hashes = vec![0u64; n];
     let mut owners = vec![0u32; n];
     let mut from = 0;
     for (owner, count) in runs {
         for &hash in &positions[from..from + count] {
-            let slot = &mut next[group_of(hash)];
-            hashes[*slot as usize] = hash;
-            owners[*slot as usize] = owner;
-            *slot += 1;
+            let next = &mut starts[group_of(hash) + 1];
+            hashes[*next as usize] = hash;
+            owners[*next as usize] = owner;
+            *next += 1;
         }
         from += count;
     }
     debug_assert_eq!(from, n, "the runs cover every position");
 
-    // The rest of the digits, group by group, in the table itself:
-    // `table[b + 1]` counts bucket `b`, then holds where it starts, then
-    // (each point placed moves it on) where it ends, where `b + 1` starts.
+    // The rest of the digits, group by group, in the table itself.
     let mut table = vec![0u32; (1 << bits) + 1];
     let mut group: Vec<(u64, u32)> = Vec::new();
     for d in 0..1usize << top {
@@ -668,20 +668,29 @@ mod tests {
             (short_runs.clone().collect(), 14),
             (short_runs.collect(), 20),
         ] {
-            let mut expected = points.clone();
-            expected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1)));
-            let positions: Vec<u64> = points.iter().map(|p| p.0).collect();
-            let runs = points.iter().map(|p| (p.1, 1));
-            let (hashes, owners, table) = sort_points(&positions, runs, bits, owner_order);
-            let pairs: Vec<(u64, u32)> =
-                hashes.iter().copied().zip(owners.iter().copied()).collect();
-            assert_eq!(pairs, expected);
-            // The table: where each bucket's points start.
-            assert_eq!(table.len(), (1 << bits) + 1);
-            for (bucket, &start) in table.iter().enumerate() {
-                let first = hashes.partition_point(|&h| ((h >> (64 - bits)) as usize) < bucket);
-                assert_eq!(start as usize, first, "bucket {bucket}");
-            }
+            sorts_as_a_comparison_sort(&points, bits, owner_order);
+        }
+    }
+
+    /// `sort_points` over `points` (each its own run) gives what a
+    /// comparison sort gives, and a table that finds each bucket's first
+    /// point.
+    fn sorts_as_a_comparison_sort(
+        points: &[(u64, u32)],
+        bits: u32,
+        owner_order: impl Fn(u32, u32) -> std::cmp::Ordering + Copy,
+    ) {
+        let mut expected = points.to_vec();
+        expected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1)));
+        let positions: Vec<u64> = points.iter().map(|p| p.0).collect();
+        let runs = points.iter().map(|p| (p.1, 1));
+        let (hashes, owners, table) = sort_points(&positions, runs, bits, owner_order);
+        let pairs: Vec<(u64, u32)> = hashes.iter().copied().zip(owners).collect();
+        assert_eq!(pairs, expected);
+        assert_eq!(table.len(), (1 << bits) + 1);
+        for (bucket, &start) in table.iter().enumerate() {
+            let first = hashes.partition_point(|&h| ((h >> (64 - bits)) as usize) < bucket);
+            assert_eq!(start as usize, first, "bucket {bucket}");
         }
     }
 
@@ -689,10 +698,10 @@ mod tests {
         #![proptest_config(proptest::test_runner::Config::with_cases(64))]
 
         /// Any positions (crowded top bits, equal positions, few owners)
-        /// and any table size: the in-place sort equals a comparison sort,
+        /// and any table size: the ring sort equals a comparison sort,
         /// and the table finds each bucket's first point.
         #[test]
-        fn sorting_in_place_equals_a_comparison_sort(
+        fn any_points_sort_as_a_comparison_sort_does(
             points in proptest::collection::vec(
                 (proptest::prelude::any::<u64>(), 0u32..5, 0u32..5), 0..3000),
             bits in 4u32..=16,
@@ -707,18 +716,7 @@ mod tests {
                     _ => (hash & !(u64::MAX >> (crowd * 4)), owner),
                 })
                 .collect();
-            let owner_order = |a: u32, b: u32| a.cmp(&b);
-            let mut expected = points.clone();
-            expected.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| owner_order(a.1, b.1)));
-            let positions: Vec<u64> = points.iter().map(|p| p.0).collect();
-            let runs = points.iter().map(|p| (p.1, 1));
-            let (hashes, owners, table) = sort_points(&positions, runs, bits, owner_order);
-            let sorted: Vec<(u64, u32)> = hashes.iter().copied().zip(owners).collect();
-            proptest::prop_assert_eq!(sorted, expected);
-            for (bucket, &start) in table.iter().enumerate() {
-                let first = hashes.partition_point(|&h| ((h >> (64 - bits)) as usize) < bucket);
-                proptest::prop_assert_eq!(start as usize, first);
-            }
+            sorts_as_a_comparison_sort(&points, bits, |a: u32, b: u32| a.cmp(&b));
         }
     }
 
