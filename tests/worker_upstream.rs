@@ -31,44 +31,39 @@ async fn counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
 
 /// [`counting_backend`], also counting the connections that were closed.
 async fn counting_backend_with_closes() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (count, closes) = (Arc::clone(&accepted), Arc::clone(&closed));
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            let closes = Arc::clone(&closes);
-            tokio::spawn(async move {
-                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    if req.uri().path() == "/echo" {
-                        // The whole request body back, once it has all come.
-                        let got = req.into_body().collect().await.unwrap().to_bytes();
-                        return Ok::<_, Infallible>(Response::new(Full::new(got)));
-                    }
-                    let body = match req.uri().path() {
-                        "/big" => Bytes::from(vec![b'x'; 4 << 20]),
-                        "/empty" => Bytes::new(),
-                        _ => Bytes::from_static(b"ok"),
-                    };
-                    let mut res = Response::new(Full::new(body));
-                    if req.uri().path() == "/empty" {
-                        *res.status_mut() = http::StatusCode::NO_CONTENT;
-                    }
-                    if req.uri().path() == "/close" {
-                        res.headers_mut()
-                            .insert(http::header::CONNECTION, "close".parse().unwrap());
-                    }
-                    Ok::<_, Infallible>(res)
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-                closes.fetch_add(1, Ordering::SeqCst);
+    let closed = Arc::new(AtomicUsize::new(0));
+    let closes = Arc::clone(&closed);
+    let (addr, accepted) = raw_backend(move |stream| {
+        let closes = Arc::clone(&closes);
+        async move {
+            let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                if req.uri().path() == "/echo" {
+                    // The whole request body back, once it has all come.
+                    let got = req.into_body().collect().await.unwrap().to_bytes();
+                    return Ok::<_, Infallible>(Response::new(Full::new(got)));
+                }
+                let body = match req.uri().path() {
+                    "/big" => Bytes::from(vec![b'x'; 4 << 20]),
+                    "/empty" => Bytes::new(),
+                    _ => Bytes::from_static(b"ok"),
+                };
+                let mut res = Response::new(Full::new(body));
+                if req.uri().path() == "/empty" {
+                    *res.status_mut() = http::StatusCode::NO_CONTENT;
+                }
+                if req.uri().path() == "/close" {
+                    res.headers_mut()
+                        .insert(http::header::CONNECTION, "close".parse().unwrap());
+                }
+                Ok::<_, Infallible>(res)
             });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+            closes.fetch_add(1, Ordering::SeqCst);
         }
-    });
+    })
+    .await;
     (addr, accepted, closed)
 }
 
