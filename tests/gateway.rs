@@ -526,3 +526,102 @@ async fn a_websocket_session_passes_through_the_worker_upstream() {
     assert_eq!(texts, ["hello from game-a", "game-a: ping"]);
     ws.close(None).await.unwrap();
 }
+
+/// `serve_connection` over an in-memory pipe, on tokio's paused clock (which
+/// jumps ahead whenever every task waits), with a stack that answers `ok`:
+/// the client's end, and the connection's own task.
+fn paused_connection() -> (
+    tokio::io::DuplexStream,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let ok = tower::service_fn(|_req: Request<Incoming>| async {
+        Ok::<_, tower_lb::Error>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    let peer: SocketAddr = "192.0.2.9:40000".parse().unwrap();
+    let served = tokio::spawn(tower_lb::proxy::serve_connection(
+        hyper_util::rt::TokioIo::new(server_end),
+        peer,
+        ok,
+        |_: &tower_lb::Error, _| {},
+    ));
+    (client_end, served)
+}
+
+/// Reads until the server closes its end (within two minutes of the paused
+/// clock, or the test fails): what it sent.
+async fn read_to_close(client: &mut tokio::io::DuplexStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        client.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server closes the connection")
+    .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_sent_too_slowly_is_cut_after_the_header_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let start = tokio::time::Instant::now();
+    let (mut client, served) = paused_connection();
+    // Slowloris: most of a head, then nothing more.
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Slow: 1")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut client).await;
+    let waited = start.elapsed();
+    // Closed without an answer, as nginx's client_header_timeout does.
+    assert_eq!(answer, "");
+    assert!(
+        waited >= tower_lb::proxy::HEADER_READ_TIMEOUT
+            && waited < tower_lb::proxy::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(1),
+        "{waited:?}"
+    );
+    let error = served.await.unwrap().unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
+    let start = tokio::time::Instant::now();
+    let (mut client, served) = paused_connection();
+    assert_eq!(read_to_close(&mut client).await, "");
+    let waited = start.elapsed();
+    assert!(
+        waited >= tower_lb::proxy::HEADER_READ_TIMEOUT
+            && waited < tower_lb::proxy::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(1),
+        "{waited:?}"
+    );
+    // Nothing was started, so the connection just ends.
+    let _ = served.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_head_within_the_timeout_is_served_and_the_idle_connection_closed_later() {
+    use tokio::io::AsyncWriteExt;
+    let start = tokio::time::Instant::now();
+    let (mut client, served) = paused_connection();
+    // The head in three pieces, 25 s apart: complete at 50 s, within 60 s.
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    for piece in [&b"Host: a.example\r\n"[..], b"\r\n"] {
+        tokio::time::sleep(std::time::Duration::from_secs(25)).await;
+        client.write_all(piece).await.unwrap();
+    }
+    // Answered; then the clock starts again for the next head, which never
+    // comes: the keep-alive connection is closed 60 s after the answer.
+    let answer = read_to_close(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+    let waited = start.elapsed();
+    let closed = std::time::Duration::from_secs(50) + tower_lb::proxy::HEADER_READ_TIMEOUT;
+    assert!(
+        waited >= closed && waited < closed + std::time::Duration::from_secs(1),
+        "{waited:?}"
+    );
+    let _ = served.await.unwrap();
+}

@@ -16,9 +16,10 @@
 //! * [`serve`] — the accept loop: an HTTP/1.1 server (upgrades enabled)
 //!   that puts each connection's peer address on its requests as
 //!   [`ClientAddr`] (what `X-Forwarded-For` and
-//!   [`ClientIp`](crate::sticky::ClientIp) read) and answers a tower-lb
-//!   [`Error`] with [`Error::to_response`]: the right status and a short
-//!   text that names no backend. [`serve_with`] also hands each error to a
+//!   [`ClientIp`](crate::sticky::ClientIp) read), closes a connection whose
+//!   request head takes longer than [`HEADER_READ_TIMEOUT`] (slowloris),
+//!   and answers a tower-lb [`Error`] with [`Error::to_response`]: the right
+//!   status and a short text that names no backend. [`serve_with`] also hands each error to a
 //!   function of yours, for logging, and [`serve_connection`] serves one
 //!   connection you accepted yourself ([`accept`] takes the next one as
 //!   the loop does): a TLS stream, say.
@@ -63,7 +64,7 @@ use hyper::rt::{Read, Write};
 use hyper::server::conn::http1;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tower_service::Service;
@@ -353,7 +354,8 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 ///
 /// `io` is any hyper I/O ([`hyper::rt::Read`] + [`hyper::rt::Write`]):
 /// wrap a tokio stream in [`TokioIo`]. The connection speaks HTTP/1.1 with
-/// upgrades enabled, every request gets [`ClientAddr`]`(peer)`, and an
+/// upgrades enabled, each request head must arrive within
+/// [`HEADER_READ_TIMEOUT`], every request gets [`ClientAddr`]`(peer)`, and an
 /// [`Error`] goes to `on_error` and is answered with
 /// [`Error::to_response`]. The result is hyper's connection error, if any
 /// (a client that went away mid-request, a malformed request line).
@@ -410,7 +412,28 @@ where
         }
     });
     http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(io, svc)
         .with_upgrades()
         .await
 }
+
+/// How long [`serve_connection`] (and so [`serve`]) waits for a request's
+/// head, from the moment it starts waiting for one, before it closes the
+/// connection without an answer: 60 seconds, nginx's
+/// `client_header_timeout`.
+///
+/// A client that sends its head a byte at a time, or opens connections and
+/// sends nothing (slowloris), holds each connection for this long at most.
+/// The clock starts when the connection is accepted and again after each
+/// response, so an idle keep-alive connection is closed after it too, as
+/// nginx's `keepalive_timeout` (75 s) does. Neither a request body nor a
+/// response is timed by it: a slow upload or a long poll is not cut. Like
+/// the rest of this module it needs a runtime with timers (tokio's
+/// `enable_all`, or `enable_time`).
+///
+/// ```
+/// assert_eq!(tower_lb::proxy::HEADER_READ_TIMEOUT.as_secs(), 60);
+/// ```
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
