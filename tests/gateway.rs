@@ -534,8 +534,19 @@ fn paused_connection() -> (
     tokio::io::DuplexStream,
     tokio::task::JoinHandle<Result<(), hyper::Error>>,
 ) {
-    let ok = tower::service_fn(|_req: Request<Incoming>| async {
-        Ok::<_, tower_lb::Error>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+    paused_connection_answering(Bytes::from_static(b"ok"))
+}
+
+/// [`paused_connection`], answering `body`; the pipe holds 64 KiB.
+fn paused_connection_answering(
+    body: Bytes,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let ok = tower::service_fn(move |_req: Request<Incoming>| {
+        let body = body.clone();
+        async move { Ok::<_, tower_lb::Error>(http::Response::new(Full::new(body))) }
     });
     let (client_end, server_end) = tokio::io::duplex(64 * 1024);
     let peer: SocketAddr = "192.0.2.9:40000".parse().unwrap();
@@ -624,4 +635,61 @@ async fn a_slow_head_within_the_timeout_is_served_and_the_idle_connection_closed
         "{waited:?}"
     );
     let _ = served.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = tokio::time::Instant::now();
+    // 1 MiB: far more than the pipe holds, so the writes stall.
+    let (mut client, served) = paused_connection_answering(Bytes::from(vec![b'x'; 1 << 20]));
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    // The client reads nothing: the connection ends on its own.
+    let error = tokio::time::timeout(std::time::Duration::from_secs(120), served)
+        .await
+        .expect("the connection ends")
+        .unwrap()
+        .unwrap_err();
+    let waited = start.elapsed();
+    let io = std::error::Error::source(&error)
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .unwrap_or_else(|| panic!("an I/O error: {error:?}"));
+    assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{io}");
+    assert!(
+        waited >= tower_lb::proxy::SEND_TIMEOUT
+            && waited < tower_lb::proxy::SEND_TIMEOUT + std::time::Duration::from_secs(1),
+        "{waited:?}"
+    );
+    // What was sent before is there, then the end: not the whole body.
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(got.len() < 1 << 20, "{}", got.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_but_steady_reader_gets_the_whole_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = vec![b'y'; 512 * 1024];
+    let (mut client, served) = paused_connection_answering(Bytes::from(body.clone()));
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // 16 KiB every 50 s: 32 reads, 26 minutes in all, none 60 s apart.
+    let mut got = Vec::new();
+    let mut chunk = vec![0; 16 * 1024];
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(50)).await;
+        let n = client.read(&mut chunk).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.ends_with(&body), "{} bytes", got.len());
+    served.await.unwrap().unwrap();
 }

@@ -17,8 +17,9 @@
 //!   that puts each connection's peer address on its requests as
 //!   [`ClientAddr`] (what `X-Forwarded-For` and
 //!   [`ClientIp`](crate::sticky::ClientIp) read), closes a connection whose
-//!   request head takes longer than [`HEADER_READ_TIMEOUT`] (slowloris),
-//!   and answers a tower-lb [`Error`] with [`Error::to_response`]: the right
+//!   request head takes longer than [`HEADER_READ_TIMEOUT`] (slowloris) or
+//!   that takes no response bytes for [`SEND_TIMEOUT`] (slow read), and
+//!   answers a tower-lb [`Error`] with [`Error::to_response`]: the right
 //!   status and a short text that names no backend. [`serve_with`] also hands each error to a
 //!   function of yours, for logging, and [`serve_connection`] serves one
 //!   connection you accepted yourself ([`accept`] takes the next one as
@@ -72,6 +73,8 @@ use tower_service::Service;
 use crate::sticky::ClientAddr;
 use crate::{BoxError, Error};
 
+mod send_timeout;
+use self::send_timeout::SendTimeout;
 mod worker_upstream;
 
 pub use self::worker_upstream::{
@@ -355,7 +358,8 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 /// `io` is any hyper I/O ([`hyper::rt::Read`] + [`hyper::rt::Write`]):
 /// wrap a tokio stream in [`TokioIo`]. The connection speaks HTTP/1.1 with
 /// upgrades enabled, each request head must arrive within
-/// [`HEADER_READ_TIMEOUT`], every request gets [`ClientAddr`]`(peer)`, and an
+/// [`HEADER_READ_TIMEOUT`], no write to the client may wait longer than
+/// [`SEND_TIMEOUT`], every request gets [`ClientAddr`]`(peer)`, and an
 /// [`Error`] goes to `on_error` and is answered with
 /// [`Error::to_response`]. The result is hyper's connection error, if any
 /// (a client that went away mid-request, a malformed request line).
@@ -414,7 +418,7 @@ where
     http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(io, svc)
+        .serve_connection(SendTimeout::new(io, SEND_TIMEOUT), svc)
         .with_upgrades()
         .await
 }
@@ -437,3 +441,18 @@ where
 /// assert_eq!(tower_lb::proxy::HEADER_READ_TIMEOUT.as_secs(), 60);
 /// ```
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a write to the client may wait before [`serve_connection`]
+/// gives up on the connection: 60 seconds, nginx's `send_timeout`.
+///
+/// The clock runs only while a write cannot go through, and starts again
+/// after each one that does, so a large download to a slow client is not
+/// cut, but a client that stops reading (a slow-read attack, a peer that
+/// vanished without a close) releases its connection, and the backend
+/// connection its response was streaming from, after this long. A
+/// WebSocket tunnel's writes to the client are timed the same way.
+///
+/// ```
+/// assert_eq!(tower_lb::proxy::SEND_TIMEOUT.as_secs(), 60);
+/// ```
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
