@@ -693,3 +693,44 @@ async fn a_slow_but_steady_reader_gets_the_whole_body() {
     assert!(got.ends_with(&body), "{} bytes", got.len());
     served.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_head_on_a_keep_alive_connection_gets_its_own_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = tokio::time::Instant::now();
+    let (mut client, served) = paused_connection();
+    let mut answers = Vec::new();
+    // Two quick requests, 30 s apart; each answer is read in full.
+    for i in 0..2 {
+        if i > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+            .await
+            .unwrap();
+        let mut chunk = [0u8; 1024];
+        while !answers.ends_with(b"\r\n\r\nok") {
+            let n = client.read(&mut chunk).await.unwrap();
+            assert_ne!(n, 0, "closed early");
+            answers.extend_from_slice(&chunk[..n]);
+        }
+        answers.clear();
+    }
+    // The second answer went at 30 s; 10 s later, most of a third head,
+    // then nothing: the clock started when the answer went, not when the
+    // third head began, so the connection is closed at 30 + 60 s.
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.")
+        .await
+        .unwrap();
+    assert_eq!(read_to_close(&mut client).await, "");
+    let waited = start.elapsed();
+    let closed = std::time::Duration::from_secs(30) + tower_lb::proxy::HEADER_READ_TIMEOUT;
+    assert!(
+        waited >= closed && waited < closed + std::time::Duration::from_secs(1),
+        "{waited:?}"
+    );
+    assert!(served.await.unwrap().unwrap_err().is_timeout());
+}

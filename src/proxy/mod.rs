@@ -65,7 +65,7 @@ use hyper::rt::{Read, Write};
 use hyper::server::conn::http1;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tower_service::Service;
@@ -73,7 +73,9 @@ use tower_service::Service;
 use crate::sticky::ClientAddr;
 use crate::{BoxError, Error};
 
+mod head_timer;
 mod send_timeout;
+use self::head_timer::HeadTimer;
 use self::send_timeout::SendTimeout;
 mod worker_upstream;
 
@@ -416,7 +418,7 @@ where
         }
     });
     http1::Builder::new()
-        .timer(TokioTimer::new())
+        .timer(HeadTimer::default())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(SendTimeout::new(io, SEND_TIMEOUT), svc)
         .with_upgrades()
