@@ -117,23 +117,29 @@ async fn get(client: &mut SendRequest<Empty<Bytes>>) -> usize {
     res.into_body().collect().await.unwrap().to_bytes().len()
 }
 
-/// The three targets, each with a warmed client.
-fn targets(rt: &Runtime) -> Vec<(&'static str, SendRequest<Empty<Bytes>>)> {
+/// The three targets' addresses.
+fn targets(rt: &Runtime) -> Vec<(&'static str, SocketAddr)> {
     rt.block_on(async {
         let backends = [backend().await, backend().await];
-        let mut out = Vec::new();
-        for (name, addr) in [
+        vec![
             ("direct", backends[0]),
             ("proxy", proxy(backends, false).await),
             ("proxy_next_upstream", proxy(backends, true).await),
-        ] {
-            let mut send = client(addr).await;
-            for _ in 0..100 {
-                get(&mut send).await;
-            }
-            out.push((name, send));
+        ]
+    })
+}
+
+/// A client of `addr`, warmed by 100 requests. Opened just before it is
+/// measured: a keep-alive connection left idle for a minute is closed by
+/// the proxy (`proxy::HEADER_READ_TIMEOUT`), and the first two targets'
+/// measurements can take that long.
+fn warmed_client(rt: &Runtime, addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    rt.block_on(async {
+        let mut send = client(addr).await;
+        for _ in 0..100 {
+            get(&mut send).await;
         }
-        out
+        send
     })
 }
 
@@ -142,18 +148,19 @@ fn bench_proxy(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let mut targets = targets(&rt);
+    let targets = targets(&rt);
     if let Some(n) = std::env::var("TOWER_LB_BENCH_REQUESTS")
         .ok()
         .and_then(|n| n.parse::<usize>().ok())
     {
         // Under valgrind: N requests to one target, nothing else.
         let wanted = std::env::var("TOWER_LB_BENCH_TARGET").unwrap_or_default();
-        for (name, send) in &mut targets {
-            if *name == wanted {
+        for &(name, addr) in &targets {
+            if name == wanted {
+                let mut send = warmed_client(&rt, addr);
                 rt.block_on(async {
                     for _ in 0..n {
-                        get(send).await;
+                        get(&mut send).await;
                     }
                 });
             }
@@ -162,8 +169,9 @@ fn bench_proxy(c: &mut Criterion) {
     }
     let mut group = c.benchmark_group("proxy_loopback");
     group.measurement_time(Duration::from_secs(5));
-    for (name, send) in &mut targets {
-        group.bench_function(*name, |b| b.iter(|| rt.block_on(get(send))));
+    for &(name, addr) in &targets {
+        let mut send = warmed_client(&rt, addr);
+        group.bench_function(name, |b| b.iter(|| rt.block_on(get(&mut send))));
     }
     group.finish();
 }

@@ -608,8 +608,37 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout
             && waited < tower_lb::proxy::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(1),
         "{waited:?}"
     );
-    // Nothing was started, so the connection just ends.
-    let _ = served.await.unwrap();
+    assert!(served.await.unwrap().unwrap_err().is_timeout());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_trickled_a_line_at_a_time_is_cut_at_the_header_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let start = tokio::time::Instant::now();
+    let (mut client, served) = paused_connection();
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    // Slowloris proper: a new header line every 10 s, so the connection is
+    // never idle for long; what is timed is the whole head.
+    let trickle = async {
+        for i in 0.. {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            let line = format!("X-Trickle-{i}: 1\r\n");
+            if client.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    };
+    let error = tokio::select! {
+        served = served => served.unwrap().unwrap_err(),
+        () = trickle => panic!("the trickle stopped first"),
+    };
+    assert!(error.is_timeout(), "{error}");
+    let waited = start.elapsed();
+    assert!(
+        waited >= tower_lb::proxy::HEADER_READ_TIMEOUT
+            && waited < tower_lb::proxy::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(1),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -634,7 +663,7 @@ async fn a_slow_head_within_the_timeout_is_served_and_the_idle_connection_closed
         waited >= closed && waited < closed + std::time::Duration::from_secs(1),
         "{waited:?}"
     );
-    let _ = served.await.unwrap();
+    assert!(served.await.unwrap().unwrap_err().is_timeout());
 }
 
 #[tokio::test(start_paused = true)]
@@ -684,7 +713,10 @@ async fn a_slow_but_steady_reader_gets_the_whole_body() {
     let mut chunk = vec![0; 16 * 1024];
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(50)).await;
-        let n = client.read(&mut chunk).await.unwrap();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut chunk))
+            .await
+            .expect("data or the end within 5 s")
+            .unwrap();
         if n == 0 {
             break;
         }
@@ -733,4 +765,67 @@ async fn each_head_on_a_keep_alive_connection_gets_its_own_header_read_timeout()
         "{waited:?}"
     );
     assert!(served.await.unwrap().unwrap_err().is_timeout());
+}
+
+/// A response body of two chunks 90 s apart: a long poll, or server-sent
+/// events with a quiet spell.
+struct Pausing {
+    sent: u8,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for Pausing {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        match self.sent {
+            0 => {}
+            1 => {
+                if self.pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            _ => return Poll::Ready(None),
+        }
+        self.sent += 1;
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            b"event\n",
+        )))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_that_pauses_longer_than_either_timeout_is_not_cut() {
+    use tokio::io::AsyncWriteExt;
+    let start = tokio::time::Instant::now();
+    let pausing = tower::service_fn(|_req: Request<Incoming>| async {
+        let body = Pausing {
+            sent: 0,
+            pause: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(90))),
+        };
+        Ok::<_, tower_lb::Error>(http::Response::new(body))
+    });
+    let (mut client, server_end) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(tower_lb::proxy::serve_connection(
+        hyper_util::rt::TokioIo::new(server_end),
+        "192.0.2.9:40000".parse().unwrap(),
+        pausing,
+        |_: &tower_lb::Error, _| {},
+    ));
+    client
+        .write_all(b"GET /events HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("event\n\r\n0\r\n\r\n"), "{answer}");
+    assert_eq!(answer.matches("event\n").count(), 2, "{answer}");
+    assert!(start.elapsed() >= std::time::Duration::from_secs(90));
+    served.await.unwrap().unwrap();
 }

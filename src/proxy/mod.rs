@@ -363,8 +363,13 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 /// [`HEADER_READ_TIMEOUT`], no write to the client may wait longer than
 /// [`SEND_TIMEOUT`], every request gets [`ClientAddr`]`(peer)`, and an
 /// [`Error`] goes to `on_error` and is answered with
-/// [`Error::to_response`]. The result is hyper's connection error, if any
-/// (a client that went away mid-request, a malformed request line).
+/// [`Error::to_response`]. The result is hyper's connection error, if any:
+/// a client that went away mid-request, a malformed request line, and also
+/// the two timeouts, which are how most keep-alive connections end (one
+/// that idles past [`HEADER_READ_TIMEOUT`] ends with an error whose
+/// `is_timeout()` is true; a stalled write, [`SEND_TIMEOUT`], with an
+/// [`io::Error`](std::io::Error) of kind `TimedOut` as its source). Log
+/// them at a low level, if at all.
 ///
 /// ```no_run
 /// # use tower_lb::{layer::*, proxy::*, LoadBalancer, Strategy};
@@ -432,12 +437,16 @@ where
 ///
 /// A client that sends its head a byte at a time, or opens connections and
 /// sends nothing (slowloris), holds each connection for this long at most.
-/// The clock starts when the connection is accepted and again after each
-/// response, so an idle keep-alive connection is closed after it too, as
-/// nginx's `keepalive_timeout` (75 s) does. Neither a request body nor a
-/// response is timed by it: a slow upload or a long poll is not cut. Like
-/// the rest of this module it needs a runtime with timers (tokio's
-/// `enable_all`, or `enable_time`).
+/// The clock starts when [`serve_connection`] starts (after a TLS
+/// handshake, which the caller times) and again once each response has been
+/// written, and runs until the next head is complete: one budget for the
+/// idle time between requests and the head, so an idle keep-alive
+/// connection is closed after 60 s (nginx gives idle connections 75 s,
+/// `keepalive_timeout`, and the head its own 60 s from its first byte).
+/// Neither a request body nor a response is timed by it: a long poll is not
+/// cut, and neither is a slow upload (nginx's `client_body_timeout` has no
+/// counterpart here yet). Like the rest of this module it needs a runtime
+/// with timers (tokio's `enable_all`, or `enable_time`).
 ///
 /// ```
 /// assert_eq!(tower_lb::proxy::HEADER_READ_TIMEOUT.as_secs(), 60);
@@ -452,7 +461,13 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// cut, but a client that stops reading (a slow-read attack, a peer that
 /// vanished without a close) releases its connection, and the backend
 /// connection its response was streaming from, after this long. A
-/// WebSocket tunnel's writes to the client are timed the same way.
+/// WebSocket tunnel's writes to the client are timed the same way (an idle
+/// tunnel is not: nothing waits to be written).
+///
+/// The clock runs from the first write, flush or shutdown that cannot go
+/// through to the next one that does. An upgrade handler of your own that
+/// gives up on a pending write (a `select!` around it) and writes again
+/// later may find that clock already run out.
 ///
 /// ```
 /// assert_eq!(tower_lb::proxy::SEND_TIMEOUT.as_secs(), 60);
