@@ -77,15 +77,20 @@ impl LeastRequest {
     /// Builds the balancer over the members that are up, reading their live
     /// counters on every pick.
     pub fn new(members: &[Member]) -> Self {
-        let (up, weights): (Vec<Candidate>, Vec<u32>) = members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.takes_new_picks())
-            .map(|(index, m)| {
-                let load = Arc::clone(m.load());
-                (Candidate { index, load }, m.backend().weight())
-            })
-            .unzip();
+        // Sized for every member up front: a filtered iterator gives no
+        // size, and growing two vectors by doubling was a tenth of a
+        // rebuild at 10,000 members.
+        let mut up = Vec::with_capacity(members.len());
+        let mut weights = Vec::with_capacity(members.len());
+        for (index, m) in members.iter().enumerate() {
+            if m.takes_new_picks() {
+                up.push(Candidate {
+                    index,
+                    load: Arc::clone(m.load()),
+                });
+                weights.push(m.backend().weight());
+            }
+        }
         let equal = weights.windows(2).all(|w| w[0] == w[1]);
         let mut sum = 0;
         let cumulative = if equal {
