@@ -32,7 +32,9 @@
 //! fails on one backend with an error, a timeout or a 502/503/504 is retried
 //! on the next, at most `--tries N` backends (default 3; 1 turns retries
 //! off) within `--next-upstream-timeout DUR` (10s); `--connect-timeout DUR`
-//! (2s) and `--response-timeout DUR` (30s) time each attempt (`0`: no limit).
+//! (2s) and `--response-timeout DUR` (30s) time each attempt, and
+//! `--read-timeout DUR` (60s, nginx's `proxy_read_timeout`) each wait on a
+//! response body (`0`: no limit).
 //! `--chaos` kills the first backend and restarts it every 200 ms: try
 //! `cargo run --example gateway -- --chaos --demo --requests 200`, no request fails.
 //!

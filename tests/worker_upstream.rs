@@ -519,3 +519,91 @@ async fn a_backend_no_longer_used_is_left_no_open_connection() {
     res.into_body().collect().await.unwrap();
     assert_eq!(settled(&gone_closed, 1).await, 1);
 }
+
+/// A backend that answers every request with a head promising ten bytes, and
+/// five of them, then goes quiet (the connection stays open).
+async fn stalling_backend() -> SocketAddr {
+    let (addr, _accepted) = raw_backend(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        if read_head(&mut stream, &mut buf).await.is_some() {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+                .await;
+            // Holds the connection open, silent, for an hour.
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    })
+    .await;
+    addr
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_backend_that_goes_quiet_mid_body_is_cut_after_the_read_timeout() {
+    let addr = stalling_backend().await;
+    let mut upstream = WorkerUpstream::new();
+    let res = get(&mut upstream, addr, "/").await;
+    let start = tokio::time::Instant::now();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "hello");
+    let error = tokio::time::timeout(std::time::Duration::from_secs(120), body.frame())
+        .await
+        .expect("the body ends before the test's own limit")
+        .expect("an error, not the end")
+        .unwrap_err();
+    let waited = start.elapsed();
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .unwrap_or_else(|| panic!("an I/O error: {error:?}"));
+    assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{io}");
+    let limit = tower_lb::proxy::DEFAULT_READ_TIMEOUT;
+    assert!(
+        waited >= limit && waited < limit + std::time::Duration::from_secs(1),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn without_a_read_timeout_a_quiet_backend_is_waited_for() {
+    let addr = stalling_backend().await;
+    let mut upstream = WorkerUpstream::new().read_timeout(None);
+    let mut body = get(&mut upstream, addr, "/").await.into_body();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "hello"
+    );
+    // Ten minutes of the paused clock later, still waiting.
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(600), body.frame()).await;
+    assert!(waited.is_err(), "the body ended: {waited:?}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_slow_but_steady_backend_body_is_not_cut() {
+    // Ten chunks of a chunked body, 50 s apart: 500 s in all, none 60 s apart.
+    let (addr, _accepted) = raw_backend(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        if read_head(&mut stream, &mut buf).await.is_some() {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await;
+            for _ in 0..10 {
+                tokio::time::sleep(std::time::Duration::from_secs(50)).await;
+                let _ = stream.write_all(b"1\r\nx\r\n").await;
+            }
+            let _ = stream.write_all(b"0\r\n\r\n").await;
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    })
+    .await;
+    let mut upstream = WorkerUpstream::new();
+    let res = get(&mut upstream, addr, "/").await;
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(900),
+        res.into_body().collect(),
+    )
+    .await
+    .expect("the body ends")
+    .expect("no error")
+    .to_bytes();
+    assert_eq!(body, "xxxxxxxxxx");
+}

@@ -5,7 +5,8 @@
 //! timeout or a 502/503/504 (`proxy_next_upstream error timeout http_502
 //! http_503 http_504; proxy_next_upstream_tries 3`), start no new attempt
 //! after 10 s (`proxy_next_upstream_timeout`), connect within 2 s
-//! (`proxy_connect_timeout`), response head within 30 s.
+//! (`proxy_connect_timeout`), response head within 30 s, no pause of more
+//! than 60 s in a response body (`proxy_read_timeout`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -38,13 +39,16 @@ pub struct RetryOptions {
     pub connect_timeout: Option<Duration>,
     /// For each attempt's response head (`None`: no limit).
     pub response_timeout: Option<Duration>,
+    /// For each wait on a response body (`None`: no limit).
+    pub read_timeout: Option<Duration>,
     /// Kill the first backend and restart it, over and over.
     pub chaos: bool,
 }
 
 /// The flags, for `--help`.
 pub const USAGE: &str = "[--tries N] [--next-upstream-timeout DUR] [--connect-timeout DUR] \
-                         [--response-timeout DUR] [--chaos]   (DUR: 500ms, 2s; 0 = no limit)";
+                         [--response-timeout DUR] [--read-timeout DUR] [--chaos]   \
+                         (DUR: 500ms, 2s; 0 = no limit)";
 
 impl Default for RetryOptions {
     fn default() -> Self {
@@ -53,6 +57,7 @@ impl Default for RetryOptions {
             next_upstream_timeout: Some(Duration::from_secs(10)),
             connect_timeout: Some(Duration::from_secs(2)),
             response_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(tower_lb::proxy::DEFAULT_READ_TIMEOUT),
             chaos: false,
         }
     }
@@ -75,6 +80,7 @@ impl RetryOptions {
             "--next-upstream-timeout" => self.next_upstream_timeout = duration(flag, &value()?)?,
             "--connect-timeout" => self.connect_timeout = duration(flag, &value()?)?,
             "--response-timeout" => self.response_timeout = duration(flag, &value()?)?,
+            "--read-timeout" => self.read_timeout = duration(flag, &value()?)?,
             "--chaos" => self.chaos = true,
             _ => return Ok(false),
         }
@@ -111,7 +117,7 @@ impl RetryOptions {
     /// The upstream client the gateway runs for plain http backends, its
     /// connects timed as configured.
     pub fn upstream(&self) -> WorkerUpstream<ReplayBody<Incoming>> {
-        let upstream = WorkerUpstream::new();
+        let upstream = WorkerUpstream::new().read_timeout(self.read_timeout);
         match self.connect_timeout {
             Some(limit) => upstream.connect_timeout(limit),
             None => upstream,
@@ -145,7 +151,7 @@ impl RetryOptions {
     pub fn describe(&self) -> String {
         let show = |d: Option<Duration>| d.map_or("none".to_owned(), |d| format!("{d:?}"));
         format!(
-            "retries: tries {} (on error, timeout, 502/503/504), budget {}; timeouts: connect {}, response {}",
+            "retries: tries {} (on error, timeout, 502/503/504), budget {}; timeouts: connect {}, response {}, body read {}",
             if self.tries == 0 {
                 "all".to_owned()
             } else {
@@ -154,6 +160,7 @@ impl RetryOptions {
             show(self.next_upstream_timeout),
             show(self.connect_timeout),
             show(self.response_timeout),
+            show(self.read_timeout),
         )
     }
 }

@@ -81,7 +81,7 @@ mod worker_upstream;
 
 pub use self::worker_upstream::{
     ConnectError, UpstreamBody, WorkerUpstream, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS_PER_BACKEND,
+    DEFAULT_MAX_CONNECTIONS_PER_BACKEND, DEFAULT_READ_TIMEOUT,
 };
 
 /// What [`serve`] answers with: the stack's own response body, or the short

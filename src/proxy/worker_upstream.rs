@@ -31,6 +31,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_BACKEND: usize = 256;
 /// `keepalive_timeout`, 60 seconds.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a response body may go without a byte from the backend by
+/// default: nginx's `proxy_read_timeout`, 60 seconds.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The upstream client for one worker thread: HTTP/1.1 over plain TCP with
 /// a keep-alive pool of its own, and WebSocket passthrough as in
 /// [`Upstream`](super::Upstream).
@@ -72,6 +76,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct WorkerUpstream<B = Incoming> {
     pool: Arc<Pool<B>>,
     connect_timeout: Option<Duration>,
+    read_timeout: Option<Duration>,
 }
 
 impl<B> Clone for WorkerUpstream<B> {
@@ -79,6 +84,7 @@ impl<B> Clone for WorkerUpstream<B> {
         WorkerUpstream {
             pool: Arc::clone(&self.pool),
             connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
         }
     }
 }
@@ -177,6 +183,7 @@ impl<B> WorkerUpstream<B> {
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
             }),
             connect_timeout: None,
+            read_timeout: Some(DEFAULT_READ_TIMEOUT),
         }
     }
 
@@ -224,6 +231,30 @@ impl<B> WorkerUpstream<B> {
     /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Ends a response body that has waited `timeout` for the backend's
+    /// next byte (nginx's `proxy_read_timeout`; default
+    /// [`DEFAULT_READ_TIMEOUT`], `None` for no limit): the body fails with
+    /// an `io::ErrorKind::TimedOut` error, the client's connection is
+    /// closed (its response cannot be completed), and the backend
+    /// connection is dropped. A backend that hangs mid-response no longer
+    /// holds the client, the connection and the request's place in flight
+    /// for ever. The clock runs only while the body waits on the backend,
+    /// not while the client is slow to take it; the response head is timed
+    /// by [`ResponseTimeout`](crate::layer::ResponseTimeout), and a
+    /// WebSocket tunnel not at all.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_lb::proxy::WorkerUpstream;
+    /// let upstream: WorkerUpstream = WorkerUpstream::new().read_timeout(Duration::from_secs(300));
+    /// let patient: WorkerUpstream = WorkerUpstream::new().read_timeout(None);
+    /// # let _ = (upstream, patient);
+    /// ```
+    pub fn read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.read_timeout = timeout.into();
         self
     }
 }
@@ -528,8 +559,9 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let pool = Arc::clone(&self.pool);
         let timeout = self.connect_timeout;
+        let read_timeout = self.read_timeout;
         if is_upgrade(&req) {
-            return Box::pin(upgrade(req, timeout));
+            return Box::pin(upgrade(req, timeout, read_timeout));
         }
         Box::pin(async move {
             let backend = prepare(&mut req)?;
@@ -566,7 +598,7 @@ where
                 },
             };
             let lease = Lease { conn, slot };
-            Ok(res.map(|body| UpstreamBody::leased(body, lease)))
+            Ok(res.map(|body| UpstreamBody::leased(body, lease, read_timeout)))
         })
     }
 }
@@ -594,6 +626,7 @@ fn closed_before_sending() -> ConnectError {
 async fn upgrade<B>(
     mut req: Request<B>,
     timeout: Option<Duration>,
+    read_timeout: Option<Duration>,
 ) -> Result<Response<UpstreamBody<B>>, BoxError>
 where
     B: Body + Send + Unpin + 'static,
@@ -608,7 +641,7 @@ where
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         super::splice_upgrade(client_side, hyper::upgrade::on(&mut res), tunnel_load);
     }
-    Ok(res.map(UpstreamBody::plain))
+    Ok(res.map(|body| UpstreamBody::plain(body, read_timeout)))
 }
 
 /// A connection lent to one response: back to its slot when the body ends.
@@ -622,10 +655,63 @@ pin_project_lite::pin_project! {
     /// body, read by driving the backend connection, which goes back to the
     /// pool as soon as the body has ended. Dropped before its end, it
     /// closes the connection (what is left of the response is not read).
+    /// A body that waits longer than the client's
+    /// [`read_timeout`](WorkerUpstream::read_timeout) for the backend fails.
     pub struct UpstreamBody<B> {
         #[pin]
         inner: Incoming,
         lease: Option<Lease<B>>,
+        stall: Stall,
+    }
+}
+
+/// The clock on a body's waits for the backend: started when a read finds
+/// nothing, stopped when one finds something. One tokio timer per body, made
+/// on the first wait and moved on (one atomic operation) for the next.
+struct Stall {
+    limit: Option<Duration>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    running: bool,
+}
+
+impl Stall {
+    fn new(limit: Option<Duration>) -> Self {
+        Stall {
+            limit,
+            sleep: None,
+            running: false,
+        }
+    }
+
+    /// A read found something.
+    fn stop(&mut self) {
+        self.running = false;
+    }
+
+    /// A read found nothing: whether the wait has now lasted the limit.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(limit) = self.limit else {
+            return false;
+        };
+        if !self.running {
+            self.running = true;
+            let deadline = tokio::time::Instant::now() + limit;
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.sleep
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+    }
+
+    fn error(&self) -> BoxError {
+        let limit = self.limit.unwrap_or_default();
+        Box::new(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the backend sent nothing of the response body for {limit:?}"),
+        ))
     }
 }
 
@@ -644,10 +730,11 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    fn leased(inner: Incoming, lease: Lease<B>) -> Self {
+    fn leased(inner: Incoming, lease: Lease<B>, read_timeout: Option<Duration>) -> Self {
         let mut body = UpstreamBody {
             inner,
             lease: Some(lease),
+            stall: Stall::new(read_timeout),
         };
         // No body to read (HEAD, 204, 304, `Content-Length: 0`): the
         // connection is free now. A server may never poll such a body.
@@ -658,8 +745,12 @@ where
         body
     }
 
-    fn plain(inner: Incoming) -> Self {
-        UpstreamBody { inner, lease: None }
+    fn plain(inner: Incoming, read_timeout: Option<Duration>) -> Self {
+        UpstreamBody {
+            inner,
+            lease: None,
+            stall: Stall::new(read_timeout),
+        }
     }
 }
 
@@ -682,7 +773,7 @@ where
     B::Error: Into<BoxError>,
 {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -691,7 +782,11 @@ where
         let mut this = self.project();
         let mut driven = false;
         loop {
-            match this.inner.as_mut().poll_frame(cx) {
+            let polled = this.inner.as_mut().poll_frame(cx);
+            if polled.is_ready() {
+                this.stall.stop();
+            }
+            match polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     // The last frame: a server that sees the end does not
                     // poll again, so the connection goes back now. Trailers
@@ -708,7 +803,7 @@ where
                 }
                 Poll::Ready(Some(Err(error))) => {
                     *this.lease = None;
-                    return Poll::Ready(Some(Err(error)));
+                    return Poll::Ready(Some(Err(error.into())));
                 }
                 Poll::Pending => match this.lease {
                     // Once: the connection, driven, may have just handed
@@ -719,6 +814,12 @@ where
                             // Closed mid-body: the body reports how.
                             *this.lease = None;
                         }
+                    }
+                    _ if this.stall.expired(cx) => {
+                        // The backend went quiet mid-response: its
+                        // connection cannot be reused.
+                        *this.lease = None;
+                        return Poll::Ready(Some(Err(this.stall.error())));
                     }
                     _ => return Poll::Pending,
                 },
