@@ -559,6 +559,17 @@ fn paused_connection_answering(
     (client_end, served)
 }
 
+/// That `at` has passed on the paused clock since `start`, by less than a
+/// second.
+#[track_caller]
+fn assert_elapsed(start: tokio::time::Instant, at: std::time::Duration) {
+    let waited = start.elapsed();
+    assert!(
+        waited >= at && waited < at + std::time::Duration::from_secs(1),
+        "{waited:?}, not {at:?}"
+    );
+}
+
 /// Reads until the server closes its end (within two minutes of the paused
 /// clock, or the test fails): what it sent.
 async fn read_to_close(client: &mut tokio::io::DuplexStream) -> String {
@@ -585,14 +596,9 @@ async fn a_head_sent_too_slowly_is_cut_after_the_header_read_timeout() {
         .await
         .unwrap();
     let answer = read_to_close(&mut client).await;
-    let waited = start.elapsed();
+    assert_elapsed(start, tower_lb::proxy::HEADER_READ_TIMEOUT);
     // Closed without an answer, as nginx's client_header_timeout does.
     assert_eq!(answer, "");
-    assert!(
-        waited >= tower_lb::proxy::HEADER_READ_TIMEOUT
-            && waited < tower_lb::proxy::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(1),
-        "{waited:?}"
-    );
     let error = served.await.unwrap().unwrap_err();
     assert!(error.is_timeout(), "{error}");
 }
@@ -602,12 +608,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout
     let start = tokio::time::Instant::now();
     let (mut client, served) = paused_connection();
     assert_eq!(read_to_close(&mut client).await, "");
-    let waited = start.elapsed();
-    assert!(
-        waited >= tower_lb::proxy::HEADER_READ_TIMEOUT
-            && waited < tower_lb::proxy::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(1),
-        "{waited:?}"
-    );
+    assert_elapsed(start, tower_lb::proxy::HEADER_READ_TIMEOUT);
     assert!(served.await.unwrap().unwrap_err().is_timeout());
 }
 
@@ -633,12 +634,7 @@ async fn a_head_trickled_a_line_at_a_time_is_cut_at_the_header_read_timeout() {
         () = trickle => panic!("the trickle stopped first"),
     };
     assert!(error.is_timeout(), "{error}");
-    let waited = start.elapsed();
-    assert!(
-        waited >= tower_lb::proxy::HEADER_READ_TIMEOUT
-            && waited < tower_lb::proxy::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(1),
-        "{waited:?}"
-    );
+    assert_elapsed(start, tower_lb::proxy::HEADER_READ_TIMEOUT);
 }
 
 #[tokio::test(start_paused = true)]
@@ -657,11 +653,9 @@ async fn a_slow_head_within_the_timeout_is_served_and_the_idle_connection_closed
     let answer = read_to_close(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
-    let waited = start.elapsed();
-    let closed = std::time::Duration::from_secs(50) + tower_lb::proxy::HEADER_READ_TIMEOUT;
-    assert!(
-        waited >= closed && waited < closed + std::time::Duration::from_secs(1),
-        "{waited:?}"
+    assert_elapsed(
+        start,
+        std::time::Duration::from_secs(50) + tower_lb::proxy::HEADER_READ_TIMEOUT,
     );
     assert!(served.await.unwrap().unwrap_err().is_timeout());
 }
@@ -682,16 +676,11 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
         .expect("the connection ends")
         .unwrap()
         .unwrap_err();
-    let waited = start.elapsed();
+    assert_elapsed(start, tower_lb::proxy::SEND_TIMEOUT);
     let io = std::error::Error::source(&error)
         .and_then(|e| e.downcast_ref::<std::io::Error>())
         .unwrap_or_else(|| panic!("an I/O error: {error:?}"));
     assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{io}");
-    assert!(
-        waited >= tower_lb::proxy::SEND_TIMEOUT
-            && waited < tower_lb::proxy::SEND_TIMEOUT + std::time::Duration::from_secs(1),
-        "{waited:?}"
-    );
     // What was sent before is there, then the end: not the whole body.
     let mut got = Vec::new();
     client.read_to_end(&mut got).await.unwrap();
@@ -758,11 +747,9 @@ async fn each_head_on_a_keep_alive_connection_gets_its_own_header_read_timeout()
         .await
         .unwrap();
     assert_eq!(read_to_close(&mut client).await, "");
-    let waited = start.elapsed();
-    let closed = std::time::Duration::from_secs(30) + tower_lb::proxy::HEADER_READ_TIMEOUT;
-    assert!(
-        waited >= closed && waited < closed + std::time::Duration::from_secs(1),
-        "{waited:?}"
+    assert_elapsed(
+        start,
+        std::time::Duration::from_secs(30) + tower_lb::proxy::HEADER_READ_TIMEOUT,
     );
     assert!(served.await.unwrap().unwrap_err().is_timeout());
 }
