@@ -469,6 +469,8 @@ fn the_response_body_is_send_and_sync_as_hypers_is() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<UpstreamBody<Full<Bytes>>>();
     send_sync::<UpstreamBody<hyper::body::Incoming>>();
+    fn unpin<T: Unpin>() {}
+    unpin::<UpstreamBody<Full<Bytes>>>();
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -520,10 +522,11 @@ async fn a_backend_no_longer_used_is_left_no_open_connection() {
     assert_eq!(settled(&gone_closed, 1).await, 1);
 }
 
-/// A backend that answers every request with a head promising ten bytes, and
-/// five of them, then goes quiet (the connection stays open).
-async fn stalling_backend() -> SocketAddr {
-    let (addr, _accepted) = raw_backend(|mut stream| async move {
+/// A backend that answers a request with a head promising ten bytes, and
+/// five of them, then goes quiet (the connection stays open); the
+/// connections it accepted.
+async fn stalling_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    raw_backend(|mut stream| async move {
         let mut buf = [0u8; 4096];
         if read_head(&mut stream, &mut buf).await.is_some() {
             let _ = stream
@@ -533,13 +536,12 @@ async fn stalling_backend() -> SocketAddr {
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }
     })
-    .await;
-    addr
+    .await
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_backend_that_goes_quiet_mid_body_is_cut_after_the_read_timeout() {
-    let addr = stalling_backend().await;
+    let (addr, accepted) = stalling_backend().await;
     let mut upstream = WorkerUpstream::new();
     let res = get(&mut upstream, addr, "/").await;
     let start = tokio::time::Instant::now();
@@ -561,11 +563,15 @@ async fn a_backend_that_goes_quiet_mid_body_is_cut_after_the_read_timeout() {
         waited >= limit && waited < limit + std::time::Duration::from_secs(1),
         "{waited:?}"
     );
+    // The connection went with the body: the next request opens another.
+    drop(body);
+    let _head = get(&mut upstream, addr, "/").await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn without_a_read_timeout_a_quiet_backend_is_waited_for() {
-    let addr = stalling_backend().await;
+    let (addr, _accepted) = stalling_backend().await;
     let mut upstream = WorkerUpstream::new().read_timeout(None);
     let mut body = get(&mut upstream, addr, "/").await.into_body();
     assert_eq!(
@@ -579,10 +585,11 @@ async fn without_a_read_timeout_a_quiet_backend_is_waited_for() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_slow_but_steady_backend_body_is_not_cut() {
-    // Ten chunks of a chunked body, 50 s apart: 500 s in all, none 60 s apart.
-    let (addr, _accepted) = raw_backend(|mut stream| async move {
+    // Each answer: ten chunks of a chunked body, 50 s apart: 500 s in all,
+    // none 60 s apart.
+    let (addr, accepted) = raw_backend(|mut stream| async move {
         let mut buf = [0u8; 4096];
-        if read_head(&mut stream, &mut buf).await.is_some() {
+        while read_head(&mut stream, &mut buf).await.is_some() {
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
                 .await;
@@ -591,7 +598,6 @@ async fn a_slow_but_steady_backend_body_is_not_cut() {
                 let _ = stream.write_all(b"1\r\nx\r\n").await;
             }
             let _ = stream.write_all(b"0\r\n\r\n").await;
-            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }
     })
     .await;
@@ -606,4 +612,31 @@ async fn a_slow_but_steady_backend_body_is_not_cut() {
     .expect("no error")
     .to_bytes();
     assert_eq!(body, "xxxxxxxxxx");
+    // Waits under the limit leave the connection good for the next request.
+    let _head = get(&mut upstream, addr, "/").await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_reader_that_pauses_is_not_cut_when_the_backend_has_sent_the_body() {
+    let (addr, _accepted) = counting_backend().await;
+    let mut upstream = WorkerUpstream::new();
+    let mut body = get(&mut upstream, addr, "/big").await.into_body();
+    let mut got = body
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap()
+        .len();
+    // The reader stops for twice the read timeout; the backend was not slow.
+    tokio::time::sleep(tower_lb::proxy::DEFAULT_READ_TIMEOUT * 2).await;
+    while let Some(frame) = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+        .await
+        .expect("a frame or the end within 5 s")
+    {
+        got += frame.expect("no error").into_data().unwrap().len();
+    }
+    assert_eq!(got, 4 << 20);
 }

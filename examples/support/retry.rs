@@ -6,7 +6,8 @@
 //! http_503 http_504; proxy_next_upstream_tries 3`), start no new attempt
 //! after 10 s (`proxy_next_upstream_timeout`), connect within 2 s
 //! (`proxy_connect_timeout`), response head within 30 s, no pause of more
-//! than 60 s in a response body (`proxy_read_timeout`).
+//! than 60 s in a response body from a plain-http backend
+//! (`proxy_read_timeout`; `WorkerUpstream`'s, not applied to `https` ones).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,7 +40,8 @@ pub struct RetryOptions {
     pub connect_timeout: Option<Duration>,
     /// For each attempt's response head (`None`: no limit).
     pub response_timeout: Option<Duration>,
-    /// For each wait on a response body (`None`: no limit).
+    /// For each wait on a response body from an http backend (`None`: no
+    /// limit).
     pub read_timeout: Option<Duration>,
     /// Kill the first backend and restart it, over and over.
     pub chaos: bool,
@@ -151,7 +153,7 @@ impl RetryOptions {
     pub fn describe(&self) -> String {
         let show = |d: Option<Duration>| d.map_or("none".to_owned(), |d| format!("{d:?}"));
         format!(
-            "retries: tries {} (on error, timeout, 502/503/504), budget {}; timeouts: connect {}, response {}, body read {}",
+            "retries: tries {} (on error, timeout, 502/503/504), budget {}; timeouts: connect {}, response {}, body read {} (http backends)",
             if self.tries == 0 {
                 "all".to_owned()
             } else {

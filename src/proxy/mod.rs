@@ -368,8 +368,11 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 /// the two timeouts, which are how most keep-alive connections end (one
 /// that idles past [`HEADER_READ_TIMEOUT`] ends with an error whose
 /// `is_timeout()` is true; a stalled write, [`SEND_TIMEOUT`], with an
-/// [`io::Error`](std::io::Error) of kind `TimedOut` as its source). Log
-/// them at a low level, if at all.
+/// [`io::Error`](std::io::Error) of kind `TimedOut` as its source). A
+/// backend that went quiet mid-body past [`WorkerUpstream`]'s
+/// [`read_timeout`](WorkerUpstream::read_timeout) ends it the same way, told
+/// apart by `is_user()` (the error came from the response body). Log the
+/// client-side ones at a low level, if at all.
 ///
 /// ```no_run
 /// # use tower_lb::{layer::*, proxy::*, LoadBalancer, Strategy};
@@ -444,8 +447,10 @@ where
 /// connection is closed after 60 s (nginx gives idle connections 75 s,
 /// `keepalive_timeout`, and the head its own 60 s from its first byte).
 /// Neither a request body nor a response is timed by it: a long poll is not
-/// cut, and neither is a slow upload (nginx's `client_body_timeout` has no
-/// counterpart here yet). Like the rest of this module it needs a runtime
+/// cut here (behind [`WorkerUpstream`], a response body that waits longer
+/// than its [`read_timeout`](WorkerUpstream::read_timeout) is), and neither
+/// is a slow upload (nginx's `client_body_timeout` has no counterpart here
+/// yet). Like the rest of this module it needs a runtime
 /// with timers (tokio's `enable_all`, or `enable_time`).
 ///
 /// ```

@@ -236,15 +236,25 @@ impl<B> WorkerUpstream<B> {
 
     /// Ends a response body that has waited `timeout` for the backend's
     /// next byte (nginx's `proxy_read_timeout`; default
-    /// [`DEFAULT_READ_TIMEOUT`], `None` for no limit): the body fails with
-    /// an `io::ErrorKind::TimedOut` error, the client's connection is
-    /// closed (its response cannot be completed), and the backend
-    /// connection is dropped. A backend that hangs mid-response no longer
-    /// holds the client, the connection and the request's place in flight
-    /// for ever. The clock runs only while the body waits on the backend,
-    /// not while the client is slow to take it; the response head is timed
-    /// by [`ResponseTimeout`](crate::layer::ResponseTimeout), and a
-    /// WebSocket tunnel not at all.
+    /// [`DEFAULT_READ_TIMEOUT`], `None` for no limit, `Duration::ZERO` to
+    /// fail on any wait): the body fails with an `io::ErrorKind::TimedOut`
+    /// error, and the backend connection is dropped. Served by
+    /// [`serve_connection`](super::serve_connection), the client's
+    /// connection is then closed (its response cannot be completed), and
+    /// the connection's result is a hyper error whose `is_user()` is true
+    /// (the body's), with that `io::Error` as its source. A backend that
+    /// hangs mid-response no longer holds the client, the connection and the
+    /// request's place in flight for ever; it is not counted as a failure
+    /// of the backend (the response has begun), as in nginx.
+    ///
+    /// The clock runs only while the body waits on the backend, not while
+    /// the client is slow to take it; a consumer of the body that stops
+    /// polling it after a `Pending` (a `select!` around it) leaves it
+    /// running. Quiet streams (a long poll, server-sent events) that pause
+    /// longer are cut: raise the limit for them. The response head is not
+    /// timed here: add [`ResponseTimeout`](crate::layer::ResponseTimeout)
+    /// (nginx's `proxy_read_timeout` covers the head too). A WebSocket
+    /// tunnel is not timed (nginx closes one idle for `proxy_read_timeout`).
     ///
     /// ```
     /// # use std::time::Duration;
@@ -655,7 +665,7 @@ pin_project_lite::pin_project! {
     /// body, read by driving the backend connection, which goes back to the
     /// pool as soon as the body has ended. Dropped before its end, it
     /// closes the connection (what is left of the response is not read).
-    /// A body that waits longer than the client's
+    /// A body that waits longer than its `WorkerUpstream`'s
     /// [`read_timeout`](WorkerUpstream::read_timeout) for the backend fails.
     pub struct UpstreamBody<B> {
         #[pin]
@@ -667,7 +677,8 @@ pin_project_lite::pin_project! {
 
 /// The clock on a body's waits for the backend: started when a read finds
 /// nothing, stopped when one finds something. One tokio timer per body, made
-/// on the first wait and moved on (one atomic operation) for the next.
+/// on the first wait and moved on for the next (one atomic operation while
+/// its last deadline is still ahead; a re-registration after it passed).
 struct Stall {
     limit: Option<Duration>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -694,8 +705,11 @@ impl Stall {
             return false;
         };
         if !self.running {
+            // A limit too far to reach is no limit (and cannot overflow).
+            let Some(deadline) = tokio::time::Instant::now().checked_add(limit) else {
+                return false;
+            };
             self.running = true;
-            let deadline = tokio::time::Instant::now() + limit;
             match &mut self.sleep {
                 Some(sleep) => sleep.as_mut().reset(deadline),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
