@@ -632,6 +632,9 @@ async fn a_head_trickled_a_line_at_a_time_is_cut_at_the_header_read_timeout() {
     let error = tokio::select! {
         served = served => served.unwrap().unwrap_err(),
         () = trickle => panic!("the trickle stopped first"),
+        () = tokio::time::sleep(std::time::Duration::from_secs(120)) => {
+            panic!("the connection was not cut within 120 s")
+        }
     };
     assert!(error.is_timeout(), "{error}");
     assert_elapsed(start, tower_lb::proxy::HEADER_READ_TIMEOUT);
