@@ -75,6 +75,7 @@ use crate::{BoxError, Error};
 
 mod head_timer;
 mod send_timeout;
+mod stall;
 use self::head_timer::HeadTimer;
 use self::send_timeout::SendTimeout;
 mod worker_upstream;

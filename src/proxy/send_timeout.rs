@@ -1,14 +1,14 @@
 //! A client connection whose writes may not stall for longer than
 //! [`SEND_TIMEOUT`](super::SEND_TIMEOUT): nginx's `send_timeout`.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::rt::{Read, ReadBufCursor, Write};
-use tokio::time::Sleep;
+
+use super::stall::StallClock;
 
 /// `io`, with a clock on each stalled write: started when a write cannot
 /// go through, stopped when one does. A write that has waited `limit` fails
@@ -16,36 +16,30 @@ use tokio::time::Sleep;
 /// through, so the usual request pays one branch.
 pub(crate) struct SendTimeout<I> {
     io: I,
-    limit: Duration,
-    stalled: Option<Pin<Box<Sleep>>>,
+    clock: StallClock,
 }
 
 impl<I> SendTimeout<I> {
     pub(crate) fn new(io: I, limit: Duration) -> Self {
         SendTimeout {
             io,
-            limit,
-            stalled: None,
+            clock: StallClock::new(Some(limit)),
         }
     }
 
     /// What a write that went through, or did not, leaves the clock at.
     fn timed<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if poll.is_ready() {
-            self.stalled = None;
+            self.clock.stop();
             return poll;
         }
-        let limit = self.limit;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the client took nothing for {limit:?}"),
-            ))),
-            Poll::Pending => Poll::Pending,
+        if !self.clock.expired(cx) {
+            return Poll::Pending;
         }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client took nothing for {:?}", self.clock.limit()),
+        )))
     }
 }
 

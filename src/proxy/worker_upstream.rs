@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use super::is_upgrade;
+use super::stall::StallClock;
 use crate::BoxError;
 
 /// How many idle connections one backend keeps in a worker's pool by
@@ -671,62 +672,16 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         lease: Option<Lease<B>>,
-        stall: Stall,
+        stall: StallClock,
     }
 }
 
-/// The clock on a body's waits for the backend: started when a read finds
-/// nothing, stopped when one finds something. One tokio timer per body, made
-/// on the first wait and moved on for the next (one atomic operation while
-/// its last deadline is still ahead; a re-registration after it passed).
-struct Stall {
-    limit: Option<Duration>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    running: bool,
-}
-
-impl Stall {
-    fn new(limit: Option<Duration>) -> Self {
-        Stall {
-            limit,
-            sleep: None,
-            running: false,
-        }
-    }
-
-    /// A read found something.
-    fn stop(&mut self) {
-        self.running = false;
-    }
-
-    /// A read found nothing: whether the wait has now lasted the limit.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(limit) = self.limit else {
-            return false;
-        };
-        if !self.running {
-            // A limit too far to reach is no limit (and cannot overflow).
-            let Some(deadline) = tokio::time::Instant::now().checked_add(limit) else {
-                return false;
-            };
-            self.running = true;
-            match &mut self.sleep {
-                Some(sleep) => sleep.as_mut().reset(deadline),
-                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
-        self.sleep
-            .as_mut()
-            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
-    }
-
-    fn error(&self) -> BoxError {
-        let limit = self.limit.unwrap_or_default();
-        Box::new(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the backend sent nothing of the response body for {limit:?}"),
-        ))
-    }
+/// The error of a body whose backend went quiet for `limit`.
+fn read_timed_out(limit: Duration) -> BoxError {
+    Box::new(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the backend sent nothing of the response body for {limit:?}"),
+    ))
 }
 
 impl<B> std::fmt::Debug for UpstreamBody<B> {
@@ -748,7 +703,7 @@ where
         let mut body = UpstreamBody {
             inner,
             lease: Some(lease),
-            stall: Stall::new(read_timeout),
+            stall: StallClock::new(read_timeout),
         };
         // No body to read (HEAD, 204, 304, `Content-Length: 0`): the
         // connection is free now. A server may never poll such a body.
@@ -763,7 +718,7 @@ where
         UpstreamBody {
             inner,
             lease: None,
-            stall: Stall::new(read_timeout),
+            stall: StallClock::new(read_timeout),
         }
     }
 }
@@ -833,7 +788,7 @@ where
                         // The backend went quiet mid-response: its
                         // connection cannot be reused.
                         *this.lease = None;
-                        return Poll::Ready(Some(Err(this.stall.error())));
+                        return Poll::Ready(Some(Err(read_timed_out(this.stall.limit()))));
                     }
                     _ => return Poll::Pending,
                 },
