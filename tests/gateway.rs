@@ -544,16 +544,35 @@ fn paused_connection_answering(
     tokio::io::DuplexStream,
     tokio::task::JoinHandle<Result<(), hyper::Error>>,
 ) {
-    let ok = tower::service_fn(move |_req: Request<Incoming>| {
+    paused_connection_to(tower::service_fn(move |_req: Request<Incoming>| {
         let body = body.clone();
         async move { Ok::<_, tower_lb::Error>(http::Response::new(Full::new(body))) }
-    });
+    }))
+}
+
+/// `serve_connection` of `stack` over an in-memory pipe of 64 KiB: the
+/// client's end, and the connection's own task.
+fn paused_connection_to<S, B>(
+    stack: S,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+)
+where
+    S: tower::Service<Request<Incoming>, Response = http::Response<B>, Error = tower_lb::Error>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower_lb::BoxError>,
+{
     let (client_end, server_end) = tokio::io::duplex(64 * 1024);
     let peer: SocketAddr = "192.0.2.9:40000".parse().unwrap();
     let served = tokio::spawn(tower_lb::proxy::serve_connection(
         hyper_util::rt::TokioIo::new(server_end),
         peer,
-        ok,
+        stack,
         |_: &tower_lb::Error, _| {},
     ));
     (client_end, served)
@@ -801,13 +820,7 @@ async fn a_response_that_pauses_longer_than_either_timeout_is_not_cut() {
         };
         Ok::<_, tower_lb::Error>(http::Response::new(body))
     });
-    let (mut client, server_end) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(tower_lb::proxy::serve_connection(
-        hyper_util::rt::TokioIo::new(server_end),
-        "192.0.2.9:40000".parse().unwrap(),
-        pausing,
-        |_: &tower_lb::Error, _| {},
-    ));
+    let (mut client, served) = paused_connection_to(pausing);
     client
         .write_all(b"GET /events HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
         .await
