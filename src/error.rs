@@ -148,6 +148,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// The request uses something the proxy does not implement: a transfer
+    /// coding other than `chunked` (`Transfer-Encoding: gzip, chunked`),
+    /// which it could only forward by removing the coding and so changing
+    /// the body; a proxy answers `501 Not Implemented`, as nginx does (RFC
+    /// 9112 §6.1). The request caused it, so it is not counted against the
+    /// backend.
+    #[error("not implemented: {reason}")]
+    NotImplemented {
+        /// What the request uses.
+        reason: String,
+    },
+
     /// The request target (path and query), rewritten for the backend, would
     /// be longer than `http` allows; a proxy answers `414 URI Too Long`. The
     /// request caused it, so it is not counted against the backend.
@@ -262,7 +274,8 @@ impl Error {
     /// Timeout` when a backend did not answer in time, `400 Bad
     /// Request` and `414 URI Too Long` when the client's request cannot be
     /// forwarded, `405 Method Not Allowed` for a method the director does
-    /// not forward, and `500 Internal Server Error` for configuration
+    /// not forward, `501 Not Implemented` for a transfer coding it does not
+    /// forward, and `500 Internal Server Error` for configuration
     /// mistakes.
     ///
     /// ```
@@ -277,6 +290,7 @@ impl Error {
             Error::AllBackendsEjected { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } | Error::Hook { .. } => StatusCode::BAD_GATEWAY,
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             Error::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -305,6 +319,9 @@ impl Error {
             StatusCode::BAD_REQUEST => "400 Bad Request: the request cannot be forwarded\n",
             StatusCode::URI_TOO_LONG => "414 URI Too Long: shorten the path or query\n",
             StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
+            StatusCode::NOT_IMPLEMENTED => {
+                "501 Not Implemented: the request's transfer coding is not supported\n"
+            }
             _ => "500 Internal Server Error: the proxy is misconfigured\n",
         }
     }

@@ -57,6 +57,7 @@ use pin_project_lite::pin_project;
 use tower::Layer;
 use tower_service::Service;
 
+use crate::layer::proxy_director::{check_request_codings, check_response_codings};
 use crate::layer::{remove_hop_by_hop_headers, strip_hop_by_hop_response, upstream_error};
 use crate::{BoxError, Error, HookStage};
 
@@ -151,7 +152,13 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // Before the hook: what the hook adds is end-to-end, whatever the
-        // client's Connection header listed.
+        // client's Connection header listed. The framing is checked first:
+        // removing Transfer-Encoding drops its codings.
+        if let Err(error) = check_request_codings(req.headers()) {
+            return ResponseFuture {
+                state: State::Failed { error: Some(error) },
+            };
+        }
         remove_hop_by_hop_headers(req.headers_mut());
         match self.director.direct(&mut req) {
             Ok(()) => ResponseFuture {
@@ -204,7 +211,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Called { future } => Poll::Ready(match ready!(future.poll(cx)) {
-                Ok(res) => Ok(strip_hop_by_hop_response(res).unwrap_or_else(|n| match n {})),
+                Ok(res) => match check_response_codings(res.headers()) {
+                    Ok(()) => Ok(strip_hop_by_hop_response(res).unwrap_or_else(|n| match n {})),
+                    Err(error) => Err(error),
+                },
                 Err(e) => Err(upstream_error(e, "")),
             }),
             StateProj::Failed { error } => Poll::Ready(Err(error

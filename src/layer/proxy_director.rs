@@ -134,8 +134,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{
-    Entry, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRANSFER_ENCODING, UPGRADE,
+    Entry, CONNECTION, CONTENT_LENGTH, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    TE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -404,6 +404,13 @@ impl ProxyDirector {
         let connect = *req.method() == Method::CONNECT;
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
 
+        // RFC 9110 §2.5: an intermediary sends its own version. A 1.0
+        // client's request goes on as HTTP/1.1 (as Go's and nginx's with
+        // `proxy_http_version 1.1` do), so the backend connection stays
+        // open for the next request; the client is still answered in 1.0.
+        if matches!(req.version(), Version::HTTP_09 | Version::HTTP_10) {
+            *req.version_mut() = Version::HTTP_11;
+        }
         // The request URI is taken apart rather than copied: its path and
         // query move into the new URI.
         let original = std::mem::take(req.uri_mut()).into_parts();
@@ -411,7 +418,8 @@ impl ProxyDirector {
         let headers = req.headers_mut();
         // The Director layer removed them before any hook ran; a hook of
         // one's own may have added Connection since, and this director may
-        // run alone (`Direct::direct`).
+        // run alone (`Direct::direct`), so the framing is checked here too.
+        check_request_codings(headers)?;
         remove_hop_by_hop_headers(headers);
 
         // What the client asked for. An authority in the request target
@@ -877,6 +885,15 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// an `h2c` one would open an HTTP/2 connection to the backend that the
 /// proxy cannot see into (see [`ProxyDirector`](crate::layer::ProxyDirector#upgrades)).
 ///
+/// A `Content-Length` beside a `Transfer-Encoding` goes too: the message
+/// was framed by its chunks, and RFC 9112 §6.3 has a proxy remove the
+/// length before forwarding (kept, it would frame the re-chunked body on
+/// the next hop: cut short, or never ending). [`DirectorLayer`](crate::layer::DirectorLayer)
+/// also refuses any transfer coding but `chunked` before it removes the
+/// header: a request's with `501`
+/// ([`Error::NotImplemented`](crate::Error::NotImplemented)), a backend's
+/// response's as a failed answer (`502`), as nginx does.
+///
 /// ```
 /// use http::HeaderMap;
 /// use tower_lb::layer::remove_hop_by_hop_headers;
@@ -961,6 +978,13 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
             listed(value, headers);
         }
     }
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an
+    // intermediary that forwards the message must remove the received
+    // Content-Length first; kept, it would frame the re-chunked body on
+    // the next hop (a short one cut, a long one never ending).
+    if has(&TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
     for name in found.into_iter().flatten() {
         headers.remove(name);
     }
@@ -972,6 +996,86 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
     if keep_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// Whether a message's `Transfer-Encoding` lines name exactly one coding,
+/// `chunked` (or there are none): the only framing a proxy can forward
+/// without changing the body, since the coding is removed with the other
+/// hop-by-hop headers and the body re-framed on the next hop. `Err` holds
+/// the codings as received.
+fn only_chunked(headers: &HeaderMap) -> Result<(), String> {
+    let mut lines = headers.get_all(TRANSFER_ENCODING).iter();
+    if let (Some(line), None) = (lines.next(), lines.next()) {
+        // The usual case, without splitting.
+        if line.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Ok(());
+        }
+    }
+    let mut chunked = 0;
+    let mut other = false;
+    for line in headers.get_all(TRANSFER_ENCODING) {
+        let Ok(text) = line.to_str() else {
+            other = true;
+            continue;
+        };
+        for coding in split_list(text) {
+            if coding.eq_ignore_ascii_case("chunked") {
+                chunked += 1;
+            } else {
+                other = true;
+            }
+        }
+    }
+    if other || chunked > 1 {
+        let codings: Vec<&str> = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("(not text)"))
+            .collect();
+        return Err(codings.join(", "));
+    }
+    Ok(())
+}
+
+/// RFC 9112 §6.1 and §7 for a request: `chunked` alone is forwarded; a
+/// coding the proxy does not decode (`gzip, chunked`) is `501`, as nginx
+/// answers, and `chunked` applied twice is `400`.
+pub(crate) fn check_request_codings(headers: &HeaderMap) -> Result<(), Error> {
+    if !headers.contains_key(TRANSFER_ENCODING) {
+        return Ok(());
+    }
+    only_chunked(headers).map_err(|codings| {
+        if split_list(&codings).any(|c| !c.eq_ignore_ascii_case("chunked")) {
+            Error::NotImplemented {
+                reason: format!(
+                    "the request's Transfer-Encoding `{codings}` is not supported, only chunked is"
+                ),
+            }
+        } else {
+            Error::BadRequest {
+                reason: format!(
+                    "the request's Transfer-Encoding `{codings}` applies chunked more than once"
+                ),
+            }
+        }
+    })
+}
+
+/// The same rule for a backend's response: anything but `chunked` alone
+/// is an invalid response (nginx: "upstream sent unknown
+/// Transfer-Encoding", 502), since forwarding it would hand the client a
+/// body still in a coding nothing announces.
+pub(crate) fn check_response_codings(headers: &HeaderMap) -> Result<(), Error> {
+    if !headers.contains_key(TRANSFER_ENCODING) {
+        return Ok(());
+    }
+    only_chunked(headers).map_err(|codings| Error::Upstream {
+        backend: String::new(),
+        source: format!(
+            "the backend answered with Transfer-Encoding `{codings}`; only chunked is forwarded"
+        )
+        .into(),
+    })
 }
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
