@@ -836,6 +836,26 @@ fn an_upgrade_header_without_connection_upgrade_is_dropped() {
 }
 
 #[test]
+fn a_content_length_beside_transfer_encoding_goes_with_it() {
+    // RFC 9112 §6.3: the chunked framing wins; the length would frame the
+    // re-chunked body on the next hop.
+    let mut headers = HeaderMap::new();
+    headers.insert("transfer-encoding", "chunked".parse().unwrap());
+    headers.insert("content-length", "100".parse().unwrap());
+    headers.insert("content-type", "text/plain".parse().unwrap());
+    remove_hop_by_hop_headers(&mut headers);
+    assert_eq!(headers.len(), 1);
+    assert_eq!(headers["content-type"], "text/plain");
+    // Without Transfer-Encoding the length is the framing, and stays.
+    let mut headers = HeaderMap::new();
+    headers.insert("content-length", "100".parse().unwrap());
+    headers.insert("connection", "keep-alive".parse().unwrap());
+    remove_hop_by_hop_headers(&mut headers);
+    assert_eq!(headers.len(), 1);
+    assert_eq!(headers["content-length"], "100");
+}
+
+#[test]
 fn responses_lose_hop_by_hop_headers_but_101_keeps_its_upgrade() {
     let res = Response::builder()
         .header("connection", "close, x-internal")
@@ -1446,6 +1466,8 @@ fn an_http11_request_without_host_is_a_bad_request_but_http10_is_forwarded() {
         .insert(Member::new(Backend::new("http://b").unwrap()));
     let old = run(ProxyDirector::new(), old).unwrap();
     assert_eq!(old.uri(), "http://b/x");
+    // RFC 9110 §2.5: forwarded in the proxy's own version.
+    assert_eq!(old.version(), http::Version::HTTP_11);
     assert!(old.headers().get("x-forwarded-host").is_none());
     // An empty Host on HTTP/1.0 names no host to forward either.
     let mut empty = Request::builder()

@@ -98,8 +98,9 @@ pub use self::next_upstream::{NextUpstream, NextUpstreamLayer, ReplayBody};
 /// already is one passes through (an upstream error or a timeout gains the
 /// backend id it lacked), a timeout reported by the client (an
 /// `io::ErrorKind::TimedOut` anywhere in its source chain, as hyper-util's
-/// connect timeout gives) becomes [`Error::Timeout`], anything else
-/// [`Error::Upstream`].
+/// connect timeout gives) becomes [`Error::Timeout`], a failure of the
+/// client's request body while it was sent [`Error::BadRequest`], anything
+/// else [`Error::Upstream`].
 pub(crate) fn upstream_error(error: impl Into<BoxError>, backend: &str) -> Error {
     match error.into().downcast::<Error>() {
         Ok(lb_error) => match *lb_error {
@@ -121,6 +122,9 @@ pub(crate) fn upstream_error(error: impl Into<BoxError>, backend: &str) -> Error
             },
             other => other,
         },
+        Err(source) if client_body_failure(&*source).is_some() => Error::BadRequest {
+            reason: client_body_failure(&*source).unwrap_or_default(),
+        },
         Err(source) if has_io_error(&*source, std::io::ErrorKind::TimedOut) => Error::Timeout {
             backend: backend.to_owned(),
             waited_for: "the backend",
@@ -131,6 +135,34 @@ pub(crate) fn upstream_error(error: impl Into<BoxError>, backend: &str) -> Error
             source,
         },
     }
+}
+
+/// If the client's request body failed while it was being sent (a
+/// malformed chunk, a client gone mid-upload), what failed: the request's
+/// fault, not the backend's, so a `400` (nginx answers a bad chunk with
+/// one) rather than a `502`. hyper's clients (`WorkerUpstream`,
+/// `Upstream`) report it as `error from user's Body stream`, with the
+/// body's own error as its source; the crate does not depend on hyper, so
+/// the message is read (as `health::backend_fault` does).
+fn client_body_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error
+            .to_string()
+            .starts_with("error from user's Body stream")
+        {
+            let mut reason = String::from("reading the request body failed");
+            let mut cause = error.source();
+            while let Some(error) = cause {
+                reason.push_str(": ");
+                reason.push_str(&error.to_string());
+                cause = error.source();
+            }
+            return Some(reason);
+        }
+        next = error.source();
+    }
+    None
 }
 
 /// Whether an `io::Error` of this kind is anywhere in `error`'s source chain.
