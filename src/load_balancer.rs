@@ -929,6 +929,12 @@ impl Snapshot {
                 .into_iter()
                 .find_map(|i| self.members.get(i).filter(|m| m.takes_new_picks()).cloned())
                 .ok_or_else(|| self.all_ejected()),
+            WhenAllEjected::Reset => {
+                for member in self.members.iter() {
+                    member.health().forget_failures();
+                }
+                Err(self.all_ejected())
+            }
             _ => Err(self.all_ejected()),
         }
     }

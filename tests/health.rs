@@ -261,6 +261,56 @@ fn panic_mode_spreads_over_every_backend_when_all_are_ejected() {
 }
 
 #[test]
+fn nginx_mode_fails_the_pick_that_finds_all_ejected_and_lets_every_backend_back() {
+    let (lb, _clock) = lb_with(
+        Strategy::RoundRobin,
+        3,
+        HealthPolicy::default().when_all_ejected(WhenAllEjected::Reset),
+    );
+    for id in ["b0", "b1", "b2"] {
+        fail(&lb, id);
+    }
+    assert_eq!(state_of(&lb, "b1"), BackendState::Ejected);
+    // This pick fails, as nginx's "no live upstreams" does...
+    assert!(matches!(
+        lb.pick(None),
+        Err(Error::AllBackendsEjected { count: 3 })
+    ));
+    // ...and every backend is back in the rotation at once, not after
+    // fail_timeout: the clock has not moved.
+    for id in ["b0", "b1", "b2"] {
+        assert_eq!(state_of(&lb, id), BackendState::Up, "{id}");
+    }
+    let mut picks = pick_ids(&lb, 6);
+    picks.sort();
+    assert_eq!(picks, ["b0", "b0", "b1", "b1", "b2", "b2"]);
+    // One more failure ejects a backend again, alone.
+    fail(&lb, "b1");
+    assert_eq!(state_of(&lb, "b1"), BackendState::Ejected);
+    assert!(!pick_ids(&lb, 4).contains(&"b1".to_owned()));
+}
+
+#[test]
+fn nginx_mode_leaves_backends_failing_their_checks_down() {
+    let (lb, _clock) = lb_with(
+        Strategy::RoundRobin,
+        2,
+        HealthPolicy::default()
+            .when_all_ejected(WhenAllEjected::Reset)
+            .fall(1),
+    );
+    assert!(!lb.report_check("b0", CheckResult::Fail).unwrap());
+    fail(&lb, "b1");
+    assert!(matches!(
+        lb.pick(None),
+        Err(Error::AllBackendsEjected { count: 2 })
+    ));
+    // b1's passive failure is forgotten; b0's failed check still holds it.
+    assert_eq!(state_of(&lb, "b0"), BackendState::Down);
+    assert_eq!(pick_ids(&lb, 3), ["b1", "b1", "b1"]);
+}
+
+#[test]
 fn with_most_backends_ejected_picks_go_to_the_healthy_ones_only() {
     for strategy in [
         Strategy::Random,

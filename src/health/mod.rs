@@ -92,6 +92,35 @@ pub enum WhenAllEjected {
     /// Envoy's panic mode: ignore health and spread the requests over every
     /// backend the strategy would pick, on the bet that some get through.
     UseAll,
+    /// nginx's: this pick fails as with [`Fail`](Self::Fail) (nginx answers
+    /// "no live upstreams"), and every backend's passive failures are
+    /// forgotten ("mark them as live for quick recovery"), so the next
+    /// picks go to the backends again and each is ejected anew only by
+    /// failing again. One client that keeps asking for a path every backend
+    /// answers with a 5xx (when those count as failures) then costs every
+    /// other request, not the whole service for `fail_timeout`. Backends
+    /// held down by active checks stay down.
+    ///
+    /// ```
+    /// use tower_lb::health::{HealthPolicy, WhenAllEjected};
+    /// use tower_lb::{Backend, Error, LoadBalancer, Outcome, Strategy};
+    ///
+    /// let lb = LoadBalancer::new(Strategy::RoundRobin, vec![
+    ///     Backend::new("http://10.0.0.1")?,
+    ///     Backend::new("http://10.0.0.2")?,
+    /// ])?
+    /// .with_health_policy(HealthPolicy::default().when_all_ejected(WhenAllEjected::Reset));
+    /// for _ in 0..2 {
+    ///     let member = lb.pick(None)?;
+    ///     lb.report(&member, Outcome::Failure);
+    /// }
+    /// // Both are ejected: this pick fails, and forgets their failures...
+    /// assert!(matches!(lb.pick(None), Err(Error::AllBackendsEjected { .. })));
+    /// // ...so the next one is served.
+    /// assert!(lb.pick(None).is_ok());
+    /// # Ok::<(), Error>(())
+    /// ```
+    Reset,
 }
 
 /// The result of one active health check, reported by your probe loop.
@@ -117,7 +146,9 @@ impl From<bool> for CheckResult {
 ///
 /// [`HealthPolicy::default`] is nginx's passive defaults (`max_fails=1`,
 /// `fail_timeout=10s`) with HAProxy's check defaults (`rise 2`, `fall 3`),
-/// no slow start, and an error when every backend is ejected.
+/// no slow start, and an error when every backend is ejected
+/// ([`WhenAllEjected::Fail`]; [`WhenAllEjected::Reset`] is nginx's
+/// complete behaviour).
 /// [`HealthPolicy::off`], what a [`LoadBalancer`](crate::LoadBalancer)
 /// starts with, never ejects on passive feedback (active checks you report
 /// still count).
