@@ -6,6 +6,8 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -474,6 +476,201 @@ async fn a_backends_hop_by_hop_response_headers_never_reach_the_client() {
         assert!(!lower.contains(leaked), "{leaked} leaked: {answer}");
     }
     assert!(lower.contains("x-backend: a"), "{answer}");
+}
+
+/// A backend that answers every request head with `response`, as it is,
+/// and closes; the count of heads it has read.
+async fn raw_backend(response: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&heads);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// The proxy in front of one [`raw_backend`].
+async fn proxy_for_raw(response: &'static str) -> (SocketAddr, LoadBalancer, Arc<AtomicUsize>) {
+    let (addr, heads) = raw_backend(response).await;
+    let lb = LoadBalancer::new(
+        Strategy::RoundRobin,
+        [Backend::new(&format!("http://{addr}"))
+            .unwrap()
+            .with_id("raw")
+            .unwrap()],
+    )
+    .unwrap();
+    (proxy_for(lb.clone()).await, lb, heads)
+}
+
+#[tokio::test]
+async fn a_response_with_both_content_length_and_chunked_is_forwarded_by_its_chunks() {
+    // RFC 9112 §6.3: Transfer-Encoding wins, and the proxy removes the
+    // Content-Length before forwarding. Kept, the first cut the body short
+    // and the second left the client waiting for 95 bytes that never come.
+    for claimed in ["2", "100"] {
+        let response: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {claimed}\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            )
+            .into_boxed_str(),
+        );
+        let (proxy, _lb, _heads) = proxy_for_raw(response).await;
+        let answer = raw(
+            proxy,
+            "GET /x HTTP/1.1\r\nHost: front.example\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
+        let lower = answer.to_ascii_lowercase();
+        assert!(!lower.contains("content-length"), "{answer}");
+        assert!(lower.contains("transfer-encoding: chunked"), "{answer}");
+        let a = get(proxy, "/x", None).await;
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "hello world"));
+    }
+}
+
+#[tokio::test]
+async fn a_response_in_a_transfer_coding_other_than_chunked_is_answered_502() {
+    let (proxy, _lb, heads) = proxy_for_raw(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\n",
+    )
+    .await;
+    let a = get(proxy, "/x", None).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.body);
+    assert_eq!(heads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_request_in_a_transfer_coding_other_than_chunked_never_reaches_a_backend() {
+    let (proxy, lb, heads) = proxy_for_raw("HTTP/1.1 204 No Content\r\n\r\n").await;
+    let cases = [
+        ("gzip, chunked", "HTTP/1.1 501 Not Implemented"),
+        (
+            "gzip\r\nTransfer-Encoding: chunked",
+            "HTTP/1.1 501 Not Implemented",
+        ),
+        ("chunked, chunked", "HTTP/1.1 400 Bad Request"),
+        ("Chunked", "HTTP/1.1 204 No Content"),
+    ];
+    for (coding, status) in cases {
+        let answer = raw(
+            proxy,
+            &format!(
+                "POST /up HTTP/1.1\r\nHost: front.example\r\nTransfer-Encoding: {coding}\r\n\
+                 Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(status_line(&answer), status, "{coding}: {answer}");
+    }
+    // Only the plain chunked one was sent, and nothing counted against it.
+    assert_eq!(heads.load(Ordering::SeqCst), 1);
+    assert_eq!(lb.get("raw").unwrap().load().failures(), 0);
+}
+
+#[tokio::test]
+async fn an_http10_client_is_told_close_when_the_body_can_only_end_with_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Close-delimited at the backend, so of unknown length at the proxy.
+    let (proxy, _lb, _heads) =
+        proxy_for_raw("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end").await;
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(b"GET /x HTTP/1.0\r\nHost: front.example\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the proxy closes after the body")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.0 200 ok\r\n"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(!answer.contains("keep-alive"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nuntil the end"), "{answer}");
+
+    // A body of known length keeps an HTTP/1.0 keep-alive connection open:
+    // two requests, one connection.
+    let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let mut answers = String::new();
+    for i in 0..2 {
+        stream
+            .write_all(
+                format!(
+                    "GET /k/{i} HTTP/1.0\r\nHost: front.example\r\nConnection: keep-alive\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer on the kept connection")
+            .unwrap();
+        answers.push_str(&String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase());
+    }
+    assert_eq!(answers.matches("http/1.0 200 ok").count(), 2, "{answers}");
+    assert_eq!(
+        answers.matches("connection: keep-alive").count(),
+        2,
+        "{answers}"
+    );
+    assert!(answers.contains("a: get /k/1 "), "{answers}");
+}
+
+#[tokio::test]
+async fn a_malformed_chunk_in_a_request_body_is_answered_400_not_502() {
+    let (proxy, lb) = gateway(Strategy::RoundRobin, &[1]).await;
+    for chunk in ["0x5\r\nhello", "10000000000000005\r\nhello", "5\r\nhello!!"] {
+        let answer = raw(
+            proxy,
+            &format!(
+                "POST /up HTTP/1.1\r\nHost: front.example\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 {chunk}\r\n0\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(
+            status_line(&answer),
+            "HTTP/1.1 400 Bad Request",
+            "{chunk}: {answer}"
+        );
+    }
+    // The client's fault, not the backend's.
+    let load = lb.get("a").unwrap().load().clone();
+    assert_eq!((load.failures(), load.consecutive_failures()), (0, 0));
+    assert_eq!(get(proxy, "/x", None).await.status, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -414,11 +414,17 @@ where
     let on_error = Arc::new(on_error);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ClientAddr(peer));
+        let http10 = req.version() == http::Version::HTTP_10;
         let stack = stack.clone();
         let on_error = Arc::clone(&on_error);
         async move {
             Ok::<_, Infallible>(match stack.oneshot(req).await {
-                Ok(res) => res.map(Either::Left),
+                Ok(mut res) => {
+                    if http10 {
+                        close_if_unframed(&mut res);
+                    }
+                    res.map(Either::Left)
+                }
                 Err(error) => {
                     on_error(&error, peer);
                     error.to_response::<Full<Bytes>>().map(Either::Right)
@@ -432,6 +438,29 @@ where
         .serve_connection(SendTimeout::new(io, SEND_TIMEOUT), svc)
         .with_upgrades()
         .await
+}
+
+/// An HTTP/1.0 client cannot be sent a body of unknown length except by
+/// closing the connection after it (it has no chunked coding), but hyper
+/// still answers one that asked for keep-alive with `Connection:
+/// keep-alive` and then closes: the answer says `close`, as nginx's does
+/// (RFC 9112 §9.3).
+fn close_if_unframed<B: http_body::Body>(res: &mut Response<B>) {
+    let bodiless = res.status().is_informational()
+        || res.status() == StatusCode::NO_CONTENT
+        || res.status() == StatusCode::NOT_MODIFIED;
+    if !bodiless
+        && !res.headers().contains_key(http::header::CONTENT_LENGTH)
+        && res.body().size_hint().exact().is_none()
+    {
+        res.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        // hyper adds `keep-alive` to an HTTP/1.1 head it sends a 1.0
+        // client that asked for it; to a 1.0 head without it, nothing.
+        *res.version_mut() = http::Version::HTTP_10;
+    }
 }
 
 /// How long [`serve_connection`] (and so [`serve`]) waits for a request's
