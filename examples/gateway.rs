@@ -27,8 +27,8 @@
 //! Passive health is on with nginx's defaults (`max_fails=1`,
 //! `fail_timeout=10s`): stop a backend and its traffic moves to the others
 //! after one failed request; start it again and it is back after 10 s.
-//! When every backend is out, one request gets a 503 and they are all let
-//! back in at once, as nginx does (`WhenAllEjected::Reset`): a client that
+//! When every backend is out they are all let back in at once and the
+//! request is served, as nginx does (`WhenAllEjected::Reset`): a client that
 //! keeps asking for a page every backend answers with a 502/503/504 cannot
 //! shut the gateway for 10 s.
 //!

@@ -92,14 +92,15 @@ pub enum WhenAllEjected {
     /// Envoy's panic mode: ignore health and spread the requests over every
     /// backend the strategy would pick, on the bet that some get through.
     UseAll,
-    /// nginx's: this pick fails as with [`Fail`](Self::Fail) (nginx answers
-    /// "no live upstreams"), and every backend's passive failures are
-    /// forgotten ("mark them as live for quick recovery"), so the next
-    /// picks go to the backends again and each is ejected anew only by
-    /// failing again. One client that keeps asking for a path every backend
-    /// answers with a 5xx (when those count as failures) then costs every
-    /// other request, not the whole service for `fail_timeout`. Backends
-    /// held down by active checks stay down.
+    /// nginx's: every backend's passive failures are forgotten ("mark them
+    /// as live for quick recovery") and the pick is made again, so the
+    /// request is served and the next ones reach the backends too; each is
+    /// ejected anew only by failing again. One client that keeps asking for
+    /// a path every backend answers with a 5xx (when those count as
+    /// failures) then costs nobody else's requests, where
+    /// [`Fail`](Self::Fail) refuses every request for `fail_timeout`.
+    /// Backends held down by active checks, or draining, stay out: when
+    /// nothing else is left the pick fails as with `Fail`.
     ///
     /// ```
     /// use tower_lb::health::{HealthPolicy, WhenAllEjected};
@@ -114,9 +115,8 @@ pub enum WhenAllEjected {
     ///     let member = lb.pick(None)?;
     ///     lb.report(&member, Outcome::Failure);
     /// }
-    /// // Both are ejected: this pick fails, and forgets their failures...
-    /// assert!(matches!(lb.pick(None), Err(Error::AllBackendsEjected { .. })));
-    /// // ...so the next one is served.
+    /// // Both are ejected: the pick forgets their failures and is served.
+    /// assert!(lb.pick(None).is_ok());
     /// assert!(lb.pick(None).is_ok());
     /// # Ok::<(), Error>(())
     /// ```
