@@ -891,7 +891,7 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// the next hop: cut short, or never ending). [`DirectorLayer`](crate::layer::DirectorLayer)
 /// also refuses any transfer coding but `chunked` before it removes the
 /// header: a request's with `501`
-/// ([`Error::NotImplemented`](crate::Error::NotImplemented)), a backend's
+/// ([`Error::NotImplemented`]), a backend's
 /// response's as a failed answer (`502`), as nginx does.
 ///
 /// ```
