@@ -38,7 +38,8 @@
 //! off) within `--next-upstream-timeout DUR` (10s); `--connect-timeout DUR`
 //! (2s) and `--response-timeout DUR` (30s) time each attempt, and
 //! `--read-timeout DUR` (60s, nginx's `proxy_read_timeout`) each wait on a
-//! response body from an `http://` backend (`0`: no limit).
+//! response body from an `http://` backend, and a WebSocket tunnel quiet
+//! both ways (`0`: no limit).
 //! `--chaos` kills the first backend and restarts it every 200 ms: try
 //! `cargo run --example gateway -- --chaos --demo --requests 200`, no request fails.
 //!

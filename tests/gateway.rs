@@ -1029,3 +1029,98 @@ async fn a_response_that_pauses_longer_than_either_timeout_is_not_cut() {
     assert!(start.elapsed() >= std::time::Duration::from_secs(90));
     served.await.unwrap().unwrap();
 }
+
+/// A loopback backend that switches every request to `websocket` and then
+/// echoes what it reads; when its side of the tunnel closed, once it has.
+async fn echoing_upgrade_backend() -> (
+    SocketAddr,
+    Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(std::sync::Mutex::new(None));
+    let seen = Arc::clone(&closed);
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        stream
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .await
+            .unwrap();
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        *seen.lock().unwrap() = Some(tokio::time::Instant::now());
+    });
+    (addr, closed)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_websocket_tunnel_quiet_both_ways_for_the_read_timeout_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (addr, backend_closed) = echoing_upgrade_backend().await;
+    let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{addr}")]).unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(tower_lb::proxy::WorkerUpstream::new());
+    let (mut client, _served) = paused_connection_to(stack);
+    client
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: front.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the 101");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+
+    // Traffic 50 s apart, 250 s in all: never quiet for 60 s, never cut.
+    for i in 0..5u8 {
+        tokio::time::sleep(std::time::Duration::from_secs(50)).await;
+        client.write_all(&[b'a' + i]).await.unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &[b'a' + i], "echo {i}");
+    }
+    // Then silence: both sides are closed 60 s after the last byte.
+    let last = tokio::time::Instant::now();
+    assert_eq!(read_to_close(&mut client).await, "");
+    assert_elapsed(last, tower_lb::proxy::DEFAULT_READ_TIMEOUT);
+    for _ in 0..100 {
+        if backend_closed.lock().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let closed = backend_closed
+        .lock()
+        .unwrap()
+        .expect("the backend's side closed");
+    assert!(
+        closed.duration_since(last)
+            < tower_lb::proxy::DEFAULT_READ_TIMEOUT + std::time::Duration::from_secs(1)
+    );
+}

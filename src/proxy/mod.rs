@@ -76,6 +76,7 @@ use crate::{BoxError, Error};
 mod head_timer;
 mod send_timeout;
 mod stall;
+mod tunnel;
 use self::head_timer::HeadTimer;
 use self::send_timeout::SendTimeout;
 mod worker_upstream;
@@ -225,7 +226,7 @@ where
             let mut res = sent.await?;
             if let Some(client_side) = client_side {
                 if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    splice_upgrade(client_side, hyper::upgrade::on(&mut res), tunnel_load);
+                    splice_upgrade(client_side, hyper::upgrade::on(&mut res), tunnel_load, None);
                 }
             }
             Ok(res)
@@ -234,11 +235,13 @@ where
 }
 
 /// Copies bytes both ways between the client's and the backend's upgraded
-/// connections, on a task of its own.
+/// connections, on a task of its own; with `idle`, it closes both once
+/// neither has sent a byte for that long.
 fn splice_upgrade(
     client_side: hyper::upgrade::OnUpgrade,
     backend_side: hyper::upgrade::OnUpgrade,
     tunnel_load: Option<crate::InFlight>,
+    idle: Option<Duration>,
 ) {
     tokio::spawn(async move {
         let _counted = tunnel_load;
@@ -246,11 +249,7 @@ fn splice_upgrade(
         // it the 101.
         let backend = backend_side.await;
         if let (Ok(client), Ok(backend)) = (client_side.await, backend) {
-            let _ = tokio::io::copy_bidirectional(
-                &mut TokioIo::new(client),
-                &mut TokioIo::new(backend),
-            )
-            .await;
+            tunnel::splice(TokioIo::new(client), TokioIo::new(backend), idle).await;
         }
     });
 }

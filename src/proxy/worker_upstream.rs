@@ -255,7 +255,9 @@ impl<B> WorkerUpstream<B> {
     /// longer are cut: raise the limit for them. The response head is not
     /// timed here: add [`ResponseTimeout`](crate::layer::ResponseTimeout)
     /// (nginx's `proxy_read_timeout` covers the head too). A WebSocket
-    /// tunnel is not timed (nginx closes one idle for `proxy_read_timeout`).
+    /// tunnel is closed, both ways, once neither side has sent a byte for
+    /// this long, as nginx closes one idle for `proxy_read_timeout`: keep
+    /// quiet sessions open with pings, or raise the limit.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -650,7 +652,12 @@ where
     let mut send = connect_spawned(backend, timeout).await?;
     let mut res = send.send_request(req).await?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-        super::splice_upgrade(client_side, hyper::upgrade::on(&mut res), tunnel_load);
+        super::splice_upgrade(
+            client_side,
+            hyper::upgrade::on(&mut res),
+            tunnel_load,
+            read_timeout,
+        );
     }
     Ok(res.map(|body| UpstreamBody::plain(body, read_timeout)))
 }
