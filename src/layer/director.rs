@@ -11,13 +11,13 @@
 //! not by it:
 //!
 //! * the request's are removed *before* the hook runs, as Go's `Rewrite`
-//!   does (see [`remove_hop_by_hop_headers`]). A header the hook adds is
+//!   does (see [`remove_hop_by_hop_headers`](crate::layer::remove_hop_by_hop_headers)). A header the hook adds is
 //!   then never removed because the client listed its name in
 //!   `Connection` (with Go's older `Director` model, a client sending
 //!   `Connection: x-gateway-tenant` deleted the header an outer director
 //!   had set: golang/go#50580);
 //! * the response's are removed before it goes back out
-//!   ([`strip_hop_by_hop_response`]: a backend's `Connection: x-internal`
+//!   ([`strip_hop_by_hop_response`](crate::layer::strip_hop_by_hop_response): a backend's `Connection: x-internal`
 //!   takes its `X-Internal` with it; only a `101` switching to WebSocket
 //!   keeps its `Upgrade`).
 //!
@@ -57,8 +57,11 @@ use pin_project_lite::pin_project;
 use tower::Layer;
 use tower_service::Service;
 
-use crate::layer::proxy_director::{check_request_codings, check_response_codings};
-use crate::layer::{remove_hop_by_hop_headers, strip_hop_by_hop_response, upstream_error};
+use crate::layer::proxy_director::{
+    check_request_codings, check_response_codings, remove_hop_by_hop_checked,
+    strip_hop_by_hop_response_checked,
+};
+use crate::layer::upstream_error;
 use crate::{BoxError, Error, HookStage};
 
 /// A hook that rewrites an outgoing request.
@@ -154,12 +157,11 @@ where
         // Before the hook: what the hook adds is end-to-end, whatever the
         // client's Connection header listed. The framing is checked first:
         // removing Transfer-Encoding drops its codings.
-        if let Err(error) = check_request_codings(req.headers()) {
+        if let Err(error) = remove_hop_by_hop_checked(req.headers_mut(), check_request_codings) {
             return ResponseFuture {
                 state: State::Failed { error: Some(error) },
             };
         }
-        remove_hop_by_hop_headers(req.headers_mut());
         match self.director.direct(&mut req) {
             Ok(()) => ResponseFuture {
                 state: State::Called {
@@ -211,10 +213,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Called { future } => Poll::Ready(match ready!(future.poll(cx)) {
-                Ok(res) => match check_response_codings(res.headers()) {
-                    Ok(()) => Ok(strip_hop_by_hop_response(res).unwrap_or_else(|n| match n {})),
-                    Err(error) => Err(error),
-                },
+                Ok(res) => strip_hop_by_hop_response_checked(res, check_response_codings),
                 Err(e) => Err(upstream_error(e, "")),
             }),
             StateProj::Failed { error } => Poll::Ready(Err(error

@@ -419,8 +419,7 @@ impl ProxyDirector {
         // The Director layer removed them before any hook ran; a hook of
         // one's own may have added Connection since, and this director may
         // run alone (`Direct::direct`), so the framing is checked here too.
-        check_request_codings(headers)?;
-        remove_hop_by_hop_headers(headers);
+        remove_hop_by_hop_checked(headers, check_request_codings)?;
 
         // What the client asked for. An authority in the request target
         // (absolute form, HTTP/2) wins over a Host header, as RFC 9112
@@ -916,6 +915,18 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// assert!(h2c.is_empty());
 /// ```
 pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
+    let _ = remove_hop_by_hop_checked(headers, |_| Ok(()));
+}
+
+/// [`remove_hop_by_hop_headers`], with `check` run on a message that has a
+/// `Transfer-Encoding`, before anything is removed (its codings are lost
+/// with the header): an `Err` leaves the headers as they were. The one
+/// pass over the names finds `Transfer-Encoding` for free, so a message
+/// without one costs no look-up.
+pub(crate) fn remove_hop_by_hop_checked(
+    headers: &mut HeaderMap,
+    check: impl FnOnce(&HeaderMap) -> Result<(), Error>,
+) -> Result<(), Error> {
     // One pass finds the hop-by-hop headers present (usually none, or just
     // Connection), so only those are removed.
     // The six of HOP_BY_HOP, Keep-Alive, Proxy-Connection and
@@ -932,9 +943,13 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
         }
     }
     if count == 0 {
-        return;
+        return Ok(());
     }
     let has = |name: &HeaderName| found.iter().any(|f| f.as_ref() == Some(name));
+    let chunked = has(&TRANSFER_ENCODING);
+    if chunked {
+        check(headers)?;
+    }
     // Only a WebSocket upgrade is kept (h2c smuggling: see ProxyDirector).
     let websocket = has(&CONNECTION)
         && has(&UPGRADE)
@@ -982,7 +997,7 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
     // intermediary that forwards the message must remove the received
     // Content-Length first; kept, it would frame the re-chunked body on
     // the next hop (a short one cut, a long one never ending).
-    if has(&TRANSFER_ENCODING) {
+    if chunked {
         headers.remove(CONTENT_LENGTH);
     }
     for name in found.into_iter().flatten() {
@@ -996,6 +1011,7 @@ pub fn remove_hop_by_hop_headers(headers: &mut HeaderMap) {
     if keep_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+    Ok(())
 }
 
 /// Whether a message's `Transfer-Encoding` lines name exactly one coding,
@@ -1041,9 +1057,6 @@ fn only_chunked(headers: &HeaderMap) -> Result<(), String> {
 /// coding the proxy does not decode (`gzip, chunked`) is `501`, as nginx
 /// answers, and `chunked` applied twice is `400`.
 pub(crate) fn check_request_codings(headers: &HeaderMap) -> Result<(), Error> {
-    if !headers.contains_key(TRANSFER_ENCODING) {
-        return Ok(());
-    }
     only_chunked(headers).map_err(|codings| {
         if split_list(&codings).any(|c| !c.eq_ignore_ascii_case("chunked")) {
             Error::NotImplemented {
@@ -1066,9 +1079,6 @@ pub(crate) fn check_request_codings(headers: &HeaderMap) -> Result<(), Error> {
 /// Transfer-Encoding", 502), since forwarding it would hand the client a
 /// body still in a coding nothing announces.
 pub(crate) fn check_response_codings(headers: &HeaderMap) -> Result<(), Error> {
-    if !headers.contains_key(TRANSFER_ENCODING) {
-        return Ok(());
-    }
     only_chunked(headers).map_err(|codings| Error::Upstream {
         backend: String::new(),
         source: format!(
@@ -1122,13 +1132,24 @@ fn names_hop_by_hop(token: &str) -> bool {
 /// # let _ = layer;
 /// ```
 pub fn strip_hop_by_hop_response<B>(mut res: Response<B>) -> Result<Response<B>, Infallible> {
-    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-        remove_hop_by_hop_headers(res.headers_mut());
-    } else {
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Only an upgrade answer may keep Connection: upgrade.
         res.headers_mut().remove(UPGRADE);
-        remove_hop_by_hop_headers(res.headers_mut());
     }
+    remove_hop_by_hop_headers(res.headers_mut());
+    Ok(res)
+}
+
+/// [`strip_hop_by_hop_response`], with `check` run as in
+/// [`remove_hop_by_hop_checked`].
+pub(crate) fn strip_hop_by_hop_response_checked<B>(
+    mut res: Response<B>,
+    check: impl FnOnce(&HeaderMap) -> Result<(), Error>,
+) -> Result<Response<B>, Error> {
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        res.headers_mut().remove(UPGRADE);
+    }
+    remove_hop_by_hop_checked(res.headers_mut(), check)?;
     Ok(res)
 }
 
