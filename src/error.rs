@@ -148,6 +148,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// The client stopped sending its request body: nothing came for the
+    /// body timeout (nginx's `client_body_timeout`); a proxy answers `408
+    /// Request Timeout`, as nginx does. The request caused it, so it is not
+    /// counted against the backend, nor retried.
+    #[error("request timeout: {reason}")]
+    RequestTimeout {
+        /// What the client stopped sending.
+        reason: String,
+    },
+
     /// The request uses something the proxy does not implement: a transfer
     /// coding other than `chunked` (`Transfer-Encoding: gzip, chunked`),
     /// which it could only forward by removing the coding and so changing
@@ -274,7 +284,8 @@ impl Error {
     /// Timeout` when a backend did not answer in time, `400 Bad
     /// Request` and `414 URI Too Long` when the client's request cannot be
     /// forwarded, `405 Method Not Allowed` for a method the director does
-    /// not forward, `501 Not Implemented` for a transfer coding it does not
+    /// not forward, `408 Request Timeout` for a request body that stopped
+    /// arriving, `501 Not Implemented` for a transfer coding it does not
     /// forward, and `500 Internal Server Error` for configuration
     /// mistakes.
     ///
@@ -291,6 +302,7 @@ impl Error {
             Error::Upstream { .. } | Error::Hook { .. } => StatusCode::BAD_GATEWAY,
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+            Error::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -319,6 +331,9 @@ impl Error {
             StatusCode::BAD_REQUEST => "400 Bad Request: the request cannot be forwarded\n",
             StatusCode::URI_TOO_LONG => "414 URI Too Long: shorten the path or query\n",
             StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
+            StatusCode::REQUEST_TIMEOUT => {
+                "408 Request Timeout: the request body stopped arriving\n"
+            }
             StatusCode::NOT_IMPLEMENTED => {
                 "501 Not Implemented: the request's transfer coding is not supported\n"
             }

@@ -1124,3 +1124,123 @@ async fn a_websocket_tunnel_quiet_both_ways_for_the_read_timeout_is_closed() {
             < tower_lb::proxy::DEFAULT_READ_TIMEOUT + std::time::Duration::from_secs(1)
     );
 }
+
+/// A loopback backend that reads a chunked upload to its end and answers
+/// `200` with what it got; whether its connection was closed before the
+/// upload ended.
+async fn upload_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::clone(&cut);
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"0\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    seen.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let body = format!("got {} bytes", got.len());
+        let _ = stream
+            .write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await;
+    });
+    (addr, cut)
+}
+
+/// The gateway's stack in front of one [`upload_backend`], served over a
+/// paused in-memory connection.
+async fn paused_upload() -> (
+    tokio::io::DuplexStream,
+    LoadBalancer,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::AsyncWriteExt;
+
+    let (addr, cut) = upload_backend().await;
+    let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{addr}")]).unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(tower_lb::proxy::WorkerUpstream::new());
+    let (mut client, _served) = paused_connection_to(stack);
+    client
+        .write_all(b"POST /up HTTP/1.1\r\nHost: front.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await
+        .unwrap();
+    (client, lb, cut)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upload_that_stops_is_answered_408_after_the_client_body_timeout() {
+    let start = tokio::time::Instant::now();
+    let (mut client, lb, cut) = paused_upload().await;
+    // Then nothing more: a slow POST.
+    let answer = read_to_close(&mut client).await;
+    assert_elapsed(start, tower_lb::proxy::DEFAULT_CLIENT_BODY_TIMEOUT);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("408 Request Timeout: the request body stopped arriving\n"),
+        "{answer}"
+    );
+    // The backend connection it held is closed, and not counted against it.
+    for _ in 0..100 {
+        if cut.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        cut.load(Ordering::SeqCst),
+        "the backend connection is closed"
+    );
+    assert_eq!(lb.stats()[0].failures, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_but_steady_upload_is_not_cut() {
+    use tokio::io::AsyncWriteExt;
+
+    let (mut client, _lb, cut) = paused_upload().await;
+    // A chunk every 50 s for 250 s: never 60 s without a byte.
+    for _ in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_secs(50)).await;
+        client.write_all(b"1\r\nx\r\n").await.unwrap();
+    }
+    client.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains("bytes") {
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut client, &mut buf),
+        )
+        .await
+        .expect("an answer")
+        .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(!cut.load(Ordering::SeqCst));
+}

@@ -99,7 +99,8 @@ pub use self::next_upstream::{NextUpstream, NextUpstreamLayer, ReplayBody};
 /// backend id it lacked), a timeout reported by the client (an
 /// `io::ErrorKind::TimedOut` anywhere in its source chain, as hyper-util's
 /// connect timeout gives) becomes [`Error::Timeout`], a failure of the
-/// client's request body while it was sent [`Error::BadRequest`], anything
+/// client's request body while it was sent [`Error::BadRequest`] (or
+/// [`Error::RequestTimeout`], if it went quiet), anything
 /// else [`Error::Upstream`].
 pub(crate) fn upstream_error(error: impl Into<BoxError>, backend: &str) -> Error {
     match error.into().downcast::<Error>() {
@@ -122,29 +123,34 @@ pub(crate) fn upstream_error(error: impl Into<BoxError>, backend: &str) -> Error
             },
             other => other,
         },
-        Err(source) if client_body_failure(&*source).is_some() => Error::BadRequest {
-            reason: client_body_failure(&*source).unwrap_or_default(),
-        },
-        Err(source) if has_io_error(&*source, std::io::ErrorKind::TimedOut) => Error::Timeout {
-            backend: backend.to_owned(),
-            waited_for: "the backend",
-            source: Some(source),
-        },
-        Err(source) => Error::Upstream {
-            backend: backend.to_owned(),
-            source,
-        },
+        Err(source) => {
+            if let Some(error) = client_body_failure(&*source) {
+                return error;
+            }
+            if has_io_error(&*source, std::io::ErrorKind::TimedOut) {
+                return Error::Timeout {
+                    backend: backend.to_owned(),
+                    waited_for: "the backend",
+                    source: Some(source),
+                };
+            }
+            Error::Upstream {
+                backend: backend.to_owned(),
+                source,
+            }
+        }
     }
 }
 
 /// If the client's request body failed while it was being sent (a
-/// malformed chunk, a client gone mid-upload), what failed: the request's
-/// fault, not the backend's, so a `400` (nginx answers a bad chunk with
-/// one) rather than a `502`. hyper's clients (`WorkerUpstream`,
+/// malformed chunk, a client gone mid-upload, one that went quiet), the
+/// error: the request's fault, not the backend's, so a `400` (nginx answers
+/// a bad chunk with one) or a `408` (a body that stopped arriving) rather
+/// than a `502`. hyper's clients (`WorkerUpstream`,
 /// `Upstream`) report it as `error from user's Body stream`, with the
 /// body's own error as its source; the crate does not depend on hyper, so
 /// the message is read (as `health::backend_fault` does).
-fn client_body_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+fn client_body_failure(error: &(dyn std::error::Error + 'static)) -> Option<Error> {
     let mut next = Some(error);
     while let Some(error) = next {
         if error
@@ -158,7 +164,15 @@ fn client_body_failure(error: &(dyn std::error::Error + 'static)) -> Option<Stri
                 reason.push_str(&error.to_string());
                 cause = error.source();
             }
-            return Some(reason);
+            // `WorkerUpstream::client_body_timeout`: the client went quiet.
+            let timed_out = error
+                .source()
+                .is_some_and(|cause| has_io_error(cause, std::io::ErrorKind::TimedOut));
+            return Some(if timed_out {
+                Error::RequestTimeout { reason }
+            } else {
+                Error::BadRequest { reason }
+            });
         }
         next = error.source();
     }

@@ -82,7 +82,7 @@ use self::send_timeout::SendTimeout;
 mod worker_upstream;
 
 pub use self::worker_upstream::{
-    ConnectError, UpstreamBody, WorkerUpstream, DEFAULT_IDLE_TIMEOUT,
+    ConnectError, UpstreamBody, WorkerUpstream, DEFAULT_CLIENT_BODY_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS_PER_BACKEND, DEFAULT_READ_TIMEOUT,
 };
 
@@ -478,8 +478,10 @@ fn close_if_unframed<B: http_body::Body>(res: &mut Response<B>) {
 /// Neither a request body nor a response is timed by it: a long poll is not
 /// cut here (behind [`WorkerUpstream`], a response body that waits longer
 /// than its [`read_timeout`](WorkerUpstream::read_timeout) is), and neither
-/// is a slow upload (nginx's `client_body_timeout` has no counterpart here
-/// yet). Like the rest of this module it needs a runtime
+/// is a slow upload (behind [`WorkerUpstream`], a request body that waits
+/// longer than its
+/// [`client_body_timeout`](WorkerUpstream::client_body_timeout) for the
+/// client is answered `408`). Like the rest of this module it needs a runtime
 /// with timers (tokio's `enable_all`, or `enable_time`).
 ///
 /// ```

@@ -36,6 +36,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// default: nginx's `proxy_read_timeout`, 60 seconds.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a request body being sent may go without a byte from the
+/// client by default: nginx's `client_body_timeout`, 60 seconds.
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The upstream client for one worker thread: HTTP/1.1 over plain TCP with
 /// a keep-alive pool of its own, and WebSocket passthrough as in
 /// [`Upstream`](super::Upstream).
@@ -75,9 +79,10 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// ```
 #[derive(Debug)]
 pub struct WorkerUpstream<B = Incoming> {
-    pool: Arc<Pool<B>>,
+    pool: Arc<Pool<TimedBody<B>>>,
     connect_timeout: Option<Duration>,
     read_timeout: Option<Duration>,
+    client_body_timeout: Option<Duration>,
 }
 
 impl<B> Clone for WorkerUpstream<B> {
@@ -86,6 +91,7 @@ impl<B> Clone for WorkerUpstream<B> {
             pool: Arc::clone(&self.pool),
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,
+            client_body_timeout: self.client_body_timeout,
         }
     }
 }
@@ -185,6 +191,7 @@ impl<B> WorkerUpstream<B> {
             }),
             connect_timeout: None,
             read_timeout: Some(DEFAULT_READ_TIMEOUT),
+            client_body_timeout: Some(DEFAULT_CLIENT_BODY_TIMEOUT),
         }
     }
 
@@ -268,6 +275,31 @@ impl<B> WorkerUpstream<B> {
     /// ```
     pub fn read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.read_timeout = timeout.into();
+        self
+    }
+
+    /// Fails a request body that has waited `timeout` for the client's
+    /// next byte while it is sent to the backend (nginx's
+    /// `client_body_timeout`, between two reads; default
+    /// [`DEFAULT_CLIENT_BODY_TIMEOUT`], `None` for no limit): the request
+    /// fails with [`Error::RequestTimeout`](crate::Error::RequestTimeout)
+    /// (`408`, as nginx answers), not counted against the backend and not
+    /// retried, and the backend connection is dropped. A client that
+    /// starts an upload and stops (a slow POST) no longer holds a backend
+    /// connection for ever. The clock runs only while the body waits on
+    /// the client, not while the backend is slow to take it. A body that
+    /// [`NextUpstream`](crate::layer::NextUpstream) reads whole before the
+    /// first attempt (a short one of known length) is read before any
+    /// backend is contacted, and is not timed here.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_lb::proxy::WorkerUpstream;
+    /// let upstream: WorkerUpstream = WorkerUpstream::new().client_body_timeout(Duration::from_secs(10));
+    /// # let _ = upstream;
+    /// ```
+    pub fn client_body_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.client_body_timeout = timeout.into();
         self
     }
 }
@@ -576,8 +608,13 @@ where
         if is_upgrade(&req) {
             return Box::pin(upgrade(req, timeout, read_timeout));
         }
+        let client_body_timeout = self.client_body_timeout;
         Box::pin(async move {
             let backend = prepare(&mut req)?;
+            let req = req.map(|body| TimedBody {
+                inner: body,
+                stall: StallClock::new(client_body_timeout),
+            });
             let slot = pool.slot(backend.as_str());
             // The newest idle connection that is still open and ready.
             let mut reused = true;
@@ -662,10 +699,59 @@ where
     Ok(res.map(|body| UpstreamBody::plain(body, read_timeout)))
 }
 
+/// A request body as it is sent: a wait of `client_body_timeout` for the
+/// client's next byte fails it (nginx's `client_body_timeout`).
+struct TimedBody<B> {
+    inner: B,
+    stall: StallClock,
+}
+
+/// The error of a request body whose client went quiet for `limit`.
+fn client_body_timed_out(limit: Duration) -> BoxError {
+    Box::new(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the client sent nothing of its request body for {limit:?}"),
+    ))
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.stall.stop();
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending if this.stall.expired(cx) => {
+                Poll::Ready(Some(Err(client_body_timed_out(this.stall.limit()))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A connection lent to one response: back to its slot when the body ends.
 struct Lease<B> {
-    conn: Conn<B>,
-    slot: Arc<Slot<B>>,
+    conn: Conn<TimedBody<B>>,
+    slot: Arc<Slot<TimedBody<B>>>,
 }
 
 pin_project_lite::pin_project! {
