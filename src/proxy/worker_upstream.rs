@@ -611,10 +611,7 @@ where
         let client_body_timeout = self.client_body_timeout;
         Box::pin(async move {
             let backend = prepare(&mut req)?;
-            let req = req.map(|body| TimedBody {
-                inner: body,
-                stall: StallClock::new(client_body_timeout),
-            });
+            let req = req.map(|body| TimedBody::new(body, client_body_timeout));
             let slot = pool.slot(backend.as_str());
             // The newest idle connection that is still open and ready.
             let mut reused = true;
@@ -703,7 +700,19 @@ where
 /// client's next byte fails it (nginx's `client_body_timeout`).
 struct TimedBody<B> {
     inner: B,
-    stall: StallClock,
+    // Boxed, and only for a body there is to wait on: every request is
+    // moved several times on its way out, and most have no body.
+    stall: Option<Box<StallClock>>,
+}
+
+impl<B: Body> TimedBody<B> {
+    fn new(inner: B, limit: Option<Duration>) -> Self {
+        let stall = match limit {
+            Some(_) if !inner.is_end_stream() => Some(Box::new(StallClock::new(limit))),
+            _ => None,
+        };
+        TimedBody { inner, stall }
+    }
 }
 
 /// The error of a request body whose client went quiet for `limit`.
@@ -729,13 +738,19 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.stall.stop();
+                if let Some(stall) = &mut this.stall {
+                    stall.stop();
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending if this.stall.expired(cx) => {
-                Poll::Ready(Some(Err(client_body_timed_out(this.stall.limit()))))
+            Poll::Pending => {
+                if let Some(stall) = this.stall.as_deref_mut() {
+                    if stall.expired(cx) {
+                        return Poll::Ready(Some(Err(client_body_timed_out(stall.limit()))));
+                    }
+                }
+                Poll::Pending
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 
