@@ -27,10 +27,9 @@
 //! Passive health is on with nginx's defaults (`max_fails=1`,
 //! `fail_timeout=10s`): stop a backend and its traffic moves to the others
 //! after one failed request; start it again and it is back after 10 s.
-//! When every backend is out they are all let back in at once and the
-//! request is served, as nginx does (`WhenAllEjected::Reset`): a client that
-//! keeps asking for a page every backend answers with a 502/503/504 cannot
-//! shut the gateway for 10 s.
+//! A 502/503/504 counts against a backend only when the request moves on
+//! to another backend because of it, as in nginx: one client asking for a
+//! page that fails everywhere (or POSTing to one) cannot eject them all.
 //!
 //! Retries and timeouts are on (see `support/retry.rs`): a request that
 //! fails on one backend with an error, a timeout or a 502/503/504 is retried
@@ -293,10 +292,8 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         )
     };
     // Passive ejection with nginx's defaults: max_fails=1, fail_timeout=10s.
-    let lb = LoadBalancer::new(o.strategy, backends)?.with_health_policy(
-        tower_lb::health::HealthPolicy::default()
-            .when_all_ejected(tower_lb::health::WhenAllEjected::Reset),
-    );
+    let lb = LoadBalancer::new(o.strategy, backends)?
+        .with_health_policy(tower_lb::health::HealthPolicy::default());
 
     let mut balance = LoadBalanceLayer::new(lb.clone()).key(user_key);
     if o.sticky {

@@ -929,21 +929,6 @@ impl Snapshot {
                 .into_iter()
                 .find_map(|i| self.members.get(i).filter(|m| m.takes_new_picks()).cloned())
                 .ok_or_else(|| self.all_ejected()),
-            WhenAllEjected::Reset => {
-                for member in self.members.iter() {
-                    member.health().forget_failures();
-                }
-                // What is left out now is out by checks or by drain.
-                let available = |m: &Member| m.takes_new_picks() && !m.health().is_check_down();
-                if available(&self.members[first]) {
-                    return Ok(self.members[first].clone());
-                }
-                self.balancer
-                    .failover(key, first)
-                    .into_iter()
-                    .find_map(|i| self.members.get(i).filter(|m| available(m)).cloned())
-                    .ok_or_else(|| self.all_ejected())
-            }
             _ => Err(self.all_ejected()),
         }
     }

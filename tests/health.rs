@@ -261,54 +261,6 @@ fn panic_mode_spreads_over_every_backend_when_all_are_ejected() {
 }
 
 #[test]
-fn nginx_mode_lets_every_backend_back_when_all_are_ejected() {
-    let (lb, _clock) = lb_with(
-        Strategy::RoundRobin,
-        3,
-        HealthPolicy::default().when_all_ejected(WhenAllEjected::Reset),
-    );
-    for id in ["b0", "b1", "b2"] {
-        fail(&lb, id);
-    }
-    assert_eq!(state_of(&lb, "b1"), BackendState::Ejected);
-    // The pick that finds them all out forgets their failures and is
-    // served, as nginx serves it; the clock has not moved.
-    let picks = pick_ids(&lb, 6);
-    for id in ["b0", "b1", "b2"] {
-        assert_eq!(state_of(&lb, id), BackendState::Up, "{id}");
-        // Round robin again (the failed search's redraws moved it on).
-        let n = picks.iter().filter(|p| *p == id).count();
-        assert!((1..=3).contains(&n), "{id}: {picks:?}");
-    }
-    // One more failure ejects a backend again, alone.
-    fail(&lb, "b1");
-    assert_eq!(state_of(&lb, "b1"), BackendState::Ejected);
-    assert!(!pick_ids(&lb, 4).contains(&"b1".to_owned()));
-}
-
-#[test]
-fn nginx_mode_leaves_backends_failing_their_checks_down() {
-    let (lb, _clock) = lb_with(
-        Strategy::RoundRobin,
-        2,
-        HealthPolicy::default()
-            .when_all_ejected(WhenAllEjected::Reset)
-            .fall(1),
-    );
-    assert!(!lb.report_check("b0", CheckResult::Fail).unwrap());
-    fail(&lb, "b1");
-    // b1's passive failure is forgotten; b0's failed check still holds it.
-    assert_eq!(pick_ids(&lb, 3), ["b1", "b1", "b1"]);
-    assert_eq!(state_of(&lb, "b0"), BackendState::Down);
-    // With every backend down by checks, nothing is left: a clear error.
-    assert!(!lb.report_check("b1", CheckResult::Fail).unwrap());
-    assert!(matches!(
-        lb.pick(None),
-        Err(Error::AllBackendsEjected { count: 2 })
-    ));
-}
-
-#[test]
 fn with_most_backends_ejected_picks_go_to_the_healthy_ones_only() {
     for strategy in [
         Strategy::Random,

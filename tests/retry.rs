@@ -213,10 +213,13 @@ async fn statuses_are_retried_only_when_chosen_and_the_last_response_is_passed_o
         ("10.0.0.2", Answer::Status(502)),
         ("10.0.0.3", Answer::Status(504)),
     ];
-    // nginx's default: statuses are not retried.
+    // nginx's default: statuses are not retried, and a status that is not
+    // moved on from counts as a success, as in nginx.
     let (res, seen) = send(NextUpstreamLayer::new(), &lb, &answers, get()).await;
     assert_eq!(res.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(seen.lock().unwrap().len(), 1);
+    let first = lb.get("10.0.0.1").unwrap().load().clone();
+    assert_eq!((first.failures(), first.successes()), (0, 1));
 
     let lb = balancer(Strategy::RoundRobin);
     let layer = NextUpstreamLayer::new().retry_on_status(|s| matches!(s.as_u16(), 502..=504));
@@ -224,9 +227,59 @@ async fn statuses_are_retried_only_when_chosen_and_the_last_response_is_passed_o
     let res = res.unwrap();
     assert_eq!(seen.lock().unwrap().len(), 3);
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
-    for id in IDS {
-        assert!(lb.get(id).unwrap().load().failures() >= 1, "{id}");
+    // The two the request moved on from failed; the last one's answer went
+    // to the client, a success (nginx's `proxy_next_upstream http_50x`).
+    let counts = |id| {
+        let load = lb.get(id).unwrap().load().clone();
+        (load.failures(), load.successes())
+    };
+    assert_eq!(counts("10.0.0.1"), (1, 0));
+    assert_eq!(counts("10.0.0.2"), (1, 0));
+    assert_eq!(counts("10.0.0.3"), (0, 1));
+}
+
+#[tokio::test]
+async fn a_status_not_moved_on_from_never_ejects_its_backend() {
+    // nginx counts a 502/503/504 against a server only when
+    // `proxy_next_upstream` passes the request on because of it: one POST,
+    // or one request with a single try, to a page that fails must not take
+    // a healthy backend out.
+    let retry = || NextUpstreamLayer::new().retry_on_status(|s| matches!(s.as_u16(), 502..=504));
+    let answers = [
+        ("10.0.0.1", Answer::Status(502)),
+        ("10.0.0.2", Answer::Status(502)),
+        ("10.0.0.3", Answer::Status(502)),
+    ];
+    for (layer, req) in [(retry(), post(b"order")), (retry().tries(1), get())] {
+        let lb = balancer(Strategy::RoundRobin)
+            .with_health_policy(tower_lb::health::HealthPolicy::default());
+        let (res, seen) = send(layer, &lb, &answers, req).await;
+        assert_eq!(res.unwrap().status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert!(lb
+            .stats()
+            .iter()
+            .all(|s| s.state == tower_lb::health::BackendState::Up));
+        assert_eq!(lb.get("10.0.0.1").unwrap().load().failures(), 0);
     }
+    // Moved on from, it counts, and ejects (max_fails=1), as in nginx.
+    let lb = balancer(Strategy::RoundRobin)
+        .with_health_policy(tower_lb::health::HealthPolicy::default());
+    let (res, seen) = send(retry().tries(2), &lb, &answers, get()).await;
+    assert_eq!(res.unwrap().status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(ids(&seen), ["10.0.0.1", "10.0.0.2"]);
+    let states: Vec<_> = lb.stats().iter().map(|s| (s.id.clone(), s.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (
+                "10.0.0.1".to_owned(),
+                tower_lb::health::BackendState::Ejected
+            ),
+            ("10.0.0.2".to_owned(), tower_lb::health::BackendState::Up),
+            ("10.0.0.3".to_owned(), tower_lb::health::BackendState::Up),
+        ]
+    );
 }
 
 #[tokio::test]

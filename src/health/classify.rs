@@ -20,7 +20,10 @@ type GrpcRule = dyn Fn(u32) -> bool + Send + Sync;
 /// * **Statuses**: by default `502`, `503` and `504` (nginx's
 ///   `proxy_next_upstream http_502 http_503 http_504`, HAProxy's `observe
 ///   layer7`); a `4xx` the request caused never, a `500` the application
-///   answered neither.
+///   answered neither. Behind a [`NextUpstream`](crate::layer::NextUpstream)
+///   retry layer such a status counts only if the request moves on to
+///   another backend because of it, as in nginx; one handed to the client
+///   (the last try, a `POST`, a status not retried on) counts as a success.
 /// * **Errors**: by default only those whose [`source`](std::error::Error::source)
 ///   chain holds an [`io::Error`] saying the *backend* failed: connection
 ///   refused, reset or aborted, not connected, unreachable, timed out. Not a

@@ -92,35 +92,6 @@ pub enum WhenAllEjected {
     /// Envoy's panic mode: ignore health and spread the requests over every
     /// backend the strategy would pick, on the bet that some get through.
     UseAll,
-    /// nginx's: every backend's passive failures are forgotten ("mark them
-    /// as live for quick recovery") and the pick is made again, so the
-    /// request is served and the next ones reach the backends too; each is
-    /// ejected anew only by failing again. One client that keeps asking for
-    /// a path every backend answers with a 5xx (when those count as
-    /// failures) then costs nobody else's requests, where
-    /// [`Fail`](Self::Fail) refuses every request for `fail_timeout`.
-    /// Backends held down by active checks, or draining, stay out: when
-    /// nothing else is left the pick fails as with `Fail`.
-    ///
-    /// ```
-    /// use tower_lb::health::{HealthPolicy, WhenAllEjected};
-    /// use tower_lb::{Backend, Error, LoadBalancer, Outcome, Strategy};
-    ///
-    /// let lb = LoadBalancer::new(Strategy::RoundRobin, vec![
-    ///     Backend::new("http://10.0.0.1")?,
-    ///     Backend::new("http://10.0.0.2")?,
-    /// ])?
-    /// .with_health_policy(HealthPolicy::default().when_all_ejected(WhenAllEjected::Reset));
-    /// for _ in 0..2 {
-    ///     let member = lb.pick(None)?;
-    ///     lb.report(&member, Outcome::Failure);
-    /// }
-    /// // Both are ejected: the pick forgets their failures and is served.
-    /// assert!(lb.pick(None).is_ok());
-    /// assert!(lb.pick(None).is_ok());
-    /// # Ok::<(), Error>(())
-    /// ```
-    Reset,
 }
 
 /// The result of one active health check, reported by your probe loop.
@@ -146,9 +117,7 @@ impl From<bool> for CheckResult {
 ///
 /// [`HealthPolicy::default`] is nginx's passive defaults (`max_fails=1`,
 /// `fail_timeout=10s`) with HAProxy's check defaults (`rise 2`, `fall 3`),
-/// no slow start, and an error when every backend is ejected
-/// ([`WhenAllEjected::Fail`]; [`WhenAllEjected::Reset`] is nginx's
-/// complete behaviour).
+/// no slow start, and an error when every backend is ejected.
 /// [`HealthPolicy::off`], what a [`LoadBalancer`](crate::LoadBalancer)
 /// starts with, never ejects on passive feedback (active checks you report
 /// still count).

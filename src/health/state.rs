@@ -182,18 +182,6 @@ impl Health {
         self.settle(&state);
     }
 
-    /// nginx's reset when every peer has failed ("mark them as live for
-    /// quick recovery"): the passive failure count goes back to zero, so
-    /// the backend takes picks again. Active checks' verdict is kept.
-    pub(crate) fn forget_failures(&self) {
-        if self.is_clear() {
-            return;
-        }
-        let mut state = self.lock();
-        state.fails = 0;
-        self.settle(&state);
-    }
-
     /// HAProxy's `rise`/`fall`: `fall` failed checks in a row take an up
     /// backend down, `rise` passed checks in a row bring it back (into slow
     /// start, with its passive count cleared). Returns whether it is now up

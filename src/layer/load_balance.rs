@@ -381,6 +381,42 @@ impl InFlightGuard {
     }
 }
 
+/// Put in a request by a retry layer outside
+/// ([`NextUpstream`](crate::layer::NextUpstream)) that decides whether a
+/// failing status counts against the backend: [`LoadBalance`] then leaves
+/// the verdict to it, in a [`PendingStatusFailure`] on the response.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RetryDecides;
+
+/// A response whose status the failure policy counts (a 502, 503, 504),
+/// sent through a retry layer: a failure of its backend only if the retry
+/// layer moves on to another backend because of it, as nginx counts a
+/// status only when `proxy_next_upstream` passes the request on (a 5xx it
+/// hands to the client, on the last try or for a POST, counts as a
+/// success).
+#[derive(Clone, Debug)]
+pub(crate) struct PendingStatusFailure {
+    verdict: Arc<Mutex<Option<Verdict>>>,
+}
+
+/// Who a deferred report is about, and where it goes.
+type Verdict = (Member, Arc<Ctx>);
+
+impl PendingStatusFailure {
+    /// Reports the attempt: a failure if the request moved on to another
+    /// backend, a success if this answer goes to the client.
+    pub(crate) fn settle(&self, moved_on: bool) {
+        let verdict = self
+            .verdict
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((member, ctx)) = verdict {
+            ctx.lb.report(&member, outcome(moved_on));
+        }
+    }
+}
+
 fn outcome(failed: bool) -> Outcome {
     if failed {
         Outcome::Failure
@@ -443,6 +479,7 @@ where
             Err(error) => return ResponseFuture::failed(error),
         };
         let in_flight = Load::start(member.load());
+        let retry_decides = req.extensions().get::<RetryDecides>().is_some();
         req.extensions_mut().insert(member.clone());
         ResponseFuture {
             state: State::Called {
@@ -451,6 +488,7 @@ where
                 in_flight: Some(in_flight),
                 ctx: Arc::clone(ctx),
                 insert,
+                retry_decides,
             },
         }
     }
@@ -571,6 +609,8 @@ pin_project! {
             ctx: Arc<Ctx>,
             // Whether the response is to carry a fresh sticky cookie.
             insert: bool,
+            // Whether a retry layer outside judges a failing status.
+            retry_decides: bool,
         },
         Failed {
             error: Option<Error>,
@@ -601,6 +641,7 @@ where
                 in_flight,
                 ctx,
                 insert,
+                retry_decides,
             } => {
                 let result = ready!(future.poll(cx));
                 let Some(in_flight) = in_flight.take() else {
@@ -611,7 +652,16 @@ where
                         let failed = ctx.policy.is_response_failure(&res);
                         let deferred =
                             ctx.hold && !failed && FailurePolicy::awaits_grpc_trailers(&res);
-                        if !deferred {
+                        if failed && *retry_decides {
+                            // The retry layer outside says whether this
+                            // status counts (see `PendingStatusFailure`).
+                            res.extensions_mut().insert(PendingStatusFailure {
+                                verdict: Arc::new(Mutex::new(Some((
+                                    member.clone(),
+                                    Arc::clone(ctx),
+                                )))),
+                            });
+                        } else if !deferred {
                             ctx.lb.report(member, outcome(failed));
                         }
                         if failed {

@@ -166,6 +166,7 @@ use pin_project_lite::pin_project;
 use tower::Layer;
 use tower_service::Service;
 
+use crate::layer::load_balance::{PendingStatusFailure, RetryDecides};
 use crate::layer::{has_io_error, upstream_error, TriedBackends};
 use crate::{BoxError, Error, Member};
 
@@ -291,6 +292,12 @@ impl NextUpstreamLayer {
     /// `LoadBalance`'s [`FailurePolicy`](super::FailurePolicy) counts as
     /// failures (by default 502, 503 and 504): the backend of a failed
     /// response is known, and avoided by the retry, only then.
+    ///
+    /// As in nginx, such a status counts against its backend's passive
+    /// health only when this layer moves on to another backend because of
+    /// it; the response it passes on (the last, or one it may not retry, a
+    /// `POST`'s) counts as a success, so a client cannot eject a healthy
+    /// backend by asking for a page that fails.
     pub fn retry_on_status(self, is_retried: fn(StatusCode) -> bool) -> Self {
         self.edit(|c| c.on_status = Some(is_retried))
     }
@@ -464,7 +471,11 @@ where
         self.inner.poll_ready(cx).map_err(|e| upstream_error(e, ""))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // A failing status counts against its backend only if this layer
+        // moves on because of it (nginx's rule): `LoadBalance` leaves the
+        // verdict here.
+        req.extensions_mut().insert(RetryDecides);
         let config = Arc::clone(&self.config);
         let started = config.timeout.map(|_| (config.clock)());
         // Nothing to retry on, or a single try: nothing to keep.
@@ -661,7 +672,12 @@ where
                 }
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx));
-                    let result = result.map_err(|e| upstream_error(e, ""));
+                    let mut result = result.map_err(|e| upstream_error(e, ""));
+                    // The attempt before moved on to this one: its status
+                    // counts against its backend if this one found another.
+                    if let Some(previous) = this.last.as_deref_mut() {
+                        settle_status(previous, !no_backend_left(&result));
+                    }
                     let retry = match decide(
                         this.config,
                         &result,
@@ -673,6 +689,7 @@ where
                     ) {
                         Decision::Answer => None,
                         Decision::NotRetried(reason) => {
+                            settle_status(&mut result, false);
                             this.state.set(State::Done);
                             return Poll::Ready(match result {
                                 Err(error) => Err(Error::NotRetried {
@@ -692,6 +709,9 @@ where
                             return Poll::Ready(*this.last.take().expect("checked above"));
                         }
                         None => {
+                            // Handed to the client: a success, as nginx
+                            // counts a status it does not move on from.
+                            settle_status(&mut result, false);
                             this.state.set(State::Done);
                             return Poll::Ready(result);
                         }
@@ -814,6 +834,17 @@ fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Whether an attempt failed only because no untried backend was left.
+/// Reports a failing status's attempt, if its verdict was left to this
+/// layer (see `PendingStatusFailure`): a failure if the request `moved_on`
+/// to another backend, a success if the answer goes to the client.
+fn settle_status<R>(result: &mut Result<Response<R>, Error>, moved_on: bool) {
+    if let Ok(res) = result {
+        if let Some(pending) = res.extensions_mut().remove::<PendingStatusFailure>() {
+            pending.settle(moved_on);
+        }
+    }
+}
+
 fn no_backend_left<R>(result: &Result<R, Error>) -> bool {
     matches!(
         result,
