@@ -31,6 +31,9 @@ enum Answer {
     Reset,
     /// Never answers.
     Hang,
+    /// A gRPC error in the headers ("Trailers-Only"): HTTP 200 with this
+    /// `grpc-status`.
+    Grpc(u32),
 }
 
 /// One attempt as a backend saw it: backend id, body, whether the attempt
@@ -77,6 +80,10 @@ where
                 Answer::Status(code) => Ok(Response::builder().status(code).body(id).unwrap()),
                 Answer::Reset => Err(io::Error::from(io::ErrorKind::ConnectionReset).into()),
                 Answer::Hang => std::future::pending().await,
+                Answer::Grpc(code) => Ok(Response::builder()
+                    .header("grpc-status", code.to_string())
+                    .body(id)
+                    .unwrap()),
                 Answer::Refused => unreachable!(),
             }
         }
@@ -262,6 +269,13 @@ async fn a_status_not_moved_on_from_never_ejects_its_backend() {
             .all(|s| s.state == tower_lb::health::BackendState::Up));
         assert_eq!(lb.get("10.0.0.1").unwrap().load().failures(), 0);
     }
+    // A gRPC error in the headers is an HTTP 200, which no retry moves on
+    // from: it counts at once, as without a retry layer.
+    let lb = balancer(Strategy::RoundRobin);
+    let (res, seen) = send(retry(), &lb, &[("10.0.0.1", Answer::Grpc(14))], get()).await;
+    assert_eq!(res.unwrap().status(), StatusCode::OK);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(lb.get("10.0.0.1").unwrap().load().failures(), 1);
     // Moved on from, it counts, and ejects (max_fails=1), as in nginx.
     let lb = balancer(Strategy::RoundRobin)
         .with_health_policy(tower_lb::health::HealthPolicy::default());

@@ -474,6 +474,15 @@ where
                 (picked, insert)
             }
         };
+        // A retry carries the verdict on its failed attempt's status: the
+        // request moved on if this pick found a backend (nginx counts the
+        // status when it passes the request on).
+        if let Some(pending) = req.extensions_mut().remove::<PendingStatusFailure>() {
+            pending.settle(!matches!(
+                picked,
+                Err(Error::NoBackends | Error::AllBackendsDown { .. })
+            ));
+        }
         let member = match picked {
             Ok(member) => member,
             Err(error) => return ResponseFuture::failed(error),
@@ -652,7 +661,9 @@ where
                         let failed = ctx.policy.is_response_failure(&res);
                         let deferred =
                             ctx.hold && !failed && FailurePolicy::awaits_grpc_trailers(&res);
-                        if failed && *retry_decides {
+                        // A failing status, not a gRPC error in the
+                        // headers (an HTTP 200 a retry never moves on from).
+                        if failed && *retry_decides && ctx.policy.is_failure(res.status()) {
                             // The retry layer outside says whether this
                             // status counts (see `PendingStatusFailure`).
                             res.extensions_mut().insert(PendingStatusFailure {

@@ -734,6 +734,15 @@ where
                     let body = this.replay.body().expect("a retry has a replayable body");
                     let mut req = template.request(body);
                     req.extensions_mut().insert(this.tried.clone());
+                    // The failed attempt's status is judged by this retry's
+                    // pick, at once: a backend found means it moved on.
+                    if let Some(Ok(previous)) = this.last.as_deref_mut() {
+                        if let Some(pending) =
+                            previous.extensions_mut().remove::<PendingStatusFailure>()
+                        {
+                            req.extensions_mut().insert(pending);
+                        }
+                    }
                     *this.attempts += 1;
                     let future = service.call(req);
                     this.state.set(State::Calling { future });
@@ -833,7 +842,6 @@ fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
     has_io_error(error, std::io::ErrorKind::ConnectionRefused)
 }
 
-/// Whether an attempt failed only because no untried backend was left.
 /// Reports a failing status's attempt, if its verdict was left to this
 /// layer (see `PendingStatusFailure`): a failure if the request `moved_on`
 /// to another backend, a success if the answer goes to the client.
@@ -845,6 +853,7 @@ fn settle_status<R>(result: &mut Result<Response<R>, Error>, moved_on: bool) {
     }
 }
 
+/// Whether an attempt failed only because no untried backend was left.
 fn no_backend_left<R>(result: &Result<R, Error>) -> bool {
     matches!(
         result,

@@ -891,7 +891,9 @@ fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// also refuses any transfer coding but `chunked` before it removes the
 /// header: a request's with `501`
 /// ([`Error::NotImplemented`]), a backend's
-/// response's as a failed answer (`502`), as nginx does.
+/// response's as a failed answer (`502`, as nginx answers it; retried like
+/// one, and not counted against the backend, where nginx counts it and does
+/// not retry it by default).
 ///
 /// ```
 /// use http::HeaderMap;

@@ -263,8 +263,10 @@ impl<B> WorkerUpstream<B> {
     /// timed here: add [`ResponseTimeout`](crate::layer::ResponseTimeout)
     /// (nginx's `proxy_read_timeout` covers the head too). A WebSocket
     /// tunnel is closed, both ways, once neither side has sent a byte for
-    /// this long, as nginx closes one idle for `proxy_read_timeout`: keep
-    /// quiet sessions open with pings, or raise the limit.
+    /// this long, as nginx closes one idle for `proxy_read_timeout` (nginx
+    /// watches the backend's side; here a byte either way keeps it open):
+    /// keep quiet sessions open with pings, or raise the limit. A zero limit
+    /// closes a tunnel at once.
     ///
     /// ```
     /// # use std::time::Duration;
