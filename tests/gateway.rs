@@ -1129,6 +1129,13 @@ async fn a_websocket_tunnel_quiet_both_ways_for_the_read_timeout_is_closed() {
 /// `200` with what it got; whether its connection was closed before the
 /// upload ended.
 async fn upload_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    upload_backend_answering(true).await
+}
+
+/// [`upload_backend`], or one that never answers once it has the upload.
+async fn upload_backend_answering(
+    answers: bool,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1150,6 +1157,9 @@ async fn upload_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
                 Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
+        if !answers {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
         let body = format!("got {} bytes", got.len());
         let _ = stream
             .write_all(
@@ -1164,19 +1174,34 @@ async fn upload_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
     (addr, cut)
 }
 
-/// The gateway's stack in front of one [`upload_backend`], served over a
-/// paused in-memory connection.
+/// The gateway's stack (with its 30 s response timeout) in front of one
+/// [`upload_backend`], served over a paused in-memory connection.
 async fn paused_upload() -> (
+    tokio::io::DuplexStream,
+    LoadBalancer,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    paused_upload_to(upload_backend().await).await
+}
+
+async fn paused_upload_to(
+    (addr, cut): (SocketAddr, Arc<std::sync::atomic::AtomicBool>),
+) -> (
     tokio::io::DuplexStream,
     LoadBalancer,
     Arc<std::sync::atomic::AtomicBool>,
 ) {
     use tokio::io::AsyncWriteExt;
 
-    let (addr, cut) = upload_backend().await;
     let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{addr}")]).unwrap();
     let stack = ServiceBuilder::new()
         .layer(LoadBalanceLayer::new(lb.clone()))
+        // Its clock starts once the body is sent: neither test below is
+        // cut at 30 s.
+        .layer(tower_lb::layer::ResponseTimeoutLayer::new(
+            std::time::Duration::from_secs(30),
+            tokio::time::sleep,
+        ))
         .layer(DirectorLayer::new(ProxyDirector::new()))
         .service(tower_lb::proxy::WorkerUpstream::new());
     let (mut client, _served) = paused_connection_to(stack);
@@ -1243,4 +1268,39 @@ async fn a_slow_but_steady_upload_is_not_cut() {
     let answer = String::from_utf8_lossy(&answer).into_owned();
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(!cut.load(Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_response_timeout_starts_once_the_upload_is_sent() {
+    use tokio::io::AsyncWriteExt;
+
+    let (mut client, lb, _cut) = paused_upload_to(upload_backend_answering(false).await).await;
+    // 100 s of upload, a chunk every 50 s; then the backend says nothing.
+    for _ in 0..2 {
+        tokio::time::sleep(std::time::Duration::from_secs(50)).await;
+        client.write_all(b"1\r\nx\r\n").await.unwrap();
+    }
+    client.write_all(b"0\r\n\r\n").await.unwrap();
+    let sent = tokio::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            tokio::io::AsyncReadExt::read(&mut client, &mut buf),
+        )
+        .await
+        .expect("an answer")
+        .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    // 30 s after the body, not after the start: the backend's delay, counted.
+    assert_elapsed(sent, std::time::Duration::from_secs(30));
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+        "{answer}"
+    );
+    assert_eq!(lb.stats()[0].failures, 1);
 }

@@ -94,6 +94,9 @@ pub use self::{
 #[doc(inline)]
 pub use self::next_upstream::{NextUpstream, NextUpstreamLayer, ReplayBody};
 
+#[cfg(feature = "proxy")]
+pub(crate) use self::response_timeout::RequestSent;
+
 /// Turns an inner service's error into a tower-lb [`Error`]: an error that
 /// already is one passes through (an upstream error or a timeout gains the
 /// backend id it lacked), a timeout reported by the client (an

@@ -3,7 +3,13 @@
 //! [`ResponseTimeout`] fails a request with [`Error::Timeout`] (`504 Gateway
 //! Timeout`) when the inner service has not answered with a response head
 //! within the configured time, like nginx's `proxy_read_timeout` before the
-//! first byte of the response, or Envoy's `per_try_timeout`. The connection
+//! first byte of the response, or Envoy's `per_try_timeout`. For a request
+//! with a body, the clock starts once the body has been sent, if the client
+//! says when ([`WorkerUpstream`](crate::proxy::WorkerUpstream) does; nginx
+//! starts `proxy_read_timeout` after the request is sent): a slow upload is
+//! then the client's delay (timed by the client's own body timeout), not a
+//! backend failure. Other clients get the clock from the start of the
+//! attempt. The layer takes `http::Request`s. The connection
 //! itself is timed by the client's connector (hyper-util's
 //! `HttpConnector::set_connect_timeout`); [`LoadBalance`](super::LoadBalance)
 //! turns the connector's `io::ErrorKind::TimedOut` into [`Error::Timeout`]
@@ -51,8 +57,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::Request;
 
 use pin_project_lite::pin_project;
 use tower::Layer;
@@ -170,36 +181,108 @@ impl<S: fmt::Debug, T> fmt::Debug for ResponseTimeout<S, T> {
     }
 }
 
-impl<S, T, R> Service<R> for ResponseTimeout<S, T>
+impl<S, T, B> Service<Request<B>> for ResponseTimeout<S, T>
 where
-    S: Service<R>,
+    S: Service<Request<B>>,
     S::Error: Into<BoxError>,
-    T: Sleep,
+    T: Sleep + Clone,
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = ResponseFuture<S::Future, T::Future>;
+    type Future = ResponseFuture<S::Future, T>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(|e| upstream_error(e, ""))
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if !has_body(&req) {
+            return ResponseFuture {
+                response: self.inner.call(req),
+                clock: Clock::Running {
+                    sleep: self.sleep.sleep(self.timeout),
+                },
+            };
+        }
+        // The clock starts once the body is sent, if the client says when
+        // (`WorkerUpstream` does): a slow upload is not the backend's delay.
+        let sent = RequestSent::default();
+        req.extensions_mut().insert(sent.clone());
         ResponseFuture {
             response: self.inner.call(req),
-            sleep: self.sleep.sleep(self.timeout),
+            clock: Clock::Sending {
+                sent,
+                sleep: self.sleep.clone(),
+                timeout: self.timeout,
+            },
         }
+    }
+}
+
+/// Whether a request's head announces a body (`Content-Length` other than
+/// 0, or `Transfer-Encoding`).
+fn has_body<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .is_some_and(|len| len.as_bytes() != b"0")
+}
+
+/// Put in a request with a body by [`ResponseTimeout`]; the client that
+/// sends the body says it takes care of it ([`track`](Self::track)) and
+/// when the body has been sent ([`done`](Self::done)), and the response
+/// head's clock starts then (nginx starts `proxy_read_timeout` once the
+/// request is sent). A client that does not say so gets the clock from the
+/// start of the attempt, as before.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RequestSent {
+    state: Arc<AtomicU8>,
+}
+
+#[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+const UNTRACKED: u8 = 0;
+const SENDING: u8 = 1;
+#[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+const SENT: u8 = 2;
+
+impl RequestSent {
+    /// The client will say when the body has been sent.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    pub(crate) fn track(&self) {
+        let _ =
+            self.state
+                .compare_exchange(UNTRACKED, SENDING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The whole body has been sent.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    pub(crate) fn done(&self) {
+        self.state.store(SENT, Ordering::Release);
+    }
+
+    fn sending(&self) -> bool {
+        self.state.load(Ordering::Acquire) == SENDING
     }
 }
 
 pin_project! {
     /// Response future of [`ResponseTimeout`].
-    pub struct ResponseFuture<F, T> {
+    pub struct ResponseFuture<F, T: Sleep> {
         #[pin]
         response: F,
         #[pin]
-        sleep: T,
+        clock: Clock<T>,
+    }
+}
+
+pin_project! {
+    #[project = ClockProj]
+    enum Clock<T: Sleep> {
+        // The request body is still going out.
+        Sending { sent: RequestSent, sleep: T, timeout: Duration },
+        Running { #[pin] sleep: T::Future },
     }
 }
 
@@ -207,16 +290,33 @@ impl<F, T, Res, E> Future for ResponseFuture<F, T>
 where
     F: Future<Output = Result<Res, E>>,
     E: Into<BoxError>,
-    T: Future<Output = ()>,
+    T: Sleep,
 {
     type Output = Result<Res, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(result) = this.response.poll(cx) {
             return Poll::Ready(result.map_err(|e| upstream_error(e, "")));
         }
-        match this.sleep.poll(cx) {
+        // The client sends the body as the response future is polled, so
+        // its end is seen here, in the same poll.
+        if let ClockProj::Sending {
+            sent,
+            sleep,
+            timeout,
+        } = this.clock.as_mut().project()
+        {
+            if sent.sending() {
+                return Poll::Pending;
+            }
+            let sleep = sleep.sleep(*timeout);
+            this.clock.set(Clock::Running { sleep });
+        }
+        let ClockProj::Running { sleep } = this.clock.project() else {
+            return Poll::Pending;
+        };
+        match sleep.poll(cx) {
             // LoadBalance, outside, fills in the backend id.
             Poll::Ready(()) => Poll::Ready(Err(Error::Timeout {
                 backend: String::new(),
@@ -228,7 +328,7 @@ where
     }
 }
 
-impl<F, T> fmt::Debug for ResponseFuture<F, T> {
+impl<F, T: Sleep> fmt::Debug for ResponseFuture<F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }

@@ -21,6 +21,7 @@ use tower_service::Service;
 
 use super::is_upgrade;
 use super::stall::StallClock;
+use crate::layer::RequestSent;
 use crate::BoxError;
 
 /// How many idle connections one backend keeps in a worker's pool by
@@ -613,7 +614,8 @@ where
         let client_body_timeout = self.client_body_timeout;
         Box::pin(async move {
             let backend = prepare(&mut req)?;
-            let req = req.map(|body| TimedBody::new(body, client_body_timeout));
+            let sent = req.extensions().get::<RequestSent>().cloned();
+            let req = req.map(|body| TimedBody::new(body, client_body_timeout, sent));
             let slot = pool.slot(backend.as_str());
             // The newest idle connection that is still open and ready.
             let mut reused = true;
@@ -704,16 +706,42 @@ struct TimedBody<B> {
     inner: B,
     // Boxed, and only for a body there is to wait on: every request is
     // moved several times on its way out, and most have no body.
-    stall: Option<Box<StallClock>>,
+    sending: Option<Box<Sending>>,
+}
+
+/// What a body still being sent is watched by.
+struct Sending {
+    stall: StallClock,
+    /// A `ResponseTimeout` outside, waiting to start its clock at the end.
+    sent: Option<RequestSent>,
 }
 
 impl<B: Body> TimedBody<B> {
-    fn new(inner: B, limit: Option<Duration>) -> Self {
-        let stall = match limit {
-            Some(_) if !inner.is_end_stream() => Some(Box::new(StallClock::new(limit))),
-            _ => None,
-        };
-        TimedBody { inner, stall }
+    fn new(inner: B, limit: Option<Duration>, sent: Option<RequestSent>) -> Self {
+        if let Some(sent) = &sent {
+            sent.track();
+            if inner.is_end_stream() {
+                sent.done();
+            }
+        }
+        let watched = limit.is_some() || sent.is_some();
+        let sending = (watched && !inner.is_end_stream()).then(|| {
+            Box::new(Sending {
+                stall: StallClock::new(limit),
+                sent,
+            })
+        });
+        TimedBody { inner, sending }
+    }
+
+    /// The body has ended: a `ResponseTimeout` outside starts its clock.
+    fn ended(&self) {
+        if let Some(Sending {
+            sent: Some(sent), ..
+        }) = self.sending.as_deref()
+        {
+            sent.done();
+        }
     }
 }
 
@@ -740,15 +768,19 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                if let Some(stall) = &mut this.stall {
-                    stall.stop();
+                if let Some(sending) = &mut this.sending {
+                    sending.stall.stop();
+                }
+                if frame.is_none() || this.inner.is_end_stream() {
+                    this.ended();
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                if let Some(stall) = this.stall.as_deref_mut() {
-                    if stall.expired(cx) {
-                        return Poll::Ready(Some(Err(client_body_timed_out(stall.limit()))));
+                if let Some(sending) = this.sending.as_deref_mut() {
+                    if sending.stall.expired(cx) {
+                        let limit = sending.stall.limit();
+                        return Poll::Ready(Some(Err(client_body_timed_out(limit))));
                     }
                 }
                 Poll::Pending
@@ -757,7 +789,11 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            self.ended();
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {
