@@ -1304,3 +1304,128 @@ async fn the_response_timeout_starts_once_the_upload_is_sent() {
     );
     assert_eq!(lb.stats()[0].failures, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_stops_taking_the_upload_is_cut_after_the_response_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Reads the head, then neither the body nor answers (nginx's
+    // `proxy_send_timeout` case).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(buf[0]);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        drop(stream);
+    });
+    let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{addr}")]).unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .layer(tower_lb::layer::ResponseTimeoutLayer::new(
+            std::time::Duration::from_secs(30),
+            tokio::time::sleep,
+        ))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(tower_lb::proxy::WorkerUpstream::new());
+    let (client, _served) = paused_connection_to(stack);
+    let (mut reader, mut writer) = tokio::io::split(client);
+    // 64 MiB: more than the socket buffers between proxy and backend hold.
+    const LEN: usize = 64 << 20;
+    tokio::spawn(async move {
+        let head =
+            format!("PUT /up HTTP/1.1\r\nHost: front.example\r\nContent-Length: {LEN}\r\n\r\n");
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..LEN / chunk.len() {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(300), reader.read(&mut buf))
+            .await
+            .expect("an answer before the test's own limit")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+        "{answer}"
+    );
+    // The backend's stall: counted against it.
+    assert_eq!(lb.stats()[0].failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_content_length_upload_starts_the_response_clock_at_its_end() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Reads a 10-byte body, then says nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"0123456789") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        drop(stream);
+    });
+    let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{addr}")]).unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .layer(tower_lb::layer::ResponseTimeoutLayer::new(
+            std::time::Duration::from_secs(30),
+            tokio::time::sleep,
+        ))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(tower_lb::proxy::WorkerUpstream::new());
+    let (mut client, _served) = paused_connection_to(stack);
+    client
+        .write_all(b"PUT /up HTTP/1.1\r\nHost: front.example\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    // The rest 40 s later: past the 30 s limit from the start, not from the end.
+    tokio::time::sleep(std::time::Duration::from_secs(40)).await;
+    client.write_all(b"56789").await.unwrap();
+    let sent = tokio::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(120), client.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert_elapsed(sent, std::time::Duration::from_secs(30));
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+        "{answer}"
+    );
+    assert_eq!(lb.stats()[0].failures, 1);
+}

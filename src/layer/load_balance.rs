@@ -396,7 +396,22 @@ pub(crate) struct RetryDecides;
 /// success).
 #[derive(Clone, Debug)]
 pub(crate) struct PendingStatusFailure {
-    verdict: Arc<Mutex<Option<Verdict>>>,
+    verdict: Arc<PendingVerdict>,
+}
+
+/// The verdict itself; one never settled (a retry that could not start, a
+/// request dropped on the way) counts as a success when it goes, as an
+/// answer nginx did not move on from does.
+#[derive(Debug)]
+struct PendingVerdict(Mutex<Option<Verdict>>);
+
+impl Drop for PendingVerdict {
+    fn drop(&mut self) {
+        let verdict = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((member, ctx)) = verdict {
+            ctx.lb.report(&member, Outcome::Success);
+        }
+    }
 }
 
 /// Who a deferred report is about, and where it goes.
@@ -408,6 +423,7 @@ impl PendingStatusFailure {
     pub(crate) fn settle(&self, moved_on: bool) {
         let verdict = self
             .verdict
+            .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
@@ -667,10 +683,10 @@ where
                             // The retry layer outside says whether this
                             // status counts (see `PendingStatusFailure`).
                             res.extensions_mut().insert(PendingStatusFailure {
-                                verdict: Arc::new(Mutex::new(Some((
+                                verdict: Arc::new(PendingVerdict(Mutex::new(Some((
                                     member.clone(),
                                     Arc::clone(ctx),
-                                )))),
+                                ))))),
                             });
                         } else if !deferred {
                             ctx.lb.report(member, outcome(failed));

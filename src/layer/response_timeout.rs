@@ -8,7 +8,9 @@
 //! says when ([`WorkerUpstream`](crate::proxy::WorkerUpstream) does; nginx
 //! starts `proxy_read_timeout` after the request is sent): a slow upload is
 //! then the client's delay (timed by the client's own body timeout), not a
-//! backend failure. Other clients, and a `GET` or `HEAD` (taken to have no
+//! backend failure. While the body goes out, the same limit is nginx's
+//! `proxy_send_timeout`: an attempt whose backend takes nothing of the body
+//! for that long fails with [`Error::Timeout`]. Other clients, and a `GET` or `HEAD` (taken to have no
 //! body, without a look at its headers), get the clock from the start of
 //! the attempt. The layer takes `http::Request`s. The connection
 //! itself is timed by the client's connector (hyper-util's
@@ -58,7 +60,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -208,14 +210,17 @@ where
         }
         // The clock starts once the body is sent, if the client says when
         // (`WorkerUpstream` does): a slow upload is not the backend's delay.
+        // Until then it only watches the backend take the body.
         let sent = RequestSent::default();
         req.extensions_mut().insert(sent.clone());
         ResponseFuture {
             response: self.inner.call(req),
             clock: Clock::Sending {
                 sent,
-                sleep: self.sleep.clone(),
+                factory: self.sleep.clone(),
                 timeout: self.timeout,
+                seen: 0,
+                sleep: self.sleep.sleep(self.timeout),
             },
         }
     }
@@ -238,39 +243,64 @@ fn has_body<B>(req: &Request<B>) -> bool {
 }
 
 /// Put in a request with a body by [`ResponseTimeout`]; the client that
-/// sends the body says it takes care of it ([`track`](Self::track)) and
-/// when the body has been sent ([`done`](Self::done)), and the response
-/// head's clock starts then (nginx starts `proxy_read_timeout` once the
-/// request is sent). A client that does not say so gets the clock from the
-/// start of the attempt, as before.
+/// sends the body says it takes care of it ([`track`](Self::track)), how it
+/// goes ([`waiting`](Self::waiting) on the client, or
+/// [`progressed`](Self::progressed)), and when the body has been sent
+/// ([`done`](Self::done)). The response head's clock starts then (nginx
+/// starts `proxy_read_timeout` once the request is sent); while the body
+/// goes out, the same limit is nginx's `proxy_send_timeout`: an attempt
+/// fails if the backend takes nothing of it for that long, and a wait on
+/// the client is the client's (its own body timeout). A client that does
+/// not say so gets the clock from the start of the attempt, as before.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RequestSent {
-    state: Arc<AtomicU8>,
+    /// The phase in the low two bits, whether the body waits on the client
+    /// in the next, and a count of the chunks taken above.
+    state: Arc<AtomicU64>,
 }
 
+const PHASE: u64 = 0b11;
+const UNTRACKED: u64 = 0;
+const SENDING: u64 = 1;
 #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
-const UNTRACKED: u8 = 0;
-const SENDING: u8 = 1;
-#[cfg_attr(not(feature = "proxy"), allow(dead_code))]
-const SENT: u8 = 2;
+const SENT: u64 = 2;
+const ON_CLIENT: u64 = 0b100;
+const CHUNK: u64 = 0b1000;
 
+#[cfg_attr(not(feature = "proxy"), allow(dead_code))]
 impl RequestSent {
     /// The client will say when the body has been sent.
-    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     pub(crate) fn track(&self) {
         let _ =
             self.state
                 .compare_exchange(UNTRACKED, SENDING, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// The whole body has been sent.
-    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
-    pub(crate) fn done(&self) {
-        self.state.store(SENT, Ordering::Release);
+    /// The body waits on the client for its next chunk.
+    pub(crate) fn waiting(&self) {
+        self.state.fetch_or(ON_CLIENT, Ordering::AcqRel);
     }
 
-    fn sending(&self) -> bool {
-        self.state.load(Ordering::Acquire) == SENDING
+    /// A chunk of the body went out.
+    pub(crate) fn progressed(&self) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some((s & !ON_CLIENT).wrapping_add(CHUNK))
+            });
+    }
+
+    /// The whole body has been sent.
+    pub(crate) fn done(&self) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some((s & !PHASE) | SENT)
+            });
+    }
+
+    fn load(&self) -> u64 {
+        self.state.load(Ordering::Acquire)
     }
 }
 
@@ -287,8 +317,17 @@ pin_project! {
 pin_project! {
     #[project = ClockProj]
     enum Clock<T: Sleep> {
-        // The request body is still going out.
-        Sending { sent: RequestSent, sleep: T, timeout: Duration },
+        // The request body is still going out: `sleep` runs out if the
+        // backend takes nothing of it for `timeout`.
+        Sending {
+            sent: RequestSent,
+            factory: T,
+            timeout: Duration,
+            // The chunks taken when `sleep` was armed.
+            seen: u64,
+            #[pin]
+            sleep: T::Future,
+        },
         Running { #[pin] sleep: T::Future },
     }
 }
@@ -310,14 +349,40 @@ where
         // its end is seen here, in the same poll.
         if let ClockProj::Sending {
             sent,
-            sleep,
+            factory,
             timeout,
+            seen,
+            mut sleep,
         } = this.clock.as_mut().project()
         {
-            if sent.sending() {
+            let state = sent.load();
+            if state & PHASE == SENDING {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let state = sent.load();
+                let chunks = state / CHUNK;
+                if state & ON_CLIENT == 0 && chunks == *seen {
+                    // Nothing of the body taken for `timeout`, and not for
+                    // want of the client: the backend's stall.
+                    return Poll::Ready(Err(Error::Timeout {
+                        backend: String::new(),
+                        waited_for: "the backend to take the request body",
+                        source: None,
+                    }));
+                }
+                // Once per poll: a timer that is ready at once (a zero
+                // limit) yields instead of spinning here.
+                *seen = chunks;
+                sleep.set(factory.sleep(*timeout));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                }
                 return Poll::Pending;
             }
-            let sleep = sleep.sleep(*timeout);
+            // Sent (the head's clock starts now), or untracked (from the
+            // first poll, about when the attempt started).
+            let sleep = factory.sleep(*timeout);
             this.clock.set(Clock::Running { sleep });
         }
         let ClockProj::Running { sleep } = this.clock.project() else {

@@ -614,7 +614,12 @@ where
         let client_body_timeout = self.client_body_timeout;
         Box::pin(async move {
             let backend = prepare(&mut req)?;
-            let sent = req.extensions().get::<RequestSent>().cloned();
+            // Only a body still to send has an end to report.
+            let sent = if req.body().is_end_stream() {
+                None
+            } else {
+                req.extensions().get::<RequestSent>().cloned()
+            };
             let req = req.map(|body| TimedBody::new(body, client_body_timeout, sent));
             let slot = pool.slot(backend.as_str());
             // The newest idle connection that is still open and ready.
@@ -753,6 +758,20 @@ fn client_body_timed_out(limit: Duration) -> BoxError {
     ))
 }
 
+/// hyper drops a body once it has sent all of it, without always polling
+/// it for its end (a `Content-Length` body that does not report its end
+/// itself): the end is also when it goes.
+impl<B> Drop for TimedBody<B> {
+    fn drop(&mut self) {
+        if let Some(Sending {
+            sent: Some(sent), ..
+        }) = self.sending.as_deref()
+        {
+            sent.done();
+        }
+    }
+}
+
 impl<B> Body for TimedBody<B>
 where
     B: Body + Unpin,
@@ -770,6 +789,9 @@ where
             Poll::Ready(frame) => {
                 if let Some(sending) = &mut this.sending {
                     sending.stall.stop();
+                    if let Some(sent) = &sending.sent {
+                        sent.progressed();
+                    }
                 }
                 if frame.is_none() || this.inner.is_end_stream() {
                     this.ended();
@@ -778,6 +800,9 @@ where
             }
             Poll::Pending => {
                 if let Some(sending) = this.sending.as_deref_mut() {
+                    if let Some(sent) = &sending.sent {
+                        sent.waiting();
+                    }
                     if sending.stall.expired(cx) {
                         let limit = sending.stall.limit();
                         return Poll::Ready(Some(Err(client_body_timed_out(limit))));
