@@ -604,15 +604,8 @@ async fn an_http10_client_is_told_close_when_the_body_can_only_end_with_the_conn
         .write_all(b"GET /x HTTP/1.0\r\nHost: front.example\r\nConnection: keep-alive\r\n\r\n")
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        stream.read_to_end(&mut answer),
-    )
-    .await
-    .expect("the proxy closes after the body")
-    .unwrap();
-    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    // The proxy closes after the body.
+    let answer = read_to_close(&mut stream).await.to_ascii_lowercase();
     assert!(answer.starts_with("http/1.0 200 ok\r\n"), "{answer}");
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     assert!(!answer.contains("keep-alive"), "{answer}");
@@ -788,7 +781,7 @@ fn assert_elapsed(start: tokio::time::Instant, at: std::time::Duration) {
 
 /// Reads until the server closes its end (within two minutes of the paused
 /// clock, or the test fails): what it sent.
-async fn read_to_close(client: &mut tokio::io::DuplexStream) -> String {
+async fn read_to_close<R: tokio::io::AsyncRead + Unpin>(client: &mut R) -> String {
     use tokio::io::AsyncReadExt;
     let mut answer = Vec::new();
     tokio::time::timeout(
@@ -1174,6 +1167,76 @@ async fn upload_backend_answering(
     (addr, cut)
 }
 
+/// The gateway's stack with its 30 s response timeout (whose clock starts
+/// once a request body is sent) in front of the backend at `addr`, served
+/// over a paused in-memory connection.
+fn paused_timed_gateway(addr: SocketAddr) -> (tokio::io::DuplexStream, LoadBalancer) {
+    let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{addr}")]).unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .layer(tower_lb::layer::ResponseTimeoutLayer::new(
+            std::time::Duration::from_secs(30),
+            tokio::time::sleep,
+        ))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(tower_lb::proxy::WorkerUpstream::new());
+    let (client, _served) = paused_connection_to(stack);
+    (client, lb)
+}
+
+/// Reads an answer's head (within two minutes of the paused clock).
+async fn read_answer_head<R: tokio::io::AsyncRead + Unpin>(client: &mut R) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(120), client.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// That the answer, from now, is a `504` 30 s later (the response
+/// timeout), counted against the backend.
+async fn expect_counted_504_in_30s(client: &mut tokio::io::DuplexStream, lb: &LoadBalancer) {
+    let sent = tokio::time::Instant::now();
+    let answer = read_answer_head(client).await;
+    assert_elapsed(sent, std::time::Duration::from_secs(30));
+    assert!(
+        answer.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+        "{answer}"
+    );
+    assert_eq!(lb.stats()[0].failures, 1);
+}
+
+/// A loopback backend that reads until what it got ends with `until`, then
+/// holds the connection for an hour without a word.
+async fn silent_backend(until: &'static [u8]) -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1];
+        while !got.ends_with(until) {
+            if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+            got.push(buf[0]);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        drop(stream);
+    });
+    addr
+}
+
 /// The gateway's stack (with its 30 s response timeout) in front of one
 /// [`upload_backend`], served over a paused in-memory connection.
 async fn paused_upload() -> (
@@ -1193,18 +1256,7 @@ async fn paused_upload_to(
 ) {
     use tokio::io::AsyncWriteExt;
 
-    let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{addr}")]).unwrap();
-    let stack = ServiceBuilder::new()
-        .layer(LoadBalanceLayer::new(lb.clone()))
-        // Its clock starts once the body is sent: neither test below is
-        // cut at 30 s.
-        .layer(tower_lb::layer::ResponseTimeoutLayer::new(
-            std::time::Duration::from_secs(30),
-            tokio::time::sleep,
-        ))
-        .layer(DirectorLayer::new(ProxyDirector::new()))
-        .service(tower_lb::proxy::WorkerUpstream::new());
-    let (mut client, _served) = paused_connection_to(stack);
+    let (mut client, lb) = paused_timed_gateway(addr);
     client
         .write_all(b"POST /up HTTP/1.1\r\nHost: front.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         .await
@@ -1281,63 +1333,17 @@ async fn the_response_timeout_starts_once_the_upload_is_sent() {
         client.write_all(b"1\r\nx\r\n").await.unwrap();
     }
     client.write_all(b"0\r\n\r\n").await.unwrap();
-    let sent = tokio::time::Instant::now();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(
-            std::time::Duration::from_secs(120),
-            tokio::io::AsyncReadExt::read(&mut client, &mut buf),
-        )
-        .await
-        .expect("an answer")
-        .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&buf[..n]);
-    }
-    // 30 s after the body, not after the start: the backend's delay, counted.
-    assert_elapsed(sent, std::time::Duration::from_secs(30));
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    assert!(
-        answer.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
-        "{answer}"
-    );
-    assert_eq!(lb.stats()[0].failures, 1);
+    // 30 s after the body, not after the start: the backend's delay.
+    expect_counted_504_in_30s(&mut client, &lb).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_backend_that_stops_taking_the_upload_is_cut_after_the_response_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     // Reads the head, then neither the body nor answers (nginx's
     // `proxy_send_timeout` case).
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            return;
-        };
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if stream.read(&mut buf).await.unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(buf[0]);
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-        drop(stream);
-    });
-    let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{addr}")]).unwrap();
-    let stack = ServiceBuilder::new()
-        .layer(LoadBalanceLayer::new(lb.clone()))
-        .layer(tower_lb::layer::ResponseTimeoutLayer::new(
-            std::time::Duration::from_secs(30),
-            tokio::time::sleep,
-        ))
-        .layer(DirectorLayer::new(ProxyDirector::new()))
-        .service(tower_lb::proxy::WorkerUpstream::new());
-    let (client, _served) = paused_connection_to(stack);
+    let (client, lb) = paused_timed_gateway(silent_backend(b"\r\n\r\n").await);
     let (mut reader, mut writer) = tokio::io::split(client);
     // 64 MiB: more than the socket buffers between proxy and backend hold.
     const LEN: usize = 64 << 20;
@@ -1352,17 +1358,7 @@ async fn a_backend_that_stops_taking_the_upload_is_cut_after_the_response_timeou
             }
         }
     });
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(300), reader.read(&mut buf))
-            .await
-            .expect("an answer before the test's own limit")
-            .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&buf[..n]);
-    }
-    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let answer = read_answer_head(&mut reader).await;
     assert!(
         answer.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
         "{answer}"
@@ -1373,36 +1369,10 @@ async fn a_backend_that_stops_taking_the_upload_is_cut_after_the_response_timeou
 
 #[tokio::test(start_paused = true)]
 async fn a_content_length_upload_starts_the_response_clock_at_its_end() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     // Reads a 10-byte body, then says nothing.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            return;
-        };
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !got.ends_with(b"0123456789") {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-        drop(stream);
-    });
-    let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{addr}")]).unwrap();
-    let stack = ServiceBuilder::new()
-        .layer(LoadBalanceLayer::new(lb.clone()))
-        .layer(tower_lb::layer::ResponseTimeoutLayer::new(
-            std::time::Duration::from_secs(30),
-            tokio::time::sleep,
-        ))
-        .layer(DirectorLayer::new(ProxyDirector::new()))
-        .service(tower_lb::proxy::WorkerUpstream::new());
-    let (mut client, _served) = paused_connection_to(stack);
+    let (mut client, lb) = paused_timed_gateway(silent_backend(b"0123456789").await);
     client
         .write_all(b"PUT /up HTTP/1.1\r\nHost: front.example\r\nContent-Length: 10\r\n\r\n01234")
         .await
@@ -1410,22 +1380,5 @@ async fn a_content_length_upload_starts_the_response_clock_at_its_end() {
     // The rest 40 s later: past the 30 s limit from the start, not from the end.
     tokio::time::sleep(std::time::Duration::from_secs(40)).await;
     client.write_all(b"56789").await.unwrap();
-    let sent = tokio::time::Instant::now();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(120), client.read(&mut buf))
-            .await
-            .expect("an answer")
-            .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&buf[..n]);
-    }
-    assert_elapsed(sent, std::time::Duration::from_secs(30));
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    assert!(
-        answer.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
-        "{answer}"
-    );
-    assert_eq!(lb.stats()[0].failures, 1);
+    expect_counted_504_in_30s(&mut client, &lb).await;
 }
