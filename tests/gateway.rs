@@ -1382,3 +1382,38 @@ async fn a_content_length_upload_starts_the_response_clock_at_its_end() {
     client.write_all(b"56789").await.unwrap();
     expect_counted_504_in_30s(&mut client, &lb).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_short_upload_that_stops_while_read_whole_is_answered_408() {
+    use tokio::io::AsyncWriteExt;
+    use tower_lb::layer::{NextUpstreamLayer, ReplayBody};
+
+    let (addr, heads) = raw_backend("HTTP/1.1 204 No Content\r\n\r\n").await;
+    let lb = LoadBalancer::new(Strategy::RoundRobin, [format!("http://{addr}")]).unwrap();
+    // As the gateway: a short body is read whole before the first attempt.
+    let stack = ServiceBuilder::new()
+        .layer(NextUpstreamLayer::new().body_timeout(
+            tower_lb::proxy::DEFAULT_CLIENT_BODY_TIMEOUT,
+            tokio::time::sleep,
+        ))
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .layer(DirectorLayer::new(ProxyDirector::new()))
+        .service(tower_lb::proxy::WorkerUpstream::<ReplayBody<Incoming>>::new());
+    let (mut client, _served) = paused_connection_to(stack);
+    let start = tokio::time::Instant::now();
+    client
+        .write_all(
+            b"POST /up HTTP/1.1\r\nHost: front.example\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut client).await;
+    assert_elapsed(start, tower_lb::proxy::DEFAULT_CLIENT_BODY_TIMEOUT);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer}"
+    );
+    // No backend was contacted, and none is blamed.
+    assert_eq!(heads.load(Ordering::SeqCst), 0);
+    assert_eq!(lb.stats()[0].failures, 0);
+}

@@ -93,6 +93,11 @@ impl RetryOptions {
     pub fn next_upstream(&self) -> NextUpstreamLayer {
         let layer = NextUpstreamLayer::new()
             .tries(self.tries)
+            // A short body is read whole first: nginx's client_body_timeout.
+            .body_timeout(
+                tower_lb::proxy::DEFAULT_CLIENT_BODY_TIMEOUT,
+                tokio::time::sleep as TokioSleep,
+            )
             .retry_on_status(|s| matches!(s.as_u16(), 502..=504))
             // Both clients know when they never connected (refused, connect
             // timeout, DNS): such a request may be retried, POST included.

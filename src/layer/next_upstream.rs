@@ -184,7 +184,14 @@ struct Config {
     non_idempotent: bool,
     buffer_limit: usize,
     clock: fn() -> Instant,
+    /// How long a body being read whole may wait for the client's next
+    /// chunk, and the timer that says when.
+    body_timeout: Option<(Duration, BoxSleep)>,
 }
+
+/// A timer from [`NextUpstreamLayer::body_timeout`]'s `sleep`, boxed: it is
+/// made only while a buffered body waits on its client.
+type BoxSleep = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Applies [`NextUpstream`] to a service; see the [module docs](self) for
 /// what each setting does. Cheap to clone (one `Arc`).
@@ -224,6 +231,7 @@ impl NextUpstreamLayer {
                 non_idempotent: false,
                 buffer_limit: DEFAULT_BUFFER_LIMIT,
                 clock: Instant::now,
+                body_timeout: None,
             }),
         }
     }
@@ -320,6 +328,33 @@ impl NextUpstreamLayer {
     /// (`Instant::now` by default); tests inject their own.
     pub fn clock(self, now: fn() -> Instant) -> Self {
         self.edit(|c| c.clock = now)
+    }
+
+    /// Fails a request whose body, being read whole before the first
+    /// attempt (see [`buffer_limit`](Self::buffer_limit)), waits `timeout`
+    /// for the client's next chunk (nginx's `client_body_timeout`, between
+    /// two reads): [`Error::RequestTimeout`] (`408`), before any backend is
+    /// contacted. Timed by `sleep`, any runtime's (`tokio::time::sleep`);
+    /// none by default, since the layer has no runtime of its own. A client
+    /// that announces a short body and stops then holds its connection no
+    /// longer than this. Bodies streamed to the backend are timed by the
+    /// client that sends them
+    /// (`proxy::WorkerUpstream::client_body_timeout`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lb::layer::NextUpstreamLayer;
+    ///
+    /// let layer = NextUpstreamLayer::new().body_timeout(Duration::from_secs(60), tokio::time::sleep);
+    /// # let _ = layer;
+    /// ```
+    pub fn body_timeout<T>(self, timeout: Duration, sleep: T) -> Self
+    where
+        T: crate::layer::Sleep + Send + Sync + 'static,
+        T::Future: Send + 'static,
+    {
+        let sleep: BoxSleep = Arc::new(move |d| Box::pin(sleep.sleep(d)));
+        self.edit(|c| c.body_timeout = Some((timeout, sleep)))
     }
 }
 
@@ -517,6 +552,7 @@ where
                         first: None,
                         chunks: Vec::new(),
                         trailers: None,
+                        stall: None,
                     })),
                 },
             )
@@ -601,6 +637,8 @@ struct Buffering<B: Body> {
     first: Option<B::Data>,
     chunks: Vec<B::Data>,
     trailers: Option<Box<HeaderMap>>,
+    // Running while the body waits on the client (`body_timeout`).
+    stall: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// How an attempt failed, for the retry decision.
@@ -629,7 +667,28 @@ where
                     let Some(reading) = buffering.as_mut() else {
                         panic!("ResponseFuture polled after completion");
                     };
-                    match ready!(Pin::new(&mut reading.body).poll_frame(cx)) {
+                    let polled = match Pin::new(&mut reading.body).poll_frame(cx) {
+                        Poll::Ready(polled) => {
+                            reading.stall = None;
+                            polled
+                        }
+                        Poll::Pending => {
+                            if let Some((limit, sleep)) = &this.config.body_timeout {
+                                let stall = reading.stall.get_or_insert_with(|| sleep(*limit));
+                                if stall.as_mut().poll(cx).is_ready() {
+                                    let limit = *limit;
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Err(Error::RequestTimeout {
+                                        reason: format!(
+                                            "the client sent nothing of its request body for {limit:?}"
+                                        ),
+                                    }));
+                                }
+                            }
+                            return Poll::Pending;
+                        }
+                    };
+                    match polled {
                         Some(Ok(frame)) => match frame.into_data() {
                             Ok(data) => {
                                 if reading.first.is_none() {

@@ -293,7 +293,8 @@ impl<B> WorkerUpstream<B> {
     /// the client, not while the backend is slow to take it. A body that
     /// [`NextUpstream`](crate::layer::NextUpstream) reads whole before the
     /// first attempt (a short one of known length) is read before any
-    /// backend is contacted, and is not timed here.
+    /// backend is contacted, and is timed there instead
+    /// ([`body_timeout`](crate::layer::NextUpstreamLayer::body_timeout)).
     ///
     /// ```
     /// # use std::time::Duration;
