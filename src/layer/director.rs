@@ -213,7 +213,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Called { future } => Poll::Ready(match ready!(future.poll(cx)) {
-                Ok(res) => strip_hop_by_hop_response_checked(res, check_response_codings),
+                Ok(mut res) => strip_hop_by_hop_response_checked(&mut res, check_response_codings)
+                    .map(|()| res),
                 Err(e) => Err(upstream_error(e, "")),
             }),
             StateProj::Failed { error } => Poll::Ready(Err(error

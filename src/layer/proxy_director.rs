@@ -1016,12 +1016,20 @@ pub(crate) fn remove_hop_by_hop_checked(
     Ok(())
 }
 
+/// Why a message's `Transfer-Encoding` cannot be forwarded (see
+/// [`only_chunked`]).
+struct Codings {
+    /// The codings as received, for the error message.
+    received: String,
+    /// Whether one of them is not `chunked` (else `chunked` came twice).
+    other: bool,
+}
+
 /// Whether a message's `Transfer-Encoding` lines name exactly one coding,
 /// `chunked` (or there are none): the only framing a proxy can forward
 /// without changing the body, since the coding is removed with the other
-/// hop-by-hop headers and the body re-framed on the next hop. `Err` holds
-/// the codings as received.
-fn only_chunked(headers: &HeaderMap) -> Result<(), String> {
+/// hop-by-hop headers and the body re-framed on the next hop.
+fn only_chunked(headers: &HeaderMap) -> Result<(), Codings> {
     let mut lines = headers.get_all(TRANSFER_ENCODING).iter();
     if let (Some(line), None) = (lines.next(), lines.next()) {
         // The usual case, without splitting.
@@ -1045,12 +1053,15 @@ fn only_chunked(headers: &HeaderMap) -> Result<(), String> {
         }
     }
     if other || chunked > 1 {
-        let codings: Vec<&str> = headers
+        let received: Vec<&str> = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
             .map(|v| v.to_str().unwrap_or("(not text)"))
             .collect();
-        return Err(codings.join(", "));
+        return Err(Codings {
+            received: received.join(", "),
+            other,
+        });
     }
     Ok(())
 }
@@ -1059,21 +1070,26 @@ fn only_chunked(headers: &HeaderMap) -> Result<(), String> {
 /// coding the proxy does not decode (`gzip, chunked`) is `501`, as nginx
 /// answers, and `chunked` applied twice is `400`.
 pub(crate) fn check_request_codings(headers: &HeaderMap) -> Result<(), Error> {
-    only_chunked(headers).map_err(|codings| {
-        if split_list(&codings).any(|c| !c.eq_ignore_ascii_case("chunked")) {
-            Error::NotImplemented {
-                reason: format!(
+    only_chunked(headers).map_err(
+        |Codings {
+             received: codings,
+             other,
+         }| {
+            if other {
+                Error::NotImplemented {
+                    reason: format!(
                     "the request's Transfer-Encoding `{codings}` is not supported, only chunked is"
                 ),
-            }
-        } else {
-            Error::BadRequest {
-                reason: format!(
+                }
+            } else {
+                Error::BadRequest {
+                    reason: format!(
                     "the request's Transfer-Encoding `{codings}` applies chunked more than once"
                 ),
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// The same rule for a backend's response: anything but `chunked` alone
@@ -1081,13 +1097,17 @@ pub(crate) fn check_request_codings(headers: &HeaderMap) -> Result<(), Error> {
 /// Transfer-Encoding", 502), since forwarding it would hand the client a
 /// body still in a coding nothing announces.
 pub(crate) fn check_response_codings(headers: &HeaderMap) -> Result<(), Error> {
-    only_chunked(headers).map_err(|codings| Error::Upstream {
-        backend: String::new(),
-        source: format!(
+    only_chunked(headers).map_err(
+        |Codings {
+             received: codings, ..
+         }| Error::Upstream {
+            backend: String::new(),
+            source: format!(
             "the backend answered with Transfer-Encoding `{codings}`; only chunked is forwarded"
         )
-        .into(),
-    })
+            .into(),
+        },
+    )
 }
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -1134,25 +1154,21 @@ fn names_hop_by_hop(token: &str) -> bool {
 /// # let _ = layer;
 /// ```
 pub fn strip_hop_by_hop_response<B>(mut res: Response<B>) -> Result<Response<B>, Infallible> {
-    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // Only an upgrade answer may keep Connection: upgrade.
-        res.headers_mut().remove(UPGRADE);
-    }
-    remove_hop_by_hop_headers(res.headers_mut());
+    let _ = strip_hop_by_hop_response_checked(&mut res, |_| Ok(()));
     Ok(res)
 }
 
 /// [`strip_hop_by_hop_response`], with `check` run as in
 /// [`remove_hop_by_hop_checked`].
 pub(crate) fn strip_hop_by_hop_response_checked<B>(
-    mut res: Response<B>,
+    res: &mut Response<B>,
     check: impl FnOnce(&HeaderMap) -> Result<(), Error>,
-) -> Result<Response<B>, Error> {
+) -> Result<(), Error> {
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Only an upgrade answer may keep Connection: upgrade.
         res.headers_mut().remove(UPGRADE);
     }
-    remove_hop_by_hop_checked(res.headers_mut(), check)?;
-    Ok(res)
+    remove_hop_by_hop_checked(res.headers_mut(), check)
 }
 
 #[cfg(test)]
