@@ -732,11 +732,6 @@ where
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx));
                     let mut result = result.map_err(|e| upstream_error(e, ""));
-                    // The attempt before moved on to this one: its status
-                    // counts against its backend if this one found another.
-                    if let Some(previous) = this.last.as_deref_mut() {
-                        settle_status(previous, !no_backend_left(&result));
-                    }
                     let retry = match decide(
                         this.config,
                         &result,
