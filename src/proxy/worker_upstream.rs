@@ -739,7 +739,9 @@ impl<B: Body> TimedBody<B> {
         });
         TimedBody { inner, sending }
     }
+}
 
+impl<B> TimedBody<B> {
     /// The body has ended: a `ResponseTimeout` outside starts its clock.
     fn ended(&self) {
         if let Some(Sending {
@@ -764,12 +766,7 @@ fn client_body_timed_out(limit: Duration) -> BoxError {
 /// itself): the end is also when it goes.
 impl<B> Drop for TimedBody<B> {
     fn drop(&mut self) {
-        if let Some(Sending {
-            sent: Some(sent), ..
-        }) = self.sending.as_deref()
-        {
-            sent.done();
-        }
+        self.ended();
     }
 }
 
