@@ -10,6 +10,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
@@ -19,7 +20,9 @@ use axum::Router;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::ServiceBuilder;
-use tower_lb::layer::{client_addr_from, DirectorLayer, LoadBalanceLayer, ProxyDirector};
+use tower_lb::layer::{
+    client_addr_from, DirectorLayer, LoadBalanceLayer, ProxyDirector, ResponseTimeoutLayer,
+};
 use tower_lb::proxy::Upstream;
 use tower_lb::{LoadBalancer, Strategy};
 
@@ -38,6 +41,12 @@ fn proxy(lb: LoadBalancer) -> Router {
             |info: &ConnectInfo<SocketAddr>| info.0,
         )))
         .layer(LoadBalanceLayer::new(lb))
+        // nginx's proxy_read_timeout for the response head: a backend that
+        // accepts and never answers is a 504, counted against it.
+        .layer(ResponseTimeoutLayer::new(
+            Duration::from_secs(60),
+            tokio::time::sleep,
+        ))
         .layer(DirectorLayer::new(ProxyDirector::new()))
         .service(Upstream::<Body>::new());
     Router::new()

@@ -306,12 +306,17 @@ impl LoadBalancer {
         member.health().count_sticky(StickyOutcome::Miss);
     }
 
-    /// Picks a backend for a retry: the first backend of
-    /// [`failover`](Self::failover)`(key, tried[0])` whose id is not in
-    /// `tried`, so every attempt of one request goes to a backend not yet
-    /// tried, in the strategy's failover order (for consistent hashing, the
-    /// ring successor of the key's backend). With `tried` empty this is
-    /// [`pick`](Self::pick).
+    /// Picks a backend for a retry, never one whose id is in `tried`, so
+    /// every attempt of one request goes to a backend not yet tried.
+    ///
+    /// Without a key the retry is a fresh pick, as nginx's is: the strategy
+    /// draws again (round robin moves its rotation on, random draws anew)
+    /// until it lands on a backend that is neither tried nor out. With a key
+    /// (consistent hashing) and when the draws keep landing on tried
+    /// backends, it is the first backend of
+    /// [`failover`](Self::failover)`(key, tried[0])` not in `tried`: for
+    /// consistent hashing, the ring successor of the key's backend. With
+    /// `tried` empty this is [`pick`](Self::pick).
     ///
     /// ```
     /// use tower_lb::{LoadBalancer, Strategy};
@@ -320,8 +325,13 @@ impl LoadBalancer {
     ///     Strategy::RoundRobin,
     ///     ["http://10.0.0.1", "http://10.0.0.2", "http://10.0.0.3"],
     /// )?;
-    /// assert_eq!(lb.pick_excluding(None, &["10.0.0.2"])?.id(), "10.0.0.3");
-    /// assert_eq!(lb.pick_excluding(None, &["10.0.0.2", "10.0.0.3"])?.id(), "10.0.0.1");
+    /// // The first request went to .1 and failed: its retry takes the
+    /// // rotation's next turn, and the next request the one after.
+    /// assert_eq!(lb.pick(None)?.id(), "10.0.0.1");
+    /// assert_eq!(lb.pick_excluding(None, &["10.0.0.1"])?.id(), "10.0.0.2");
+    /// assert_eq!(lb.pick(None)?.id(), "10.0.0.3");
+    /// // A draw that lands on a tried backend draws again.
+    /// assert_eq!(lb.pick_excluding(None, &["10.0.0.1", "10.0.0.3"])?.id(), "10.0.0.2");
     /// assert!(lb.pick_excluding(None, &["10.0.0.1", "10.0.0.2", "10.0.0.3"]).is_err());
     /// # Ok::<(), tower_lb::Error>(())
     /// ```
@@ -334,6 +344,11 @@ impl LoadBalancer {
         let Some(&first) = tried.first() else {
             return self.pick(key);
         };
+        if key.is_none() {
+            if let Some(member) = self.read().redraw_untried(tried) {
+                return Ok(member);
+            }
+        }
         self.failover(key, first)
             .into_iter()
             .find(|m| !tried.contains(&m.id()))
@@ -865,6 +880,27 @@ impl Snapshot {
     /// the failover order, then fall back to a ramping backend, then apply
     /// the all-ejected mode.
     #[cold]
+    /// A keyless retry's fresh draw: the strategy's next pick, drawn again
+    /// (up to [`REDRAWS`] times) while it lands on a backend in `tried` or
+    /// one that is out. `None` sends the caller to the failover order.
+    fn redraw_untried(&self, tried: &[&str]) -> Option<Member> {
+        let policy = &*self.health;
+        let now = policy.now();
+        for _ in 0..REDRAWS {
+            let member = self.members.get(self.balancer.pick(None).ok()?)?;
+            if tried.contains(&member.id()) || !member.takes_new_picks() {
+                continue;
+            }
+            let health = member.health();
+            if health.is_clear()
+                || health.admit(&policy.rules(member.backend()), now, false) == Admission::Admit
+            {
+                return Some(member.clone());
+            }
+        }
+        None
+    }
+
     fn pick_healthy(&self, key: Option<&[u8]>, first: usize) -> Result<Member, Error> {
         let policy = &*self.health;
         let now = policy.now();

@@ -148,6 +148,61 @@ async fn a_refused_connection_moves_to_the_next_backend_and_counts_against_the_f
 }
 
 #[tokio::test]
+async fn a_round_robin_retry_takes_the_rotations_next_turn_as_nginx_does() {
+    // nginx 1.22, three servers, the first refusing, max_fails=1: the
+    // clients are served by b c b c b, since the retry is a fresh pick that
+    // moves the rotation on and the refusing server is then ejected.
+    let lb = LoadBalancer::new(Strategy::RoundRobin, IDS.map(|id| format!("http://{id}")))
+        .unwrap()
+        .with_health_policy(tower_lb::health::HealthPolicy::default());
+    let seen = Seen::default();
+    let mut svc = ServiceBuilder::new()
+        .layer(NextUpstreamLayer::new())
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .service(backends(
+            [("10.0.0.1", Answer::Refused)].into_iter().collect(),
+            seen.clone(),
+        ));
+    let mut served = Vec::new();
+    for _ in 0..5 {
+        let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+        served.push(res.into_body());
+    }
+    assert_eq!(
+        served,
+        ["10.0.0.2", "10.0.0.3", "10.0.0.2", "10.0.0.3", "10.0.0.2"]
+    );
+    // One attempt on the refusing backend: it was out for the rest.
+    assert_eq!(
+        ids(&seen),
+        ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.2", "10.0.0.3", "10.0.0.2"]
+    );
+}
+
+#[tokio::test]
+async fn a_random_retry_draws_again_among_the_backends_not_tried() {
+    let lb = balancer(Strategy::Random);
+    let mut served = HashMap::new();
+    for _ in 0..600 {
+        let (res, _) = send(
+            NextUpstreamLayer::new(),
+            &lb,
+            &[("10.0.0.1", Answer::Refused)],
+            get(),
+        )
+        .await;
+        *served.entry(res.unwrap().into_body()).or_insert(0) += 1;
+    }
+    // Never the failing backend; the other two about evenly (each ~300,
+    // binomial sd ~12: the bounds are over 8 sd out).
+    assert_eq!(served.get("10.0.0.1"), None);
+    for id in ["10.0.0.2", "10.0.0.3"] {
+        let n = served[id];
+        assert!((200..=400).contains(&n), "{id} served {n} of 600");
+    }
+}
+
+#[tokio::test]
 async fn consistent_hash_retries_go_to_the_ring_successors_in_failover_order() {
     let lb = LoadBalancer::new(
         Strategy::consistent_hash(),

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 use tower_lb::proxy::{ConnectError, UpstreamBody, WorkerUpstream};
+use tower_lb::BoxError;
 
 /// A keep-alive backend on loopback that counts the connections it
 /// accepted; it answers `ok`, 4 MiB on `/big` (more than a connection
@@ -243,10 +244,13 @@ async fn a_connection_the_backend_closed_while_idle_is_not_used() {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_connect_that_hangs_times_out_as_a_connect_error() {
-    // A listener that never accepts, its queue filled: the kernel drops
-    // further SYNs, so a connect hangs.
+/// A listener that never accepts, its queue filled: the kernel drops
+/// further SYNs, so a connect to it hangs. Keep all three alive.
+async fn hanging_listener() -> (
+    tokio::net::TcpListener,
+    Vec<tokio::net::TcpStream>,
+    SocketAddr,
+) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(1).unwrap();
@@ -263,19 +267,41 @@ async fn a_connect_that_hangs_times_out_as_a_connect_error() {
             _ => break,
         }
     }
-    let mut upstream =
-        WorkerUpstream::<Full<Bytes>>::new().connect_timeout(std::time::Duration::from_millis(200));
+    (listener, fillers, addr)
+}
+
+async fn connect_error(upstream: &mut WorkerUpstream<Full<Bytes>>, addr: SocketAddr) -> BoxError {
     let req = Request::get(format!("http://{addr}/"))
         .body(Full::default())
         .unwrap();
+    upstream.ready().await.unwrap().call(req).await.unwrap_err()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_connect_that_hangs_times_out_as_a_connect_error() {
+    let (_listener, _fillers, addr) = hanging_listener().await;
+    let mut upstream =
+        WorkerUpstream::<Full<Bytes>>::new().connect_timeout(std::time::Duration::from_millis(200));
     let started = std::time::Instant::now();
-    let error = upstream.ready().await.unwrap().call(req).await.unwrap_err();
+    let error = connect_error(&mut upstream, addr).await;
     let connect = error
         .downcast_ref::<ConnectError>()
         .unwrap_or_else(|| panic!("not a ConnectError: {error}"));
     assert_eq!(connect.io_error().kind(), std::io::ErrorKind::TimedOut);
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
-    drop(listener);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn by_default_a_connect_gives_up_after_nginxs_60_seconds() {
+    let (_listener, _fillers, addr) = hanging_listener().await;
+    let mut upstream = WorkerUpstream::<Full<Bytes>>::new();
+    let started = tokio::time::Instant::now();
+    let error = connect_error(&mut upstream, addr).await;
+    let connect = error
+        .downcast_ref::<ConnectError>()
+        .unwrap_or_else(|| panic!("not a ConnectError: {error}"));
+    assert_eq!(connect.io_error().kind(), std::io::ErrorKind::TimedOut);
+    assert_eq!(started.elapsed(), tower_lb::proxy::DEFAULT_CONNECT_TIMEOUT);
 }
 
 #[tokio::test(flavor = "current_thread")]

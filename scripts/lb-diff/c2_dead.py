@@ -1,6 +1,7 @@
 """Case 2: round robin over 3 backends, one dead (port closed) from the start.
 30 sequential requests, then one request every 0.5 s until t=23 s; connect() attempts to the dead
-port are counted with strace."""
+port are counted with strace. Then the dead backend listed first: 9 sequential requests, to see
+where the first request's retry goes and where the rotation goes on from there."""
 import os, sys, time, datetime
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lib import *
@@ -41,3 +42,14 @@ def run(name, port, start):
 ups = ["server 127.0.0.1:%d;" % p for p in BP]
 run("nginx", 28010, lambda: nginx(28010, ups))
 run("gateway", 28011, lambda: gateway(28011, [(p, None) for p in BP], "round_robin"))
+
+
+def run_first(name, port, start):
+    p = start()
+    rs = [req(port, "/", n=i) for i in range(9)]
+    stop(p)
+    log("%-8s dead listed first, 9 requests: %s" % (name, seq_str(rs)))
+
+first = [DEAD, BP[0], BP[1]]
+run_first("nginx", 28010, lambda: nginx(28010, ["server 127.0.0.1:%d;" % p for p in first]))
+run_first("gateway", 28011, lambda: gateway(28011, [(p, None) for p in first], "round_robin"))

@@ -521,7 +521,7 @@ where
 
 impl<S, K> LoadBalance<S, K> {
     /// A pick by the strategy, with the request's affinity key; for a retry,
-    /// the first backend of the failover order not yet tried.
+    /// a backend not yet tried ([`LoadBalancer::pick_excluding`]).
     fn pick<B>(&self, req: &Request<B>) -> Result<Member, Error>
     where
         K: KeyExtractor<B>,
@@ -546,9 +546,9 @@ fn was_tried<B>(req: &Request<B>, id: &str) -> bool {
 
 /// The backends already tried for one request, oldest first: a retry layer
 /// such as `NextUpstream` (feature `http-body`) puts it in each
-/// retry's extensions, and [`LoadBalance`] then picks the first backend of
-/// [`LoadBalancer::failover`] not in it (see
-/// [`LoadBalancer::pick_excluding`]); a sticky cookie naming a tried backend
+/// retry's extensions, and [`LoadBalance`] then picks a backend not in it
+/// with [`LoadBalancer::pick_excluding`] (a fresh draw without a key, the
+/// failover order with one); a sticky cookie naming a tried backend
 /// is overruled and re-issued for the backend that serves.
 ///
 /// To learn where an attempt went, a retry layer reads the backend id of

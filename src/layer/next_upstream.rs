@@ -3,8 +3,11 @@
 //! [`NextUpstream`] does what nginx's `proxy_next_upstream` does (HAProxy's
 //! `retries` with `option redispatch`, Envoy's retry policy): when an attempt
 //! fails with an error, a timeout or a chosen status, the request is sent
-//! again, to a backend not yet tried for it, in the order
-//! [`LoadBalancer::failover`](crate::LoadBalancer::failover) gives (for
+//! again, to a backend not yet tried for it (see
+//! [`LoadBalancer::pick_excluding`](crate::LoadBalancer::pick_excluding)):
+//! without an affinity key the retry is a fresh pick that moves round
+//! robin's rotation on, as nginx's does; with one, the next backend in
+//! [`LoadBalancer::failover`](crate::LoadBalancer::failover)'s order (for
 //! consistent hashing, the ring successor of the key's backend).
 //!
 //! It sits **outside** [`LoadBalance`](super::LoadBalance): every attempt

@@ -82,8 +82,9 @@ use self::send_timeout::SendTimeout;
 mod worker_upstream;
 
 pub use self::worker_upstream::{
-    ConnectError, UpstreamBody, WorkerUpstream, DEFAULT_CLIENT_BODY_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS_PER_BACKEND, DEFAULT_READ_TIMEOUT,
+    ConnectError, UpstreamBody, WorkerUpstream, DEFAULT_CLIENT_BODY_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_BACKEND,
+    DEFAULT_READ_TIMEOUT,
 };
 
 /// What [`serve`] answers with: the stack's own response body, or the short
@@ -133,10 +134,15 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    /// A client with `TCP_NODELAY` and hyper's default pool.
+    /// A client with `TCP_NODELAY`, hyper's default pool, and connects
+    /// that give up after [`DEFAULT_CONNECT_TIMEOUT`] (nginx's
+    /// `proxy_connect_timeout`, 60 s) rather than the operating system's
+    /// two minutes or so. For other limits, see
+    /// [`from_client`](Self::from_client).
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
         Upstream::from_client(Client::builder(TokioExecutor::new()).build(connector))
     }
 }

@@ -37,6 +37,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// default: nginx's `proxy_read_timeout`, 60 seconds.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a TCP connect to a backend may take by default: nginx's
+/// `proxy_connect_timeout`, 60 seconds.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a request body being sent may go without a byte from the
 /// client by default: nginx's `client_body_timeout`, 60 seconds.
 pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -190,7 +194,7 @@ impl<B> WorkerUpstream<B> {
                 max_per_backend: max.max(1),
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
             }),
-            connect_timeout: None,
+            connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
             read_timeout: Some(DEFAULT_READ_TIMEOUT),
             client_body_timeout: Some(DEFAULT_CLIENT_BODY_TIMEOUT),
         }
@@ -227,7 +231,8 @@ impl<B> WorkerUpstream<B> {
     }
 
     /// Gives up on a TCP connect after `timeout` (nginx's
-    /// `proxy_connect_timeout`) with an `io::ErrorKind::TimedOut` error,
+    /// `proxy_connect_timeout`; default [`DEFAULT_CONNECT_TIMEOUT`]) with an
+    /// `io::ErrorKind::TimedOut` error,
     /// which [`ResponseTimeout`](crate::layer::ResponseTimeout) and
     /// [`NextUpstream`](crate::layer::NextUpstream) read as a timeout
     /// (`504`, and retried on the next backend).
