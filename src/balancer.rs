@@ -54,7 +54,11 @@ pub trait Balancer: Send + Sync {
     fn pick(&self, key: Option<&[u8]>) -> Result<usize, Error>;
 
     /// After `first` failed, the other members that are up, each once, in the
-    /// order to try them.
+    /// order to try them. A [`LoadBalancer`](crate::LoadBalancer) walks it
+    /// when a pick that follows a key lands on a backend that is out, for a
+    /// retry of such a pick, and for keyless picks and retries whose fresh
+    /// draws (see [`uses_key`](Balancer::uses_key)) keep landing on
+    /// backends that are out or already tried.
     fn failover(&self, key: Option<&[u8]>, first: usize) -> Vec<usize>;
 
     /// The first member of the [`failover`](Balancer::failover) order after
@@ -83,6 +87,17 @@ pub trait Balancer: Send + Sync {
     fn resume_at(&self, position: u64) {
         let _ = position;
     }
+
+    /// Whether [`pick`](Balancer::pick) follows the affinity key. `true`
+    /// (the default) for hashing strategies; `false` for those that ignore
+    /// it (round robin, random, least request), whose picks a
+    /// [`LoadBalancer`](crate::LoadBalancer) then treats as keyless even
+    /// when a key extractor supplied one: a pick whose backend is out, or a
+    /// retry, draws again rather than walking the failover order, and slow
+    /// start applies.
+    fn uses_key(&self) -> bool {
+        true
+    }
 }
 
 impl<B: Balancer + ?Sized> Balancer for Box<B> {
@@ -109,6 +124,10 @@ impl<B: Balancer + ?Sized> Balancer for Box<B> {
 
     fn resume_at(&self, position: u64) {
         (**self).resume_at(position)
+    }
+
+    fn uses_key(&self) -> bool {
+        (**self).uses_key()
     }
 }
 

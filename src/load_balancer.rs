@@ -12,9 +12,10 @@ use crate::health::{
 };
 use crate::{Backend, BackendChange, Balancer, BuildBalancer, Error, Load, Member, Outcome};
 
-/// Fresh picks a keyless pick draws when its first is out, before walking
-/// the failover list: for rotating and random strategies the next draw is as
-/// good a choice and costs no allocation.
+/// Fresh picks a keyless pick draws when its first is out, and a keyless
+/// retry when it lands on a tried backend, before walking the failover list:
+/// for rotating and random strategies the next draw is as good a choice
+/// (nginx's retry is such a draw) and costs no allocation.
 const REDRAWS: usize = 4;
 
 /// The most backends one load balancer holds.
@@ -309,11 +310,12 @@ impl LoadBalancer {
     /// Picks a backend for a retry, never one whose id is in `tried`, so
     /// every attempt of one request goes to a backend not yet tried.
     ///
-    /// Without a key the retry is a fresh pick, as nginx's is: the strategy
-    /// draws again (round robin moves its rotation on, random draws anew)
-    /// until it lands on a backend that is neither tried nor out. With a key
-    /// (consistent hashing) and when the draws keep landing on tried
-    /// backends, it is the first backend of
+    /// Without a key (or with one the strategy ignores, see
+    /// [`Balancer::uses_key`]) the retry is a fresh pick, as nginx's is: the
+    /// strategy draws again (round robin moves its rotation on, random draws
+    /// anew) until it lands on a backend that is neither tried nor out. With
+    /// a key the strategy follows (consistent hashing), and when the draws
+    /// keep landing on tried backends, it is the first backend of
     /// [`failover`](Self::failover)`(key, tried[0])` not in `tried`: for
     /// consistent hashing, the ring successor of the key's backend. With
     /// `tried` empty this is [`pick`](Self::pick).
@@ -344,9 +346,12 @@ impl LoadBalancer {
         let Some(&first) = tried.first() else {
             return self.pick(key);
         };
-        if key.is_none() {
-            if let Some(member) = self.read().redraw_untried(tried) {
-                return Ok(member);
+        {
+            let current = self.read();
+            if key.is_none() || !current.balancer.uses_key() {
+                if let Some(member) = current.redraw_untried(tried) {
+                    return Ok(member);
+                }
             }
         }
         self.failover(key, first)
@@ -875,17 +880,22 @@ impl Snapshot {
         })
     }
 
-    /// The slow path of a pick whose first choice is draining, ejected,
-    /// failing its checks or ramping up: redraw (keyless picks), then walk
-    /// the failover order, then fall back to a ramping backend, then apply
-    /// the all-ejected mode.
-    #[cold]
     /// A keyless retry's fresh draw: the strategy's next pick, drawn again
     /// (up to [`REDRAWS`] times) while it lands on a backend in `tried` or
-    /// one that is out. `None` sends the caller to the failover order.
+    /// one that is out. `None` sends the caller to the failover order; so
+    /// does a set with nothing left to draw, before any draw (nginx's pass
+    /// finds no peer then, and moves no rotation).
     fn redraw_untried(&self, tried: &[&str]) -> Option<Member> {
         let policy = &*self.health;
         let now = policy.now();
+        let untried_left = self.members.iter().any(|m| {
+            m.takes_new_picks()
+                && !tried.contains(&m.id())
+                && m.health().is_available(&policy.rules(m.backend()), now)
+        });
+        if !untried_left {
+            return None;
+        }
         for _ in 0..REDRAWS {
             let member = self.members.get(self.balancer.pick(None).ok()?)?;
             if tried.contains(&member.id()) || !member.takes_new_picks() {
@@ -901,10 +911,15 @@ impl Snapshot {
         None
     }
 
+    /// The slow path of a pick whose first choice is draining, ejected,
+    /// failing its checks or ramping up: redraw (keyless picks), then walk
+    /// the failover order, then fall back to a ramping backend, then apply
+    /// the all-ejected mode.
+    #[cold]
     fn pick_healthy(&self, key: Option<&[u8]>, first: usize) -> Result<Member, Error> {
         let policy = &*self.health;
         let now = policy.now();
-        let keyed = key.is_some();
+        let keyed = key.is_some() && self.balancer.uses_key();
         let mut ramping = None;
         let mut consider = |index: usize| -> Option<Member> {
             let member = self.members.get(index)?;

@@ -152,9 +152,8 @@ async fn a_round_robin_retry_takes_the_rotations_next_turn_as_nginx_does() {
     // nginx 1.22, three servers, the first refusing, max_fails=1: the
     // clients are served by b c b c b, since the retry is a fresh pick that
     // moves the rotation on and the refusing server is then ejected.
-    let lb = LoadBalancer::new(Strategy::RoundRobin, IDS.map(|id| format!("http://{id}")))
-        .unwrap()
-        .with_health_policy(tower_lb::health::HealthPolicy::default());
+    let lb = balancer(Strategy::RoundRobin);
+    assert_eq!(lb.health_policy().get_max_fails(), 1);
     let seen = Seen::default();
     let mut svc = ServiceBuilder::new()
         .layer(NextUpstreamLayer::new())
@@ -179,26 +178,65 @@ async fn a_round_robin_retry_takes_the_rotations_next_turn_as_nginx_does() {
     );
 }
 
+#[test]
+fn a_key_the_strategy_ignores_leaves_a_retry_a_fresh_draw() {
+    // The gateway example extracts a key from `x-user` whatever the
+    // strategy: under round robin it changes nothing.
+    let key = Some(&b"user-7"[..]);
+    let lb = balancer(Strategy::RoundRobin);
+    assert_eq!(lb.pick(key).unwrap().id(), "10.0.0.1");
+    assert_eq!(
+        lb.pick_excluding(key, &["10.0.0.1"]).unwrap().id(),
+        "10.0.0.2"
+    );
+    assert_eq!(lb.pick(key).unwrap().id(), "10.0.0.3");
+    // Consistent hashing follows the key: every retry of it goes to the
+    // same ring successor.
+    let ring = balancer(Strategy::consistent_hash());
+    let home = ring.pick(key).unwrap();
+    let next = ring.pick_excluding(key, &[home.id()]).unwrap();
+    assert_ne!(next.id(), home.id());
+    for _ in 0..10 {
+        assert_eq!(
+            ring.pick_excluding(key, &[home.id()]).unwrap().id(),
+            next.id()
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_random_retry_draws_again_among_the_backends_not_tried() {
-    let lb = balancer(Strategy::Random);
-    let mut served = HashMap::new();
-    for _ in 0..600 {
-        let (res, _) = send(
+    // Passive health off, so `.1` refuses every time it is drawn and each
+    // of those requests is retried. A fresh draw spreads the retries evenly
+    // over `.2` and `.3`; a failover list in rotation from a random start
+    // would send two in three to `.2`.
+    let lb = balancer(Strategy::Random).with_health_policy(tower_lb::health::HealthPolicy::off());
+    let mut retried_to: HashMap<String, u32> = HashMap::new();
+    for _ in 0..1800 {
+        let (res, seen) = send(
             NextUpstreamLayer::new(),
             &lb,
             &[("10.0.0.1", Answer::Refused)],
             get(),
         )
         .await;
-        *served.entry(res.unwrap().into_body()).or_insert(0) += 1;
+        let served = res.unwrap().into_body();
+        assert_ne!(served, "10.0.0.1");
+        if ids(&seen)[0] == "10.0.0.1" {
+            *retried_to.entry(served).or_default() += 1;
+        }
     }
-    // Never the failing backend; the other two about evenly (each ~300,
-    // binomial sd ~12: the bounds are over 8 sd out).
-    assert_eq!(served.get("10.0.0.1"), None);
+    // About 600 retries, ~300 each (binomial sd ~12): [240, 360] is 5 sd
+    // wide, and the rotation's 400 / 200 falls outside it.
+    let retries: u32 = retried_to.values().sum();
+    assert!((450..=750).contains(&retries), "{retries} retries");
     for id in ["10.0.0.2", "10.0.0.3"] {
-        let n = served[id];
-        assert!((200..=400).contains(&n), "{id} served {n} of 600");
+        let n = retried_to.get(id).copied().unwrap_or(0);
+        let share = f64::from(n) / f64::from(retries);
+        assert!(
+            (0.4..=0.6).contains(&share),
+            "{id} took {n} of {retries} retries"
+        );
     }
 }
 

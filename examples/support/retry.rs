@@ -124,11 +124,9 @@ impl RetryOptions {
     /// The upstream client the gateway runs for plain http backends, its
     /// connects timed as configured.
     pub fn upstream(&self) -> WorkerUpstream<ReplayBody<Incoming>> {
-        let upstream = WorkerUpstream::new().read_timeout(self.read_timeout);
-        match self.connect_timeout {
-            Some(limit) => upstream.connect_timeout(limit),
-            None => upstream,
-        }
+        WorkerUpstream::new()
+            .read_timeout(self.read_timeout)
+            .connect_timeout(self.connect_timeout)
     }
 
     /// Starts backend number `index` (from 0) for the gateway: the usual

@@ -176,7 +176,8 @@ impl<B> Default for WorkerUpstream<B> {
 
 impl<B> WorkerUpstream<B> {
     /// A client keeping up to [`DEFAULT_MAX_CONNECTIONS_PER_BACKEND`] idle
-    /// connections per backend, with no connect timeout.
+    /// connections per backend, its connects timed out after
+    /// [`DEFAULT_CONNECT_TIMEOUT`].
     pub fn new() -> Self {
         Self::default()
     }
@@ -231,9 +232,9 @@ impl<B> WorkerUpstream<B> {
     }
 
     /// Gives up on a TCP connect after `timeout` (nginx's
-    /// `proxy_connect_timeout`; default [`DEFAULT_CONNECT_TIMEOUT`]) with an
-    /// `io::ErrorKind::TimedOut` error,
-    /// which [`ResponseTimeout`](crate::layer::ResponseTimeout) and
+    /// `proxy_connect_timeout`; default [`DEFAULT_CONNECT_TIMEOUT`], `None`
+    /// for the operating system's limit) with an `io::ErrorKind::TimedOut`
+    /// error, which [`ResponseTimeout`](crate::layer::ResponseTimeout) and
     /// [`NextUpstream`](crate::layer::NextUpstream) read as a timeout
     /// (`504`, and retried on the next backend).
     ///
@@ -243,8 +244,8 @@ impl<B> WorkerUpstream<B> {
     /// let upstream: WorkerUpstream = WorkerUpstream::new().connect_timeout(Duration::from_millis(500));
     /// # let _ = upstream;
     /// ```
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = Some(timeout);
+    pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.connect_timeout = timeout.into();
         self
     }
 

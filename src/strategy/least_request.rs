@@ -196,6 +196,10 @@ impl Balancer for LeastRequest {
         order.sort_unstable();
         order.into_iter().map(|(_, index)| index).collect()
     }
+
+    fn uses_key(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

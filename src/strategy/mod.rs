@@ -10,6 +10,13 @@
 //! | [`LeastRequest`] | fewer requests in flight of two random backends (power of two choices) | ignored | least loaded first |
 //! | [`Maglev`] | Maglev lookup table of prime size, `O(1)`, near-perfect spread | the affinity key | the key's probe sequence in the table |
 //! | [`BoundedLoad`] | consistent hashing (ring or Maglev) skipping backends at `(1 + ε) ×` their share of requests in flight | the affinity key | the key's hash order, those under their cap first |
+//!
+//! The failover order is where a keyed pick goes when its backend is out,
+//! and where its retries go. A strategy that ignores the key
+//! ([`Balancer::uses_key`] is `false`) draws
+//! again instead, as nginx does: round robin's rotation moves on past a
+//! retry. It walks its failover order only when those draws keep landing
+//! on backends that are out or already tried.
 
 use std::fmt;
 use std::str::FromStr;

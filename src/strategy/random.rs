@@ -125,4 +125,8 @@ impl Balancer for Random {
         let start = below(self.up.len() as u64) as usize;
         rotation_after(&self.up, start, first)
     }
+
+    fn uses_key(&self) -> bool {
+        false
+    }
 }

@@ -77,4 +77,8 @@ impl Balancer for RoundRobin {
     fn resume_at(&self, position: u64) {
         self.next.store(position as usize, Ordering::Relaxed);
     }
+
+    fn uses_key(&self) -> bool {
+        false
+    }
 }

@@ -287,6 +287,10 @@ impl Balancer for WeightedRoundRobin {
             next.store(position as usize, Ordering::Relaxed);
         }
     }
+
+    fn uses_key(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
