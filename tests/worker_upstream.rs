@@ -270,11 +270,17 @@ async fn hanging_listener() -> (
     (listener, fillers, addr)
 }
 
-async fn connect_error(upstream: &mut WorkerUpstream<Full<Bytes>>, addr: SocketAddr) -> BoxError {
+/// Sends a request to `addr` and checks that it fails as a connect that
+/// timed out.
+async fn assert_connect_times_out(upstream: &mut WorkerUpstream<Full<Bytes>>, addr: SocketAddr) {
     let req = Request::get(format!("http://{addr}/"))
         .body(Full::default())
         .unwrap();
-    upstream.ready().await.unwrap().call(req).await.unwrap_err()
+    let error: BoxError = upstream.ready().await.unwrap().call(req).await.unwrap_err();
+    let connect = error
+        .downcast_ref::<ConnectError>()
+        .unwrap_or_else(|| panic!("not a ConnectError: {error}"));
+    assert_eq!(connect.io_error().kind(), std::io::ErrorKind::TimedOut);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -283,11 +289,7 @@ async fn a_connect_that_hangs_times_out_as_a_connect_error() {
     let mut upstream =
         WorkerUpstream::<Full<Bytes>>::new().connect_timeout(std::time::Duration::from_millis(200));
     let started = std::time::Instant::now();
-    let error = connect_error(&mut upstream, addr).await;
-    let connect = error
-        .downcast_ref::<ConnectError>()
-        .unwrap_or_else(|| panic!("not a ConnectError: {error}"));
-    assert_eq!(connect.io_error().kind(), std::io::ErrorKind::TimedOut);
+    assert_connect_times_out(&mut upstream, addr).await;
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
 
@@ -300,11 +302,7 @@ async fn by_default_a_connect_gives_up_after_nginxs_60_seconds() {
     tokio::time::pause();
     let mut upstream = WorkerUpstream::<Full<Bytes>>::new();
     let started = tokio::time::Instant::now();
-    let error = connect_error(&mut upstream, addr).await;
-    let connect = error
-        .downcast_ref::<ConnectError>()
-        .unwrap_or_else(|| panic!("not a ConnectError: {error}"));
-    assert_eq!(connect.io_error().kind(), std::io::ErrorKind::TimedOut);
+    assert_connect_times_out(&mut upstream, addr).await;
     let waited = started.elapsed();
     let limit = tower_lb::proxy::DEFAULT_CONNECT_TIMEOUT;
     assert!(
