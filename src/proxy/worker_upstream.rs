@@ -460,6 +460,7 @@ where
         // through its own field.
         let mut sent = pin!(self.send.try_send_request(req));
         let io = &mut self.io;
+        let mut first = true;
         poll_fn(|cx| {
             // Driven first with a waker that does nothing: when the
             // response is there, the connection hands it over (and the
@@ -472,13 +473,17 @@ where
             // and a response body left to read is driven with the reader's
             // waker by `UpstreamBody`.
             let quiet = &mut Context::from_waker(std::task::Waker::noop());
-            // The first poll hands the request to the connection.
+            // The first poll hands the request to the connection, which
+            // then writes it: nothing to hand back yet, so the first drive
+            // may as well register this task.
             if let Poll::Ready(result) = sent.as_mut().poll(quiet) {
                 return Poll::Ready(result);
             }
-            drive(io, quiet);
-            if let Poll::Ready(result) = sent.as_mut().poll(quiet) {
-                return Poll::Ready(result);
+            if !std::mem::replace(&mut first, false) {
+                drive(io, quiet);
+                if let Poll::Ready(result) = sent.as_mut().poll(quiet) {
+                    return Poll::Ready(result);
+                }
             }
             drive(io, cx);
             // Whatever the connection did (wrote the request, read the
