@@ -386,6 +386,61 @@ async fn a_request_body_streamed_over_time_reaches_the_backend_whole() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn an_upload_answered_early_keeps_going_while_the_response_body_is_read() {
+    // The backend answers the head at once, reads the whole (chunked)
+    // upload, then ends the body: the upload, fed from another task, must
+    // keep moving after the response head was handed over, driven only by
+    // the reading of the response body.
+    let (addr, _) = raw_backend(|mut stream| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let Some(mut seen) = read_head(&mut stream, &mut buf).await else {
+            return;
+        };
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        while !seen.ends_with(b"0\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        stream.write_all(b"4\r\ndone\r\n0\r\n\r\n").await.unwrap();
+    })
+    .await;
+    let mut upstream = WorkerUpstream::<Streamed>::new();
+    let (tx, body) = streamed_body();
+    let req = Request::post(format!("http://{addr}/upload"))
+        .body(body)
+        .unwrap();
+    let sending = tokio::spawn(async move {
+        for _ in 0..20 {
+            let chunk = Bytes::from(vec![b'x'; 1_000]);
+            tx.send(Ok(http_body::Frame::data(chunk))).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+    let limit = std::time::Duration::from_secs(10);
+    let res = tokio::time::timeout(limit, async {
+        upstream.ready().await.unwrap().call(req).await.unwrap()
+    })
+    .await
+    .expect("the head arrives");
+    assert!(
+        !sending.is_finished(),
+        "the head came before the upload ended"
+    );
+    let body = tokio::time::timeout(limit, res.into_body().collect())
+        .await
+        .expect("the upload went on and the body ended")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"done");
+    sending.await.unwrap();
+}
+
 /// A backend on raw sockets: a POST is answered `413` at once, before its
 /// body is read, and the connection is kept open (its body never read); a
 /// GET is answered `ok`.

@@ -473,9 +473,9 @@ where
             // and a response body left to read is driven with the reader's
             // waker by `UpstreamBody`.
             let quiet = &mut Context::from_waker(std::task::Waker::noop());
-            // The first poll hands the request to the connection, which
-            // then writes it: nothing to hand back yet, so the first drive
-            // may as well register this task.
+            // `try_send_request` queued the request; the first drive writes
+            // it, and has nothing to hand back yet, so it may as well
+            // register this task at once.
             if let Poll::Ready(result) = sent.as_mut().poll(quiet) {
                 return Poll::Ready(result);
             }
@@ -498,6 +498,15 @@ where
 /// it is still open; once it has ended (closed, or failed) it is dropped,
 /// and the request in flight, if any, gets the error through its own
 /// future.
+///
+/// The rule that keeps wake-ups from being lost: a connection polled with a
+/// no-op waker (to spare the running task a wake; see [`Conn::ready`] and
+/// [`Conn::send`]) must be polled with the task's own waker before anything
+/// returns `Pending` while it still has work: in `send` itself, or, once the
+/// response is handed over, by [`UpstreamBody`], which drives with its
+/// reader's waker whenever its body waits. hyper re-registers everything it
+/// waits on (socket, request body, response-body channel) on every poll, so
+/// the last poll's waker is the one that counts.
 fn drive(io: &mut Option<Mutex<ConnectionFuture>>, cx: &mut Context<'_>) -> bool {
     if let Some(conn) = io {
         let conn = conn
