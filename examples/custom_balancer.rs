@@ -75,6 +75,13 @@ impl Balancer for WeightedLeastRequest {
         });
         others.into_iter().map(|m| m.0).collect()
     }
+
+    /// The key plays no part in a pick, so a request that carries one (a
+    /// sticky key extractor on the same layer) is still balanced as a
+    /// keyless one: a retry, or a pick whose backend is out, draws again.
+    fn uses_key(&self) -> bool {
+        false
+    }
 }
 
 /// The same strategy with a bug: when every member is down it picks the
