@@ -5,6 +5,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use crate::backend::check_weight;
 use crate::health::{
@@ -269,11 +270,7 @@ impl LoadBalancer {
                 .failover(key, first)
                 .into_iter()
                 .filter_map(|i| current.members.get(i))
-                .filter(|m| {
-                    m.takes_new_picks()
-                        && m.health()
-                            .is_available(&current.health.rules(m.backend()), now)
-                })
+                .filter(|m| current.available(m, now))
                 .cloned(),
         );
         order
@@ -886,29 +883,47 @@ impl Snapshot {
     /// does a set with nothing left to draw, before any draw (nginx's pass
     /// finds no peer then, and moves no rotation).
     fn redraw_untried(&self, tried: &[&str]) -> Option<Member> {
-        let policy = &*self.health;
-        let now = policy.now();
-        let untried_left = self.members.iter().any(|m| {
-            m.takes_new_picks()
-                && !tried.contains(&m.id())
-                && m.health().is_available(&policy.rules(m.backend()), now)
-        });
+        let now = self.health.now();
+        let untried_left = self
+            .members
+            .iter()
+            .any(|m| !tried.contains(&m.id()) && self.available(m, now));
         if !untried_left {
             return None;
         }
         for _ in 0..REDRAWS {
             let member = self.members.get(self.balancer.pick(None).ok()?)?;
-            if tried.contains(&member.id()) || !member.takes_new_picks() {
-                continue;
-            }
-            let health = member.health();
-            if health.is_clear()
-                || health.admit(&policy.rules(member.backend()), now, false) == Admission::Admit
+            if !tried.contains(&member.id())
+                && self.admission(member, now, false) == Some(Admission::Admit)
             {
                 return Some(member.clone());
             }
         }
         None
+    }
+
+    /// Whether `member` could take a new pick now, without using up an
+    /// ejected backend's probe: for failover lists.
+    fn available(&self, member: &Member, now: Instant) -> bool {
+        member.takes_new_picks()
+            && member
+                .health()
+                .is_available(&self.health.rules(member.backend()), now)
+    }
+
+    /// What a pick may do with `member`: `None` if it takes no new picks
+    /// (down or draining), else its health's answer, which may use up an
+    /// ejected backend's one probe (`keyed`: a pick by affinity key, which
+    /// slow start leaves alone).
+    fn admission(&self, member: &Member, now: Instant, keyed: bool) -> Option<Admission> {
+        if !member.takes_new_picks() {
+            return None;
+        }
+        let health = member.health();
+        if health.is_clear() {
+            return Some(Admission::Admit);
+        }
+        Some(health.admit(&self.health.rules(member.backend()), now, keyed))
     }
 
     /// The slow path of a pick whose first choice is draining, ejected,
@@ -923,14 +938,7 @@ impl Snapshot {
         let mut ramping = None;
         let mut consider = |index: usize| -> Option<Member> {
             let member = self.members.get(index)?;
-            if !member.takes_new_picks() {
-                return None;
-            }
-            let health = member.health();
-            if health.is_clear() {
-                return Some(member.clone());
-            }
-            match health.admit(&policy.rules(member.backend()), now, keyed) {
+            match self.admission(member, now, keyed)? {
                 Admission::Admit => Some(member.clone()),
                 Admission::Ramping => {
                     ramping.get_or_insert(index);
