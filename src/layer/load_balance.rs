@@ -405,12 +405,19 @@ pub(crate) struct PendingStatusFailure {
 #[derive(Debug)]
 struct PendingVerdict(Mutex<Option<Verdict>>);
 
+impl PendingVerdict {
+    /// Reports the attempt, once: later calls find nothing to report.
+    fn report(&self, failed: bool) {
+        let verdict = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((member, ctx)) = verdict {
+            ctx.lb.report(&member, outcome(failed));
+        }
+    }
+}
+
 impl Drop for PendingVerdict {
     fn drop(&mut self) {
-        let verdict = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((member, ctx)) = verdict {
-            ctx.lb.report(&member, Outcome::Success);
-        }
+        self.report(false);
     }
 }
 
@@ -421,15 +428,7 @@ impl PendingStatusFailure {
     /// Reports the attempt: a failure if the request moved on to another
     /// backend, a success if this answer goes to the client.
     pub(crate) fn settle(&self, moved_on: bool) {
-        let verdict = self
-            .verdict
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some((member, ctx)) = verdict {
-            ctx.lb.report(&member, outcome(moved_on));
-        }
+        self.verdict.report(moved_on);
     }
 }
 

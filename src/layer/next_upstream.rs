@@ -746,7 +746,7 @@ where
                     ) {
                         Decision::Answer => None,
                         Decision::NotRetried(reason) => {
-                            settle_status(&mut result, false);
+                            settle_answered(&mut result);
                             this.state.set(State::Done);
                             return Poll::Ready(match result {
                                 Err(error) => Err(Error::NotRetried {
@@ -768,7 +768,7 @@ where
                         None => {
                             // Handed to the client: a success, as nginx
                             // counts a status it does not move on from.
-                            settle_status(&mut result, false);
+                            settle_answered(&mut result);
                             this.state.set(State::Done);
                             return Poll::Ready(result);
                         }
@@ -899,13 +899,14 @@ fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
     has_io_error(error, std::io::ErrorKind::ConnectionRefused)
 }
 
-/// Reports a failing status's attempt, if its verdict was left to this
-/// layer (see `PendingStatusFailure`): a failure if the request `moved_on`
-/// to another backend, a success if the answer goes to the client.
-fn settle_status<R>(result: &mut Result<Response<R>, Error>, moved_on: bool) {
+/// Reports a failing status's attempt whose answer goes to the client, if
+/// its verdict was left to this layer (see `PendingStatusFailure`): a
+/// success, as nginx counts a status it does not move on from. (A retry
+/// hands the verdict to its own pick instead, which settles it.)
+fn settle_answered<R>(result: &mut Result<Response<R>, Error>) {
     if let Ok(res) = result {
         if let Some(pending) = res.extensions_mut().remove::<PendingStatusFailure>() {
-            pending.settle(moved_on);
+            pending.settle(false);
         }
     }
 }
