@@ -11,15 +11,7 @@ from lib import *
 BP = [28001, 28002, 28003]
 bk = [Backend("x", BP[0]), Backend("b", BP[1]).start(), Backend("c", BP[2]).start()]
 bk[0].hang_for = 3
-HA = """frontend f
-    bind 127.0.0.1:{port}
-    default_backend b
-backend b
-    balance roundrobin
-    retries 2
-    option redispatch 1
-    retry-on conn-failure empty-response response-timeout 502 503 504
-""" + "".join("    server s%d 127.0.0.1:%d\n" % (i, p) for i, p in enumerate(BP))
+HA = haproxy_retrying_round_robin(BP)
 
 def proxies(mode):
     rt = "1s" if mode == "hang" else "30s"

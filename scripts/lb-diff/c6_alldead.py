@@ -5,15 +5,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lib import *
 
 BP = [28001, 28002, 28003]
-HA = """frontend f
-    bind 127.0.0.1:{port}
-    default_backend b
-backend b
-    balance roundrobin
-    retries 2
-    option redispatch 1
-    retry-on conn-failure empty-response response-timeout 502 503 504
-""" + "".join("    server s%d 127.0.0.1:%d\n" % (i, p) for i, p in enumerate(BP))
+HA = haproxy_retrying_round_robin(BP)
 for name, port, start in [
         ("nginx", 28010, lambda: nginx(28010, ["server 127.0.0.1:%d;" % p for p in BP])),
         ("gateway", 28011, lambda: gateway(28011, [(p, None) for p in BP], "round_robin")),

@@ -244,6 +244,21 @@ def nginx(port, upstream_lines, tries=3, read_timeout="30s", extra="", name="ngi
     return _spawn(name, ["nginx", "-c", path, "-p", WORK + "/"], port)
 
 
+def haproxy_retrying_round_robin(ports):
+    """HAProxy's nearest to the gateway's retries, as a `haproxy()` body: round robin over
+    `ports`, two retries on another server (redispatch) after a failed connect, an empty
+    response, a response timeout or a 502/503/504."""
+    return """frontend f
+    bind 127.0.0.1:{port}
+    default_backend b
+backend b
+    balance roundrobin
+    retries 2
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout 502 503 504
+""" + "".join("    server s%d 127.0.0.1:%d\n" % (i, p) for i, p in enumerate(ports))
+
+
 def haproxy(port, conf_body, name="haproxy"):
     conf = """global
     maxconn 256
