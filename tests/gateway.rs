@@ -87,6 +87,14 @@ async fn send(req: Request<Full<Bytes>>) -> Answer {
 
 /// Sends `request` as it is over a new connection; the whole answer, up to
 /// the connection's close.
+/// `request_line` (method and target) sent raw as HTTP/1.1 to host
+/// `front.example`, asking the proxy to close after its answer: the answer.
+async fn raw_closing(proxy: SocketAddr, request_line: &str) -> String {
+    let request =
+        format!("{request_line} HTTP/1.1\r\nHost: front.example\r\nConnection: close\r\n\r\n");
+    raw(proxy, &request).await
+}
+
 async fn raw(proxy: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -434,22 +442,14 @@ async fn options_asterisk_reaches_the_backend_unrewritten_over_a_socket() {
         .with_id("a")
         .unwrap();
     let proxy = proxy_for(LoadBalancer::new(Strategy::RoundRobin, [backend]).unwrap()).await;
-    let answer = raw(
-        proxy,
-        "OPTIONS * HTTP/1.1\r\nHost: front.example\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let answer = raw_closing(proxy, "OPTIONS *").await;
     assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
     assert!(
         answer.contains("a: OPTIONS * host=front.example\n"),
         "{answer}"
     );
     // Any other path goes under the prefix.
-    let answer = raw(
-        proxy,
-        "GET /x HTTP/1.1\r\nHost: front.example\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let answer = raw_closing(proxy, "GET /x").await;
     assert!(
         answer.contains("a: GET /api/x host=front.example\n"),
         "{answer}"
@@ -459,11 +459,7 @@ async fn options_asterisk_reaches_the_backend_unrewritten_over_a_socket() {
 #[tokio::test]
 async fn a_backends_hop_by_hop_response_headers_never_reach_the_client() {
     let (proxy, _lb) = gateway(Strategy::RoundRobin, &[1]).await;
-    let answer = raw(
-        proxy,
-        "GET /hop-by-hop HTTP/1.1\r\nHost: front.example\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let answer = raw_closing(proxy, "GET /hop-by-hop").await;
     assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
     let lower = answer.to_ascii_lowercase();
     for leaked in [
@@ -539,11 +535,7 @@ async fn a_response_with_both_content_length_and_chunked_is_forwarded_by_its_chu
             .into_boxed_str(),
         );
         let (proxy, _lb, _heads) = proxy_for_raw(response).await;
-        let answer = raw(
-            proxy,
-            "GET /x HTTP/1.1\r\nHost: front.example\r\nConnection: close\r\n\r\n",
-        )
-        .await;
+        let answer = raw_closing(proxy, "GET /x").await;
         assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
         let lower = answer.to_ascii_lowercase();
         assert!(!lower.contains("content-length"), "{answer}");
