@@ -728,3 +728,166 @@ async fn a_reader_that_pauses_is_not_cut_when_the_backend_has_sent_the_body() {
     }
     assert_eq!(got, 4 << 20);
 }
+
+/// A keep-alive backend on raw sockets answering each request with the
+/// canned bytes for its path, written in the pieces given (a pause between
+/// them); `close` after the answer closes the connection.
+async fn canned_backend(
+    answers: &'static [(&'static str, &'static [&'static [u8]], bool)],
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    raw_backend(move |mut stream| async move {
+        let mut buf = vec![0u8; 4096];
+        while let Some(head) = read_head(&mut stream, &mut buf).await {
+            let line = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let Some((_, pieces, close)) = answers.iter().find(|(path, _, _)| line.contains(path))
+            else {
+                return;
+            };
+            for piece in *pieces {
+                let _ = stream.write_all(piece).await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            if *close {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+async fn body_of(
+    upstream: &mut WorkerUpstream<Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+) -> (u16, Bytes) {
+    // A framing misread waits for bytes that never come: fail, not hang.
+    let exchange = async {
+        let res = get(upstream, addr, path).await;
+        let status = res.status().as_u16();
+        (status, res.into_body().collect().await.unwrap().to_bytes())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no whole answer within 10 s"))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_bodiless_request_reads_every_framing_a_backend_may_choose() {
+    static ANSWERS: &[(&str, &[&[u8]], bool)] = &[
+        // An informational head, then the answer, in one write.
+        ("/early", &[b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly"], false),
+        // Chunked, with an extension, split inside the size line and the data.
+        ("/chunked", &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=", b"1\r\nchun", b"k\r\n3\r\ned!\r\n0\r\n\r\n"], false),
+        // The head in two pieces, the body in a third.
+        ("/slow-head", &[b"HTTP/1.1 200 OK\r\ncontent-le", b"ngth: 4\r\n\r\n", b"slow"], false),
+        // Until the backend closes.
+        ("/until-close", &[b"HTTP/1.1 200 OK\r\n\r\nall of ", b"it"], true),
+        // HTTP/1.0 without keep-alive: the connection is not reused.
+        ("/old", &[b"HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nold"], false),
+    ];
+    let (addr, accepted) = canned_backend(ANSWERS).await;
+    let mut upstream = WorkerUpstream::new();
+    assert_eq!(
+        body_of(&mut upstream, addr, "/early").await,
+        (200, Bytes::from("early"))
+    );
+    assert_eq!(
+        body_of(&mut upstream, addr, "/chunked").await,
+        (200, Bytes::from("chunked!"))
+    );
+    assert_eq!(
+        body_of(&mut upstream, addr, "/slow-head").await,
+        (200, Bytes::from("slow"))
+    );
+    // One connection so far, kept alive across the three.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        body_of(&mut upstream, addr, "/until-close").await,
+        (200, Bytes::from("all of it"))
+    );
+    assert_eq!(
+        body_of(&mut upstream, addr, "/slow-head").await,
+        (200, Bytes::from("slow"))
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a close-delimited body ends its connection"
+    );
+    assert_eq!(
+        body_of(&mut upstream, addr, "/old").await,
+        (200, Bytes::from("old"))
+    );
+    assert_eq!(
+        body_of(&mut upstream, addr, "/slow-head").await,
+        (200, Bytes::from("slow"))
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "an HTTP/1.0 answer ends its connection"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_backend_that_breaks_the_exchange_is_refused_and_its_connection_dropped() {
+    static ANSWERS: &[(&str, &[&[u8]], bool)] = &[
+        // Bytes after the response: the next answer would be out of step.
+        ("/extra", &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged"], false),
+        ("/ok", &[OK], false),
+        ("/conflict", &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!"], false),
+        ("/garbage", &[b"HTTP/1.1 2000 Nope\r\n\r\n"], false),
+        ("/bad-chunk", &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"], false),
+        ("/cut", &[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"], true),
+    ];
+    let (addr, accepted) = canned_backend(ANSWERS).await;
+    let mut upstream = WorkerUpstream::new();
+    assert_eq!(
+        body_of(&mut upstream, addr, "/extra").await,
+        (200, Bytes::from("ok"))
+    );
+    assert_eq!(
+        body_of(&mut upstream, addr, "/ok").await,
+        (200, Bytes::from("ok"))
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the connection with bytes left over is not reused"
+    );
+    for path in ["/conflict", "/garbage"] {
+        let req = Request::get(format!("http://{addr}{path}"))
+            .body(Full::default())
+            .unwrap();
+        let error = upstream.ready().await.unwrap().call(req).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid HTTP response from the backend"),
+            "{path}: {error}"
+        );
+    }
+    let res = get(&mut upstream, addr, "/bad-chunk").await;
+    let error = res.into_body().collect().await.unwrap_err();
+    assert!(error.to_string().contains("chunk size"), "{error}");
+    let res = get(&mut upstream, addr, "/cut").await;
+    let error = res.into_body().collect().await.unwrap_err();
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .expect("an io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::UnexpectedEof);
+    let before = accepted.load(Ordering::SeqCst);
+    assert_eq!(
+        body_of(&mut upstream, addr, "/ok").await,
+        (200, Bytes::from("ok"))
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        before + 1,
+        "no failed connection is reused"
+    );
+}

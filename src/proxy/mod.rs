@@ -79,6 +79,7 @@ mod stall;
 mod tunnel;
 use self::head_timer::HeadTimer;
 use self::send_timeout::SendTimeout;
+mod h1_client;
 mod worker_upstream;
 
 pub use self::worker_upstream::{

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use super::h1_client::{self, Decoded, ExchangeError, Framing, H1Conn};
 use super::is_upgrade;
 use super::stall::StallClock;
 use crate::layer::RequestSent;
@@ -135,7 +136,11 @@ struct Slot<B> {
 }
 
 struct Idle<B> {
+    /// hyper's client connections, for requests with a body.
     conns: Vec<Conn<B>>,
+    /// Connections spoken to directly ([`h1_client`]), for requests
+    /// without one.
+    direct: Vec<H1Conn>,
     /// Check-ins so far: every [`SWEEP_EVERY`]th looks at the oldest idle
     /// connection, so that one the backend closed does not linger there.
     checkins: usize,
@@ -330,6 +335,7 @@ impl<B> Pool<B> {
         let slot = Arc::new(Slot {
             idle: Mutex::new(Idle {
                 conns: Vec::new(),
+                direct: Vec::new(),
                 checkins: 0,
             }),
             max: self.max_per_backend,
@@ -346,7 +352,7 @@ impl<B> Pool<B> {
         by_backend.retain(|_, slot| {
             let mut idle = lock(&slot.idle);
             idle.expire(now, slot.idle_timeout);
-            !idle.conns.is_empty() || Arc::strong_count(slot) > 1
+            !idle.conns.is_empty() || !idle.direct.is_empty() || Arc::strong_count(slot) > 1
         });
     }
 }
@@ -355,10 +361,47 @@ impl<B> Idle<B> {
     /// Drops the connections idle for `timeout` or longer: the oldest,
     /// first in line.
     fn expire(&mut self, now: Instant, timeout: Duration) {
-        let fresh = self
-            .conns
-            .partition_point(|c| now.saturating_duration_since(c.idle_since) >= timeout);
+        let expired = |idle_since: Instant| now.saturating_duration_since(idle_since) >= timeout;
+        let fresh = self.conns.partition_point(|c| expired(c.idle_since));
         self.conns.drain(..fresh);
+        let fresh = self.direct.partition_point(|c| expired(c.idle_since));
+        self.direct.drain(..fresh);
+    }
+}
+
+impl<B> Slot<B> {
+    /// The newest idle direct connection, if any.
+    fn checkout_direct(&self) -> Option<H1Conn> {
+        let mut idle = lock(&self.idle);
+        if idle.direct.is_empty() {
+            return None;
+        }
+        idle.expire(Instant::now(), self.idle_timeout);
+        idle.direct.pop()
+    }
+
+    /// Keeps a direct connection whose response was read to its end, if
+    /// it may take another request (keep-alive, nothing unread).
+    fn checkin_direct(&self, mut conn: H1Conn, keep_alive: bool) {
+        if !keep_alive || !conn.is_drained() {
+            return;
+        }
+        conn.reset_for_idle();
+        let mut idle = lock(&self.idle);
+        idle.checkins = idle.checkins.wrapping_add(1);
+        if idle.checkins % SWEEP_EVERY == 0 {
+            // As `checkin` does: the oldest idle connection, looked at.
+            if idle
+                .direct
+                .first()
+                .is_some_and(|oldest| !oldest.is_open_and_quiet())
+            {
+                idle.direct.remove(0);
+            }
+        }
+        if idle.direct.len() < self.max {
+            idle.direct.push(conn);
+        }
     }
 }
 
@@ -661,6 +704,9 @@ where
         if is_upgrade(&req) {
             return Box::pin(upgrade(req, timeout, read_timeout));
         }
+        if req.body().is_end_stream() && req.method() != Method::CONNECT {
+            return Box::pin(direct(pool, req, timeout, read_timeout));
+        }
         let client_body_timeout = self.client_body_timeout;
         Box::pin(async move {
             let backend = prepare(&mut req)?;
@@ -707,6 +753,61 @@ where
             Ok(res.map(|body| UpstreamBody::leased(body, lease, read_timeout)))
         })
     }
+}
+
+/// A request without a body, exchanged directly ([`h1_client`]) on a
+/// connection of the pool's.
+async fn direct<B>(
+    pool: Arc<Pool<TimedBody<B>>>,
+    mut req: Request<B>,
+    timeout: Option<Duration>,
+    read_timeout: Option<Duration>,
+) -> Result<Response<UpstreamBody<B>>, BoxError>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let backend = prepare(&mut req)?;
+    let method = req.method().clone();
+    let (parts, _ended) = req.into_parts();
+    let mut head = Vec::new();
+    let headers = h1_client::encode_head(Request::from_parts(parts, ()), &mut head);
+    let slot = pool.slot(backend.as_str());
+    // The newest idle connection that is still open and quiet.
+    let mut reused = true;
+    let mut conn = loop {
+        match slot.checkout_direct() {
+            Some(conn) if conn.is_open_and_quiet() => break conn,
+            Some(_) => {}
+            None => {
+                reused = false;
+                break H1Conn::new(Box::pin(connect_tcp(&backend, timeout)).await?);
+            }
+        }
+    };
+    let answer = match conn.exchange(&head, &method, headers).await {
+        Ok(answer) => answer,
+        // Closed under us before a byte of the request was written: once
+        // more, on a fresh connection.
+        Err(ExchangeError::Unsent) if reused => {
+            conn = H1Conn::new(Box::pin(connect_tcp(&backend, timeout)).await?);
+            match conn.exchange(&head, &method, HeaderMap::new()).await {
+                Ok(answer) => answer,
+                Err(ExchangeError::Unsent) => return Err(Box::new(closed_before_sending())),
+                Err(ExchangeError::Failed(error)) => return Err(error),
+            }
+        }
+        Err(ExchangeError::Unsent) => return Err(Box::new(closed_before_sending())),
+        Err(ExchangeError::Failed(error)) => return Err(error),
+    };
+    let lease = DirectLease {
+        conn,
+        keep_alive: answer.keep_alive,
+        slot,
+    };
+    let body = UpstreamBody::direct(answer.framing, lease, read_timeout);
+    Ok(answer.response.map(|()| body))
 }
 
 /// The error of a send on a new connection: a request the connection
@@ -879,19 +980,44 @@ struct Lease<B> {
     slot: Arc<Slot<TimedBody<B>>>,
 }
 
-pin_project_lite::pin_project! {
-    /// The response body of a [`WorkerUpstream`] request: the backend's
-    /// body, read by driving the backend connection, which goes back to the
-    /// pool as soon as the body has ended. Dropped before its end, it
-    /// closes the connection (what is left of the response is not read).
-    /// A body that waits longer than its `WorkerUpstream`'s
-    /// [`read_timeout`](WorkerUpstream::read_timeout) for the backend fails.
-    pub struct UpstreamBody<B> {
-        #[pin]
+/// A direct connection lent to one response: back to its slot when the
+/// body has been read to its end, if it may be reused.
+struct DirectLease<B> {
+    conn: H1Conn,
+    keep_alive: bool,
+    slot: Arc<Slot<TimedBody<B>>>,
+}
+
+impl<B> DirectLease<B> {
+    fn release(self) {
+        self.slot.checkin_direct(self.conn, self.keep_alive);
+    }
+}
+
+/// The response body of a [`WorkerUpstream`] request: the backend's body,
+/// read by driving the backend connection, which goes back to the pool as
+/// soon as the body has ended. Dropped before its end, it closes the
+/// connection (what is left of the response is not read). A body that
+/// waits longer than its `WorkerUpstream`'s
+/// [`read_timeout`](WorkerUpstream::read_timeout) for the backend fails.
+pub struct UpstreamBody<B> {
+    from: Source<B>,
+    stall: StallClock,
+}
+
+/// Where a response body is read from.
+enum Source<B> {
+    /// hyper's client connection (a request with a body, an upgrade).
+    Hyper {
         inner: Incoming,
         lease: Option<Lease<B>>,
-        stall: StallClock,
-    }
+    },
+    /// A direct exchange ([`h1_client`]): the body's framing, and the
+    /// connection until the body ends or fails.
+    Direct {
+        framing: Framing,
+        lease: Option<DirectLease<B>>,
+    },
 }
 
 /// The error of a body whose backend went quiet for `limit`.
@@ -904,10 +1030,18 @@ fn read_timed_out(limit: Duration) -> BoxError {
 
 impl<B> std::fmt::Debug for UpstreamBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("inner", &self.inner)
-            .field("pooled", &self.lease.is_some())
-            .finish()
+        match &self.from {
+            Source::Hyper { inner, lease } => f
+                .debug_struct("UpstreamBody")
+                .field("inner", inner)
+                .field("pooled", &lease.is_some())
+                .finish(),
+            Source::Direct { framing, lease } => f
+                .debug_struct("UpstreamBody")
+                .field("framing", framing)
+                .field("pooled", &lease.is_some())
+                .finish(),
+        }
     }
 }
 
@@ -918,24 +1052,38 @@ where
     B::Error: Into<BoxError>,
 {
     fn leased(inner: Incoming, lease: Lease<B>, read_timeout: Option<Duration>) -> Self {
-        let mut body = UpstreamBody {
-            inner,
-            lease: Some(lease),
-            stall: StallClock::new(read_timeout),
-        };
+        let mut lease = Some(lease);
         // No body to read (HEAD, 204, 304, `Content-Length: 0`): the
         // connection is free now. A server may never poll such a body.
-        if body.inner.is_end_stream() {
+        if inner.is_end_stream() {
             let mut noop = Context::from_waker(std::task::Waker::noop());
-            release(&mut body.lease, &mut noop);
+            release(&mut lease, &mut noop);
         }
-        body
+        UpstreamBody {
+            from: Source::Hyper { inner, lease },
+            stall: StallClock::new(read_timeout),
+        }
     }
 
     fn plain(inner: Incoming, read_timeout: Option<Duration>) -> Self {
         UpstreamBody {
-            inner,
-            lease: None,
+            from: Source::Hyper { inner, lease: None },
+            stall: StallClock::new(read_timeout),
+        }
+    }
+}
+
+impl<B> UpstreamBody<B> {
+    fn direct(framing: Framing, lease: DirectLease<B>, read_timeout: Option<Duration>) -> Self {
+        // No body to read: the connection is free now, as in `leased`.
+        let lease = if framing.is_done() {
+            lease.release();
+            None
+        } else {
+            Some(lease)
+        };
+        UpstreamBody {
+            from: Source::Direct { framing, lease },
             stall: StallClock::new(read_timeout),
         }
     }
@@ -953,6 +1101,109 @@ where
     }
 }
 
+type Polled = Poll<Option<Result<Frame<bytes::Bytes>, BoxError>>>;
+
+/// The next frame of a body read through hyper's connection.
+fn poll_hyper<B>(
+    inner: &mut Incoming,
+    lease: &mut Option<Lease<B>>,
+    stall: &mut StallClock,
+    cx: &mut Context<'_>,
+) -> Polled
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut driven = false;
+    loop {
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        if polled.is_ready() {
+            stall.stop();
+        }
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                // The last frame: a server that sees the end does not
+                // poll again, so the connection goes back now. Trailers
+                // end a chunked body, which never reports its end
+                // before; hyper's server stops polling after them.
+                if frame.is_trailers() || inner.is_end_stream() {
+                    release(lease, cx);
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(None) => {
+                release(lease, cx);
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(error))) => {
+                *lease = None;
+                return Poll::Ready(Some(Err(error.into())));
+            }
+            Poll::Pending => match lease {
+                // Once: the connection, driven, may have just handed
+                // the body its next frame.
+                Some(held) if !driven => {
+                    driven = true;
+                    if !held.conn.drive(cx) {
+                        // Closed mid-body: the body reports how.
+                        *lease = None;
+                    }
+                }
+                _ if stall.expired(cx) => {
+                    // The backend went quiet mid-response: its
+                    // connection cannot be reused.
+                    *lease = None;
+                    return Poll::Ready(Some(Err(read_timed_out(stall.limit()))));
+                }
+                _ => return Poll::Pending,
+            },
+        }
+    }
+}
+
+/// The next frame of a body read directly from its connection.
+fn poll_direct<B>(
+    framing: &mut Framing,
+    lease: &mut Option<DirectLease<B>>,
+    stall: &mut StallClock,
+    cx: &mut Context<'_>,
+) -> Polled {
+    let Some(held) = lease else {
+        // Ended (or failed, which was reported).
+        return Poll::Ready(None);
+    };
+    match held.conn.poll_body(framing, cx) {
+        Poll::Ready(Ok(decoded)) => {
+            stall.stop();
+            let frame = match decoded {
+                Decoded::Data(data) => Some(Frame::data(data)),
+                Decoded::Trailers(trailers) => Some(Frame::trailers(trailers)),
+                Decoded::End => None,
+            };
+            // The last frame: a server that sees the end does not poll
+            // again, so the connection goes back now.
+            if framing.is_done() {
+                if let Some(held) = lease.take() {
+                    held.release();
+                }
+            }
+            Poll::Ready(frame.map(Ok))
+        }
+        Poll::Ready(Err(error)) => {
+            *lease = None;
+            Poll::Ready(Some(Err(error)))
+        }
+        Poll::Pending if stall.expired(cx) => {
+            // The backend went quiet mid-response: its connection cannot
+            // be reused.
+            *lease = None;
+            Poll::Ready(Some(Err(read_timed_out(stall.limit()))))
+        }
+        Poll::Pending => Poll::Pending,
+    }
+}
+
 impl<B> Body for UpstreamBody<B>
 where
     B: Body + Send + Unpin + 'static,
@@ -962,63 +1213,29 @@ where
     type Data = bytes::Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let mut driven = false;
-        loop {
-            let polled = this.inner.as_mut().poll_frame(cx);
-            if polled.is_ready() {
-                this.stall.stop();
-            }
-            match polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    // The last frame: a server that sees the end does not
-                    // poll again, so the connection goes back now. Trailers
-                    // end a chunked body, which never reports its end
-                    // before; hyper's server stops polling after them.
-                    if frame.is_trailers() || this.inner.is_end_stream() {
-                        release(this.lease, cx);
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                Poll::Ready(None) => {
-                    release(this.lease, cx);
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Some(Err(error))) => {
-                    *this.lease = None;
-                    return Poll::Ready(Some(Err(error.into())));
-                }
-                Poll::Pending => match this.lease {
-                    // Once: the connection, driven, may have just handed
-                    // the body its next frame.
-                    Some(lease) if !driven => {
-                        driven = true;
-                        if !lease.conn.drive(cx) {
-                            // Closed mid-body: the body reports how.
-                            *this.lease = None;
-                        }
-                    }
-                    _ if this.stall.expired(cx) => {
-                        // The backend went quiet mid-response: its
-                        // connection cannot be reused.
-                        *this.lease = None;
-                        return Poll::Ready(Some(Err(read_timed_out(this.stall.limit()))));
-                    }
-                    _ => return Poll::Pending,
-                },
-            }
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
+        let this = self.get_mut();
+        match &mut this.from {
+            Source::Hyper { inner, lease } => poll_hyper(inner, lease, &mut this.stall, cx),
+            Source::Direct { framing, lease } => poll_direct(framing, lease, &mut this.stall, cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.from {
+            Source::Hyper { inner, .. } => inner.is_end_stream(),
+            Source::Direct { framing, .. } => framing.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.from {
+            Source::Hyper { inner, .. } => inner.size_hint(),
+            Source::Direct { framing, .. } => match framing {
+                Framing::Length(left) => SizeHint::with_exact(*left),
+                Framing::Chunked(_) if framing.is_done() => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
+        }
     }
 }
