@@ -581,6 +581,7 @@ fn parse_head(
     }
     let mut keep_alive = version == Version::HTTP_11;
     let mut saw_close = false;
+    let mut delimiters = Delimiters::default();
     headers.reserve(count);
     for field in at {
         let name = HeaderName::from_bytes(&head[field.name.0..field.name.1])
@@ -594,10 +595,14 @@ fn parse_head(
             } else if !keep_alive {
                 keep_alive = has_token(&value, "keep-alive");
             }
+        } else if name == TRANSFER_ENCODING {
+            delimiters.see_transfer_encoding(&value);
+        } else if name == CONTENT_LENGTH {
+            delimiters.see_content_length(&value);
         }
         headers.append(name, value);
     }
-    let framing = framing(status, method, version, &headers)?;
+    let framing = framing(status, method, version, delimiters)?;
     if matches!(framing, Framing::Close) {
         keep_alive = false;
     }
@@ -617,12 +622,66 @@ fn parse_head(
     }))
 }
 
+/// What a head's fields say about where its body ends, gathered as the
+/// fields are read.
+#[derive(Default)]
+struct Delimiters {
+    /// Whether the last `Transfer-Encoding` value ends in `chunked`; `None`
+    /// without one.
+    chunked: Option<bool>,
+    /// The `Content-Length`: `None` without one, `Some(None)` if a value is
+    /// not a number or two differ.
+    length: Option<Option<u64>>,
+}
+
+impl Delimiters {
+    fn see_transfer_encoding(&mut self, value: &HeaderValue) {
+        // `chunked` must be the final coding; only the last field counts.
+        let last = value.to_str().ok().and_then(|v| v.rsplit(',').next());
+        self.chunked = Some(last.is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked")));
+    }
+
+    /// Folds in one `Content-Length` field: every value, and every element
+    /// of a list, must be the same number.
+    fn see_content_length(&mut self, value: &HeaderValue) {
+        let mut agreed = match self.length {
+            Some(None) => return,
+            Some(Some(n)) => Some(n),
+            None => None,
+        };
+        let valid = value.to_str().is_ok_and(|list| {
+            list.split(',')
+                .all(|element| match decimal(element.trim().as_bytes()) {
+                    Some(n) if agreed.is_none_or(|a| a == n) => {
+                        agreed = Some(n);
+                        true
+                    }
+                    _ => false,
+                })
+        });
+        self.length = Some(agreed.filter(|_| valid));
+    }
+}
+
+/// A non-empty run of ASCII digits, at most hyper's largest body length
+/// (`u64::MAX - 2`): a sign, a blank or an overflow is refused, as hyper
+/// refuses them.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })?;
+    (n <= u64::MAX - 2).then_some(n)
+}
+
 /// How the body of a response is delimited, as hyper's client decides.
 fn framing(
     status: StatusCode,
     method: &Method,
     version: Version,
-    headers: &HeaderMap,
+    delimiters: Delimiters,
 ) -> Result<Framing, BoxError> {
     if status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -630,52 +689,21 @@ fn framing(
     {
         return Ok(Framing::Length(0));
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if let Some(chunked) = delimiters.chunked {
         if version == Version::HTTP_10 {
             return Err(invalid("Transfer-Encoding in an HTTP/1.0 response"));
         }
-        let chunked = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         return Ok(if chunked {
             Framing::Chunked(Chunked::Size)
         } else {
             Framing::Close
         });
     }
-    if headers.contains_key(CONTENT_LENGTH) {
-        return match content_length(headers) {
-            Some(len) => Ok(Framing::Length(len)),
-            None => Err(invalid("the response's Content-Length")),
-        };
+    match delimiters.length {
+        Some(Some(len)) => Ok(Framing::Length(len)),
+        Some(None) => Err(invalid("the response's Content-Length")),
+        None => Ok(Framing::Close),
     }
-    Ok(Framing::Close)
-}
-
-/// The `Content-Length` of `headers`, if every value (and every element of
-/// a list) is the same number.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for element in value.to_str().ok()?.split(',') {
-            let digits = element.trim().as_bytes();
-            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let n = digits.iter().try_fold(0u64, |n, &d| {
-                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-            })?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
-        }
-    }
-    length
 }
 
 /// Whether a `Connection` value lists `token`.
@@ -825,8 +853,11 @@ mod tests {
 
     #[test]
     fn bad_heads_are_refused() {
-        let cases: [&[u8]; 7] = [
+        let cases: [&[u8]; 10] = [
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5,\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: x\r\nContent-Length: 5\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
             b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
