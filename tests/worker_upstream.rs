@@ -891,3 +891,42 @@ async fn a_backend_that_breaks_the_exchange_is_refused_and_its_connection_droppe
         "no failed connection is reused"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_backend_sending_informational_heads_for_ever_is_cut_off() {
+    // 100 Continue, again and again: more than a response head may take.
+    let flood: &'static [u8] = Box::leak(
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+            .repeat(20_000)
+            .into_boxed_slice(),
+    );
+    let pieces: &'static [&'static [u8]] = Box::leak(vec![flood].into_boxed_slice());
+    let answers: &'static [(&'static str, &'static [&'static [u8]], bool)] =
+        Box::leak(vec![("/", pieces, false)].into_boxed_slice());
+    let (addr, _) = canned_backend(answers).await;
+    let mut upstream: WorkerUpstream<Full<Bytes>> = WorkerUpstream::new();
+    let req = Request::get(format!("http://{addr}/"))
+        .body(Full::default())
+        .unwrap();
+    let call = upstream.ready().await.unwrap().call(req);
+    let error = tokio::time::timeout(std::time::Duration::from_secs(10), call)
+        .await
+        .expect("refused, not waited on for ever")
+        .unwrap_err();
+    assert!(error.to_string().contains("too large"), "{error}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_that_asks_to_close_does_not_leave_its_connection_pooled() {
+    let (addr, accepted) = counting_backend().await;
+    let mut upstream = WorkerUpstream::new();
+    for _ in 0..2 {
+        let res = send(
+            &mut upstream,
+            Request::get(format!("http://{addr}/")).header("connection", "close"),
+        )
+        .await;
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}

@@ -136,17 +136,35 @@ impl From<BoxError> for ExchangeError {
 }
 
 /// Writes the head of `req`, which has no body, as hyper's client writes
-/// it, and hands back its header map emptied for the response to reuse.
-pub(super) fn encode_head(req: Request<()>, dst: &mut Vec<u8>) -> HeaderMap {
+/// it. Hands back its header map emptied (for the response to reuse), and
+/// whether the request lets the connection be kept: not if it says
+/// `Connection: close`, or is HTTP/1.0 (which closes unless it asks
+/// otherwise, and is not worth keeping when it does).
+pub(super) fn encode_head(req: Request<()>, dst: &mut Vec<u8>) -> (HeaderMap, bool) {
     let (parts, ()) = req.into_parts();
     let mut headers = parts.headers;
     // A request without a body is sent without one, whatever it said.
     headers.remove(TRANSFER_ENCODING);
+    let keep_alive = parts.version != Version::HTTP_10
+        && !headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|value| has_token(value, "close"));
     dst.reserve(32 + headers.len() * 32);
     dst.extend_from_slice(parts.method.as_str().as_bytes());
     dst.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    dst.extend_from_slice(target.as_bytes());
+    // Origin form, as `Uri`'s `Display` writes it: a query without a path
+    // gets the `/` path.
+    match parts.uri.path_and_query() {
+        Some(target) => {
+            dst.extend_from_slice(target.path().as_bytes());
+            if let Some(query) = target.query() {
+                dst.push(b'?');
+                dst.extend_from_slice(query.as_bytes());
+            }
+        }
+        None => dst.push(b'/'),
+    }
     dst.extend_from_slice(if parts.version == Version::HTTP_10 {
         b" HTTP/1.0\r\n"
     } else {
@@ -160,7 +178,7 @@ pub(super) fn encode_head(req: Request<()>, dst: &mut Vec<u8>) -> HeaderMap {
     }
     dst.extend_from_slice(b"\r\n");
     headers.clear();
-    headers
+    (headers, keep_alive)
 }
 
 impl H1Conn {
@@ -206,6 +224,7 @@ impl H1Conn {
     ) -> Result<Head, ExchangeError> {
         self.write_all(head).await?;
         let mut headers = Some(headers);
+        let mut skipped = 0;
         loop {
             if !self.buf.is_empty() {
                 let map = headers.take().unwrap_or_default();
@@ -214,14 +233,20 @@ impl H1Conn {
                     // Informational (`100 Continue`, `103 Early Hints`):
                     // skipped, as hyper's client does; the final head may
                     // be in the buffer already.
-                    Parsed::Informational(map) => {
+                    Parsed::Informational(map, len) => {
                         headers = Some(map);
+                        skipped += len;
+                        if skipped >= MAX_HEAD {
+                            return Err(invalid("the response head is too large").into());
+                        }
                         continue;
                     }
                     Parsed::Partial(map) => headers = Some(map),
                 }
             }
-            if self.buf.len() >= MAX_HEAD {
+            // Informational heads count too: a backend sending them for
+            // ever would otherwise hold this task in its loop.
+            if skipped + self.buf.len() >= MAX_HEAD {
                 return Err(invalid("the response head is too large").into());
             }
             let read = poll_fn(|cx| self.poll_fill(cx)).await;
@@ -398,6 +423,9 @@ fn decode_chunked(buf: &mut BytesMut, state: &mut Chunked) -> Result<Option<Deco
                     *state = Chunked::Done;
                     continue;
                 }
+                if buf[0] == b'\r' {
+                    return Err(invalid("a bare CR in a chunked body"));
+                }
                 let Some(end) = find(buf, b"\r\n\r\n", MAX_TRAILERS)? else {
                     return Ok(None);
                 };
@@ -448,7 +476,10 @@ fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
     if digits == 0 {
         return Err(invalid("a chunk size is not a hexadecimal number"));
     }
-    if digits > 16 {
+    // Leading zeros are no size; more than 16 digits after them would
+    // overflow.
+    let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
+    if digits - zeros > 16 {
         return Err(invalid("a chunk size is too large"));
     }
     let mut size = 0u64;
@@ -476,7 +507,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
 
 /// The fields of a trailer section (ending in its empty line).
 fn trailers(section: &Bytes) -> Result<HeaderMap, BoxError> {
-    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let parsed = httparse::parse_headers(section, &mut fields)
         .map_err(|e| invalid(format!("the trailer section: {e}")))?;
     let httparse::Status::Complete((_, fields)) = parsed else {
@@ -495,8 +526,9 @@ fn trailers(section: &Bytes) -> Result<HeaderMap, BoxError> {
 
 enum Parsed {
     Complete(Head),
-    /// A `1xx` head was read and dropped; the map is handed back.
-    Informational(HeaderMap),
+    /// A `1xx` head of this many bytes was read and dropped; the map is
+    /// handed back.
+    Informational(HeaderMap, usize),
     /// More must be read; the map is handed back.
     Partial(HeaderMap),
 }
@@ -572,15 +604,13 @@ fn parse_head(
     };
     let head = buf.split_to(len).freeze();
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(Parsed::Informational(headers));
+        return Ok(Parsed::Informational(headers, len));
     }
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(invalid(
-            "101 Switching Protocols to a request that asked for no upgrade",
-        ));
-    }
-    let mut keep_alive = version == Version::HTTP_11;
-    let mut saw_close = false;
+    // nginx keeps no HTTP/1.0 upstream connection, whatever it says (hyper
+    // would, downgrading the requests that follow); an answer that switched
+    // protocols to a request that asked for nothing of the kind (hyper hands
+    // it over with no body) leaves a connection nobody can read.
+    let mut keep_alive = version == Version::HTTP_11 && status != StatusCode::SWITCHING_PROTOCOLS;
     let mut delimiters = Delimiters::default();
     headers.reserve(count);
     for field in at {
@@ -589,11 +619,8 @@ fn parse_head(
         let value = HeaderValue::from_maybe_shared(head.slice(field.value.0..field.value.1))
             .map_err(|_| invalid("a header field's value"))?;
         if name == CONNECTION {
-            if saw_close || has_token(&value, "close") {
-                saw_close = true;
+            if has_token(&value, "close") {
                 keep_alive = false;
-            } else if !keep_alive {
-                keep_alive = has_token(&value, "keep-alive");
             }
         } else if name == TRANSFER_ENCODING {
             delimiters.see_transfer_encoding(&value);
@@ -685,6 +712,7 @@ fn framing(
 ) -> Result<Framing, BoxError> {
     if status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
+        || status == StatusCode::SWITCHING_PROTOCOLS
         || method == Method::HEAD
     {
         return Ok(Framing::Length(0));
@@ -762,12 +790,52 @@ mod tests {
             .body(())
             .unwrap();
         let mut out = Vec::new();
-        let map = encode_head(req, &mut out);
-        assert!(map.is_empty());
+        let (map, keep_alive) = encode_head(req, &mut out);
+        assert!(map.is_empty() && keep_alive);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /a?b=c HTTP/1.1\r\nhost: backend:80\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_query_without_a_path_gets_the_root_path_and_close_is_heard() {
+        let head = |req: Request<()>| {
+            let mut out = Vec::new();
+            let (_, keep_alive) = encode_head(req, &mut out);
+            let line = String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap()
+                .to_owned();
+            (line, keep_alive)
+        };
+        let bare_query = Request::get("http://b?x=1").body(()).unwrap();
+        assert_eq!(head(bare_query), ("GET /?x=1 HTTP/1.1".into(), true));
+        let no_path = Request::get("http://b").body(()).unwrap();
+        assert_eq!(head(no_path), ("GET / HTTP/1.1".into(), true));
+        let closing = Request::get("/")
+            .header("connection", "Close")
+            .body(())
+            .unwrap();
+        assert_eq!(head(closing), ("GET / HTTP/1.1".into(), false));
+        let old = Request::get("/")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert_eq!(head(old), ("GET / HTTP/1.0".into(), false));
+    }
+
+    #[test]
+    fn a_switch_of_protocols_nobody_asked_for_has_no_body_and_ends_the_connection() {
+        let head = complete(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(head.response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert!(head.framing.is_done());
+        assert!(!head.keep_alive);
     }
 
     #[test]
@@ -837,7 +905,7 @@ mod tests {
             (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
             (
                 b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
-                true,
+                false,
             ),
             (b"HTTP/1.1 200 OK\r\n\r\n", false),
         ];
@@ -853,7 +921,7 @@ mod tests {
 
     #[test]
     fn bad_heads_are_refused() {
-        let cases: [&[u8]; 10] = [
+        let cases: [&[u8]; 9] = [
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5,\r\n\r\n",
@@ -861,7 +929,6 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
             b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\n\r\n",
         ];
@@ -877,7 +944,8 @@ mod tests {
     #[test]
     fn informational_heads_are_skipped_and_partial_ones_wait() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..]);
-        let Ok(Parsed::Informational(map)) = parse_head(&mut buf, &Method::GET, HeaderMap::new())
+        let Ok(Parsed::Informational(map, _)) =
+            parse_head(&mut buf, &Method::GET, HeaderMap::new())
         else {
             panic!("103 not skipped");
         };
@@ -933,6 +1001,16 @@ mod tests {
     }
 
     #[test]
+    fn chunked_sizes_may_have_leading_zeros() {
+        let (data, _, left) = body(
+            b"000000000000000000005\r\nhello\r\n0000\r\n\r\n",
+            Framing::Chunked(Chunked::Size),
+        )
+        .unwrap();
+        assert_eq!((data.as_slice(), left), (&b"hello"[..], 0));
+    }
+
+    #[test]
     fn chunked_bodies_decode_with_extensions_and_trailers() {
         let (data, trailers, left) = body(
             b"5;ext=1\r\nhello\r\n6 \r\n world\r\n0\r\nx-sum: 42\r\n\r\nNEXT",
@@ -952,7 +1030,8 @@ mod tests {
 
     #[test]
     fn bad_chunked_bodies_are_refused() {
-        let cases: [&[u8]; 7] = [
+        let cases: [&[u8]; 8] = [
+            b"0\r\n\rX",
             b"5\nhello\r\n0\r\n\r\n",
             b"5\r\nhelloXX0\r\n\r\n",
             b"-5\r\nhello\r\n0\r\n\r\n",

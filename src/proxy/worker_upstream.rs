@@ -399,7 +399,7 @@ impl<B> Slot<B> {
                 idle.direct.remove(0);
             }
         }
-        if idle.direct.len() < self.max {
+        if idle.direct.len() + idle.conns.len() < self.max {
             idle.direct.push(conn);
         }
     }
@@ -448,7 +448,7 @@ where
                 idle.conns.remove(0);
             }
         }
-        if idle.conns.len() < self.max {
+        if idle.conns.len() + idle.direct.len() < self.max {
             idle.conns.push(conn);
         }
     }
@@ -772,7 +772,8 @@ where
     let method = req.method().clone();
     let (parts, _ended) = req.into_parts();
     let mut head = Vec::new();
-    let headers = h1_client::encode_head(Request::from_parts(parts, ()), &mut head);
+    let (headers, request_keep_alive) =
+        h1_client::encode_head(Request::from_parts(parts, ()), &mut head);
     let slot = pool.slot(backend.as_str());
     // The newest idle connection that is still open and quiet.
     let mut reused = true;
@@ -803,7 +804,7 @@ where
     };
     let lease = DirectLease {
         conn,
-        keep_alive: answer.keep_alive,
+        keep_alive: answer.keep_alive && request_keep_alive,
         slot,
     };
     let body = UpstreamBody::direct(answer.framing, lease, read_timeout);
