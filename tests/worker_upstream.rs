@@ -930,3 +930,132 @@ async fn a_request_that_asks_to_close_does_not_leave_its_connection_pooled() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// A keep-alive backend on raw sockets that records every request it
+/// reads (head and `Content-Length` body, as bytes) and answers `ok`.
+async fn recording_backend() -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let (addr, accepted) = raw_backend(move |mut stream| {
+        let log = Arc::clone(&log);
+        async move {
+            let mut buf = vec![0u8; 65536];
+            let mut pending = Vec::new();
+            loop {
+                while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let end = pending.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while pending.len() < end + len {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let request: Vec<u8> = pending.drain(..end + len).collect();
+                log.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&request).into_owned());
+                if stream.write_all(OK).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, accepted, seen)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_short_body_that_is_all_there_goes_with_its_head_on_a_pooled_connection() {
+    let (addr, accepted, seen) = recording_backend().await;
+    let mut upstream = WorkerUpstream::new();
+    for body in ["hello", ""] {
+        let req = Request::post(format!("http://{addr}/form"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let res = upstream.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+    get_ok(&mut upstream, addr).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for all three"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[0],
+        format!("POST /form HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 5\r\n\r\nhello")
+    );
+    // A body that says it has ended goes without one, as hyper sends it.
+    assert_eq!(
+        seen[1],
+        format!("POST /form HTTP/1.1\r\nhost: {addr}\r\n\r\n")
+    );
+}
+
+/// A body of a stated length whose frames come from a channel.
+struct Announced {
+    frames: Streamed,
+    len: u64,
+}
+
+impl http_body::Body for Announced {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.frames).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_short_body_still_arriving_is_sent_whole_what_was_taken_first() {
+    let (addr, _, seen) = recording_backend().await;
+    let mut upstream: WorkerUpstream<Announced> = WorkerUpstream::new();
+    let (tx, frames) = streamed_body();
+    // The first part is there when the request is sent, the rest is not.
+    tx.send(Ok(http_body::Frame::data(Bytes::from("first,"))))
+        .await
+        .unwrap();
+    let req = Request::put(format!("http://{addr}/doc"))
+        .header("content-length", "12")
+        .body(Announced { frames, len: 12 })
+        .unwrap();
+    let call = upstream.ready().await.unwrap().call(req);
+    let rest = async move {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tx.send(Ok(http_body::Frame::data(Bytes::from("second"))))
+            .await
+            .unwrap();
+    };
+    let (res, ()) = tokio::join!(call, rest);
+    assert_eq!(
+        res.unwrap().into_body().collect().await.unwrap().to_bytes(),
+        "ok"
+    );
+    assert_eq!(
+        seen.lock().unwrap()[0],
+        format!("PUT /doc HTTP/1.1\r\ncontent-length: 12\r\nhost: {addr}\r\n\r\nfirst,second")
+    );
+}

@@ -135,16 +135,34 @@ impl From<BoxError> for ExchangeError {
     }
 }
 
-/// Writes the head of `req`, which has no body, as hyper's client writes
-/// it. Hands back its header map emptied (for the response to reuse), and
-/// whether the request lets the connection be kept: not if it says
-/// `Connection: close`, or is HTTP/1.0 (which closes unless it asks
-/// otherwise, and is not worth keeping when it does).
-pub(super) fn encode_head(req: Request<()>, dst: &mut Vec<u8>) -> (HeaderMap, bool) {
+/// Writes `req` as hyper's client writes it: its head, and its `body` when
+/// it has one, whole (no `Transfer-Encoding`: the caller sends only bodies
+/// whose `Content-Length` is missing, invalid or right). Hands back its
+/// header map emptied (for the response to reuse), and whether the request
+/// lets the connection be kept: not if it says `Connection: close`, or is
+/// HTTP/1.0 (which closes unless it asks otherwise, and is not worth
+/// keeping when it does).
+pub(super) fn encode_request(
+    req: Request<()>,
+    body: Option<&[Bytes]>,
+    dst: &mut Vec<u8>,
+) -> (HeaderMap, bool) {
     let (parts, ()) = req.into_parts();
     let mut headers = parts.headers;
-    // A request without a body is sent without one, whatever it said.
-    headers.remove(TRANSFER_ENCODING);
+    match body {
+        // A request without a body is sent without one, whatever it said.
+        None => {
+            headers.remove(TRANSFER_ENCODING);
+        }
+        // hyper's `Content-Length` for a body of known length: the one
+        // given if it is right, else its own.
+        Some(chunks) => {
+            let len = chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+            if request_length(&headers) != Some(Some(len)) {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
+    }
     let keep_alive = parts.version != Version::HTTP_10
         && !headers
             .get_all(CONNECTION)
@@ -177,8 +195,21 @@ pub(super) fn encode_head(req: Request<()>, dst: &mut Vec<u8>) -> (HeaderMap, bo
         dst.extend_from_slice(b"\r\n");
     }
     dst.extend_from_slice(b"\r\n");
+    for chunk in body.unwrap_or_default() {
+        dst.extend_from_slice(chunk);
+    }
     headers.clear();
     (headers, keep_alive)
+}
+
+/// A request's `Content-Length`: `None` without one, `Some(None)` if a
+/// value is not a number or two differ.
+pub(super) fn request_length(headers: &HeaderMap) -> Option<Option<u64>> {
+    let mut delimiters = Delimiters::default();
+    for value in headers.get_all(CONTENT_LENGTH) {
+        delimiters.see_content_length(value);
+    }
+    delimiters.length
 }
 
 impl H1Conn {
@@ -214,15 +245,18 @@ impl H1Conn {
         self.buf.is_empty()
     }
 
-    /// Writes `head` and reads the response's head. `headers` is an empty
-    /// map to fill (the request's, reused).
+    /// Writes `request` and reads the response's head; `sent` is called
+    /// once the request is written. `headers` is an empty map to fill (the
+    /// request's, reused).
     pub(super) async fn exchange(
         &mut self,
-        head: &[u8],
+        request: &[u8],
         method: &Method,
         headers: HeaderMap,
+        sent: impl FnOnce(),
     ) -> Result<Head, ExchangeError> {
-        self.write_all(head).await?;
+        self.write_all(request).await?;
+        sent();
         let mut headers = Some(headers);
         let mut skipped = 0;
         loop {
@@ -790,7 +824,7 @@ mod tests {
             .body(())
             .unwrap();
         let mut out = Vec::new();
-        let (map, keep_alive) = encode_head(req, &mut out);
+        let (map, keep_alive) = encode_request(req, None, &mut out);
         assert!(map.is_empty() && keep_alive);
         assert_eq!(
             String::from_utf8(out).unwrap(),
@@ -802,7 +836,7 @@ mod tests {
     fn a_query_without_a_path_gets_the_root_path_and_close_is_heard() {
         let head = |req: Request<()>| {
             let mut out = Vec::new();
-            let (_, keep_alive) = encode_head(req, &mut out);
+            let (_, keep_alive) = encode_request(req, None, &mut out);
             let line = String::from_utf8(out)
                 .unwrap()
                 .lines()

@@ -2,7 +2,7 @@
 //! runs a runtime per core (nginx's worker model), driving each backend
 //! connection from the task that uses it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -704,8 +705,22 @@ where
         if is_upgrade(&req) {
             return Box::pin(upgrade(req, timeout, read_timeout));
         }
-        if req.body().is_end_stream() && req.method() != Method::CONNECT {
-            return Box::pin(direct(pool, req, timeout, read_timeout));
+        // What was taken of the body trying to send it directly, if that
+        // could not be done: sent first by hyper's connection.
+        let mut taken = None;
+        if req.method() != Method::CONNECT {
+            if req.body().is_end_stream() {
+                return Box::pin(direct(pool, req, None, timeout, read_timeout));
+            }
+            match take_whole(req.body_mut()) {
+                Taken::Whole(chunks) if sendable_whole(req.headers(), &chunks) => {
+                    return Box::pin(direct(pool, req, Some(chunks), timeout, read_timeout));
+                }
+                Taken::Whole(chunks) => {
+                    taken = Some(chunks.into_iter().map(|c| Ok(Frame::data(c))).collect());
+                }
+                Taken::Part(frames) => taken = Some(frames),
+            }
         }
         let client_body_timeout = self.client_body_timeout;
         Box::pin(async move {
@@ -716,7 +731,7 @@ where
             } else {
                 req.extensions().get::<RequestSent>().cloned()
             };
-            let req = req.map(|body| TimedBody::new(body, client_body_timeout, sent));
+            let req = req.map(|body| TimedBody::new(body, client_body_timeout, sent, taken));
             let slot = pool.slot(backend.as_str());
             // The newest idle connection that is still open and ready.
             let mut reused = true;
@@ -755,11 +770,94 @@ where
     }
 }
 
+/// The largest request body sent directly ([`h1_client`]): written with
+/// its head in one go, which a socket's send buffer takes at once, so no
+/// backend that answers before reading can leave the write waiting.
+const DIRECT_BODY_LIMIT: u64 = 16 * 1024;
+
+/// What [`take_whole`] got of a body.
+enum Taken {
+    /// All of it: its data, in order.
+    Whole(Vec<Bytes>),
+    /// What it gave before it had to wait, stopped at its limit, or sent
+    /// trailers or an error: for hyper's connection to send first.
+    Part(Taking),
+}
+
+/// Takes a short body of known length whole, if it is all there already
+/// (one [`NextUpstream`](crate::layer::NextUpstream) buffered, or one whose
+/// bytes came with the head): polled with a waker that does nothing, and
+/// whatever it gives is kept.
+fn take_whole<B>(body: &mut B) -> Taken
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut chunks = Vec::new();
+    if body
+        .size_hint()
+        .exact()
+        .is_none_or(|n| n > DIRECT_BODY_LIMIT)
+    {
+        return Taken::Part(VecDeque::new());
+    }
+    let mut quiet = Context::from_waker(std::task::Waker::noop());
+    let mut len = 0;
+    loop {
+        match Pin::new(&mut *body).poll_frame(&mut quiet) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) => {
+                    let chunk = data.copy_to_bytes(data.remaining());
+                    len += chunk.len() as u64;
+                    chunks.push(chunk);
+                    if len > DIRECT_BODY_LIMIT {
+                        return Taken::Part(
+                            chunks.into_iter().map(|c| Ok(Frame::data(c))).collect(),
+                        );
+                    }
+                    // A body that knows it has ended may not say so again.
+                    if body.is_end_stream() {
+                        return Taken::Whole(chunks);
+                    }
+                }
+                Err(frame) => {
+                    let mut part: VecDeque<_> =
+                        chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+                    if let Ok(trailers) = frame.into_trailers() {
+                        part.push_back(Ok(Frame::trailers(trailers)));
+                    }
+                    return Taken::Part(part);
+                }
+            },
+            Poll::Ready(None) => return Taken::Whole(chunks),
+            Poll::Ready(Some(Err(error))) => {
+                let mut part: VecDeque<_> =
+                    chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+                part.push_back(Err(error.into()));
+                return Taken::Part(part);
+            }
+            Poll::Pending => {
+                return Taken::Part(chunks.into_iter().map(|c| Ok(Frame::data(c))).collect())
+            }
+        }
+    }
+}
+
+/// Whether a whole body can go directly: framed by a `Content-Length`
+/// that is missing or invalid (hyper writes its own then) or right, and
+/// no `Transfer-Encoding` asked for (hyper would chunk it).
+fn sendable_whole(headers: &HeaderMap, chunks: &[Bytes]) -> bool {
+    let len = chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+    !headers.contains_key(http::header::TRANSFER_ENCODING)
+        && h1_client::request_length(headers).is_none_or(|given| given.is_none_or(|n| n == len))
+}
+
 /// A request without a body, exchanged directly ([`h1_client`]) on a
 /// connection of the pool's.
 async fn direct<B>(
     pool: Arc<Pool<TimedBody<B>>>,
     mut req: Request<B>,
+    body: Option<Vec<Bytes>>,
     timeout: Option<Duration>,
     read_timeout: Option<Duration>,
 ) -> Result<Response<UpstreamBody<B>>, BoxError>
@@ -770,10 +868,26 @@ where
 {
     let backend = prepare(&mut req)?;
     let method = req.method().clone();
+    // A `ResponseTimeout` outside starts its clock once the body is sent.
+    let sent = body
+        .as_ref()
+        .and_then(|_| req.extensions().get::<RequestSent>().cloned());
+    if let Some(sent) = &sent {
+        sent.track();
+    }
     let (parts, _ended) = req.into_parts();
-    let mut head = Vec::new();
-    let (headers, request_keep_alive) =
-        h1_client::encode_head(Request::from_parts(parts, ()), &mut head);
+    let mut request = Vec::new();
+    let (headers, request_keep_alive) = h1_client::encode_request(
+        Request::from_parts(parts, ()),
+        body.as_deref(),
+        &mut request,
+    );
+    let on_sent = || {
+        if let Some(sent) = &sent {
+            sent.progressed();
+            sent.done();
+        }
+    };
     let slot = pool.slot(backend.as_str());
     // The newest idle connection that is still open and quiet.
     let mut reused = true;
@@ -787,13 +901,16 @@ where
             }
         }
     };
-    let answer = match conn.exchange(&head, &method, headers).await {
+    let answer = match conn.exchange(&request, &method, headers, on_sent).await {
         Ok(answer) => answer,
         // Closed under us before a byte of the request was written: once
         // more, on a fresh connection.
         Err(ExchangeError::Unsent) if reused => {
             conn = H1Conn::new(Box::pin(connect_tcp(&backend, timeout)).await?);
-            match conn.exchange(&head, &method, HeaderMap::new()).await {
+            match conn
+                .exchange(&request, &method, HeaderMap::new(), on_sent)
+                .await
+            {
                 Ok(answer) => answer,
                 Err(ExchangeError::Unsent) => return Err(Box::new(closed_before_sending())),
                 Err(ExchangeError::Failed(error)) => return Err(error),
@@ -864,6 +981,9 @@ struct TimedBody<B> {
     // Boxed, and only for a body there is to wait on: every request is
     // moved several times on its way out, and most have no body.
     sending: Option<Box<Sending>>,
+    /// Frames already taken from `inner` (by [`take_whole`], which could
+    /// not send the body directly): sent first.
+    taken: Option<Box<Taking>>,
 }
 
 /// What a body still being sent is watched by.
@@ -873,22 +993,35 @@ struct Sending {
     sent: Option<RequestSent>,
 }
 
+type Taking = VecDeque<Result<Frame<Bytes>, BoxError>>;
+
 impl<B: Body> TimedBody<B> {
-    fn new(inner: B, limit: Option<Duration>, sent: Option<RequestSent>) -> Self {
+    fn new(
+        inner: B,
+        limit: Option<Duration>,
+        sent: Option<RequestSent>,
+        taken: Option<Taking>,
+    ) -> Self {
+        let taken = taken.filter(|t| !t.is_empty()).map(Box::new);
+        let ended = taken.is_none() && inner.is_end_stream();
         if let Some(sent) = &sent {
             sent.track();
-            if inner.is_end_stream() {
+            if ended {
                 sent.done();
             }
         }
         let watched = limit.is_some() || sent.is_some();
-        let sending = (watched && !inner.is_end_stream()).then(|| {
+        let sending = (watched && !ended).then(|| {
             Box::new(Sending {
                 stall: StallClock::new(limit),
                 sent,
             })
         });
-        TimedBody { inner, sending }
+        TimedBody {
+            inner,
+            sending,
+            taken,
+        }
     }
 }
 
@@ -926,7 +1059,7 @@ where
     B: Body + Unpin,
     B::Error: Into<BoxError>,
 {
-    type Data = B::Data;
+    type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
@@ -934,7 +1067,20 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let first = this.taken.as_deref_mut().and_then(VecDeque::pop_front);
+        if this.taken.as_deref().is_some_and(VecDeque::is_empty) {
+            this.taken = None;
+        }
+        let polled = match first {
+            Some(frame) => Poll::Ready(Some(frame)),
+            None => Pin::new(&mut this.inner).poll_frame(cx).map(|frame| {
+                frame.map(|f| {
+                    f.map(|f| f.map_data(|mut data| data.copy_to_bytes(data.remaining())))
+                        .map_err(Into::into)
+                })
+            }),
+        };
+        match polled {
             Poll::Ready(frame) => {
                 if let Some(sending) = &mut this.sending {
                     sending.stall.stop();
@@ -942,10 +1088,10 @@ where
                         sent.progressed();
                     }
                 }
-                if frame.is_none() || this.inner.is_end_stream() {
+                if frame.is_none() || this.is_end_stream() {
                     this.ended();
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame)
             }
             Poll::Pending => {
                 if let Some(sending) = this.sending.as_deref_mut() {
@@ -963,7 +1109,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        let end = self.inner.is_end_stream();
+        let end = self.taken.is_none() && self.inner.is_end_stream();
         if end {
             self.ended();
         }
@@ -971,7 +1117,21 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let Some(taken) = self.taken.as_deref() else {
+            return self.inner.size_hint();
+        };
+        // What was taken, and what is left in the body.
+        let held: u64 = taken
+            .iter()
+            .filter_map(|f| f.as_ref().ok()?.data_ref().map(|d| d.len() as u64))
+            .sum();
+        let rest = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + held);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
     }
 }
 
