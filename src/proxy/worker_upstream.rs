@@ -66,6 +66,16 @@ pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// that uses it. An idle connection is looked at when it is next taken: one
 /// the backend closed meanwhile is dropped then, and another is taken.
 ///
+/// Most requests skip even hyper's client connection: one without a body,
+/// or with a short body of known length that is all there when it is sent
+/// (up to 16 KiB; one [`NextUpstream`](crate::layer::NextUpstream) buffered
+/// is), is written to the socket with its head in one write, and its
+/// response is read and framed here with hyper's client's rules (RFC 9112
+/// §6.3). A response hyper would refuse fails with an `invalid HTTP
+/// response from the backend` error, and a connection goes back to the
+/// pool only when its response was read exactly to its end, with nothing
+/// after it (and, as in nginx, never after an HTTP/1.0 response).
+///
 /// Build one per worker (a clone shares the pool). Only `http` URIs are
 /// supported; the director writes the backend's absolute URI, which is sent
 /// in origin form, with a `Host` header from it if the request has none.
@@ -852,8 +862,8 @@ fn sendable_whole(headers: &HeaderMap, chunks: &[Bytes]) -> bool {
         && h1_client::request_length(headers).is_none_or(|given| given.is_none_or(|n| n == len))
 }
 
-/// A request without a body, exchanged directly ([`h1_client`]) on a
-/// connection of the pool's.
+/// A request without a body, or with a short one taken whole (`body`),
+/// exchanged directly ([`h1_client`]) on a connection of the pool's.
 async fn direct<B>(
     pool: Arc<Pool<TimedBody<B>>>,
     mut req: Request<B>,
