@@ -1059,3 +1059,159 @@ async fn a_short_body_still_arriving_is_sent_whole_what_was_taken_first() {
         format!("PUT /doc HTTP/1.1\r\ncontent-length: 12\r\nhost: {addr}\r\n\r\nfirst,second")
     );
 }
+
+/// Answers each request on a raw keep-alive connection in the framing its
+/// path names (`/<framing>/<id>`), the answer's body being the id, the
+/// bytes written in a few pieces so that heads and bodies arrive split.
+async fn framing_backend() -> SocketAddr {
+    let (addr, _) = raw_backend(|mut stream| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                }
+            }
+            let end = pending.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while pending.len() < end + len {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                }
+            }
+            pending.drain(..end + len);
+            let line = head.lines().next().unwrap_or_default();
+            let mut words = line.split(' ');
+            let method = words.next().unwrap_or_default();
+            let path = words.next().unwrap_or_default();
+            let mut parts = path.trim_start_matches('/').split('/');
+            let framing = parts.next().unwrap_or_default();
+            let id = parts.next().unwrap_or_default();
+            let (answer, close): (String, bool) = match framing {
+                "length" => (format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{id}", id.len()), false),
+                "chunked" => {
+                    let (a, b) = id.split_at(id.len() / 2);
+                    (format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x};n=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nx-id: {id}\r\n\r\n", a.len(), b.len()), false)
+                }
+                "early" => (format!("HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{id}", id.len()), false),
+                "none" => ("HTTP/1.1 204 No Content\r\n\r\n".into(), false),
+                "old" => (format!("HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{id}", id.len()), false),
+                _ => (format!("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{id}"), true),
+            };
+            let mut answer = answer.into_bytes();
+            if method == "HEAD" {
+                // The final head only, whatever it says of the body.
+                let last = answer.windows(7).rposition(|w| w == b"HTTP/1.").unwrap();
+                let end = last + answer[last..].windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                answer.truncate(end);
+            }
+            let third = answer.len() / 3;
+            for piece in [&answer[..third], &answer[third..2 * third], &answer[2 * third..]] {
+                if stream.write_all(piece).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            if close || framing == "old" {
+                return;
+            }
+        }
+    })
+    .await;
+    addr
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn many_mixed_exchanges_on_shared_connections_never_cross() {
+    let addr = framing_backend().await;
+    let upstream: WorkerUpstream<Full<Bytes>> = WorkerUpstream::new();
+    let framings = ["length", "chunked", "early", "none", "old", "close"];
+    let mut tasks = Vec::new();
+    for task in 0..8u64 {
+        let mut upstream = upstream.clone();
+        tasks.push(tokio::spawn(async move {
+            // A small linear congruential generator: the same mix every run.
+            let mut seed = task * 7919 + 1;
+            let mut next = move || {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as usize
+            };
+            for n in 0..150 {
+                let framing = framings[next() % framings.len()];
+                let id = format!("t{task}n{n}x{}", "y".repeat(next() % 40));
+                let uri = format!("http://{addr}/{framing}/{id}");
+                let req = match next() % 4 {
+                    0 => Request::head(uri).body(Full::default()),
+                    1 => Request::post(uri).body(Full::new(Bytes::from(id.clone()))),
+                    _ => Request::get(uri).body(Full::default()),
+                }
+                .unwrap();
+                let head = req.method() == http::Method::HEAD;
+                let res = upstream.ready().await.unwrap().call(req).await.unwrap();
+                let status = res.status();
+                let body = res.into_body().collect().await.unwrap();
+                let trailers = body.trailers().cloned();
+                let body = body.to_bytes();
+                if head || framing == "none" {
+                    assert!(body.is_empty(), "{framing} {id}: {body:?}");
+                } else {
+                    assert_eq!(body, id.as_bytes(), "{framing} {status}");
+                }
+                if framing == "chunked" && !head {
+                    assert_eq!(trailers.unwrap()["x-id"], id.as_str());
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(std::time::Duration::from_secs(30), task)
+            .await
+            .expect("no exchange hangs")
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_repeatable_request_is_tried_again_when_a_reused_connection_closes_unanswered() {
+    // Answers the first request of each connection, then reads the next
+    // and closes without a word: as a backend's keep-alive timeout firing
+    // just as the request went out.
+    let (addr, accepted) = raw_backend(|mut stream| async move {
+        let mut buf = vec![0u8; 4096];
+        if read_head(&mut stream, &mut buf).await.is_some() {
+            let _ = stream.write_all(OK).await;
+            let _ = read_head(&mut stream, &mut buf).await;
+        }
+    })
+    .await;
+    let mut upstream = WorkerUpstream::new();
+    for _ in 0..10 {
+        get_ok(&mut upstream, addr).await;
+    }
+    // Each GET after the first met a closing connection and went again.
+    assert_eq!(accepted.load(Ordering::SeqCst), 10);
+    // A POST is not sent twice: the backend may have acted on it.
+    let post = Request::post(format!("http://{addr}/"))
+        .body(Full::new(Bytes::from("x")))
+        .unwrap();
+    let error = upstream
+        .ready()
+        .await
+        .unwrap()
+        .call(post)
+        .await
+        .unwrap_err();
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .expect("an io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::UnexpectedEof);
+}

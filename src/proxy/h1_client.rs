@@ -125,6 +125,10 @@ pub(super) enum ExchangeError {
     /// The connection failed before any byte of the request was written:
     /// the request may go out again on another connection.
     Unsent,
+    /// The connection ended (closed, or reset) after the request was
+    /// written, before a byte of the response: on a reused connection, the
+    /// backend closing it while idle as the request went out.
+    Unanswered(BoxError),
     /// Anything else.
     Failed(BoxError),
 }
@@ -284,9 +288,10 @@ impl H1Conn {
                 return Err(invalid("the response head is too large").into());
             }
             let read = poll_fn(|cx| self.poll_fill(cx)).await;
+            let unanswered = skipped == 0 && self.buf.is_empty();
             match read {
-                Ok(0) if self.buf.is_empty() => {
-                    return Err(ExchangeError::Failed(Box::new(io::Error::new(
+                Ok(0) if unanswered => {
+                    return Err(ExchangeError::Unanswered(Box::new(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the backend closed the connection before sending a response",
                     ))))
@@ -298,6 +303,15 @@ impl H1Conn {
                     ))))
                 }
                 Ok(_) => {}
+                Err(error)
+                    if unanswered
+                        && matches!(
+                            error.kind(),
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                        ) =>
+                {
+                    return Err(ExchangeError::Unanswered(Box::new(error)))
+                }
                 Err(error) => return Err(ExchangeError::Failed(Box::new(error))),
             }
         }

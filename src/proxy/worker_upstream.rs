@@ -911,23 +911,22 @@ where
             }
         }
     };
-    let answer = match conn.exchange(&request, &method, headers, on_sent).await {
-        Ok(answer) => answer,
-        // Closed under us before a byte of the request was written: once
-        // more, on a fresh connection.
+    let exchanged = conn.exchange(&request, &method, headers, on_sent).await;
+    let (conn, answer) = match exchanged {
+        Ok(answer) => (conn, answer),
+        // Closed under us before a byte of the request was written, or,
+        // for a request that may be repeated, before a byte of the answer
+        // (the backend closing the connection while idle as the request
+        // went out: nginx and Go's client try again too): once more, on a
+        // fresh connection.
         Err(ExchangeError::Unsent) if reused => {
-            conn = H1Conn::new(Box::pin(connect_tcp(&backend, timeout)).await?);
-            match conn
-                .exchange(&request, &method, HeaderMap::new(), on_sent)
-                .await
-            {
-                Ok(answer) => answer,
-                Err(ExchangeError::Unsent) => return Err(Box::new(closed_before_sending())),
-                Err(ExchangeError::Failed(error)) => return Err(error),
-            }
+            retry_fresh(&backend, timeout, &request, &method, on_sent).await?
+        }
+        Err(ExchangeError::Unanswered(_)) if reused && is_idempotent(&method) => {
+            retry_fresh(&backend, timeout, &request, &method, on_sent).await?
         }
         Err(ExchangeError::Unsent) => return Err(Box::new(closed_before_sending())),
-        Err(ExchangeError::Failed(error)) => return Err(error),
+        Err(ExchangeError::Unanswered(error) | ExchangeError::Failed(error)) => return Err(error),
     };
     let lease = DirectLease {
         conn,
@@ -936,6 +935,34 @@ where
     };
     let body = UpstreamBody::direct(answer.framing, lease, read_timeout);
     Ok(answer.response.map(|()| body))
+}
+
+/// [`direct`]'s second try, on a new connection.
+async fn retry_fresh(
+    backend: &Authority,
+    timeout: Option<Duration>,
+    request: &[u8],
+    method: &Method,
+    on_sent: impl FnOnce(),
+) -> Result<(H1Conn, h1_client::Head), BoxError> {
+    let mut conn = H1Conn::new(Box::pin(connect_tcp(backend, timeout)).await?);
+    match conn
+        .exchange(request, method, HeaderMap::new(), on_sent)
+        .await
+    {
+        Ok(answer) => Ok((conn, answer)),
+        Err(ExchangeError::Unsent) => Err(Box::new(closed_before_sending())),
+        Err(ExchangeError::Unanswered(error) | ExchangeError::Failed(error)) => Err(error),
+    }
+}
+
+/// Whether a request may be sent twice to the same effect (RFC 9110
+/// §9.2.2), as nginx's `proxy_next_upstream` reads it.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// The error of a send on a new connection: a request the connection
