@@ -342,6 +342,16 @@ impl H1Conn {
                     head = &head[n..];
                 }
                 Err(_) if written == 0 => return Err(ExchangeError::Unsent),
+                // Part of it went before the connection was reset: the same
+                // race as a reset before any answer.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return Err(ExchangeError::Unanswered(Box::new(error)))
+                }
                 Err(error) => return Err(ExchangeError::Failed(Box::new(error))),
             }
         }
@@ -738,17 +748,15 @@ impl Delimiters {
     }
 }
 
-/// A non-empty run of ASCII digits, at most hyper's largest body length
-/// (`u64::MAX - 2`): a sign, a blank or an overflow is refused, as hyper
-/// refuses them.
+/// A non-empty run of ASCII digits: a sign, a blank or an overflow is
+/// refused, as hyper refuses them.
 fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n = digits.iter().try_fold(0u64, |n, &d| {
+    digits.iter().try_fold(0u64, |n, &d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })?;
-    (n <= u64::MAX - 2).then_some(n)
+    })
 }
 
 /// How the body of a response is delimited, as hyper's client decides.
@@ -776,8 +784,9 @@ fn framing(
         });
     }
     match delimiters.length {
-        Some(Some(len)) => Ok(Framing::Length(len)),
-        Some(None) => Err(invalid("the response's Content-Length")),
+        // hyper's largest body length.
+        Some(Some(len)) if len <= u64::MAX - 2 => Ok(Framing::Length(len)),
+        Some(_) => Err(invalid("the response's Content-Length")),
         None => Ok(Framing::Close),
     }
 }

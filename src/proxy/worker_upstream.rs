@@ -718,30 +718,42 @@ where
         // What was taken of the body trying to send it directly, if that
         // could not be done: sent first by hyper's connection.
         let mut taken = None;
+        // Whether that was all of it (the body has said it ended).
+        let mut taken_to_end = false;
         if req.method() != Method::CONNECT {
             if req.body().is_end_stream() {
                 return Box::pin(direct(pool, req, None, timeout, read_timeout));
             }
+            let announced = req.body().size_hint();
             match take_whole(req.body_mut()) {
                 Taken::Whole(chunks) if sendable_whole(req.headers(), &chunks) => {
                     return Box::pin(direct(pool, req, Some(chunks), timeout, read_timeout));
                 }
                 Taken::Whole(chunks) => {
-                    taken = Some(chunks.into_iter().map(|c| Ok(Frame::data(c))).collect());
+                    let frames = chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+                    taken = Some((frames, announced));
+                    taken_to_end = true;
                 }
-                Taken::Part(frames) => taken = Some(frames),
+                Taken::Ended(frames) => {
+                    taken = Some((frames, announced));
+                    taken_to_end = true;
+                }
+                // Nothing taken from a body still going: nothing to hold.
+                Taken::Part(frames) if frames.is_empty() => {}
+                Taken::Part(frames) => taken = Some((frames, announced)),
             }
         }
         let client_body_timeout = self.client_body_timeout;
         Box::pin(async move {
             let backend = prepare(&mut req)?;
             // Only a body still to send has an end to report.
-            let sent = if req.body().is_end_stream() {
+            let sent = if taken.is_none() && req.body().is_end_stream() {
                 None
             } else {
                 req.extensions().get::<RequestSent>().cloned()
             };
-            let req = req.map(|body| TimedBody::new(body, client_body_timeout, sent, taken));
+            let req = req
+                .map(|body| TimedBody::new(body, client_body_timeout, sent, taken, taken_to_end));
             let slot = pool.slot(backend.as_str());
             // The newest idle connection that is still open and ready.
             let mut reused = true;
@@ -792,6 +804,9 @@ enum Taken {
     /// What it gave before it had to wait, stopped at its limit, or sent
     /// trailers or an error: for hyper's connection to send first.
     Part(Taking),
+    /// All of it, but not as it announced itself (more or fewer bytes):
+    /// for hyper's connection to send, or fail, as it would have.
+    Ended(Taking),
 }
 
 /// Takes a short body of known length whole, if it is all there already
@@ -804,13 +819,18 @@ where
     B::Error: Into<BoxError>,
 {
     let mut chunks = Vec::new();
-    if body
-        .size_hint()
-        .exact()
-        .is_none_or(|n| n > DIRECT_BODY_LIMIT)
-    {
+    let Some(announced) = body.size_hint().exact().filter(|&n| n <= DIRECT_BODY_LIMIT) else {
         return Taken::Part(VecDeque::new());
-    }
+    };
+    // A body that gives more or less than it announced is left to hyper,
+    // which sends what was announced (or fails).
+    let whole = |chunks: Vec<Bytes>, len: u64| {
+        if len == announced {
+            Taken::Whole(chunks)
+        } else {
+            Taken::Ended(chunks.into_iter().map(|c| Ok(Frame::data(c))).collect())
+        }
+    };
     let mut quiet = Context::from_waker(std::task::Waker::noop());
     let mut len = 0;
     loop {
@@ -827,7 +847,7 @@ where
                     }
                     // A body that knows it has ended may not say so again.
                     if body.is_end_stream() {
-                        return Taken::Whole(chunks);
+                        return whole(chunks, len);
                     }
                 }
                 Err(frame) => {
@@ -839,7 +859,7 @@ where
                     return Taken::Part(part);
                 }
             },
-            Poll::Ready(None) => return Taken::Whole(chunks),
+            Poll::Ready(None) => return whole(chunks, len),
             Poll::Ready(Some(Err(error))) => {
                 let mut part: VecDeque<_> =
                     chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
@@ -917,7 +937,8 @@ where
         // Closed under us before a byte of the request was written, or,
         // for a request that may be repeated, before a byte of the answer
         // (the backend closing the connection while idle as the request
-        // went out: nginx and Go's client try again too): once more, on a
+        // went out; nginx tries a cached connection's failure again, and
+        // Go's client a reused one's for its safe methods): once more, on a
         // fresh connection.
         Err(ExchangeError::Unsent) if reused => {
             retry_fresh(&backend, timeout, &request, &method, on_sent).await?
@@ -951,6 +972,8 @@ async fn retry_fresh(
         .await
     {
         Ok(answer) => Ok((conn, answer)),
+        // "Never sent", though after an unanswered first try the backend
+        // may have had it once: only a repeatable request gets here then.
         Err(ExchangeError::Unsent) => Err(Box::new(closed_before_sending())),
         Err(ExchangeError::Unanswered(error) | ExchangeError::Failed(error)) => Err(error),
     }
@@ -1021,6 +1044,11 @@ struct TimedBody<B> {
     /// Frames already taken from `inner` (by [`take_whole`], which could
     /// not send the body directly): sent first.
     taken: Option<Box<Taking>>,
+    /// `inner` has ended (said so while frames were taken): not polled
+    /// again.
+    inner_ended: bool,
+    /// With frames taken, the size `inner` announced before.
+    announced: Option<SizeHint>,
 }
 
 /// What a body still being sent is watched by.
@@ -1037,10 +1065,18 @@ impl<B: Body> TimedBody<B> {
         inner: B,
         limit: Option<Duration>,
         sent: Option<RequestSent>,
-        taken: Option<Taking>,
+        taken: Option<(Taking, SizeHint)>,
+        inner_ended: bool,
     ) -> Self {
-        let taken = taken.filter(|t| !t.is_empty()).map(Box::new);
-        let ended = taken.is_none() && inner.is_end_stream();
+        let (taken, announced) = match taken {
+            Some((taken, announced)) => (Some(taken), Some(announced)),
+            None => (None, None),
+        };
+        // Held even if empty: a body taken to its end that still goes
+        // through hyper must not look ended before hyper polls it (one whose
+        // `Content-Length` disagrees fails there, as it would have).
+        let taken = taken.map(Box::new);
+        let ended = taken.is_none() && (inner_ended || inner.is_end_stream());
         if let Some(sent) = &sent {
             sent.track();
             if ended {
@@ -1058,6 +1094,8 @@ impl<B: Body> TimedBody<B> {
             inner,
             sending,
             taken,
+            inner_ended,
+            announced,
         }
     }
 }
@@ -1110,6 +1148,7 @@ where
         }
         let polled = match first {
             Some(frame) => Poll::Ready(Some(frame)),
+            None if this.inner_ended => Poll::Ready(None),
             None => Pin::new(&mut this.inner).poll_frame(cx).map(|frame| {
                 frame.map(|f| {
                     f.map(|f| f.map_data(|mut data| data.copy_to_bytes(data.remaining())))
@@ -1146,7 +1185,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        let end = self.taken.is_none() && self.inner.is_end_stream();
+        let end = self.taken.is_none() && (self.inner_ended || self.inner.is_end_stream());
         if end {
             self.ended();
         }
@@ -1154,21 +1193,12 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let Some(taken) = self.taken.as_deref() else {
-            return self.inner.size_hint();
-        };
-        // What was taken, and what is left in the body.
-        let held: u64 = taken
-            .iter()
-            .filter_map(|f| f.as_ref().ok()?.data_ref().map(|d| d.len() as u64))
-            .sum();
-        let rest = self.inner.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower() + held);
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + held);
+        // What the body announced before anything was taken from it: what
+        // hyper, which reads it once before sending, would have seen.
+        match &self.announced {
+            Some(announced) => *announced,
+            None => self.inner.size_hint(),
         }
-        hint
     }
 }
 
@@ -1435,5 +1465,84 @@ where
                 _ => SizeHint::default(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One chunk, then the end, announced as `announced` bytes; polled
+    /// after its end, it panics (as some streams do).
+    struct Once {
+        chunk: Option<Bytes>,
+        announced: u64,
+        ended: bool,
+    }
+
+    impl Body for Once {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            assert!(!self.ended, "polled after its end");
+            match self.chunk.take() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => {
+                    self.ended = true;
+                    Poll::Ready(None)
+                }
+            }
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.announced)
+        }
+    }
+
+    fn once(announced: u64) -> Once {
+        Once {
+            chunk: Some(Bytes::from_static(b"hello")),
+            announced,
+            ended: false,
+        }
+    }
+
+    #[test]
+    fn a_body_is_taken_whole_only_if_it_gives_what_it_announced() {
+        assert!(matches!(take_whole(&mut once(5)), Taken::Whole(c) if c.len() == 1));
+        assert!(matches!(take_whole(&mut once(12)), Taken::Ended(f) if f.len() == 1));
+        assert!(
+            matches!(take_whole(&mut once(DIRECT_BODY_LIMIT + 1)), Taken::Part(f) if f.is_empty())
+        );
+    }
+
+    #[test]
+    fn a_body_taken_to_its_end_is_not_polled_again() {
+        let mut body = once(12);
+        let Taken::Ended(frames) = take_whole(&mut body) else {
+            panic!("not taken to its end");
+        };
+        let announced = SizeHint::with_exact(12);
+        let mut timed = TimedBody::new(body, None, None, Some((frames, announced)), true);
+        assert!(!timed.is_end_stream());
+        assert_eq!(
+            timed.size_hint().exact(),
+            Some(12),
+            "what the body announced"
+        );
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let Poll::Ready(Some(Ok(first))) = Pin::new(&mut timed).poll_frame(&mut cx) else {
+            panic!("the taken frame first");
+        };
+        assert_eq!(first.into_data().unwrap(), "hello");
+        assert!(matches!(
+            Pin::new(&mut timed).poll_frame(&mut cx),
+            Poll::Ready(None)
+        ));
+        assert!(timed.is_end_stream());
     }
 }
