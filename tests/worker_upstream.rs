@@ -931,6 +931,36 @@ async fn a_request_that_asks_to_close_does_not_leave_its_connection_pooled() {
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
+/// The next request on a raw connection, head and `Content-Length` body,
+/// as bytes; `pending` keeps what was read beyond it. `None` once the
+/// client has closed.
+async fn next_request(
+    stream: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    let mut wanted = None;
+    loop {
+        if wanted.is_none() {
+            if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..at]).into_owned();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                wanted = Some(at + 4 + len);
+            }
+        }
+        if let Some(whole) = wanted.filter(|&whole| pending.len() >= whole) {
+            return Some(pending.drain(..whole).collect());
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// A keep-alive backend on raw sockets that records every request it
 /// reads (head and `Content-Length` body, as bytes) and answers `ok`.
 async fn recording_backend() -> (
@@ -943,28 +973,8 @@ async fn recording_backend() -> (
     let (addr, accepted) = raw_backend(move |mut stream| {
         let log = Arc::clone(&log);
         async move {
-            let mut buf = vec![0u8; 65536];
             let mut pending = Vec::new();
-            loop {
-                while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let end = pending.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length: "))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                while pending.len() < end + len {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let request: Vec<u8> = pending.drain(..end + len).collect();
+            while let Some(request) = next_request(&mut stream, &mut pending).await {
                 log.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&request).into_owned());
@@ -1065,28 +1075,9 @@ async fn a_short_body_still_arriving_is_sent_whole_what_was_taken_first() {
 /// bytes written in a few pieces so that heads and bodies arrive split.
 async fn framing_backend() -> SocketAddr {
     let (addr, _) = raw_backend(|mut stream| async move {
-        let mut buf = vec![0u8; 4096];
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => pending.extend_from_slice(&buf[..n]),
-                }
-            }
-            let end = pending.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            while pending.len() < end + len {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => pending.extend_from_slice(&buf[..n]),
-                }
-            }
-            pending.drain(..end + len);
+        let mut pending = Vec::new();
+        while let Some(request) = next_request(&mut stream, &mut pending).await {
+            let head = String::from_utf8_lossy(&request).into_owned();
             let line = head.lines().next().unwrap_or_default();
             let mut words = line.split(' ');
             let method = words.next().unwrap_or_default();
