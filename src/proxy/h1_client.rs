@@ -317,11 +317,11 @@ impl H1Conn {
         }
     }
 
-    async fn write_all(&mut self, mut head: &[u8]) -> Result<(), ExchangeError> {
+    async fn write_all(&mut self, mut request: &[u8]) -> Result<(), ExchangeError> {
         let mut written = 0;
-        while !head.is_empty() {
+        while !request.is_empty() {
             let wrote = poll_fn(|cx| loop {
-                match self.stream.try_write(head) {
+                match self.stream.try_write(request) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if let Err(e) = std::task::ready!(self.stream.poll_write_ready(cx)) {
                             return Poll::Ready(Err(e));
@@ -339,7 +339,7 @@ impl H1Conn {
                 }
                 Ok(n) => {
                     written += n;
-                    head = &head[n..];
+                    request = &request[n..];
                 }
                 Err(_) if written == 0 => return Err(ExchangeError::Unsent),
                 // Part of it went before the connection was reset: the same
