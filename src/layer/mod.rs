@@ -95,7 +95,34 @@ pub use self::{
 pub use self::next_upstream::{NextUpstream, NextUpstreamLayer, ReplayBody};
 
 #[cfg(feature = "proxy")]
+pub(crate) use self::next_upstream::is_idempotent;
+#[cfg(feature = "proxy")]
 pub(crate) use self::response_timeout::RequestSent;
+
+/// Whether a comma-separated header value (`Connection`, `Upgrade`, `TE`)
+/// lists `token`, case-insensitively.
+pub(crate) fn lists_token(value: &http::HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Whether any `name` field of `headers` lists `token` ([`lists_token`]).
+pub(crate) fn contains_token(
+    headers: &http::HeaderMap,
+    name: &http::HeaderName,
+    token: &str,
+) -> bool {
+    headers.get_all(name).iter().any(|v| lists_token(v, token))
+}
+
+/// Whether a request asks to switch protocols: an `Upgrade` header and
+/// `Connection: upgrade`.
+#[cfg(feature = "http-body")]
+pub(crate) fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE)
+        && contains_token(headers, &http::header::CONNECTION, "upgrade")
+}
 
 /// Turns an inner service's error into a tower-lb [`Error`]: an error that
 /// already is one passes through (an upstream error or a timeout gains the

@@ -162,7 +162,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::header::{CONNECTION, UPGRADE};
 use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -874,7 +873,7 @@ fn decide<R>(
         return Decision::Answer;
     };
     if let Failed::Sent = failed {
-        if is_upgrade(&template.headers) {
+        if super::is_upgrade(&template.headers) {
             return Decision::NotRetried(
                 "it is a protocol upgrade (WebSocket) whose handshake reached the backend",
             );
@@ -919,22 +918,13 @@ fn no_backend_left<R>(result: &Result<R, Error>) -> bool {
     )
 }
 
-/// RFC 9110 §9.2.2.
-fn is_idempotent(method: &Method) -> bool {
+/// Whether a request may be sent twice to the same effect (RFC 9110
+/// §9.2.2), as nginx's `proxy_next_upstream` reads it.
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
 }
 
 impl<S, B, ResBody> fmt::Debug for ResponseFuture<S, B, ResBody>

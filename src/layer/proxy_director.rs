@@ -140,7 +140,7 @@ use http::header::{
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 
-use crate::layer::Direct;
+use crate::layer::{contains_token, Direct};
 use crate::sticky::ClientAddr;
 use crate::{Backend, BoxError, Error, Member};
 
@@ -856,14 +856,6 @@ fn append_forwarded(
 
 fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Whether a comma-separated header's values contain `token` (case-insensitive).
-fn contains_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1 from a request or

@@ -30,6 +30,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use tokio::net::TcpStream;
 
+use crate::layer::{contains_token, lists_token};
 use crate::BoxError;
 
 /// The most bytes a response head may take: hyper's default read buffer
@@ -167,11 +168,8 @@ pub(super) fn encode_request(
             }
         }
     }
-    let keep_alive = parts.version != Version::HTTP_10
-        && !headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|value| has_token(value, "close"));
+    let keep_alive =
+        parts.version != Version::HTTP_10 && !contains_token(&headers, &CONNECTION, "close");
     dst.reserve(32 + headers.len() * 32);
     dst.extend_from_slice(parts.method.as_str().as_bytes());
     dst.push(b' ');
@@ -677,7 +675,7 @@ fn parse_head(
         let value = HeaderValue::from_maybe_shared(head.slice(field.value.0..field.value.1))
             .map_err(|_| invalid("a header field's value"))?;
         if name == CONNECTION {
-            if has_token(&value, "close") {
+            if lists_token(&value, "close") {
                 keep_alive = false;
             }
         } else if name == TRANSFER_ENCODING {
@@ -789,13 +787,6 @@ fn framing(
         Some(_) => Err(invalid("the response's Content-Length")),
         None => Ok(Framing::Close),
     }
-}
-
-/// Whether a `Connection` value lists `token`.
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ mod stall;
 mod tunnel;
 use self::head_timer::HeadTimer;
 use self::send_timeout::SendTimeout;
+use crate::layer::is_upgrade;
 mod h1_client;
 mod worker_upstream;
 
@@ -188,22 +189,6 @@ where
     }
 }
 
-/// Whether `req` asks to switch protocols (`Connection: upgrade` and an
-/// `Upgrade` header).
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(http::header::UPGRADE)
-        && req
-            .headers()
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .any(|v| {
-                v.to_str().is_ok_and(|s| {
-                    s.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-                })
-            })
-}
-
 impl<B, C> Service<Request<B>> for Upstream<B, C>
 where
     B: http_body::Body + Send + Unpin + 'static,
@@ -223,7 +208,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let client_side = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let client_side = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         // A tunnel stays counted in flight on its backend until it closes
         // (LoadBalance's own count ends with the 101): the WebSocket load
         // `least_request` must see.

@@ -21,9 +21,8 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use super::h1_client::{self, Decoded, ExchangeError, Framing, H1Conn};
-use super::is_upgrade;
 use super::stall::StallClock;
-use crate::layer::RequestSent;
+use crate::layer::{is_idempotent, is_upgrade, RequestSent};
 use crate::BoxError;
 
 /// How many idle connections one backend keeps in a worker's pool by
@@ -712,7 +711,7 @@ where
         let pool = Arc::clone(&self.pool);
         let timeout = self.connect_timeout;
         let read_timeout = self.read_timeout;
-        if is_upgrade(&req) {
+        if is_upgrade(req.headers()) {
             return Box::pin(upgrade(req, timeout, read_timeout));
         }
         // What was taken of the body trying to send it directly, if that
@@ -977,15 +976,6 @@ async fn retry_fresh(
         Err(ExchangeError::Unsent) => Err(Box::new(closed_before_sending())),
         Err(ExchangeError::Unanswered(error) | ExchangeError::Failed(error)) => Err(error),
     }
-}
-
-/// Whether a request may be sent twice to the same effect (RFC 9110
-/// §9.2.2), as nginx's `proxy_next_upstream` reads it.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// The error of a send on a new connection: a request the connection
