@@ -379,15 +379,38 @@ impl<B> Idle<B> {
     }
 }
 
+/// One of a slot's idle lists: hyper's connections or direct ones.
+type IdleList<B, C> = fn(&mut Idle<B>) -> &mut Vec<C>;
+
 impl<B> Slot<B> {
-    /// The newest idle direct connection, if any.
-    fn checkout_direct(&self) -> Option<H1Conn> {
+    /// The newest connection of an idle `list`, if any.
+    fn take_idle<C>(&self, list: IdleList<B, C>) -> Option<C> {
         let mut idle = lock(&self.idle);
-        if idle.direct.is_empty() {
+        if list(&mut idle).is_empty() {
             return None;
         }
         idle.expire(Instant::now(), self.idle_timeout);
-        idle.direct.pop()
+        list(&mut idle).pop()
+    }
+
+    /// Puts `conn` in an idle `list`, unless the slot holds its most.
+    /// Every [`SWEEP_EVERY`]th check-in first looks at the list's oldest
+    /// connection, the least likely to be taken soon, and drops it if
+    /// `closed` finds its backend closed it meanwhile.
+    fn keep_idle<C>(&self, conn: C, list: IdleList<B, C>, closed: impl FnOnce(&mut C) -> bool) {
+        let mut idle = lock(&self.idle);
+        idle.checkins = idle.checkins.wrapping_add(1);
+        if idle.checkins % SWEEP_EVERY == 0 && list(&mut idle).first_mut().is_some_and(closed) {
+            list(&mut idle).remove(0);
+        }
+        if idle.conns.len() + idle.direct.len() < self.max {
+            list(&mut idle).push(conn);
+        }
+    }
+
+    /// The newest idle direct connection, if any.
+    fn checkout_direct(&self) -> Option<H1Conn> {
+        self.take_idle(|idle| &mut idle.direct)
     }
 
     /// Keeps a direct connection whose response was read to its end, if
@@ -397,21 +420,11 @@ impl<B> Slot<B> {
             return;
         }
         conn.reset_for_idle();
-        let mut idle = lock(&self.idle);
-        idle.checkins = idle.checkins.wrapping_add(1);
-        if idle.checkins % SWEEP_EVERY == 0 {
-            // As `checkin` does: the oldest idle connection, looked at.
-            if idle
-                .direct
-                .first()
-                .is_some_and(|oldest| !oldest.is_open_and_quiet())
-            {
-                idle.direct.remove(0);
-            }
-        }
-        if idle.direct.len() + idle.conns.len() < self.max {
-            idle.direct.push(conn);
-        }
+        self.keep_idle(
+            conn,
+            |idle| &mut idle.direct,
+            |oldest| !oldest.is_open_and_quiet(),
+        );
     }
 }
 
@@ -422,12 +435,7 @@ where
     B::Error: Into<BoxError>,
 {
     fn checkout(&self) -> Option<Conn<B>> {
-        let mut idle = lock(&self.idle);
-        if idle.conns.is_empty() {
-            return None;
-        }
-        idle.expire(Instant::now(), self.idle_timeout);
-        idle.conns.pop()
+        self.take_idle(|idle| &mut idle.conns)
     }
 
     /// Keeps `conn` for the next request if it can take one now: its
@@ -445,22 +453,14 @@ where
             return;
         }
         conn.idle_since = Instant::now();
-        let mut idle = lock(&self.idle);
-        idle.checkins = idle.checkins.wrapping_add(1);
-        if idle.checkins % SWEEP_EVERY == 0 {
-            // The oldest idle connection is the least likely to be taken
-            // soon: see whether its backend closed it meanwhile.
-            let closed = idle.conns.first_mut().is_some_and(|oldest| {
+        self.keep_idle(
+            conn,
+            |idle| &mut idle.conns,
+            |oldest| {
                 let mut noop = Context::from_waker(std::task::Waker::noop());
                 !oldest.drive(&mut noop)
-            });
-            if closed {
-                idle.conns.remove(0);
-            }
-        }
-        if idle.conns.len() + idle.direct.len() < self.max {
-            idle.conns.push(conn);
-        }
+            },
+        );
     }
 }
 
@@ -716,43 +716,39 @@ where
         }
         // What was taken of the body trying to send it directly, if that
         // could not be done: sent first by hyper's connection.
-        let mut taken = None;
-        // Whether that was all of it (the body has said it ended).
-        let mut taken_to_end = false;
+        let mut held = None;
         if req.method() != Method::CONNECT {
             if req.body().is_end_stream() {
                 return Box::pin(direct(pool, req, None, timeout, read_timeout));
             }
             let announced = req.body().size_hint();
-            match take_whole(req.body_mut()) {
+            let (frames, inner_ended) = match take_whole(req.body_mut()) {
                 Taken::Whole(chunks) if sendable_whole(req.headers(), &chunks) => {
                     return Box::pin(direct(pool, req, Some(chunks), timeout, read_timeout));
                 }
-                Taken::Whole(chunks) => {
-                    let frames = chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
-                    taken = Some((frames, announced));
-                    taken_to_end = true;
-                }
-                Taken::Ended(frames) => {
-                    taken = Some((frames, announced));
-                    taken_to_end = true;
-                }
-                // Nothing taken from a body still going: nothing to hold.
-                Taken::Part(frames) if frames.is_empty() => {}
-                Taken::Part(frames) => taken = Some((frames, announced)),
+                Taken::Whole(chunks) => (as_frames(chunks), true),
+                Taken::Ended(frames) => (frames, true),
+                Taken::Part(frames) => (frames, false),
+            };
+            // Nothing taken from a body still going: nothing to hold.
+            if inner_ended || !frames.is_empty() {
+                held = Some(Held {
+                    frames,
+                    announced,
+                    inner_ended,
+                });
             }
         }
         let client_body_timeout = self.client_body_timeout;
         Box::pin(async move {
             let backend = prepare(&mut req)?;
             // Only a body still to send has an end to report.
-            let sent = if taken.is_none() && req.body().is_end_stream() {
+            let sent = if held.is_none() && req.body().is_end_stream() {
                 None
             } else {
                 req.extensions().get::<RequestSent>().cloned()
             };
-            let req = req
-                .map(|body| TimedBody::new(body, client_body_timeout, sent, taken, taken_to_end));
+            let req = req.map(|body| TimedBody::new(body, client_body_timeout, sent, held));
             let slot = pool.slot(backend.as_str());
             // The newest idle connection that is still open and ready.
             let mut reused = true;
@@ -827,7 +823,7 @@ where
         if len == announced {
             Taken::Whole(chunks)
         } else {
-            Taken::Ended(chunks.into_iter().map(|c| Ok(Frame::data(c))).collect())
+            Taken::Ended(as_frames(chunks))
         }
     };
     let mut quiet = Context::from_waker(std::task::Waker::noop());
@@ -840,9 +836,7 @@ where
                     len += chunk.len() as u64;
                     chunks.push(chunk);
                     if len > DIRECT_BODY_LIMIT {
-                        return Taken::Part(
-                            chunks.into_iter().map(|c| Ok(Frame::data(c))).collect(),
-                        );
+                        return Taken::Part(as_frames(chunks));
                     }
                     // A body that knows it has ended may not say so again.
                     if body.is_end_stream() {
@@ -850,8 +844,7 @@ where
                     }
                 }
                 Err(frame) => {
-                    let mut part: VecDeque<_> =
-                        chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+                    let mut part = as_frames(chunks);
                     if let Ok(trailers) = frame.into_trailers() {
                         part.push_back(Ok(Frame::trailers(trailers)));
                     }
@@ -860,16 +853,18 @@ where
             },
             Poll::Ready(None) => return whole(chunks, len),
             Poll::Ready(Some(Err(error))) => {
-                let mut part: VecDeque<_> =
-                    chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+                let mut part = as_frames(chunks);
                 part.push_back(Err(error.into()));
                 return Taken::Part(part);
             }
-            Poll::Pending => {
-                return Taken::Part(chunks.into_iter().map(|c| Ok(Frame::data(c))).collect())
-            }
+            Poll::Pending => return Taken::Part(as_frames(chunks)),
         }
     }
+}
+
+/// Taken chunks as the frames hyper's connection sends first.
+fn as_frames(chunks: Vec<Bytes>) -> Taking {
+    chunks.into_iter().map(|c| Ok(Frame::data(c))).collect()
 }
 
 /// Whether a whole body can go directly: framed by a `Content-Length`
@@ -1050,23 +1045,30 @@ struct Sending {
 
 type Taking = VecDeque<Result<Frame<Bytes>, BoxError>>;
 
+/// What [`take_whole`] took of a body that still goes through hyper's
+/// connection.
+struct Held {
+    frames: Taking,
+    /// The size the body announced before anything was taken.
+    announced: SizeHint,
+    /// Whether the body said it ended while frames were taken.
+    inner_ended: bool,
+}
+
 impl<B: Body> TimedBody<B> {
     fn new(
         inner: B,
         limit: Option<Duration>,
         sent: Option<RequestSent>,
-        taken: Option<(Taking, SizeHint)>,
-        inner_ended: bool,
+        held: Option<Held>,
     ) -> Self {
-        let (taken, announced) = match taken {
-            Some((taken, announced)) => (Some(taken), Some(announced)),
-            None => (None, None),
-        };
+        let announced = held.as_ref().map(|h| h.announced);
+        let inner_ended = held.as_ref().is_some_and(|h| h.inner_ended);
         // Held even if empty: a body taken to its end that still goes
         // through hyper must not look ended before hyper polls it (one whose
         // `Content-Length` disagrees fails there, as it would have).
-        let taken = taken.map(Box::new);
-        let ended = taken.is_none() && (inner_ended || inner.is_end_stream());
+        let taken = held.map(|h| Box::new(h.frames));
+        let ended = taken.is_none() && inner.is_end_stream();
         if let Some(sent) = &sent {
             sent.track();
             if ended {
@@ -1517,7 +1519,12 @@ mod tests {
             panic!("not taken to its end");
         };
         let announced = SizeHint::with_exact(12);
-        let mut timed = TimedBody::new(body, None, None, Some((frames, announced)), true);
+        let held = Held {
+            frames,
+            announced,
+            inner_ended: true,
+        };
+        let mut timed = TimedBody::new(body, None, None, Some(held));
         assert!(!timed.is_end_stream());
         assert_eq!(
             timed.size_hint().exact(),
