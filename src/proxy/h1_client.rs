@@ -1,6 +1,7 @@
 //! The direct HTTP/1.1 exchange [`WorkerUpstream`](super::WorkerUpstream)
-//! uses for a request without a body: the head written straight to the
-//! socket, the response head parsed with httparse, the body framed here.
+//! uses for a request without a body, or with a short one that is all
+//! there: the request written straight to the socket, the response head
+//! parsed with httparse, the body framed here.
 //!
 //! Most requests a proxy forwards have no body. For them hyper's client
 //! connection is a dispatcher between two channels and a body channel that
@@ -14,10 +15,10 @@
 //! and the response read as hyper reads it (RFC 9112 §6.3: no body for
 //! `HEAD`, `1xx`, `204` and `304`; `chunked` as the final transfer coding;
 //! a `Content-Length` whose values all agree; else until the connection
-//! closes; informational responses skipped; keep-alive from the version and
-//! `Connection`). Where hyper would fail the response, this fails it too,
-//! and a connection is only reused when its response was read to the end,
-//! exactly, with nothing after it.
+//! closes; informational responses skipped; `Connection: close` heard).
+//! Where hyper would fail the response, this fails it too, and a connection
+//! is only reused when its response was read to the end, exactly, with
+//! nothing after it, and, as nginx has it, never after an HTTP/1.0 answer.
 
 use std::future::poll_fn;
 use std::io;
@@ -413,14 +414,7 @@ impl Framing {
 fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Decoded>, BoxError> {
     match framing {
         Framing::Length(0) => Ok(Some(Decoded::End)),
-        Framing::Length(left) => {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
-            *left -= take as u64;
-            Ok(Some(Decoded::Data(buf.split_to(take).freeze())))
-        }
+        Framing::Length(left) => Ok(take_data(buf, left).map(Decoded::Data)),
         Framing::Close => {
             if buf.is_empty() {
                 return Ok(None);
@@ -431,20 +425,27 @@ fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Decoded>, 
     }
 }
 
+/// As much of the `left` bytes of a body as the buffer holds, counted
+/// off; `None` if it holds none.
+fn take_data(buf: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
+    if buf.is_empty() {
+        return None;
+    }
+    let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
+    *left -= take as u64;
+    Some(buf.split_to(take).freeze())
+}
+
 fn decode_chunked(buf: &mut BytesMut, state: &mut Chunked) -> Result<Option<Decoded>, BoxError> {
     loop {
         match state {
             Chunked::Done => return Ok(Some(Decoded::End)),
             Chunked::Data(left) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
-                *left -= take as u64;
+                let data = take_data(buf, left);
                 if *left == 0 {
                     *state = Chunked::DataEnd;
                 }
-                return Ok(Some(Decoded::Data(buf.split_to(take).freeze())));
+                return Ok(data.map(Decoded::Data));
             }
             Chunked::DataEnd => {
                 if buf.len() < 2 {
@@ -482,7 +483,7 @@ fn decode_chunked(buf: &mut BytesMut, state: &mut Chunked) -> Result<Option<Deco
                 if buf[0] == b'\r' {
                     return Err(invalid("a bare CR in a chunked body"));
                 }
-                let Some(end) = find(buf, b"\r\n\r\n", MAX_TRAILERS)? else {
+                let Some(end) = trailers_end(buf)? else {
                     return Ok(None);
                 };
                 let section = buf.split_to(end + 4).freeze();
@@ -512,12 +513,13 @@ fn line(buf: &[u8], limit: usize) -> Result<Option<usize>, BoxError> {
     }
 }
 
-/// Where `needle` starts in `buf`, within its first `limit` bytes.
-fn find(buf: &[u8], needle: &[u8], limit: usize) -> Result<Option<usize>, BoxError> {
-    let window = &buf[..buf.len().min(limit)];
-    match window.windows(needle.len()).position(|w| w == needle) {
+/// Where the CRLF CRLF that ends a trailer section starts in `buf`, once
+/// it is there; a section longer than [`MAX_TRAILERS`] is refused.
+fn trailers_end(buf: &[u8]) -> Result<Option<usize>, BoxError> {
+    let window = &buf[..buf.len().min(MAX_TRAILERS)];
+    match window.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(at) => Ok(Some(at)),
-        None if buf.len() >= limit => Err(invalid("the trailer section is too large")),
+        None if buf.len() >= MAX_TRAILERS => Err(invalid("the trailer section is too large")),
         None => Ok(None),
     }
 }
@@ -653,15 +655,16 @@ fn parse_head(
         }
         (len, status, reason, version, res.headers.len())
     };
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        buf.advance(len);
+        return Ok(Parsed::Informational(headers, len));
+    }
     let at = if spilled.is_empty() {
         &inline[..count]
     } else {
         &spilled[..]
     };
     let head = buf.split_to(len).freeze();
-    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(Parsed::Informational(headers, len));
-    }
     // nginx keeps no HTTP/1.0 upstream connection, whatever it says (hyper
     // would, downgrading the requests that follow); an answer that switched
     // protocols to a request that asked for nothing of the kind (hyper hands
