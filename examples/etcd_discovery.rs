@@ -90,7 +90,7 @@ async fn main() -> ExitCode {
     }
 }
 
-fn user_key(req: &Request<Incoming>) -> Option<AffinityKey<'_>> {
+fn user_key(req: &Request<tower_lb::proxy::RequestBody>) -> Option<AffinityKey<'_>> {
     req.headers().get("x-user").map(|v| v.as_bytes().into())
 }
 

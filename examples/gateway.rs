@@ -66,7 +66,6 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Either as BodyEither, Full};
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::util::Either;
 use tower::{ServiceBuilder, ServiceExt};
@@ -190,7 +189,7 @@ fn count(flag: &str, value: String, max: usize) -> Result<usize, String> {
 }
 
 /// The affinity key: the `x-user` header.
-fn user_key(req: &Request<ReplayBody<Incoming>>) -> Option<AffinityKey<'_>> {
+fn user_key(req: &Request<ReplayBody<tower_lb::proxy::RequestBody>>) -> Option<AffinityKey<'_>> {
     req.headers().get("x-user").map(|v| v.as_bytes().into())
 }
 

@@ -230,6 +230,26 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A client connection served by `proxy::serve_connection` (feature
+    /// `proxy`) ended with an error rather than a close between requests:
+    /// the client went away mid-request or sent a malformed head, one of
+    /// the connection's timeouts ran out (the header read timeout, how most
+    /// idle keep-alive connections end, or the send timeout), or a response
+    /// body failed on its way out. Nothing more is answered on the
+    /// connection; log it at a low level, if at all.
+    #[error("client connection ended: {reason}")]
+    ClientConnection {
+        /// What ended it.
+        reason: &'static str,
+        /// Whether a timeout ended it (no request head in time, or a write
+        /// the client took nothing of in time).
+        timed_out: bool,
+        /// The underlying error: hyper's, an I/O error, or the response
+        /// body's.
+        #[source]
+        source: Option<BoxError>,
+    },
+
     /// Every backend that takes new picks is ejected by passive health or
     /// failing its active checks; a proxy answers `503 Service
     /// Unavailable`. See [`health`](crate::health) for Envoy's panic mode

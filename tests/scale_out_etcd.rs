@@ -264,11 +264,11 @@ struct RotatingStack {
     upstream: support::Upstream,
 }
 
-fn user_key(req: &Request<Incoming>) -> Option<AffinityKey<'_>> {
+fn user_key(req: &Request<tower_lb::proxy::RequestBody>) -> Option<AffinityKey<'_>> {
     req.headers().get("x-user").map(|v| v.as_bytes().into())
 }
 
-impl Service<Request<Incoming>> for RotatingStack {
+impl Service<Request<tower_lb::proxy::RequestBody>> for RotatingStack {
     type Response = Response<Incoming>;
     type Error = tower_lb::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, tower_lb::Error>> + Send>>;
@@ -277,7 +277,7 @@ impl Service<Request<Incoming>> for RotatingStack {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<tower_lb::proxy::RequestBody>) -> Self::Future {
         let sticky = self.sticky.clone();
         let stack = ServiceBuilder::new()
             .layer(ModifyResponseLayer::new(

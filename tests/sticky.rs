@@ -530,7 +530,7 @@ async fn gateway<K>(
     sticky: StickyCookie,
 ) -> (SocketAddr, LoadBalancer)
 where
-    K: KeyExtractor<Incoming> + Clone + Send + Sync + 'static,
+    K: KeyExtractor<tower_lb::proxy::RequestBody> + Clone + Send + Sync + 'static,
 {
     let members: Vec<Backend> = backends
         .iter()

@@ -218,8 +218,11 @@ pub use tower_lb::proxy::WorkerUpstream;
 /// stderr.
 pub async fn serve_proxy<S, B>(listener: TcpListener, stack: S)
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = tower_lb::Error>
-        + Clone
+    S: Service<
+            Request<tower_lb::proxy::RequestBody>,
+            Response = Response<B>,
+            Error = tower_lb::Error,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,

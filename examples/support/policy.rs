@@ -46,7 +46,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A proxy stack as the server wants it.
 pub type Protected<B = Incoming> =
-    BoxCloneService<Request<Incoming>, Response<ProxyBody<B>>, tower_lb::Error>;
+    BoxCloneService<Request<tower_lb::proxy::RequestBody>, Response<ProxyBody<B>>, tower_lb::Error>;
 
 /// How many requests may wait for the rate limiter's shared worker. They
 /// wait only while it hands the previous one on, never for a token.
@@ -144,19 +144,25 @@ pub fn parse_rate_limit(arg: &str) -> Result<(u64, Duration), String> {
 /// worker.
 pub fn protect<S, B>(policies: Policies, stack: S) -> Protected<B>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = tower_lb::Error>
-        + Clone
+    S: Service<
+            Request<tower_lb::proxy::RequestBody>,
+            Response = Response<B>,
+            Error = tower_lb::Error,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
-    let mut svc: BoxCloneService<Request<Incoming>, Response<ProxyBody<B>>, BoxError> =
-        BoxCloneService::new(
-            stack
-                .map_response(|res| res.map(Either::Left))
-                .map_err(BoxError::from),
-        );
+    let mut svc: BoxCloneService<
+        Request<tower_lb::proxy::RequestBody>,
+        Response<ProxyBody<B>>,
+        BoxError,
+    > = BoxCloneService::new(
+        stack
+            .map_response(|res| res.map(Either::Left))
+            .map_err(BoxError::from),
+    );
     if let Some((n, per)) = policies.rate_limit {
         let period = per.as_secs();
         let shed = LoadShed::new(RateLimit::new(svc, Rate::new(n, per))).map_err(

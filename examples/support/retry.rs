@@ -123,7 +123,7 @@ impl RetryOptions {
 
     /// The upstream client the gateway runs for plain http backends, its
     /// connects timed as configured.
-    pub fn upstream(&self) -> WorkerUpstream<ReplayBody<Incoming>> {
+    pub fn upstream(&self) -> WorkerUpstream<ReplayBody<tower_lb::proxy::RequestBody>> {
         WorkerUpstream::new()
             .read_timeout(self.read_timeout)
             .connect_timeout(self.connect_timeout)

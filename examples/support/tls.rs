@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -28,7 +27,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tower::Service;
 
 /// The upstream client of a gateway that may have `https://` backends.
-pub type TlsUpstream = tower_lb::proxy::Upstream<Incoming, HttpsConnector<HttpConnector>>;
+pub type TlsUpstream =
+    tower_lb::proxy::Upstream<tower_lb::proxy::RequestBody, HttpsConnector<HttpConnector>>;
 
 /// A client will not wait longer than this for the TLS handshake: a
 /// connection that opens and says nothing holds no task for long.
@@ -83,8 +83,11 @@ pub async fn serve_proxy_tls<S, B>(
     config: Arc<rustls::ServerConfig>,
     stack: S,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = tower_lb::Error>
-        + Clone
+    S: Service<
+            Request<tower_lb::proxy::RequestBody>,
+            Response = Response<B>,
+            Error = tower_lb::Error,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,

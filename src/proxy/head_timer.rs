@@ -24,6 +24,19 @@ use tokio::time::Sleep;
 #[derive(Default)]
 pub(crate) struct HeadTimer {
     shared: Arc<Mutex<Option<Pin<Box<Sleep>>>>>,
+    /// A deadline the first head must meet even if hyper would give it
+    /// longer: a head begun before hyper took the connection.
+    first_by: Mutex<Option<Instant>>,
+}
+
+impl HeadTimer {
+    /// A timer whose first sleep ends by `deadline` at the latest.
+    pub(crate) fn first_by(deadline: Instant) -> Self {
+        HeadTimer {
+            shared: Arc::default(),
+            first_by: Mutex::new(Some(deadline)),
+        }
+    }
 }
 
 impl hyper::rt::Timer for HeadTimer {
@@ -32,6 +45,12 @@ impl hyper::rt::Timer for HeadTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let first_by = self
+            .first_by
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let deadline = first_by.map_or(deadline, |by| by.min(deadline));
         Box::pin(HeadSleep {
             deadline: tokio::time::Instant::from_std(deadline),
             shared: Arc::clone(&self.shared),

@@ -15,7 +15,7 @@
 //!   ends; what the gateway example runs, measured in `docs/benchmarks.md`;
 //! * [`serve`] — the accept loop: an HTTP/1.1 server (upgrades enabled)
 //!   that puts each connection's peer address on its requests as
-//!   [`ClientAddr`] (what `X-Forwarded-For` and
+//!   [`ClientAddr`](crate::sticky::ClientAddr) (what `X-Forwarded-For` and
 //!   [`ClientIp`](crate::sticky::ClientIp) read), closes a connection whose
 //!   request head takes longer than [`HEADER_READ_TIMEOUT`] (slowloris) or
 //!   that takes no response bytes for [`SEND_TIMEOUT`] (slow read), and
@@ -25,7 +25,7 @@
 //!   connection you accepted yourself ([`accept`] takes the next one as
 //!   the loop does): a TLS stream, say.
 //!
-//! The runtime-free parts stay in the default build: [`ClientAddr`] is a
+//! The runtime-free parts stay in the default build: [`ClientAddr`](crate::sticky::ClientAddr) is a
 //! plain extension (from axum's `ConnectInfo`, the director hook
 //! [`client_addr_from`](crate::layer::client_addr_from) copies it), and [`Error::to_response`] turns an error into a
 //! response for any body type, axum's `HandleErrorLayer` included.
@@ -49,7 +49,6 @@
 //! # }
 //! ```
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -62,26 +61,25 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
-use hyper::server::conn::http1;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
-use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::sticky::ClientAddr;
 use crate::{BoxError, Error};
 
 mod head_timer;
 mod send_timeout;
 mod stall;
 mod tunnel;
-use self::head_timer::HeadTimer;
-use self::send_timeout::SendTimeout;
 use crate::layer::is_upgrade;
 mod h1_client;
+mod h1_server;
+mod request_body;
 mod worker_upstream;
+
+pub use self::request_body::RequestBody;
 
 pub use self::worker_upstream::{
     ConnectError, UpstreamBody, WorkerUpstream, DEFAULT_CLIENT_BODY_TIMEOUT,
@@ -118,7 +116,7 @@ pub type ProxyBody<B = Incoming> = Either<B, Full<Bytes>>;
 /// tower-lb itself never links a TLS library; see
 /// [`from_client`](Self::from_client).
 #[derive(Debug)]
-pub struct Upstream<B = Incoming, C = HttpConnector> {
+pub struct Upstream<B = RequestBody, C = HttpConnector> {
     client: Client<C, B>,
 }
 
@@ -265,7 +263,10 @@ fn tunnel_load<B>(req: &Request<B>, upgrade: bool) -> Option<crate::InFlight> {
 /// short pause instead of ending the loop or spinning.
 pub async fn serve<S, B>(listener: TcpListener, stack: S)
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Error> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -294,7 +295,10 @@ where
 /// ```
 pub async fn serve_with<S, B, E>(listener: TcpListener, stack: S, on_error: E)
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Error> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -353,17 +357,26 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 /// wrap a tokio stream in [`TokioIo`]. The connection speaks HTTP/1.1 with
 /// upgrades enabled, each request head must arrive within
 /// [`HEADER_READ_TIMEOUT`], no write to the client may wait longer than
-/// [`SEND_TIMEOUT`], every request gets [`ClientAddr`]`(peer)`, and an
+/// [`SEND_TIMEOUT`], every request gets [`ClientAddr`](crate::sticky::ClientAddr)`(peer)`, and an
 /// [`Error`] goes to `on_error` and is answered with
-/// [`Error::to_response`]. The result is hyper's connection error, if any:
-/// a client that went away mid-request, a malformed request line, and also
-/// the two timeouts, which are how most keep-alive connections end (one
-/// that idles past [`HEADER_READ_TIMEOUT`] ends with an error whose
-/// `is_timeout()` is true; a stalled write, [`SEND_TIMEOUT`], with an
-/// [`io::Error`](std::io::Error) of kind `TimedOut` as its source). A
+/// [`Error::to_response`].
+///
+/// A plain request (`HTTP/1.1`, no body, no upgrade: most `GET`s) is read
+/// and answered by tower-lb itself, which writes what hyper's server would
+/// write; anything else hands the connection to hyper's server for the
+/// rest of its life, replaying the bytes already read, so hyper answers a
+/// body, an upgrade, `HTTP/1.0` or a malformed head by its own rules.
+/// Either way the stack sees a [`RequestBody`].
+///
+/// The result is [`Error::ClientConnection`] when the connection ended
+/// with an error: a client that went away mid-request, a malformed
+/// request line, and also the two timeouts, which are how most keep-alive
+/// connections end (one that idles past [`HEADER_READ_TIMEOUT`], or a
+/// stalled write past [`SEND_TIMEOUT`], has `timed_out: true`; the write's
+/// [`io::Error`](std::io::Error), of kind `TimedOut`, is its source). A
 /// backend that went quiet mid-body past [`WorkerUpstream`]'s
-/// [`read_timeout`](WorkerUpstream::read_timeout) ends it the same way, told
-/// apart by `is_user()` (the error came from the response body). Log the
+/// [`read_timeout`](WorkerUpstream::read_timeout) ends it too, as `the
+/// response body failed`. Log the
 /// client-side ones at a low level, if at all.
 ///
 /// ```no_run
@@ -393,42 +406,19 @@ pub async fn serve_connection<I, S, B, E>(
     peer: SocketAddr,
     stack: S,
     on_error: E,
-) -> Result<(), hyper::Error>
+) -> Result<(), Error>
 where
     I: Read + Write + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Error> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
     E: Fn(&Error, SocketAddr) + Send + Sync + 'static,
 {
-    let on_error = Arc::new(on_error);
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(ClientAddr(peer));
-        let http10 = req.version() == http::Version::HTTP_10;
-        let stack = stack.clone();
-        let on_error = Arc::clone(&on_error);
-        async move {
-            Ok::<_, Infallible>(match stack.oneshot(req).await {
-                Ok(mut res) => {
-                    if http10 {
-                        close_if_unframed(&mut res);
-                    }
-                    res.map(Either::Left)
-                }
-                Err(error) => {
-                    on_error(&error, peer);
-                    error.to_response::<Full<Bytes>>().map(Either::Right)
-                }
-            })
-        }
-    });
-    http1::Builder::new()
-        .timer(HeadTimer::default())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(SendTimeout::new(io, SEND_TIMEOUT), svc)
-        .with_upgrades()
-        .await
+    h1_server::serve(io, peer, stack, Arc::new(on_error)).await
 }
 
 /// An HTTP/1.0 client cannot be sent a body of unknown length except by

@@ -1,0 +1,324 @@
+//! `proxy::serve_connection` answers plain requests itself and hands
+//! everything else to hyper's server: the two must not be told apart on
+//! the wire. Each test sends the same requests twice, once plain (served by
+//! tower-lb's own side) and once with `Content-Length: 0` (an empty body
+//! too, but hyper's to serve), and compares the bytes that come back.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower_lb::proxy::RequestBody;
+
+type AnyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// The answer the test stack gives `/case/N`: a spread of the shapes
+/// hyper's server frames differently.
+fn case(n: u32) -> Result<Response<AnyBody>, tower_lb::Error> {
+    let full = |body: &'static str| Full::new(Bytes::from_static(body.as_bytes())).boxed_unsync();
+    let mut res = Response::new(full("ok"));
+    match n {
+        0 => {}
+        1 => {
+            let h = res.headers_mut();
+            h.insert("content-type", "text/plain".parse().unwrap());
+            h.append("x-multi", "a".parse().unwrap());
+            h.append("x-multi", "b".parse().unwrap());
+            h.insert("x-last", "z".parse().unwrap());
+        }
+        2 => {
+            *res.status_mut() = StatusCode::NOT_FOUND;
+            *res.body_mut() = full("no such thing\n");
+        }
+        3 => {
+            res.extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(b"Quite Fine"));
+        }
+        4 => {
+            *res.status_mut() = StatusCode::NO_CONTENT;
+            *res.body_mut() = full("");
+        }
+        5 => {
+            *res.status_mut() = StatusCode::NOT_MODIFIED;
+            res.headers_mut()
+                .insert("content-length", "42".parse().unwrap());
+            *res.body_mut() = full("");
+        }
+        6 => {
+            let h = res.headers_mut();
+            h.insert("date", "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap());
+            h.insert("content-length", "2".parse().unwrap());
+            h.insert("server", "test".parse().unwrap());
+        }
+        7 => {
+            res.headers_mut()
+                .insert("connection", "close".parse().unwrap());
+        }
+        8 => {
+            res.headers_mut()
+                .append("connection", "x-custom".parse().unwrap());
+            res.headers_mut().insert("x-after", "1".parse().unwrap());
+        }
+        9 => *res.body_mut() = full(""),
+        10 => {
+            return Err(tower_lb::Error::Upstream {
+                backend: "b".into(),
+                source: "refused".into(),
+            })
+        }
+        11 => *res.status_mut() = StatusCode::from_u16(299).unwrap(),
+        12 => {
+            // Of unknown length (a mapped body has no size hint): hyper's
+            // chunked framing.
+            *res.body_mut() = full("one two").map_frame(|frame| frame).boxed_unsync();
+        }
+        13 => *res.version_mut() = http::Version::HTTP_10,
+        14 => *res.body_mut() = full(LONG),
+        15 => {
+            res.headers_mut()
+                .insert("content-length", "0".parse().unwrap());
+            *res.body_mut() = full("");
+        }
+        _ => *res.status_mut() = StatusCode::IM_A_TEAPOT,
+    }
+    Ok(res)
+}
+
+const CASES: u32 = 17;
+
+/// Longer than a joined write (16 KiB).
+const LONG: &str = include_str!("../src/proxy/h1_server.rs");
+
+fn stack() -> impl tower::Service<
+    Request<RequestBody>,
+    Response = Response<AnyBody>,
+    Error = tower_lb::Error,
+    Future = impl Future<Output = Result<Response<AnyBody>, tower_lb::Error>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(|req: Request<RequestBody>| async move {
+        let n = req
+            .uri()
+            .path()
+            .strip_prefix("/case/")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u32::MAX);
+        case(n)
+    })
+}
+
+/// Everything the connection sends back for `requests`, written at once,
+/// until it closes.
+async fn transcript(requests: &str) -> (String, Result<(), tower_lb::Error>) {
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    let peer: SocketAddr = "192.0.2.9:40000".parse().unwrap();
+    let served = tokio::spawn(tower_lb::proxy::serve_connection(
+        hyper_util::rt::TokioIo::new(server),
+        peer,
+        stack(),
+        |_: &tower_lb::Error, _| {},
+    ));
+    client.write_all(requests.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the connection closes")
+    .unwrap();
+    let served = served.await.unwrap();
+    (without_dates(&String::from_utf8_lossy(&answer)), served)
+}
+
+/// `text` with each added `date:` value blanked (the two runs may straddle
+/// a second).
+fn without_dates(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\r\ndate: ") {
+        let end = at + "\r\ndate: ".len();
+        out.push_str(&rest[..end]);
+        out.push_str("<date>");
+        rest = &rest[(end + 29).min(rest.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Three requests for `path` on one connection, the last asking to close;
+/// `extra` goes into each head.
+fn three(method: &str, path: &str, extra: &str) -> String {
+    let one = format!("{method} {path} HTTP/1.1\r\nHost: a.example\r\n{extra}");
+    format!("{one}\r\n{one}\r\n{one}Connection: close\r\n\r\n")
+}
+
+#[tokio::test]
+async fn plain_requests_are_answered_byte_for_byte_as_hyper_answers_them() {
+    for method in ["GET", "HEAD"] {
+        for n in 0..CASES {
+            let path = format!("/case/{n}");
+            let (own, own_end) = transcript(&three(method, &path, "")).await;
+            let (hyper, hyper_end) =
+                transcript(&three(method, &path, "Content-Length: 0\r\n")).await;
+            assert_eq!(own, hyper, "{method} {path}");
+            assert!(!own.is_empty(), "{method} {path}");
+            assert_eq!(
+                own_end.is_ok(),
+                hyper_end.is_ok(),
+                "{method} {path}: {own_end:?} / {hyper_end:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_plain_answer_has_the_head_hyper_writes() {
+    let (answer, end) = transcript(&three("GET", "/case/8", "")).await;
+    end.unwrap();
+    let first = answer.split("ok").next().unwrap();
+    assert_eq!(
+        first,
+        "HTTP/1.1 200 OK\r\nconnection: x-custom\r\nx-after: 1\r\ncontent-length: 2\r\ndate: <date>\r\n\r\n"
+    );
+    // The request that asked to close gets `close` added to the field.
+    assert!(
+        answer.ends_with(
+            "HTTP/1.1 200 OK\r\nconnection: x-custom, close\r\nx-after: 1\r\ncontent-length: 2\r\ndate: <date>\r\n\r\nok"
+        ),
+        "{answer}"
+    );
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 3, "{answer}");
+}
+
+#[tokio::test]
+async fn a_request_asking_to_close_gets_close_and_the_connection_ends() {
+    let (answer, end) =
+        transcript("GET /case/0 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /case/0 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await;
+    end.unwrap();
+    assert_eq!(
+        answer,
+        "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\ndate: <date>\r\n\r\nok"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_request_then_one_with_a_body_then_plain_again_on_one_connection() {
+    let requests = "GET /case/0 HTTP/1.1\r\nHost: a\r\n\r\n\
+                    POST /case/2 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+                    GET /case/1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let (answer, end) = transcript(requests).await;
+    end.unwrap();
+    let statuses: Vec<&str> = answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| answer[at..].split("\r\n").next().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 404 Not Found",
+            "HTTP/1.1 200 OK"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn http10_an_upgrade_and_a_long_head_are_hyper_s_and_answered() {
+    for requests in [
+        "GET /case/0 HTTP/1.0\r\nHost: a\r\n\r\n".to_string(),
+        "GET /case/0 HTTP/1.1\r\nHost: a\r\nConnection: close\r\nExpect: 100-continue\r\n\r\n"
+            .to_string(),
+        format!(
+            "GET /case/0 HTTP/1.1\r\nHost: a\r\nCookie: {}\r\nConnection: close\r\n\r\n",
+            "c".repeat(40 * 1024)
+        ),
+        format!(
+            "GET /case/0 HTTP/1.1\r\nHost: a\r\n{}Connection: close\r\n\r\n",
+            (0..60)
+                .map(|i| format!("X-F{i}: {i}\r\n"))
+                .collect::<String>()
+        ),
+    ] {
+        let (answer, end) = transcript(&requests).await;
+        assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+        assert!(answer.starts_with("HTTP/1."), "{answer}");
+        end.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_head_gets_hyper_s_400() {
+    let (answer, end) = transcript("GET /case/0 HTTP/1.1\r\nHost a\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        matches!(
+            end,
+            Err(tower_lb::Error::ClientConnection {
+                timed_out: false,
+                ..
+            })
+        ),
+        "{end:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_closes_before_its_answer_cancels_the_request() {
+    // A stack that never answers, and says when its future is dropped.
+    let dropped = Arc::new(AtomicBool::new(false));
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let flag = Arc::clone(&dropped);
+    let never = tower::service_fn(move |_req: Request<RequestBody>| {
+        let guard = Flag(Arc::clone(&flag));
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok::<Response<Full<Bytes>>, tower_lb::Error>(Response::new(Full::default()))
+        }
+    });
+    let (mut client, server) = tokio::io::duplex(1 << 16);
+    let served = tokio::spawn(tower_lb::proxy::serve_connection(
+        hyper_util::rt::TokioIo::new(server),
+        "192.0.2.9:40000".parse().unwrap(),
+        never,
+        |_: &tower_lb::Error, _| {},
+    ));
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!dropped.load(Ordering::SeqCst));
+    drop(client);
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), served)
+        .await
+        .expect("the connection ends")
+        .unwrap();
+    assert!(
+        matches!(
+            end,
+            Err(tower_lb::Error::ClientConnection {
+                timed_out: false,
+                ..
+            })
+        ),
+        "{end:?}"
+    );
+    assert!(dropped.load(Ordering::SeqCst));
+}
