@@ -95,7 +95,7 @@ where
     loop {
         let plain = match conn.read_head(peer).await? {
             Head::Plain(plain) => plain,
-            Head::Closed => return Ok(()),
+            Head::Closed => return conn.shutdown().await,
             Head::Other => return hand_over(conn, None, peer, stack, on_error).await,
         };
         let Plain {
@@ -122,11 +122,10 @@ where
         drop(parts);
         fields.clear();
         conn.spare_fields = Some(fields);
-        conn.write_response(encoded, body).await?;
-        if close {
+        let cut_short = conn.write_response(encoded, body).await?;
+        if close || cut_short {
             // As hyper ends a connection it answered for the last time.
-            let _ = poll_fn(|cx| Pin::new(&mut conn.io).poll_shutdown(cx)).await;
-            return Ok(());
+            return conn.shutdown().await;
         }
     }
 }
@@ -184,10 +183,16 @@ impl<I: Read + Write + Unpin> Conn<I> {
     async fn read_head(&mut self, peer: SocketAddr) -> Result<Head, Error> {
         // The clock starts when this head is first waited for.
         self.head_deadline = None;
+        // How many of the unread bytes an attempt has already seen: after
+        // a first one, as in hyper, the head is parsed again only once new
+        // bytes may end it (a head sent a byte at a time costs one scan,
+        // not one parse per byte).
+        let mut seen = None;
         loop {
-            if self.start < self.end {
-                let spare = &mut self.spare_fields;
-                match parse_plain(&self.buf[self.start..self.end], peer, spare) {
+            let unread = &self.buf[self.start..self.end];
+            if !unread.is_empty() && seen.is_none_or(|seen| may_end_head(unread, seen)) {
+                seen = Some(unread.len());
+                match parse_plain(unread, peer, &mut self.spare_fields) {
                     Parsed::Plain(len, plain) => {
                         self.start += len;
                         if self.start == self.end {
@@ -199,6 +204,8 @@ impl<I: Read + Write + Unpin> Conn<I> {
                     Parsed::Partial if self.end - self.start < MAX_HEAD => {}
                     Parsed::Partial | Parsed::Other => return Ok(Head::Other),
                 }
+            } else if unread.len() >= MAX_HEAD {
+                return Ok(Head::Other);
             }
             let read = poll_fn(|cx| self.poll_head_read(cx)).await?;
             if read == 0 {
@@ -308,9 +315,13 @@ impl<I: Read + Write + Unpin> Conn<I> {
     }
 
     /// Writes the response: its head, then `body`'s bytes up to the length
-    /// the head promised (as hyper, anything past it is not sent; a body
-    /// that ends short of it, or fails, ends the connection).
-    async fn write_response<D>(&mut self, head: Encoded, body: D) -> Result<(), Error>
+    /// the head promised, by hyper's server's rules: bytes past the length
+    /// are not sent; a body that says it has ended (`is_end_stream`) short
+    /// of the length is sent as it is and the connection closed after it
+    /// (`Ok(true)`); one that ends without saying so, fails, or gives
+    /// trailers before its length ends the connection with an error, what
+    /// waited to be sent with it dropped. `Ok(false)`: whole.
+    async fn write_response<D>(&mut self, head: Encoded, body: D) -> Result<bool, Error>
     where
         D: Body<Data = Bytes>,
         D::Error: Into<BoxError>,
@@ -321,6 +332,7 @@ impl<I: Read + Write + Unpin> Conn<I> {
             ..
         } = head;
         let mut body = pin!(body);
+        let mut short = false;
         while body_len > 0 {
             // A frame at hand joins what is waiting to go; otherwise that
             // goes first, and the next frame is waited for.
@@ -338,25 +350,10 @@ impl<I: Read + Write + Unpin> Conn<I> {
             let data = match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => data,
-                    // Trailers: a sized body does not carry them.
-                    Err(_) => continue,
+                    Err(_) => return Err(body_ended_short(None)),
                 },
-                Some(Err(error)) => {
-                    let _ = self.write_all(&out).await;
-                    return Err(Error::ClientConnection {
-                        reason: "the response body failed",
-                        timed_out: false,
-                        source: Some(error.into()),
-                    });
-                }
-                None => {
-                    let _ = self.write_all(&out).await;
-                    return Err(Error::ClientConnection {
-                        reason: "the response body ended before its length",
-                        timed_out: false,
-                        source: None,
-                    });
-                }
+                Some(Err(error)) => return Err(body_ended_short(Some(error.into()))),
+                None => return Err(body_ended_short(None)),
             };
             let take = usize::try_from(body_len).map_or(data.len(), |left| left.min(data.len()));
             body_len -= take as u64;
@@ -367,20 +364,17 @@ impl<I: Read + Write + Unpin> Conn<I> {
                 out.clear();
                 self.write_all(&data[..take]).await?;
             }
-            if body.is_end_stream() {
+            if body_len > 0 && body.is_end_stream() {
+                if take == 0 {
+                    return Err(body_ended_short(None));
+                }
+                short = true;
                 break;
             }
         }
-        if body_len > 0 {
-            let _ = self.write_all(&out).await;
-            return Err(Error::ClientConnection {
-                reason: "the response body ended before its length",
-                timed_out: false,
-                source: None,
-            });
-        }
         self.write_all(&out).await?;
-        self.flush().await
+        self.flush().await?;
+        Ok(short)
     }
 
     async fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), Error> {
@@ -399,10 +393,42 @@ impl<I: Read + Write + Unpin> Conn<I> {
         Ok(())
     }
 
+    /// Ends the connection from this side (a TLS stream sends its
+    /// `close_notify`), as hyper's server does.
+    async fn shutdown(&mut self) -> Result<(), Error> {
+        match poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await {
+            // The client is gone already: as good as closed (hyper too).
+            Err(e) if e.kind() != io::ErrorKind::NotConnected => {
+                Err(io_error("closing the connection failed", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn flush(&mut self) -> Result<(), Error> {
         poll_fn(|cx| Pin::new(&mut self.io).poll_flush(cx))
             .await
             .map_err(|e| io_error("writing the response failed", e))
+    }
+}
+
+/// Whether `bytes`, of which the first `seen` were looked at before,
+/// may now hold the blank line that ends a head (`\n\n`, `\n\r\n`): hyper's
+/// quick check before a parse.
+fn may_end_head(bytes: &[u8], seen: usize) -> bool {
+    let new = &bytes[seen.saturating_sub(3)..];
+    new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// A response body that failed, or ended before the length its head gave.
+fn body_ended_short(source: Option<BoxError>) -> Error {
+    Error::ClientConnection {
+        reason: match source {
+            Some(_) => "the response body failed",
+            None => "the response body ended before its length",
+        },
+        timed_out: false,
+        source,
     }
 }
 
@@ -442,7 +468,7 @@ fn parse_plain(buf: &[u8], peer: SocketAddr, spare: &mut Option<HeaderMap>) -> P
         name: (0, 0),
         value: (0, 0),
     }; MAX_FIELDS];
-    let (len, method, path, count, keep_alive) = {
+    let (len, method, path, count) = {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
         let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -473,7 +499,6 @@ fn parse_plain(buf: &[u8], peer: SocketAddr, spare: &mut Option<HeaderMap>) -> P
             (from, from + part.len())
         };
         let path = span(path.as_bytes());
-        let mut keep_alive = true;
         for (field, header) in fields.iter_mut().zip(req.headers.iter()) {
             let name = header.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length")
@@ -483,20 +508,12 @@ fn parse_plain(buf: &[u8], peer: SocketAddr, spare: &mut Option<HeaderMap>) -> P
             {
                 return Parsed::Other;
             }
-            if name.eq_ignore_ascii_case(b"connection")
-                && header
-                    .value
-                    .split(|&b| b == b',')
-                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-            {
-                keep_alive = false;
-            }
             *field = Field {
                 name: span(name),
                 value: span(header.value),
             };
         }
-        (len, method, path, req.headers.len(), keep_alive)
+        (len, method, path, req.headers.len())
     };
     let head = Bytes::copy_from_slice(&buf[..len]);
     let Ok(uri) = http::Uri::from_maybe_shared(head.slice(path.0..path.1)) else {
@@ -506,6 +523,7 @@ fn parse_plain(buf: &[u8], peer: SocketAddr, spare: &mut Option<HeaderMap>) -> P
     // so that the map does not grow as the request goes through.
     let mut headers = spare.take().unwrap_or_default();
     headers.reserve(count + ROOM_FOR_DIRECTOR);
+    let mut keep_alive = true;
     for field in &fields[..count] {
         let Ok(name) = HeaderName::from_bytes(&head[field.name.0..field.name.1]) else {
             return Parsed::Other;
@@ -514,6 +532,11 @@ fn parse_plain(buf: &[u8], peer: SocketAddr, spare: &mut Option<HeaderMap>) -> P
         else {
             return Parsed::Other;
         };
+        // hyper's reading: `close` among the values of a `Connection`
+        // field that is text.
+        if name == CONNECTION && lists_token(&value, "close") {
+            keep_alive = false;
+        }
         headers.append(name, value);
     }
     let method_is_head = method == Method::HEAD;
@@ -620,7 +643,9 @@ fn encode_head<D: Body>(
                     }
                     continue;
                 }
-                // No body: the field stays only on an answer to `HEAD`.
+                // No body: the field stays only on an answer to `HEAD`,
+                // once (hyper refuses a second one: its answer, then).
+                None if method_is_head && wrote_len => return None,
                 None if method_is_head => wrote_len = true,
                 None => continue,
             },
@@ -834,10 +859,12 @@ fn hyper_error(error: hyper::Error) -> Error {
             "the request head did not arrive within the header read timeout",
             true,
         )
+    } else if error.is_user() {
+        // The response body's error (a backend that went quiet past its
+        // read timeout among them), or hyper refusing the response.
+        ("the response body failed", false)
     } else if timed_out_io {
         ("writing the response failed", true)
-    } else if error.is_user() {
-        ("the response body failed", false)
     } else if error.is_incomplete_message() {
         ("the client closed the connection mid-request", false)
     } else if error.is_parse() || error.is_parse_too_large() {
@@ -907,6 +934,19 @@ impl<I: Write + Unpin> Write for Replayed<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_may_end_only_once_a_blank_line_can_be_there() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        // Whatever was seen before, the blank line is found (the three
+        // bytes before the new ones are looked at again).
+        for seen in 0..head.len() {
+            assert!(may_end_head(head, seen), "{seen}");
+        }
+        assert!(may_end_head(b"GET / HTTP/1.1\nHost: a\n\n", 20));
+        assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+        assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1", 20));
+    }
 
     #[test]
     fn http_dates_are_imf_fixdates() {

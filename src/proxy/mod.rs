@@ -366,7 +366,11 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 /// write; anything else hands the connection to hyper's server for the
 /// rest of its life, replaying the bytes already read, so hyper answers a
 /// body, an upgrade, `HTTP/1.0` or a malformed head by its own rules.
-/// Either way the stack sees a [`RequestBody`].
+/// Either way the stack sees a [`RequestBody`]. One difference shows:
+/// a response whose field names hyper's client kept in their original
+/// case (its `preserve_header_case` option, through
+/// [`Upstream::from_client`]) is written to a plain request's client with
+/// lower-case names, as every response is by default.
 ///
 /// The result is [`Error::ClientConnection`] when the connection ended
 /// with an error: a client that went away mid-request, a malformed
