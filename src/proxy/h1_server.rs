@@ -104,7 +104,10 @@ where
             method_is_head,
             keep_alive,
         } = plain;
-        let res = match conn.watching(stack.clone().oneshot(request)).await? {
+        // Pinned where it is made: the stack's future is large, and each
+        // move of it is a copy.
+        let call = pin!(stack.clone().oneshot(request));
+        let res = match conn.watching(call).await? {
             Ok(res) => res.map(Either::Left),
             Err(error) => {
                 on_error(&error, peer);

@@ -719,12 +719,12 @@ where
         let mut held = None;
         if req.method() != Method::CONNECT {
             if req.body().is_end_stream() {
-                return Box::pin(direct(pool, req, None, timeout, read_timeout));
+                return boxed(direct(pool, req, None, timeout, read_timeout));
             }
             let announced = req.body().size_hint();
             let (frames, inner_ended) = match take_whole(req.body_mut()) {
                 Taken::Whole(chunks) if sendable_whole(req.headers(), &chunks) => {
-                    return Box::pin(direct(pool, req, Some(chunks), timeout, read_timeout));
+                    return boxed(direct(pool, req, Some(chunks), timeout, read_timeout));
                 }
                 Taken::Whole(chunks) => (as_frames(chunks), true),
                 Taken::Ended(frames) => (frames, true),
@@ -878,13 +878,19 @@ fn sendable_whole(headers: &HeaderMap, chunks: &[Bytes]) -> bool {
 
 /// A request without a body, or with a short one taken whole (`body`),
 /// exchanged directly ([`h1_client`]) on a connection of the pool's.
-async fn direct<B>(
+///
+/// The request is encoded before the future is made, and only what the
+/// exchange needs goes into it: an `async fn` keeps its arguments in its
+/// state for its whole life, and the request's parts and body would make
+/// every request's future too large for the allocator's fast sizes (it
+/// was 1.5 KiB; the boxed retry below is kept out of it the same way).
+fn direct<B>(
     pool: Arc<Pool<TimedBody<B>>>,
     mut req: Request<B>,
     body: Option<Vec<Bytes>>,
     timeout: Option<Duration>,
     read_timeout: Option<Duration>,
-) -> Result<Response<UpstreamBody<B>>, BoxError>
+) -> Result<impl Future<Output = Result<Response<UpstreamBody<B>>, BoxError>>, BoxError>
 where
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -906,50 +912,70 @@ where
         body.as_deref(),
         &mut request,
     );
-    let on_sent = || {
-        if let Some(sent) = &sent {
-            sent.progressed();
-            sent.done();
-        }
-    };
-    let slot = pool.slot(backend.as_str());
-    // The newest idle connection that is still open and quiet.
-    let mut reused = true;
-    let mut conn = loop {
-        match slot.checkout_direct() {
-            Some(conn) if conn.is_open_and_quiet() => break conn,
-            Some(_) => {}
-            None => {
-                reused = false;
-                break H1Conn::new(Box::pin(connect_tcp(&backend, timeout)).await?);
+    Ok(async move {
+        let on_sent = || {
+            if let Some(sent) = &sent {
+                sent.progressed();
+                sent.done();
             }
-        }
-    };
-    let exchanged = conn.exchange(&request, &method, headers, on_sent).await;
-    let (conn, answer) = match exchanged {
-        Ok(answer) => (conn, answer),
-        // Closed under us before a byte of the request was written, or,
-        // for a request that may be repeated, before a byte of the answer
-        // (the backend closing the connection while idle as the request
-        // went out; nginx tries a cached connection's failure again, and
-        // Go's client a reused one's for its safe methods): once more, on a
-        // fresh connection.
-        Err(ExchangeError::Unsent) if reused => {
-            retry_fresh(&backend, timeout, &request, &method, on_sent).await?
-        }
-        Err(ExchangeError::Unanswered(_)) if reused && is_idempotent(&method) => {
-            retry_fresh(&backend, timeout, &request, &method, on_sent).await?
-        }
-        Err(ExchangeError::Unsent) => return Err(Box::new(closed_before_sending())),
-        Err(ExchangeError::Unanswered(error) | ExchangeError::Failed(error)) => return Err(error),
-    };
-    let lease = DirectLease {
-        conn,
-        keep_alive: answer.keep_alive && request_keep_alive,
-        slot,
-    };
-    let body = UpstreamBody::direct(answer.framing, lease, read_timeout);
-    Ok(answer.response.map(|()| body))
+        };
+        let slot = pool.slot(backend.as_str());
+        // The newest idle connection that is still open and quiet.
+        let mut reused = true;
+        let mut conn = loop {
+            match slot.checkout_direct() {
+                Some(conn) if conn.is_open_and_quiet() => break conn,
+                Some(_) => {}
+                None => {
+                    reused = false;
+                    break H1Conn::new(Box::pin(connect_tcp(&backend, timeout)).await?);
+                }
+            }
+        };
+        let exchanged = conn.exchange(&request, &method, headers, on_sent).await;
+        let (conn, answer) = match exchanged {
+            Ok(answer) => (conn, answer),
+            // Closed under us before a byte of the request was written, or,
+            // for a request that may be repeated, before a byte of the answer
+            // (the backend closing the connection while idle as the request
+            // went out; nginx tries a cached connection's failure again, and
+            // Go's client a reused one's for its safe methods): once more, on a
+            // fresh connection.
+            // (Boxed: rare, and its state would otherwise make every
+            // request's future larger.)
+            Err(ExchangeError::Unsent) if reused => {
+                Box::pin(retry_fresh(&backend, timeout, &request, &method, on_sent)).await?
+            }
+            Err(ExchangeError::Unanswered(_)) if reused && is_idempotent(&method) => {
+                Box::pin(retry_fresh(&backend, timeout, &request, &method, on_sent)).await?
+            }
+            Err(ExchangeError::Unsent) => return Err(closed_before_sending().into()),
+            Err(ExchangeError::Unanswered(error) | ExchangeError::Failed(error)) => {
+                return Err(error)
+            }
+        };
+        let lease = DirectLease {
+            conn,
+            keep_alive: answer.keep_alive && request_keep_alive,
+            slot,
+        };
+        let body = UpstreamBody::direct(answer.framing, lease, read_timeout);
+        Ok(answer.response.map(|()| body))
+    })
+}
+
+/// [`direct`]'s future, or its error, boxed as [`WorkerUpstream`]'s.
+fn boxed<F, T>(
+    direct: Result<F, BoxError>,
+) -> Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>
+where
+    F: Future<Output = Result<T, BoxError>> + Send + 'static,
+    T: Send + 'static,
+{
+    match direct {
+        Ok(exchange) => Box::pin(exchange),
+        Err(error) => Box::pin(std::future::ready(Err(error))),
+    }
 }
 
 /// [`direct`]'s second try, on a new connection.
