@@ -445,6 +445,27 @@ impl ProxyDirector {
         }
         if self.x_forwarded {
             match client {
+                // Nothing the client sent is kept (the default): the
+                // address replaces it, in one look-up.
+                Some(ip)
+                    if matches!(
+                        self.forwarded_for,
+                        ForwardedFor::Overwrite | ForwardedFor::TrustedHops(0)
+                    ) =>
+                {
+                    let value = client_address_value(ip);
+                    match headers.entry(&X_FORWARDED_FOR) {
+                        http::header::Entry::Vacant(entry) => {
+                            entry.insert(value);
+                        }
+                        // Removed first, so that the new field comes last,
+                        // where it always has.
+                        http::header::Entry::Occupied(sent) => {
+                            sent.remove_entry_mult();
+                            headers.insert(&X_FORWARDED_FOR, value);
+                        }
+                    }
+                }
                 Some(ip) => {
                     keep_trusted(headers, &X_FORWARDED_FOR, self.forwarded_for);
                     append_forwarded_for(headers, ip)
@@ -762,7 +783,39 @@ fn join_paths(a: &str, b: &str) -> String {
 /// Appends `ip` to `X-Forwarded-For`, folding earlier values into one line
 /// (`a, b, ip`) as Go's `ReverseProxy` does.
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
-    // The address is formatted on the stack first so that the line is
+    if let http::header::Entry::Vacant(entry) = headers.entry(X_FORWARDED_FOR) {
+        // The usual case (overwritten, or a first hop): the address alone.
+        entry.insert(client_address_value(ip));
+        return;
+    }
+    let value = client_address_value(ip);
+    append_to_list(headers, X_FORWARDED_FOR, value.to_str().unwrap_or_default());
+}
+
+/// `ip` as a field value. The last one made on this thread is kept and
+/// shared (a count on its bytes, no copy): the requests of one connection,
+/// and of one client, come one after another.
+fn client_address_value(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((last_ip, value)) = &*last {
+            if *last_ip == ip {
+                return value.clone();
+            }
+        }
+        let value = format_client_address(ip);
+        *last = Some((ip, value.clone()));
+        value
+    })
+}
+
+/// `ip` as a field value, formatted.
+fn format_client_address(ip: IpAddr) -> HeaderValue {
+    // The address is formatted on the stack first so that the value is
     // allocated once, at its exact size.
     let mut ip_text = [0u8; 48];
     let ip_len = match ip {
@@ -794,8 +847,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
             cursor.position() as usize
         }
     };
-    let ip_text = std::str::from_utf8(&ip_text[..ip_len]).unwrap_or_default();
-    append_to_list(headers, X_FORWARDED_FOR, ip_text);
+    // Digits, dots and colons: always a valid value.
+    HeaderValue::from_bytes(&ip_text[..ip_len]).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// Appends `last` to a comma-separated list header, folding every earlier
@@ -921,6 +974,16 @@ pub(crate) fn remove_hop_by_hop_checked(
     headers: &mut HeaderMap,
     check: impl FnOnce(&HeaderMap) -> Result<(), Error>,
 ) -> Result<(), Error> {
+    remove_hop_by_hop_keeping(headers, check, true)
+}
+
+/// [`remove_hop_by_hop_checked`]; a WebSocket upgrade's `Connection` and
+/// `Upgrade` are kept only if `websocket_allowed`.
+fn remove_hop_by_hop_keeping(
+    headers: &mut HeaderMap,
+    check: impl FnOnce(&HeaderMap) -> Result<(), Error>,
+    websocket_allowed: bool,
+) -> Result<(), Error> {
     // One pass finds the hop-by-hop headers present (usually none, or just
     // Connection), so only those are removed.
     // The six of HOP_BY_HOP, Keep-Alive, Proxy-Connection and
@@ -945,7 +1008,8 @@ pub(crate) fn remove_hop_by_hop_checked(
         check(headers)?;
     }
     // Only a WebSocket upgrade is kept (h2c smuggling: see ProxyDirector).
-    let websocket = has(&CONNECTION)
+    let websocket = websocket_allowed
+        && has(&CONNECTION)
         && has(&UPGRADE)
         && contains_token(headers, &CONNECTION, "upgrade")
         && contains_token(headers, &UPGRADE, "websocket");
@@ -977,7 +1041,9 @@ pub(crate) fn remove_hop_by_hop_checked(
             }
         }
     };
-    if headers.get_all(CONNECTION).iter().nth(1).is_none() {
+    if !has(&CONNECTION) {
+        // Nothing listed.
+    } else if headers.get_all(CONNECTION).iter().nth(1).is_none() {
         if let Some(value) = headers.remove(CONNECTION) {
             listed(&value, headers);
         }
@@ -994,7 +1060,12 @@ pub(crate) fn remove_hop_by_hop_checked(
     if chunked {
         headers.remove(CONTENT_LENGTH);
     }
-    for name in found.into_iter().flatten() {
+    // (`Connection` is gone already.)
+    for name in found
+        .into_iter()
+        .flatten()
+        .filter(|name| name != CONNECTION)
+    {
         headers.remove(name);
     }
 
@@ -1156,11 +1227,10 @@ pub(crate) fn strip_hop_by_hop_response_checked<B>(
     res: &mut Response<B>,
     check: impl FnOnce(&HeaderMap) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // Only an upgrade answer may keep Connection: upgrade.
-        res.headers_mut().remove(UPGRADE);
-    }
-    remove_hop_by_hop_checked(res.headers_mut(), check)
+    // Only an upgrade answer may keep its `Upgrade` (found, and removed
+    // with the rest, by the one pass over the names).
+    let upgraded = res.status() == StatusCode::SWITCHING_PROTOCOLS;
+    remove_hop_by_hop_keeping(res.headers_mut(), check, upgraded)
 }
 
 #[cfg(test)]

@@ -456,83 +456,63 @@ enum Parsed {
     Other,
 }
 
-/// Where a field's name and value are in the head.
-#[derive(Clone, Copy)]
-struct Field {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
 /// Parses the head at the start of `buf`; a plain request comes back
 /// built, with [`ClientAddr`]`(peer)` on it, its fields in `spare`'s map
 /// if there is one.
 fn parse_plain(buf: &[u8], peer: SocketAddr, spare: &mut Option<HeaderMap>) -> Parsed {
-    let mut fields = [Field {
-        name: (0, 0),
-        value: (0, 0),
-    }; MAX_FIELDS];
-    let (len, method, path, count) = {
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
-        let mut req = httparse::Request::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut req,
-            buf,
-            &mut headers,
-        ) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Parsed::Partial,
-            // Too many fields for here, or malformed: hyper answers.
-            Err(_) => return Parsed::Other,
-        };
-        if req.version != Some(1) {
-            return Parsed::Other;
-        }
-        let (Some(method), Some(path)) = (req.method, req.path) else {
-            return Parsed::Other;
-        };
-        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-            return Parsed::Other;
-        };
-        if method == Method::CONNECT {
-            return Parsed::Other;
-        }
-        let base = buf.as_ptr() as usize;
-        let span = |part: &[u8]| {
-            let from = part.as_ptr() as usize - base;
-            (from, from + part.len())
-        };
-        let path = span(path.as_bytes());
-        for (field, header) in fields.iter_mut().zip(req.headers.iter()) {
-            let name = header.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"content-length")
-                || name.eq_ignore_ascii_case(b"transfer-encoding")
-                || name.eq_ignore_ascii_case(b"upgrade")
-                || name.eq_ignore_ascii_case(b"expect")
-            {
-                return Parsed::Other;
-            }
-            *field = Field {
-                name: span(name),
-                value: span(header.value),
-            };
-        }
-        (len, method, path, req.headers.len())
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        // Too many fields for here, or malformed: hyper answers.
+        Err(_) => return Parsed::Other,
     };
+    if req.version != Some(1) {
+        return Parsed::Other;
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::Other;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Other;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Other;
+    }
+    // The head's own copy, which the target and the field values share;
+    // httparse's slices point into `buf`, at the same offsets.
     let head = Bytes::copy_from_slice(&buf[..len]);
-    let Ok(uri) = http::Uri::from_maybe_shared(head.slice(path.0..path.1)) else {
+    let base = buf.as_ptr() as usize;
+    let in_head = |part: &[u8]| {
+        let from = part.as_ptr() as usize - base;
+        head.slice(from..from + part.len())
+    };
+    let Ok(uri) = http::Uri::from_maybe_shared(in_head(path.as_bytes())) else {
         return Parsed::Other;
     };
     // Room for what a director adds (the `X-Forwarded-*` fields, `Via`),
     // so that the map does not grow as the request goes through.
     let mut headers = spare.take().unwrap_or_default();
-    headers.reserve(count + ROOM_FOR_DIRECTOR);
+    headers.reserve(req.headers.len() + ROOM_FOR_DIRECTOR);
     let mut keep_alive = true;
-    for field in &fields[..count] {
-        let Ok(name) = HeaderName::from_bytes(&head[field.name.0..field.name.1]) else {
-            return Parsed::Other;
-        };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(field.value.0..field.value.1))
-        else {
+    for field in req.headers.iter() {
+        let name = field.name.as_bytes();
+        let plain = !(name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect"));
+        let parsed = HeaderName::from_bytes(name)
+            .ok()
+            .zip(HeaderValue::from_maybe_shared(in_head(field.value)).ok());
+        let Some((name, value)) = parsed.filter(|_| plain) else {
+            // hyper's to read; the map is kept for the next one here.
+            headers.clear();
+            *spare = Some(headers);
             return Parsed::Other;
         };
         // hyper's reading: `close` among the values of a `Connection`
@@ -579,11 +559,9 @@ fn encode_head<D: Body>(
 ) -> Option<Encoded> {
     let status = res.status();
     let headers = res.headers();
-    if status.is_informational()
-        || res.version() != Version::HTTP_11
-        || headers.contains_key(TRANSFER_ENCODING)
-        || headers.contains_key(TRAILER)
-    {
+    // (`Transfer-Encoding` and `Trailer` are looked for as the fields are
+    // written.)
+    if status.is_informational() || res.version() != Version::HTTP_11 {
         return None;
     }
     // What hyper's dispatcher tells its encoder: no body, or its length.
@@ -666,6 +644,7 @@ fn encode_head<D: Body>(
                 continue;
             }
             DATE => wrote_date = true,
+            TRANSFER_ENCODING | TRAILER => return None,
             _ => {}
         }
         dst.extend_from_slice(name.as_str().as_bytes());
