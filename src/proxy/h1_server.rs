@@ -122,9 +122,12 @@ where
         // The answer's field map, emptied, holds the next request's fields
         // (hyper's server keeps one the same way): no new map per request.
         let mut fields = std::mem::take(&mut parts.headers);
+        // Its extension map too, for the next request's.
+        let mut extensions = std::mem::take(&mut parts.extensions);
         drop(parts);
         fields.clear();
-        conn.spare_fields = Some(fields);
+        extensions.clear();
+        conn.spare = Some((fields, extensions));
         let cut_short = conn.write_response(encoded, body).await?;
         if close || cut_short {
             // As hyper ends a connection it answered for the last time.
@@ -145,8 +148,8 @@ struct Conn<I> {
     head_clock: Option<Pin<Box<Sleep>>>,
     /// When the head being read must be in.
     head_deadline: Option<tokio::time::Instant>,
-    /// An empty field map for the next request.
-    spare_fields: Option<HeaderMap>,
+    /// An empty field map and extension map for the next request.
+    spare: Option<(HeaderMap, http::Extensions)>,
 }
 
 /// What [`Conn::read_head`] found.
@@ -178,7 +181,7 @@ impl<I: Read + Write + Unpin> Conn<I> {
             end: 0,
             head_clock: None,
             head_deadline: None,
-            spare_fields: None,
+            spare: None,
         }
     }
 
@@ -195,7 +198,7 @@ impl<I: Read + Write + Unpin> Conn<I> {
             let unread = &self.buf[self.start..self.end];
             if !unread.is_empty() && seen.is_none_or(|seen| may_end_head(unread, seen)) {
                 seen = Some(unread.len());
-                match parse_plain(unread, peer, &mut self.spare_fields) {
+                match parse_plain(unread, peer, &mut self.spare) {
                     Parsed::Plain(len, plain) => {
                         self.start += len;
                         if self.start == self.end {
@@ -457,9 +460,13 @@ enum Parsed {
 }
 
 /// Parses the head at the start of `buf`; a plain request comes back
-/// built, with [`ClientAddr`]`(peer)` on it, its fields in `spare`'s map
+/// built, with [`ClientAddr`]`(peer)` on it, its fields and extensions in `spare`'s maps
 /// if there is one.
-fn parse_plain(buf: &[u8], peer: SocketAddr, spare: &mut Option<HeaderMap>) -> Parsed {
+fn parse_plain(
+    buf: &[u8],
+    peer: SocketAddr,
+    spare: &mut Option<(HeaderMap, http::Extensions)>,
+) -> Parsed {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -497,7 +504,7 @@ fn parse_plain(buf: &[u8], peer: SocketAddr, spare: &mut Option<HeaderMap>) -> P
     };
     // Room for what a director adds (the `X-Forwarded-*` fields, `Via`),
     // so that the map does not grow as the request goes through.
-    let mut headers = spare.take().unwrap_or_default();
+    let (mut headers, extensions) = spare.take().unwrap_or_default();
     headers.reserve(req.headers.len() + ROOM_FOR_DIRECTOR);
     let mut keep_alive = true;
     for field in req.headers.iter() {
@@ -510,9 +517,9 @@ fn parse_plain(buf: &[u8], peer: SocketAddr, spare: &mut Option<HeaderMap>) -> P
             .ok()
             .zip(HeaderValue::from_maybe_shared(in_head(field.value)).ok());
         let Some((name, value)) = parsed.filter(|_| plain) else {
-            // hyper's to read; the map is kept for the next one here.
+            // hyper's to read; the maps are kept for the next one here.
             headers.clear();
-            *spare = Some(headers);
+            *spare = Some((headers, extensions));
             return Parsed::Other;
         };
         // hyper's reading: `close` among the values of a `Connection`
@@ -527,6 +534,7 @@ fn parse_plain(buf: &[u8], peer: SocketAddr, spare: &mut Option<HeaderMap>) -> P
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
+    *request.extensions_mut() = extensions;
     request.extensions_mut().insert(ClientAddr(peer));
     Parsed::Plain(
         len,

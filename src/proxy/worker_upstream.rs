@@ -905,7 +905,11 @@ where
     if let Some(sent) = &sent {
         sent.track();
     }
-    let (parts, _ended) = req.into_parts();
+    let (mut parts, _ended) = req.into_parts();
+    // The request's extension map, emptied, holds the response's (what
+    // `LoadBalance` puts there): no new map per response.
+    let mut extensions = std::mem::take(&mut parts.extensions);
+    extensions.clear();
     let mut request = Vec::new();
     let (headers, request_keep_alive) = h1_client::encode_request(
         Request::from_parts(parts, ()),
@@ -960,7 +964,11 @@ where
             slot,
         };
         let body = UpstreamBody::direct(answer.framing, lease, read_timeout);
-        Ok(answer.response.map(|()| body))
+        let mut response = answer.response;
+        if response.extensions().is_empty() {
+            *response.extensions_mut() = extensions;
+        }
+        Ok(response.map(|()| body))
     })
 }
 
