@@ -70,6 +70,10 @@ const ROOM_FOR_DIRECTOR: usize = 6;
 /// The read buffer's first size.
 const FIRST_READ: usize = 4 * 1024;
 
+/// How much earlier than a head's deadline the head clock may be set (see
+/// [`Conn::poll_head_read`]).
+const HEAD_CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A response body up to this long goes out in the same write as its head.
 const JOINED_BODY: usize = 16 * 1024;
 
@@ -114,7 +118,8 @@ where
                 error.to_response::<Full<Bytes>>().map(Either::Right)
             }
         };
-        let Some(encoded) = encode_head(&res, method_is_head, keep_alive) else {
+        let out = std::mem::take(&mut conn.out);
+        let Some(encoded) = encode_head(&res, method_is_head, keep_alive, out) else {
             return hand_over(conn, Some((head, res)), peer, stack, on_error).await;
         };
         let close = encoded.close;
@@ -150,6 +155,8 @@ struct Conn<I> {
     head_deadline: Option<tokio::time::Instant>,
     /// An empty field map and extension map for the next request.
     spare: Option<(HeaderMap, http::Extensions)>,
+    /// The buffer the last answer's head was written in, for the next.
+    out: Vec<u8>,
 }
 
 /// What [`Conn::read_head`] found.
@@ -182,6 +189,7 @@ impl<I: Read + Write + Unpin> Conn<I> {
             head_clock: None,
             head_deadline: None,
             spare: None,
+            out: Vec::new(),
         }
     }
 
@@ -232,29 +240,37 @@ impl<I: Read + Write + Unpin> Conn<I> {
             Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(io_error("reading a request head failed", e))),
             Poll::Pending => {
-                if self.head_deadline.is_none() {
-                    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
-                    self.head_deadline = Some(deadline);
-                    match &mut self.head_clock {
-                        // Later than the last head's: tokio moves it without
-                        // touching its wheel.
-                        Some(clock) => clock.as_mut().reset(deadline),
-                        None => {
-                            self.head_clock = Some(Box::pin(tokio::time::sleep_until(deadline)))
-                        }
+                let deadline = match self.head_deadline {
+                    Some(deadline) => deadline,
+                    None => {
+                        let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+                        self.head_deadline = Some(deadline);
+                        deadline
                     }
-                }
-                match self
+                };
+                let clock = self
                     .head_clock
-                    .as_mut()
-                    .map(|clock| clock.as_mut().poll(cx))
-                {
-                    Some(Poll::Ready(())) => Poll::Ready(Err(Error::ClientConnection {
-                        reason: "the request head did not arrive within the header read timeout",
-                        timed_out: true,
-                        source: None,
-                    })),
-                    _ => Poll::Pending,
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                // A clock set for an earlier head up to a second before this
+                // one's deadline is left as it is (most heads of a busy
+                // connection come within a second of the last): when it
+                // rings early, it is moved on to the deadline then.
+                if clock.deadline() + HEAD_CLOCK_SLACK < deadline {
+                    clock.as_mut().reset(deadline);
+                }
+                loop {
+                    if clock.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Poll::Ready(Err(Error::ClientConnection {
+                            reason:
+                                "the request head did not arrive within the header read timeout",
+                            timed_out: true,
+                            source: None,
+                        }));
+                    }
+                    clock.as_mut().reset(deadline);
                 }
             }
         }
@@ -380,6 +396,10 @@ impl<I: Read + Write + Unpin> Conn<I> {
         }
         self.write_all(&out).await?;
         self.flush().await?;
+        // Kept for the next answer's head, unless a long body grew it.
+        if out.capacity() <= 2 * JOINED_BODY {
+            self.out = out;
+        }
         Ok(short)
     }
 
@@ -556,7 +576,8 @@ struct Encoded {
     close: bool,
 }
 
-/// The head hyper's server writes for `res`, answering a plain (so
+/// The head hyper's server writes for `res` (into `dst`, emptied first),
+/// answering a plain (so
 /// `HTTP/1.1`, not `CONNECT`) request, when it is one this side writes:
 /// not a `1xx`, not `HTTP/1.0`, no `Transfer-Encoding` or `Trailer` field,
 /// and a body that is empty or of known length. `None` otherwise.
@@ -564,6 +585,7 @@ fn encode_head<D: Body>(
     res: &Response<D>,
     method_is_head: bool,
     keep_alive: bool,
+    mut dst: Vec<u8>,
 ) -> Option<Encoded> {
     let status = res.status();
     let headers = res.headers();
@@ -582,7 +604,8 @@ fn encode_head<D: Body>(
     let joined = known.map_or(0, |len| {
         usize::try_from(len).unwrap_or(usize::MAX).min(JOINED_BODY)
     });
-    let mut dst = Vec::with_capacity(128 + headers.len() * 48 + joined);
+    dst.clear();
+    dst.reserve(128 + headers.len() * 48 + joined);
     let reason = res.extensions().get::<hyper::ext::ReasonPhrase>();
     if status == StatusCode::OK && reason.is_none() {
         dst.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
