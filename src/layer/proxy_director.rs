@@ -1003,6 +1003,13 @@ fn remove_hop_by_hop_keeping(
         return Ok(());
     }
     let has = |name: &HeaderName| found.iter().any(|f| f.as_ref() == Some(name));
+    // An `Upgrade` that may not stay goes first, as it always has (each
+    // removal moves the last field into the gap: the order of what is left
+    // depends on the order of removals).
+    let upgrade_refused = !websocket_allowed && has(&UPGRADE);
+    if upgrade_refused {
+        headers.remove(UPGRADE);
+    }
     let chunked = has(&TRANSFER_ENCODING);
     if chunked {
         check(headers)?;
@@ -1060,11 +1067,11 @@ fn remove_hop_by_hop_keeping(
     if chunked {
         headers.remove(CONTENT_LENGTH);
     }
-    // (`Connection` is gone already.)
+    // (`Connection` is gone already, and a refused `Upgrade`.)
     for name in found
         .into_iter()
         .flatten()
-        .filter(|name| name != CONNECTION)
+        .filter(|name| name != CONNECTION && !(upgrade_refused && name == UPGRADE))
     {
         headers.remove(name);
     }
