@@ -113,6 +113,7 @@ mod balancer;
 pub mod discover;
 mod error;
 pub mod health;
+mod http_date;
 pub mod layer;
 mod load_balancer;
 #[cfg(feature = "proxy")]

@@ -745,45 +745,9 @@ fn http_date(dst: &mut Vec<u8>) {
         dst.extend_from_slice(&text);
         return;
     }
-    let text = format_http_date(now);
+    let text = crate::http_date::imf_fixdate(now);
     CACHED.set((now, text));
     dst.extend_from_slice(&text);
-}
-
-/// `secs` since the Unix epoch as an IMF-fixdate.
-fn format_http_date(secs: u64) -> [u8; 29] {
-    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
-    let days = secs / 86_400;
-    let in_day = secs % 86_400;
-    // The civil date of a day count (proleptic Gregorian; eras of 400
-    // years, each starting on 1 March).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
-    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
-    let two = |out: &mut [u8; 29], at: usize, n: u64| {
-        out[at] = b'0' + (n / 10 % 10) as u8;
-        out[at + 1] = b'0' + (n % 10) as u8;
-    };
-    two(&mut out, 5, day);
-    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
-    two(&mut out, 12, year / 100);
-    two(&mut out, 14, year % 100);
-    two(&mut out, 17, in_day / 3_600);
-    two(&mut out, 20, in_day / 60 % 60);
-    two(&mut out, 23, in_day % 60);
-    out
 }
 
 /// The connection from here on is hyper's: the bytes read and not
@@ -959,28 +923,5 @@ mod tests {
         assert!(may_end_head(b"GET / HTTP/1.1\nHost: a\n\n", 20));
         assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
         assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1", 20));
-    }
-
-    #[test]
-    fn http_dates_are_imf_fixdates() {
-        assert_eq!(&format_http_date(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        // RFC 9110's own example.
-        assert_eq!(
-            &format_http_date(784_111_777),
-            b"Sun, 06 Nov 1994 08:49:37 GMT"
-        );
-        // A leap day, and the end of a century year that is a leap year.
-        assert_eq!(
-            &format_http_date(951_782_400),
-            b"Tue, 29 Feb 2000 00:00:00 GMT"
-        );
-        assert_eq!(
-            &format_http_date(978_307_199),
-            b"Sun, 31 Dec 2000 23:59:59 GMT"
-        );
-        assert_eq!(
-            &format_http_date(1_795_996_800),
-            b"Mon, 30 Nov 2026 00:00:00 GMT"
-        );
     }
 }
