@@ -402,3 +402,61 @@ async fn a_client_that_closes_before_its_answer_cancels_the_request() {
     );
     assert!(dropped.load(Ordering::SeqCst));
 }
+
+#[tokio::test]
+async fn what_a_failed_request_holds_is_released_before_its_answer_is_written() {
+    // A stack whose future holds a guard (a concurrency permit, say) and
+    // fails; the client does not read, so the answer cannot be written.
+    let dropped = Arc::new(AtomicBool::new(false));
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    // A future that keeps its guard in a field, as tower's concurrency
+    // limit keeps its permit: released when the future is dropped.
+    struct Holding(#[allow(dead_code)] Flag);
+    impl Future for Holding {
+        type Output = Result<Response<Full<Bytes>>, tower_lb::Error>;
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Self::Output> {
+            std::task::Poll::Ready(Err(tower_lb::Error::Upstream {
+                backend: "b".into(),
+                source: "refused".into(),
+            }))
+        }
+    }
+    let flag = Arc::clone(&dropped);
+    let failing =
+        tower::service_fn(move |_req: Request<RequestBody>| Holding(Flag(Arc::clone(&flag))));
+    // A pipe of 16 bytes: the answer's head does not fit.
+    let (mut client, server) = tokio::io::duplex(16);
+    let served = tokio::spawn(tower_lb::proxy::serve_connection(
+        hyper_util::rt::TokioIo::new(server),
+        "192.0.2.9:40000".parse().unwrap(),
+        failing,
+        |_: &tower_lb::Error, _| {},
+    ));
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer waits on the client; the guard is gone already.
+    let mut waited = 0;
+    while !dropped.load(Ordering::SeqCst) && waited < 100 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "still held while the answer waits"
+    );
+    assert!(!served.is_finished());
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 502 Bad Gateway\r\n"));
+    served.await.unwrap().unwrap();
+}

@@ -461,7 +461,7 @@ impl ProxyDirector {
                         // Removed first, so that the new field comes last,
                         // where it always has.
                         http::header::Entry::Occupied(sent) => {
-                            sent.remove_entry_mult();
+                            sent.remove_entry();
                             headers.insert(&X_FORWARDED_FOR, value);
                         }
                     }

@@ -74,6 +74,9 @@ const FIRST_READ: usize = 4 * 1024;
 /// [`Conn::poll_head_read`]).
 const HEAD_CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The largest answer buffer a connection keeps between answers.
+const KEPT_OUT: usize = 2 * 1024;
+
 /// A response body up to this long goes out in the same write as its head.
 const JOINED_BODY: usize = 16 * 1024;
 
@@ -108,14 +111,18 @@ where
             method_is_head,
             keep_alive,
         } = plain;
-        // Pinned where it is made: the stack's future is large, and each
-        // move of it is a copy.
-        let call = pin!(stack.clone().oneshot(request));
-        let res = match conn.watching(call).await? {
-            Ok(res) => res.map(Either::Left),
-            Err(error) => {
-                on_error(&error, peer);
-                error.to_response::<Full<Bytes>>().map(Either::Right)
+        let res = {
+            // Pinned where it is made (the stack's future is large, and each
+            // move of it is a copy), and dropped with this block, before the
+            // answer is written: what it holds (a concurrency permit, say)
+            // goes as soon as the answer is there.
+            let call = pin!(stack.clone().oneshot(request));
+            match conn.watching(call).await? {
+                Ok(res) => res.map(Either::Left),
+                Err(error) => {
+                    on_error(&error, peer);
+                    error.to_response::<Full<Bytes>>().map(Either::Right)
+                }
             }
         };
         let out = std::mem::take(&mut conn.out);
@@ -149,7 +156,9 @@ struct Conn<I> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// The clock on each head ([`HEADER_READ_TIMEOUT`]), moved on per head.
+    /// The clock on each head ([`HEADER_READ_TIMEOUT`]): set up to
+    /// [`HEAD_CLOCK_SLACK`] before the head's deadline, moved on to it if
+    /// it rings first.
     head_clock: Option<Pin<Box<Sleep>>>,
     /// When the head being read must be in.
     head_deadline: Option<tokio::time::Instant>,
@@ -255,7 +264,7 @@ impl<I: Read + Write + Unpin> Conn<I> {
                 // one's deadline is left as it is (most heads of a busy
                 // connection come within a second of the last): when it
                 // rings early, it is moved on to the deadline then.
-                if clock.deadline() + HEAD_CLOCK_SLACK < deadline {
+                if clock.deadline() > deadline || clock.deadline() + HEAD_CLOCK_SLACK < deadline {
                     clock.as_mut().reset(deadline);
                 }
                 loop {
@@ -396,8 +405,9 @@ impl<I: Read + Write + Unpin> Conn<I> {
         }
         self.write_all(&out).await?;
         self.flush().await?;
-        // Kept for the next answer's head, unless a long body grew it.
-        if out.capacity() <= 2 * JOINED_BODY {
+        // Kept for the next answer's head if it is about a head's size (an
+        // idle connection should not hold a joined body's room).
+        if out.capacity() <= KEPT_OUT {
             self.out = out;
         }
         Ok(short)
