@@ -445,31 +445,7 @@ impl ProxyDirector {
         }
         if self.x_forwarded {
             match client {
-                // Nothing the client sent is kept (the default): the
-                // address replaces it, in one look-up.
-                Some(ip)
-                    if matches!(
-                        self.forwarded_for,
-                        ForwardedFor::Overwrite | ForwardedFor::TrustedHops(0)
-                    ) =>
-                {
-                    let value = client_address_value(ip);
-                    match headers.entry(&X_FORWARDED_FOR) {
-                        http::header::Entry::Vacant(entry) => {
-                            entry.insert(value);
-                        }
-                        // Removed first, so that the new field comes last,
-                        // where it always has.
-                        http::header::Entry::Occupied(sent) => {
-                            sent.remove_entry();
-                            headers.insert(&X_FORWARDED_FOR, value);
-                        }
-                    }
-                }
-                Some(ip) => {
-                    keep_trusted(headers, &X_FORWARDED_FOR, self.forwarded_for);
-                    append_forwarded_for(headers, ip)
-                }
+                Some(ip) => set_forwarded_for(headers, ip, self.forwarded_for),
                 // Without the peer address the chain cannot be extended
                 // truthfully, and what the client sent cannot be vouched for.
                 None => {
@@ -780,16 +756,29 @@ fn join_paths(a: &str, b: &str) -> String {
     }
 }
 
-/// Appends `ip` to `X-Forwarded-For`, folding earlier values into one line
-/// (`a, b, ip`) as Go's `ReverseProxy` does.
-fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
-    if let http::header::Entry::Vacant(entry) = headers.entry(X_FORWARDED_FOR) {
-        // The usual case (overwritten, or a first hop): the address alone.
-        entry.insert(client_address_value(ip));
-        return;
-    }
+/// Sets `X-Forwarded-For` to the entries `mode` trusts of what the client
+/// sent, then `ip`, folded into one line (`a, b, ip`) as Go's
+/// `ReverseProxy` does.
+fn set_forwarded_for(headers: &mut HeaderMap, ip: IpAddr, mode: ForwardedFor) {
     let value = client_address_value(ip);
-    append_to_list(headers, X_FORWARDED_FOR, value.to_str().unwrap_or_default());
+    match headers.entry(&X_FORWARDED_FOR) {
+        // The usual case (a first hop): the address alone, in one look-up.
+        http::header::Entry::Vacant(entry) => {
+            entry.insert(value);
+        }
+        // Nothing the client sent is kept (the default): removed first, so
+        // that the new field comes last, where it always has.
+        http::header::Entry::Occupied(sent)
+            if matches!(mode, ForwardedFor::Overwrite | ForwardedFor::TrustedHops(0)) =>
+        {
+            sent.remove_entry();
+            headers.insert(&X_FORWARDED_FOR, value);
+        }
+        http::header::Entry::Occupied(_) => {
+            keep_trusted(headers, &X_FORWARDED_FOR, mode);
+            append_to_list(headers, X_FORWARDED_FOR, value.to_str().unwrap_or_default());
+        }
+    }
 }
 
 /// `ip` as a field value. The last one made on this thread is kept and

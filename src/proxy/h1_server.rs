@@ -217,11 +217,8 @@ impl<I: Read + Write + Unpin> Conn<I> {
                 seen = Some(unread.len());
                 match parse_plain(unread, peer, &mut self.spare) {
                     Parsed::Plain(len, plain) => {
+                        // (`poll_fill` moves an emptied buffer's ends back.)
                         self.start += len;
-                        if self.start == self.end {
-                            self.start = 0;
-                            self.end = 0;
-                        }
                         return Ok(Head::Plain(plain));
                     }
                     Parsed::Partial if self.end - self.start < MAX_HEAD => {}
