@@ -101,10 +101,26 @@ pub(crate) use self::response_timeout::RequestSent;
 
 /// Whether a comma-separated header value (`Connection`, `Upgrade`, `TE`)
 /// lists `token`, case-insensitively.
+/// A value that is not text (`HeaderValue::to_str` refuses it) lists
+/// nothing.
 pub(crate) fn lists_token(value: &http::HeaderValue, token: &str) -> bool {
+    let (value, token) = (value.as_bytes(), token.as_bytes());
+    // The usual values, `keep-alive` and `close`: a single token, told
+    // apart by its length alone or by one compare, with no list to split.
+    if value.len() < token.len() {
+        return false;
+    }
+    if value.eq_ignore_ascii_case(token) {
+        return true;
+    }
+    // Listed, if the value is text as `to_str` takes it (visible ASCII,
+    // spaces and tabs: the only blanks `trim` would have trimmed).
     value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        && value
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 /// Whether any `name` field of `headers` lists `token` ([`lists_token`]).
@@ -224,4 +240,48 @@ pub(crate) fn has_io_error(
         };
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lists_token;
+    use http::HeaderValue;
+
+    /// The byte-wise reading agrees with splitting the text.
+    #[test]
+    fn lists_token_reads_as_the_text_does() {
+        fn by_text(value: &HeaderValue, token: &str) -> bool {
+            value
+                .to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        }
+        let values: &[&[u8]] = &[
+            b"close",
+            b"Close",
+            b"keep-alive",
+            b"keep-alive, close",
+            b"close,keep-alive",
+            b" \tclose\t ",
+            b"closed",
+            b"clos",
+            b"",
+            b",",
+            b"upgrade, close",
+            b"Upgrade",
+            b"x, , close ,",
+            b"close, \xff",
+            b"\xe9close",
+            b"a\tb, close",
+        ];
+        for value in values {
+            let value = HeaderValue::from_bytes(value).unwrap();
+            for token in ["close", "upgrade", "keep-alive", "trailers"] {
+                assert_eq!(
+                    lists_token(&value, token),
+                    by_text(&value, token),
+                    "{value:?} {token}"
+                );
+            }
+        }
+    }
 }

@@ -29,8 +29,10 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::field_name::field_name;
 use crate::layer::{contains_token, lists_token};
 use crate::BoxError;
 
@@ -359,10 +361,31 @@ impl H1Conn {
 
     /// Reads what the socket has into the buffer: the number of bytes, 0 at
     /// the end of the stream.
+    ///
+    /// A read that fills less than the room it was given has emptied the
+    /// socket: the stream is then marked not readable, as tokio's own
+    /// `poll_read` does (nginx too), so that the next read, or the idle
+    /// check ([`is_open_and_quiet`](Self::is_open_and_quiet)), waits for
+    /// the next readiness event instead of making a system call that finds
+    /// nothing. The outer `try_io` takes the readiness before the read, so
+    /// an event that comes after the read is never lost.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         loop {
             self.buf.reserve(READ_SIZE);
-            match self.stream.try_read_buf(&mut self.buf) {
+            let room = self.buf.capacity() - self.buf.len();
+            let mut read = None;
+            let (stream, buf) = (&self.stream, &mut self.buf);
+            let outer = stream.try_io(Interest::READABLE, || {
+                let result = stream.try_read_buf(buf);
+                let emptied = matches!(result, Ok(n) if n > 0 && n < room);
+                read = Some(result);
+                if emptied {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match read.unwrap_or(outer.map(|()| 0)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::task::ready!(self.stream.poll_read_ready(cx))?;
                 }
@@ -673,7 +696,7 @@ fn parse_head(
     let mut delimiters = Delimiters::default();
     headers.reserve(count);
     for field in at {
-        let name = HeaderName::from_bytes(&head[field.name.0..field.name.1])
+        let name = field_name(&head[field.name.0..field.name.1])
             .map_err(|_| invalid("a header field's name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(field.value.0..field.value.1))
             .map_err(|_| invalid("a header field's value"))?;
@@ -735,16 +758,23 @@ impl Delimiters {
             Some(Some(n)) => Some(n),
             None => None,
         };
-        let valid = value.to_str().is_ok_and(|list| {
-            list.split(',')
-                .all(|element| match decimal(element.trim().as_bytes()) {
-                    Some(n) if agreed.is_none_or(|a| a == n) => {
-                        agreed = Some(n);
-                        true
-                    }
-                    _ => false,
-                })
-        });
+        let mut agree = |element: &[u8]| match decimal(element) {
+            Some(n) if agreed.is_none_or(|a| a == n) => {
+                agreed = Some(n);
+                true
+            }
+            _ => false,
+        };
+        let bytes = value.as_bytes();
+        // The usual value, one number, is read as it is: no list to split.
+        let valid = if bytes.iter().all(u8::is_ascii_digit) {
+            agree(bytes)
+        } else {
+            value.to_str().is_ok_and(|list| {
+                list.split(',')
+                    .all(|element| agree(element.trim().as_bytes()))
+            })
+        };
         self.length = Some(agreed.filter(|_| valid));
     }
 }

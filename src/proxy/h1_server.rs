@@ -38,7 +38,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRAILER, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
@@ -49,6 +49,7 @@ use tokio::time::Sleep;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use super::field_name::field_name;
 use super::head_timer::HeadTimer;
 use super::send_timeout::SendTimeout;
 use super::{close_if_unframed, ProxyBody, RequestBody, HEADER_READ_TIMEOUT, SEND_TIMEOUT};
@@ -535,15 +536,17 @@ fn parse_plain(
     headers.reserve(req.headers.len() + ROOM_FOR_DIRECTOR);
     let mut keep_alive = true;
     for field in req.headers.iter() {
-        let name = field.name.as_bytes();
-        let plain = !(name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"expect"));
-        let parsed = HeaderName::from_bytes(name)
+        // (A name is compared as `from_bytes` made it: lower case.)
+        let parsed = field_name(field.name.as_bytes())
             .ok()
+            .filter(|name| {
+                *name != CONTENT_LENGTH
+                    && *name != TRANSFER_ENCODING
+                    && *name != UPGRADE
+                    && *name != EXPECT
+            })
             .zip(HeaderValue::from_maybe_shared(in_head(field.value)).ok());
-        let Some((name, value)) = parsed.filter(|_| plain) else {
+        let Some((name, value)) = parsed else {
             // hyper's to read; the maps are kept for the next one here.
             headers.clear();
             *spare = Some((headers, extensions));

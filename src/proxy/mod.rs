@@ -69,6 +69,7 @@ use tower_service::Service;
 
 use crate::{BoxError, Error};
 
+mod field_name;
 mod head_timer;
 mod send_timeout;
 mod stall;
