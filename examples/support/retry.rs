@@ -25,9 +25,7 @@ use tokio::task::AbortHandle;
 use tower_lb::layer::{NextUpstreamLayer, ReplayBody, ResponseTimeoutLayer};
 
 use super::WorkerUpstream;
-
-/// The timer the response-head timeout uses.
-pub type TokioSleep = fn(Duration) -> tokio::time::Sleep;
+use tower_lb::proxy::TimerPool;
 
 /// What the retry and timeout flags set.
 #[derive(Clone, Copy, Debug)]
@@ -94,10 +92,7 @@ impl RetryOptions {
         let layer = NextUpstreamLayer::new()
             .tries(self.tries)
             // A short body is read whole first: nginx's client_body_timeout.
-            .body_timeout(
-                tower_lb::proxy::DEFAULT_CLIENT_BODY_TIMEOUT,
-                tokio::time::sleep as TokioSleep,
-            )
+            .body_timeout(tower_lb::proxy::DEFAULT_CLIENT_BODY_TIMEOUT, TimerPool)
             .retry_on_status(|s| matches!(s.as_u16(), 502..=504))
             // Both clients know when they never connected (refused, connect
             // timeout, DNS): such a request may be retried, POST included.
@@ -112,12 +107,13 @@ impl RetryOptions {
         }
     }
 
-    /// The per-attempt response-head timeout (a day when there is no limit).
-    pub fn response_timeout(&self) -> ResponseTimeoutLayer<TokioSleep> {
+    /// The per-attempt response-head timeout (a day when there is no limit),
+    /// on tokio timers kept from one request to the next.
+    pub fn response_timeout(&self) -> ResponseTimeoutLayer<TimerPool> {
         ResponseTimeoutLayer::new(
             self.response_timeout
                 .unwrap_or(Duration::from_secs(24 * 60 * 60)),
-            tokio::time::sleep as TokioSleep,
+            TimerPool,
         )
     }
 

@@ -78,9 +78,11 @@ use crate::layer::is_upgrade;
 mod h1_client;
 mod h1_server;
 mod request_body;
+mod timer_pool;
 mod worker_upstream;
 
 pub use self::request_body::RequestBody;
+pub use self::timer_pool::{PooledSleep, TimerPool};
 
 pub use self::worker_upstream::{
     ConnectError, UpstreamBody, WorkerUpstream, DEFAULT_CLIENT_BODY_TIMEOUT,
