@@ -162,7 +162,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{CONNECTION, UPGRADE};
+use http::{
+    Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
+    Version,
+};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::Layer;
@@ -425,7 +429,11 @@ struct Template {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    /// The fields as the map yields them. A list, one allocation: a
+    /// `HeaderMap`'s copy takes two, and as many frees, and this copy is
+    /// made for every request that a retry could replay, while a retry,
+    /// which rebuilds the map, is rare.
+    headers: Vec<(HeaderName, HeaderValue)>,
     extensions: Extensions,
 }
 
@@ -435,7 +443,11 @@ impl Template {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: parts.headers.clone(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
             extensions: parts.extensions.clone(),
         }
     }
@@ -445,9 +457,23 @@ impl Template {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
+        let headers = req.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
         *req.extensions_mut() = self.extensions.clone();
         req
+    }
+
+    /// Whether the request asks to switch protocols
+    /// ([`is_upgrade`](super::is_upgrade) on the fields kept).
+    fn is_upgrade(&self) -> bool {
+        self.headers.iter().any(|(name, _)| name == UPGRADE)
+            && self
+                .headers
+                .iter()
+                .any(|(name, value)| name == CONNECTION && super::lists_token(value, "upgrade"))
     }
 }
 
@@ -873,7 +899,7 @@ fn decide<R>(
         return Decision::Answer;
     };
     if let Failed::Sent = failed {
-        if super::is_upgrade(&template.headers) {
+        if template.is_upgrade() {
             return Decision::NotRetried(
                 "it is a protocol upgrade (WebSocket) whose handshake reached the backend",
             );
