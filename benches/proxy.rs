@@ -32,10 +32,8 @@ use tower::ServiceBuilder;
 use tower_lb::layer::{
     DirectorLayer, LoadBalanceLayer, NextUpstreamLayer, ProxyDirector, ResponseTimeoutLayer,
 };
-use tower_lb::proxy::{serve, WorkerUpstream};
+use tower_lb::proxy::{serve, TimerPool, WorkerUpstream};
 use tower_lb::{Backend, LoadBalancer, Strategy};
-
-type Sleep = fn(Duration) -> tokio::time::Sleep;
 
 /// A backend answering every request with a short text, as the nginx
 /// backends of `scripts/proxy-vs-nginx.sh` do.
@@ -74,7 +72,7 @@ async fn proxy(backends: [SocketAddr; 2], retries: bool) -> SocketAddr {
         .layer(LoadBalanceLayer::new(lb))
         .layer(ResponseTimeoutLayer::new(
             Duration::from_secs(30),
-            tokio::time::sleep as Sleep,
+            TimerPool,
         ))
         .layer(DirectorLayer::new(ProxyDirector::new()));
     if retries {

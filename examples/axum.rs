@@ -23,7 +23,7 @@ use tower::ServiceBuilder;
 use tower_lb::layer::{
     client_addr_from, DirectorLayer, LoadBalanceLayer, ProxyDirector, ResponseTimeoutLayer,
 };
-use tower_lb::proxy::Upstream;
+use tower_lb::proxy::{TimerPool, Upstream};
 use tower_lb::{LoadBalancer, Strategy};
 
 /// The proxy as an axum service: `Error = Infallible`, as
@@ -43,9 +43,10 @@ fn proxy(lb: LoadBalancer) -> Router {
         .layer(LoadBalanceLayer::new(lb))
         // nginx's proxy_read_timeout for the response head: a backend that
         // accepts and never answers is a 504, counted against it.
+        // (On tokio timers kept from one request to the next.)
         .layer(ResponseTimeoutLayer::new(
             Duration::from_secs(60),
-            tokio::time::sleep,
+            TimerPool,
         ))
         .layer(DirectorLayer::new(ProxyDirector::new()))
         .service(Upstream::<Body>::new());
