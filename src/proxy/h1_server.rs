@@ -169,6 +169,38 @@ struct Conn<I> {
     out: Vec<u8>,
 }
 
+/// `bytes` copied into a `Bytes` that its slices share. A head of up to
+/// 1,000 bytes (nearly all) takes one allocation, its bytes and their
+/// count together; `Bytes::copy_from_slice` takes two once the copy is
+/// shared (the copy, then the count, made on its first slice).
+fn shared_copy(bytes: &[u8]) -> Bytes {
+    /// A short copy and its length, kept inline.
+    struct Inline<const N: usize> {
+        len: usize,
+        bytes: [u8; N],
+    }
+    impl<const N: usize> AsRef<[u8]> for Inline<N> {
+        fn as_ref(&self) -> &[u8] {
+            &self.bytes[..self.len]
+        }
+    }
+    fn inline<const N: usize>(from: &[u8]) -> Bytes {
+        let mut bytes = [0u8; N];
+        bytes[..from.len()].copy_from_slice(from);
+        Bytes::from_owner(Inline {
+            len: from.len(),
+            bytes,
+        })
+    }
+    // Sizes that, with `Bytes`' count and this length, stay within the
+    // allocator's per-thread caches (256 and 1,024 bytes).
+    match bytes.len() {
+        0..=232 => inline::<232>(bytes),
+        233..=1000 => inline::<1000>(bytes),
+        _ => Bytes::copy_from_slice(bytes),
+    }
+}
+
 /// What [`Conn::read_head`] found.
 // Moved once per request; boxing the request would cost an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -521,7 +553,7 @@ fn parse_plain(
     }
     // The head's own copy, which the target and the field values share;
     // httparse's slices point into `buf`, at the same offsets.
-    let head = Bytes::copy_from_slice(&buf[..len]);
+    let head = shared_copy(&buf[..len]);
     let base = buf.as_ptr() as usize;
     let in_head = |part: &[u8]| {
         let from = part.as_ptr() as usize - base;
@@ -933,5 +965,19 @@ mod tests {
         assert!(may_end_head(b"GET / HTTP/1.1\nHost: a\n\n", 20));
         assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
         assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1", 20));
+    }
+
+    #[test]
+    fn a_shared_copy_holds_the_bytes_at_every_size() {
+        for len in [0, 1, 46, 232, 233, 999, 1000, 1001, 16 * 1024] {
+            let from: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let copy = shared_copy(&from);
+            assert_eq!(&copy[..], &from[..], "{len}");
+            if len > 10 {
+                let slice = copy.slice(3..10);
+                drop(copy);
+                assert_eq!(&slice[..], &from[3..10], "{len}");
+            }
+        }
     }
 }

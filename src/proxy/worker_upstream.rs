@@ -944,11 +944,11 @@ where
     // `LoadBalance` puts there): no new map per response.
     let mut extensions = std::mem::take(&mut parts.extensions);
     extensions.clear();
-    let mut request = Vec::new();
+    let mut request = RequestBytes::take();
     let (headers, request_keep_alive) = h1_client::encode_request(
         Request::from_parts(parts, ()),
         body.as_deref(),
-        &mut request,
+        &mut request.0,
     );
     Ok(async move {
         let on_sent = || {
@@ -970,7 +970,7 @@ where
                 }
             }
         };
-        let exchanged = conn.exchange(&request, &method, headers, on_sent).await;
+        let exchanged = conn.exchange(&request.0, &method, headers, on_sent).await;
         let (conn, answer) = match exchanged {
             Ok(answer) => (conn, answer),
             // Closed under us before a byte of the request was written, or,
@@ -982,10 +982,10 @@ where
             // (Boxed: rare, and its state would otherwise make every
             // request's future larger.)
             Err(ExchangeError::Unsent) if reused => {
-                Box::pin(retry_fresh(&backend, timeout, &request, &method, on_sent)).await?
+                Box::pin(retry_fresh(&backend, timeout, &request.0, &method, on_sent)).await?
             }
             Err(ExchangeError::Unanswered(_)) if reused && is_idempotent(&method) => {
-                Box::pin(retry_fresh(&backend, timeout, &request, &method, on_sent)).await?
+                Box::pin(retry_fresh(&backend, timeout, &request.0, &method, on_sent)).await?
             }
             Err(ExchangeError::Unsent) => return Err(closed_before_sending().into()),
             Err(ExchangeError::Unanswered(error) | ExchangeError::Failed(error)) => {
@@ -1004,6 +1004,50 @@ where
         }
         Ok(response.map(|()| body))
     })
+}
+
+/// An encoded request, in a buffer kept per thread for the next one: no
+/// allocation and no free per request once a thread has served as many at
+/// once as it will.
+struct RequestBytes(Vec<u8>);
+
+thread_local! {
+    static SPARE_REQUEST_BYTES: std::cell::RefCell<Vec<Vec<u8>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl RequestBytes {
+    /// At most this many buffers are kept per thread...
+    const KEPT: usize = 256;
+    /// ... each of at most this size (a larger one, a long head or a
+    /// short body sent with it, is let go).
+    const KEPT_CAPACITY: usize = 4 * 1024;
+
+    /// An empty buffer, a kept one if there is one.
+    fn take() -> Self {
+        let kept = SPARE_REQUEST_BYTES
+            .try_with(|spare| spare.borrow_mut().pop())
+            .ok()
+            .flatten();
+        RequestBytes(kept.unwrap_or_default())
+    }
+}
+
+impl Drop for RequestBytes {
+    fn drop(&mut self) {
+        if self.0.capacity() == 0 || self.0.capacity() > Self::KEPT_CAPACITY {
+            return;
+        }
+        let mut bytes = std::mem::take(&mut self.0);
+        bytes.clear();
+        // At thread exit the list may be gone: the buffer is freed.
+        let _ = SPARE_REQUEST_BYTES.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < Self::KEPT {
+                spare.push(bytes);
+            }
+        });
+    }
 }
 
 /// [`direct`]'s future, or its error, boxed as [`WorkerUpstream`]'s.
