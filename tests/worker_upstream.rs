@@ -244,6 +244,44 @@ async fn a_connection_the_backend_closed_while_idle_is_not_used() {
     }
 }
 
+#[test]
+fn a_long_idle_connection_is_looked_at_in_the_socket() {
+    // The backend runs on a thread and runtime of its own, so it closes
+    // the idle connection while the client's runtime is blocked and hears
+    // nothing of it: only a look at the socket itself can tell.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            tx.send(closing_backend(std::time::Duration::from_millis(20)).await)
+                .unwrap();
+            std::future::pending::<()>().await
+        })
+    });
+    let (addr, accepted) = rx.recv().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut upstream = WorkerUpstream::new();
+        get_ok(&mut upstream, addr).await;
+        // Blocks this runtime: its I/O driver does not hear of the close.
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        // A POST is not sent again once written: it is answered only if
+        // the closed connection was seen before the request went out.
+        let post = Request::post(format!("http://{addr}/"))
+            .body(Full::from("x"))
+            .unwrap();
+        let res = upstream.ready().await.unwrap().call(post).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    });
+}
+
 /// A listener that never accepts, its queue filled: the kernel drops
 /// further SYNs, so a connect to it hangs. Keep all three alive.
 async fn hanging_listener() -> (

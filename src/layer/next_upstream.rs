@@ -434,6 +434,8 @@ struct Template {
     /// made for every request that a retry could replay, while a retry,
     /// which rebuilds the map, is rare.
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// How many names the fields have (the map's entries).
+    names: usize,
     extensions: Extensions,
 }
 
@@ -443,11 +445,18 @@ impl Template {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: parts
-                .headers
-                .iter()
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect(),
+            headers: {
+                // `len` counts every value; the iterator's hint, only names.
+                let mut fields = Vec::with_capacity(parts.headers.len());
+                fields.extend(
+                    parts
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (name.clone(), value.clone())),
+                );
+                fields
+            },
+            names: parts.headers.keys_len(),
             extensions: parts.extensions.clone(),
         }
     }
@@ -458,7 +467,9 @@ impl Template {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         let headers = req.headers_mut();
-        headers.reserve(self.headers.len());
+        // Room for the names the request had, which its own map held: a
+        // count of values could pass the map's limit, and `reserve` panics.
+        headers.reserve(self.names);
         for (name, value) in &self.headers {
             headers.append(name.clone(), value.clone());
         }

@@ -51,6 +51,10 @@ const MAX_TRAILERS: usize = 16 * 1024;
 /// A connection's buffer above this size is not kept while it is idle.
 const KEEP_BUFFER: usize = 64 * 1024;
 
+/// How long a pooled connection may have been idle and still be taken on
+/// the runtime's word that it is quiet ([`H1Conn::is_open_and_quiet`]).
+const ASK_THE_SOCKET_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A backend connection spoken to directly: the socket and what has been
 /// read from it and not yet handed out.
 pub(super) struct H1Conn {
@@ -230,9 +234,22 @@ impl H1Conn {
     /// nothing unread. A backend that closed it (its keep-alive timeout)
     /// has left an end of file to read; one that sent anything unasked has
     /// broken the exchange.
+    ///
+    /// A connection back from a request less than [`ASK_THE_SOCKET_AFTER`]
+    /// ago is taken on what the runtime has heard from epoll: no system
+    /// call unless it reported the connection readable (see
+    /// [`poll_fill`](Self::poll_fill)). One idle for longer, the kind a
+    /// keep-alive timeout closes, is looked at in the socket itself
+    /// (`MSG_PEEK`), so that a close the runtime has not yet heard of is
+    /// seen before a request is written to it.
     pub(super) fn is_open_and_quiet(&self) -> bool {
+        let quiet = |read: io::Result<usize>| matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        if self.idle_since.elapsed() >= ASK_THE_SOCKET_AFTER {
+            let mut probe = [MaybeUninit::uninit(); 1];
+            return quiet(socket2::SockRef::from(&self.stream).peek(&mut probe));
+        }
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        quiet(self.stream.try_read(&mut probe))
     }
 
     /// Ready to be pooled: the buffer emptied (a large one let go).

@@ -14,6 +14,11 @@ use crate::layer::Sleep;
 /// How many idle timers a thread keeps.
 const KEPT_PER_THREAD: usize = 1024;
 
+/// Timers for longer are not kept: a kept timer holds the waker of the
+/// task that last waited on it (and its runtime's handle) until its
+/// deadline passes or it is reused.
+const KEPT_UP_TO: Duration = Duration::from_secs(5 * 60);
+
 thread_local! {
     /// Idle timers, each with the runtime whose clock it runs on.
     static KEPT: RefCell<Vec<(Id, Pin<Box<tokio::time::Sleep>>)>> =
@@ -31,14 +36,18 @@ thread_local! {
 /// planned to wake up at (a response timeout shorter than the idle
 /// connections' timers, say), tokio also wakes its own I/O driver with a
 /// system call, as if another thread were waiting in it. A timer taken
-/// from this pool is moved to its new, later deadline with one atomic
-/// store, and goes back to the pool when the request is done: no wheel
-/// operation, no system call. A timer is only reused on the runtime that
-/// made it; the pool is per thread and keeps up to 1,024.
+/// from this pool goes back to it when the request is done; while it is
+/// still armed, moving it to a later deadline (the same timeout, request
+/// after request) is one atomic store: no wheel operation, no system call.
+/// A timer that went off, or one moved to an earlier deadline, is put on
+/// the wheel again as a new one would be. A timer is only reused on the
+/// runtime that made it; the pool is per thread and keeps up to 1,024,
+/// each for at most five minutes (a longer one is not kept).
 ///
 /// A timer left in the pool goes off once at its last deadline, waking
 /// the task that last waited on it for nothing (as a timer that a
-/// connection keeps between requests does); the next use moves it on.
+/// connection keeps between requests does), and holds that task's waker
+/// until then; the next use moves it on.
 ///
 /// # Panics
 ///
@@ -87,6 +96,8 @@ impl Sleep for TimerPool {
 #[derive(Debug)]
 pub struct PooledSleep {
     timer: Option<(Id, Pin<Box<tokio::time::Sleep>>)>,
+    /// Whether the timer goes back to the pool when dropped.
+    keep: bool,
 }
 
 impl PooledSleep {
@@ -121,6 +132,7 @@ impl PooledSleep {
         };
         PooledSleep {
             timer: Some((runtime, timer)),
+            keep: duration <= KEPT_UP_TO,
         }
     }
 }
@@ -146,7 +158,7 @@ impl Future for PooledSleep {
 
 impl Drop for PooledSleep {
     fn drop(&mut self) {
-        let Some(timer) = self.timer.take() else {
+        let Some(timer) = self.timer.take().filter(|_| self.keep) else {
             return;
         };
         // At thread exit the pool may be gone: the timer is dropped.
@@ -221,6 +233,15 @@ mod tests {
             TimerPool.sleep(Duration::from_millis(5)).await;
             assert_eq!(start.elapsed(), Duration::from_millis(5));
         });
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_long_timer_is_not_kept() {
+        let before = kept();
+        drop(TimerPool.sleep(Duration::from_secs(24 * 60 * 60)));
+        assert_eq!(kept(), before);
+        drop(TimerPool.sleep(KEPT_UP_TO));
+        assert_eq!(kept(), before + 1);
     }
 
     #[test]

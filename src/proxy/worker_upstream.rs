@@ -128,10 +128,12 @@ struct Slots<B> {
     lookups: usize,
 }
 
-/// The slots by backend address. The keys are the addresses of configured
-/// or discovered backends, never a client's choice, so SipHash's resistance
-/// to chosen keys buys nothing here; FNV-1a hashes an address in a third of
-/// the instructions (one look-up a request).
+/// The slots by backend address. Behind a balancer the keys are the
+/// addresses of configured or discovered backends, not a client's choice,
+/// so SipHash's resistance to chosen keys buys nothing here; FNV-1a hashes
+/// an address in a third of the instructions (one look-up a request). (A
+/// forward proxy that let clients name the address would face a sweep of
+/// every slot per new address first, as before.)
 type SlotMap<B> = HashMap<Box<str>, Arc<Slot<B>>, BuildHasherDefault<AddressHasher>>;
 
 /// FNV-1a (64-bit), for [`SlotMap`].
