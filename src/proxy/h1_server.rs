@@ -85,7 +85,7 @@ const JOINED_BODY: usize = 16 * 1024;
 pub(super) async fn serve<I, S, B, E>(
     io: I,
     peer: SocketAddr,
-    stack: S,
+    mut stack: S,
     on_error: Arc<E>,
 ) -> Result<(), Error>
 where
@@ -100,6 +100,9 @@ where
     E: Fn(&Error, SocketAddr) + Send + Sync + 'static,
 {
     let mut conn = Conn::new(io);
+    // The connection's own stack is made ready and called for each
+    // request, as hyper's server does with its service: no clone (and no
+    // drop) of the whole stack per request.
     loop {
         let plain = match conn.read_head(peer).await? {
             Head::Plain(plain) => plain,
@@ -117,7 +120,10 @@ where
             // move of it is a copy), and dropped with this block, before the
             // answer is written: what it holds (a concurrency permit, say)
             // goes as soon as the answer is there.
-            let call = pin!(stack.clone().oneshot(request));
+            let call = pin!(async {
+                poll_fn(|cx| stack.poll_ready(cx)).await?;
+                stack.call(request).await
+            });
             match conn.watching(call).await? {
                 Ok(res) => res.map(Either::Left),
                 Err(error) => {
