@@ -22,6 +22,10 @@
 #   GATEWAY=/path/to/gateway scripts/proxy-vs-nginx.sh   # another build (A/B)
 #   PERF_STAT=1 scripts/proxy-vs-nginx.sh     # also the proxy's CPU time and context
 #                                             # switches per request (perf stat)
+#   SIDE_BY_SIDE=1 scripts/proxy-vs-nginx.sh  # both proxies loaded at the same time (two
+#                                             # wrk on the wrk CPU), so that each round's
+#                                             # noise hits both alike; adds each proxy's CPU
+#                                             # time per request (from /proc) and its ratio
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -31,6 +35,7 @@ WRK_CPU=${WRK_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 GATEWAY_ARGS=${GATEWAY_ARGS:-}
 PERF_STAT=${PERF_STAT:-0}
+SIDE_BY_SIDE=${SIDE_BY_SIDE:-0}
 BASE_PORT=${BASE_PORT:-18080}
 
 for tool in nginx wrk taskset; do
@@ -200,8 +205,50 @@ measure "$NGINX_PORT" "$NGINX_PID" >/dev/null
 measure "$GATEWAY_PORT" "$GATEWAY_PID" >/dev/null
 DURATION=$DURATION_SAVED
 
+# SIDE_BY_SIDE=1: one round loads both proxies at once; prints a line per
+# proxy: name, req/s, p50, p99, CPU microseconds per request (user and
+# system time from /proc, which counts in clock ticks: about 400 of them
+# per proxy in a round of 8 s).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+side_by_side() {
+    local n0 g0 n1 g1 wn wg proxy ticks
+    n0=$(cpu_ticks "$NGINX_PID") g0=$(cpu_ticks "$GATEWAY_PID")
+    timeout $((DURATION + 30)) taskset -c "$WRK_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" \
+        --latency "http://127.0.0.1:$NGINX_PORT/bench" >"$WORK/wrk.nginx" &
+    wn=$!
+    timeout $((DURATION + 30)) taskset -c "$WRK_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" \
+        --latency "http://127.0.0.1:$GATEWAY_PORT/bench" >"$WORK/wrk.gateway" &
+    wg=$!
+    wait "$wn" "$wg"
+    n1=$(cpu_ticks "$NGINX_PID") g1=$(cpu_ticks "$GATEWAY_PID")
+    for proxy in nginx gateway; do
+        ticks=$((n1 - n0))
+        [[ $proxy == gateway ]] && ticks=$((g1 - g0))
+        if grep -q "Non-2xx\|Socket errors" "$WORK/wrk.$proxy"; then
+            echo "errors during the run of $proxy:" >&2
+            grep "Non-2xx\|Socket errors" "$WORK/wrk.$proxy" >&2
+        fi
+        awk -v name="$proxy" -v ticks="$ticks" -v hz="$(getconf CLK_TCK)" '
+            function us(v) {
+                if (v ~ /us$/) return v + 0
+                if (v ~ /ms$/) return v * 1000
+                if (v ~ /s$/) return v * 1000000
+                return v
+            }
+            /requests in/ { n = $1 }
+            /Requests\/sec/ { rps = $2 }
+            $1 == "50%" { p50 = us($2) }
+            $1 == "99%" { p99 = us($2) }
+            END { printf "%s %.0f %.0f %.0f %.2f\n", name, rps, p50, p99, ticks * 1000000 / hz / n }' \
+            "$WORK/wrk.$proxy"
+    done
+}
+
 echo "# wrk -t1 -c$CONNECTIONS -d${DURATION}s on cpu $WRK_CPU; servers on cpu $SERVER_CPU; $(nproc) cpus; load $(cut -d' ' -f1-3 /proc/loadavg)"
-if [[ $PERF_STAT == 1 ]]; then
+if [[ $SIDE_BY_SIDE == 1 ]]; then
+    echo "# side by side: both proxies loaded at the same time"
+    printf "%-6s %-8s %10s %9s %9s %12s\n" round proxy "req/s" "p50 us" "p99 us" "cpu us/req"
+elif [[ $PERF_STAT == 1 ]]; then
     printf "%-6s %-8s %10s %9s %9s %12s %10s\n" round proxy "req/s" "p50 us" "p99 us" \
         "cpu us/req" "cs/req"
 else
@@ -209,6 +256,13 @@ else
 fi
 : >"$WORK/results"
 for round in $(seq "$ROUNDS"); do
+    if [[ $SIDE_BY_SIDE == 1 ]]; then
+        while read -r proxy rps p50 p99 cpu; do
+            printf "%-6s %-8s %10s %9s %9s %12s\n" "$round" "$proxy" "$rps" "$p50" "$p99" "$cpu"
+            echo "$round $proxy $rps $p50 $p99 $cpu" >>"$WORK/results"
+        done < <(side_by_side)
+        continue
+    fi
     for proxy in nginx gateway; do
         port=$NGINX_PORT pid=$NGINX_PID
         [[ $proxy == gateway ]] && port=$GATEWAY_PORT pid=$GATEWAY_PID
@@ -228,7 +282,7 @@ awk '
         for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
         return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
-    { n[$2]++; rps[$2, n[$2]] = $3; p50[$2, n[$2]] = $4; p99[$2, n[$2]] = $5 }
+    { n[$2]++; rps[$2, n[$2]] = $3; p50[$2, n[$2]] = $4; p99[$2, n[$2]] = $5; cpu[$2, n[$2]] = $6 }
     END {
         for (p in n) {
             for (i = 1; i <= n[p]; i++) { r[i] = rps[p, i]; a[i] = p50[p, i]; b[i] = p99[p, i] }
@@ -239,4 +293,9 @@ awk '
         printf "ratio to nginx (req/s): per round"
         for (i = 1; i <= n["gateway"]; i++) printf " %.2f", rps["gateway", i] / rps["nginx", i]
         printf "; medians %.2fx; p99 %.2fx nginx'"'"'s\n", mr["gateway"] / mr["nginx"], m99["gateway"] / m99["nginx"]
+        if (cpu["gateway", 1] != "") {
+            printf "CPU per request, gateway to nginx: per round"
+            for (i = 1; i <= n["gateway"]; i++) { c[i] = cpu["gateway", i] / cpu["nginx", i]; printf " %.2f", c[i] }
+            printf "; median %.2fx\n", median(c, n["gateway"])
+        }
     }' "$WORK/results"
