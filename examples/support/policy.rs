@@ -20,8 +20,9 @@
 //!   once instead.
 //! * The rate limit is one token bucket for the whole gateway. Tower's
 //!   `RateLimit` keeps its state per service value and the server clones
-//!   the stack for every request, so it sits behind a `Buffer` (one shared
-//!   worker) and a `LoadShed` of its own: over the rate a request is refused
+//!   the stack for every connection (and, on hyper's path, for every
+//!   request), so it sits behind a `Buffer` (one shared worker) and a
+//!   `LoadShed` of its own: over the rate a request is refused
 //!   at once, like nginx's `limit_req` without `burst`, instead of piling up
 //!   in the buffer.
 #![allow(dead_code)]
