@@ -242,9 +242,10 @@ impl H1Conn {
     /// keep-alive timeout closes, is looked at in the socket itself
     /// (`MSG_PEEK`), so that a close the runtime has not yet heard of is
     /// seen before a request is written to it.
-    pub(super) fn is_open_and_quiet(&self) -> bool {
+    /// `now` is the time the connection was taken from its pool.
+    pub(super) fn is_open_and_quiet(&self, now: Instant) -> bool {
         let quiet = |read: io::Result<usize>| matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-        if self.idle_since.elapsed() >= ASK_THE_SOCKET_AFTER {
+        if now.saturating_duration_since(self.idle_since) >= ASK_THE_SOCKET_AFTER {
             let mut probe = [MaybeUninit::uninit(); 1];
             return quiet(socket2::SockRef::from(&self.stream).peek(&mut probe));
         }

@@ -419,14 +419,16 @@ impl<B> Idle<B> {
 type IdleList<B, C> = fn(&mut Idle<B>) -> &mut Vec<C>;
 
 impl<B> Slot<B> {
-    /// The newest connection of an idle `list`, if any.
-    fn take_idle<C>(&self, list: IdleList<B, C>) -> Option<C> {
+    /// The newest connection of an idle `list`, if any, with the time it
+    /// was taken at (what its idle check measures from).
+    fn take_idle<C>(&self, list: IdleList<B, C>) -> Option<(C, Instant)> {
         let mut idle = lock(&self.idle);
         if list(&mut idle).is_empty() {
             return None;
         }
-        idle.expire(Instant::now(), self.idle_timeout);
-        list(&mut idle).pop()
+        let now = Instant::now();
+        idle.expire(now, self.idle_timeout);
+        list(&mut idle).pop().map(|conn| (conn, now))
     }
 
     /// Puts `conn` in an idle `list`, unless the slot holds its most.
@@ -444,8 +446,8 @@ impl<B> Slot<B> {
         }
     }
 
-    /// The newest idle direct connection, if any.
-    fn checkout_direct(&self) -> Option<H1Conn> {
+    /// The newest idle direct connection, if any, and when it was taken.
+    fn checkout_direct(&self) -> Option<(H1Conn, Instant)> {
         self.take_idle(|idle| &mut idle.direct)
     }
 
@@ -459,7 +461,7 @@ impl<B> Slot<B> {
         self.keep_idle(
             conn,
             |idle| &mut idle.direct,
-            |oldest| !oldest.is_open_and_quiet(),
+            |oldest| !oldest.is_open_and_quiet(Instant::now()),
         );
     }
 }
@@ -471,7 +473,7 @@ where
     B::Error: Into<BoxError>,
 {
     fn checkout(&self) -> Option<Conn<B>> {
-        self.take_idle(|idle| &mut idle.conns)
+        self.take_idle(|idle| &mut idle.conns).map(|(conn, _)| conn)
     }
 
     /// Keeps `conn` for the next request if it can take one now: its
@@ -964,7 +966,7 @@ where
         let mut reused = true;
         let mut conn = loop {
             match slot.checkout_direct() {
-                Some(conn) if conn.is_open_and_quiet() => break conn,
+                Some((conn, now)) if conn.is_open_and_quiet(now) => break conn,
                 Some(_) => {}
                 None => {
                     reused = false;
