@@ -158,7 +158,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -370,13 +370,16 @@ impl Default for NextUpstreamLayer {
     }
 }
 
-impl<S> Layer<S> for NextUpstreamLayer {
+impl<S: Clone> Layer<S> for NextUpstreamLayer {
     type Service = NextUpstream<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         NextUpstream {
+            shared: Arc::new(Shared {
+                config: Arc::clone(&self.config),
+                spare: Mutex::new(inner.clone()),
+            }),
             inner,
-            config: Arc::clone(&self.config),
         }
     }
 }
@@ -405,7 +408,28 @@ impl fmt::Debug for NextUpstreamLayer {
 #[derive(Clone)]
 pub struct NextUpstream<S> {
     inner: S,
+    shared: Arc<Shared<S>>,
+}
+
+/// What the requests of a [`NextUpstream`] (and its clones) share: the
+/// settings, and a clone of the inner service that a retry's service is
+/// cloned from. A request's future holds this one count, not a clone of the
+/// whole stack (a count on each of its parts, and their drops): only a
+/// retry, which is rare, pays for the clone.
+struct Shared<S> {
     config: Arc<Config>,
+    /// Locked only to clone it for a retry.
+    spare: Mutex<S>,
+}
+
+impl<S: Clone> Shared<S> {
+    /// A service for a retry, made ready before it is called.
+    fn service(&self) -> Box<S> {
+        // A clone that panicked left nothing half-changed: the service in
+        // the lock is still whole.
+        let spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        Box::new(spare.clone())
+    }
 }
 
 impl<S> NextUpstream<S> {
@@ -419,7 +443,7 @@ impl<S: fmt::Debug> fmt::Debug for NextUpstream<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NextUpstream")
             .field("inner", &self.inner)
-            .field("config", &self.config)
+            .field("config", &self.shared.config)
             .finish()
     }
 }
@@ -550,24 +574,20 @@ where
         // moves on because of it (nginx's rule): `LoadBalance` leaves the
         // verdict here.
         req.extensions_mut().insert(RetryDecides);
-        let config = Arc::clone(&self.config);
+        let shared = Arc::clone(&self.shared);
+        let config = &shared.config;
         let started = config.timeout.map(|_| (config.clock)());
         // Nothing to retry on, or a single try: nothing to keep.
         let retries = config.tries != 1
             && (config.on_error || config.on_timeout || config.on_status.is_some());
         let (parts, body) = req.into_parts();
         let hint = body.size_hint();
-        // What is kept for the retries, a copy of the head and a service,
-        // is kept only when a retry can replay the request: a streamed body
-        // never can.
+        // The copy of the head retries are built from is kept only when a
+        // retry can replay the request: a streamed body never can.
         let mut template = None;
-        let mut service = None;
         let (replay, state) = if body.is_end_stream() {
             if retries {
                 template = Some(Template::of(&parts));
-                // The ready service makes the first attempt at once; a
-                // clone, made ready when (if ever) a retry needs it, waits.
-                service = Some(self.inner.clone());
             }
             let req = Request::from_parts(parts, ReplayBody { kind: Kind::Empty });
             let future = self.inner.call(req);
@@ -581,11 +601,12 @@ where
             // The body is read before the first attempt: the ready service
             // goes with the future, its clone takes its place.
             let clone = self.inner.clone();
-            service = Some(std::mem::replace(&mut self.inner, clone));
+            let service = std::mem::replace(&mut self.inner, clone);
             (
                 Replay::Streamed,
                 State::Buffering {
                     buffering: Some(Box::new(Buffering {
+                        service,
                         parts,
                         body,
                         first: None,
@@ -606,8 +627,8 @@ where
             (Replay::Streamed, State::Calling { future })
         };
         ResponseFuture {
-            service,
-            config,
+            service: None,
+            shared,
             retries,
             template,
             replay,
@@ -628,10 +649,10 @@ pin_project! {
         S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
         B: Body,
     {
-        // The service retries go to (the first attempt's own, for a
-        // buffered body); none when no retry can happen.
-        service: Option<S>,
-        config: Arc<Config>,
+        // The service retries go to, cloned from the shared spare by the
+        // first retry. Boxed: only retries pay for its room.
+        service: Option<Box<S>>,
+        shared: Arc<Shared<S>>,
         // Whether retries are on (`tries` is not 1).
         retries: bool,
         // The head retries are built from; none for a streamed body.
@@ -645,18 +666,18 @@ pin_project! {
         // Boxed: only failures pay for it.
         last: Option<Box<Result<Response<ResBody>, Error>>>,
         #[pin]
-        state: State<S::Future, B>,
+        state: State<S, S::Future, B>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B: Body> {
+    enum State<S, F, B: Body> {
         // Reading a short body whole before the first attempt. Boxed: only
         // such requests pay for the room, and every future stays small
         // (the future is moved several times on its way to the server).
         Buffering {
-            buffering: Option<Box<Buffering<B>>>,
+            buffering: Option<Box<Buffering<S, B>>>,
         },
         Calling {
             #[pin]
@@ -669,7 +690,9 @@ pin_project! {
 }
 
 /// A request whose body is being read whole before its first attempt.
-struct Buffering<B: Body> {
+struct Buffering<S, B: Body> {
+    /// The service made ready for the first attempt.
+    service: S,
     parts: http::request::Parts,
     body: B,
     // The body read so far.
@@ -690,7 +713,7 @@ enum Failed {
 
 impl<S, B, ResBody> Future for ResponseFuture<S, B, ResBody>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
     B: Body + Unpin,
     B::Data: Clone,
@@ -712,7 +735,7 @@ where
                             polled
                         }
                         Poll::Pending => {
-                            if let Some((limit, sleep)) = &this.config.body_timeout {
+                            if let Some((limit, sleep)) = &this.shared.config.body_timeout {
                                 let stall = reading.stall.get_or_insert_with(|| sleep(*limit));
                                 if stall.as_mut().poll(cx).is_ready() {
                                     let limit = *limit;
@@ -752,7 +775,7 @@ where
                             }));
                         }
                         None => {
-                            let read = *buffering.take().expect("checked above");
+                            let mut read = *buffering.take().expect("checked above");
                             let parts = read.parts;
                             *this.replay = Replay::Buffered(Buffered {
                                 first: read.first,
@@ -761,9 +784,7 @@ where
                                 hint: *this.hint,
                             });
                             let body = this.replay.body().expect("a buffered body replays");
-                            let service =
-                                this.service.as_mut().expect("buffering holds the service");
-                            let future = service.call(Request::from_parts(parts, body));
+                            let future = read.service.call(Request::from_parts(parts, body));
                             this.state.set(State::Calling { future });
                         }
                     }
@@ -772,7 +793,7 @@ where
                     let result = ready!(future.poll(cx));
                     let mut result = result.map_err(|e| upstream_error(e, ""));
                     let retry = match decide(
-                        this.config,
+                        &this.shared.config,
                         &result,
                         *this.attempts,
                         *this.started,
@@ -818,7 +839,8 @@ where
                     }
                 }
                 StateProj::Retrying => {
-                    let service = this.service.as_mut().expect("a retry has a service");
+                    let shared = &**this.shared;
+                    let service = this.service.get_or_insert_with(|| shared.service());
                     if let Err(error) = ready!(service.poll_ready(cx)) {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(upstream_error(error, "")));
