@@ -432,17 +432,16 @@ impl ProxyDirector {
         {
             headers.insert(HOST, value);
         }
-        // An empty Host (HTTP/1.0 may send one) names nothing to forward.
-        let original_host = headers.get(HOST).filter(|h| !h.is_empty()).cloned();
-        match &self.host {
-            HostHeader::Preserve => {}
-            HostHeader::Backend => {
-                headers.insert(HOST, backend.host_header().clone());
-            }
-            HostHeader::Fixed(value) => {
-                headers.insert(HOST, value.clone());
-            }
+        // The Host the client sent, moved out of the map when another takes
+        // its place (a copy is a count on the head's bytes, and its drop
+        // another). An empty Host (HTTP/1.0 may send one) names nothing to
+        // forward.
+        let mut original_host = match &self.host {
+            HostHeader::Preserve => headers.get(HOST).cloned(),
+            HostHeader::Backend => headers.insert(HOST, backend.host_header().clone()),
+            HostHeader::Fixed(value) => headers.insert(HOST, value.clone()),
         }
+        .filter(|h| !h.is_empty());
         if self.x_forwarded {
             match client {
                 Some(ip) => set_forwarded_for(headers, ip, self.forwarded_for),
@@ -452,8 +451,14 @@ impl ProxyDirector {
                     headers.remove(&X_FORWARDED_FOR);
                 }
             }
-            match &original_host {
-                Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
+            // Moved into X-Forwarded-Host unless Forwarded needs it too.
+            let forwarded_host = if self.forwarded {
+                original_host.clone()
+            } else {
+                original_host.take()
+            };
+            match forwarded_host {
+                Some(host) => headers.insert(X_FORWARDED_HOST, host),
                 None => headers.remove(X_FORWARDED_HOST),
             };
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
