@@ -79,7 +79,8 @@ async fn proxy(backends: [SocketAddr; 2], retries: bool) -> SocketAddr {
         let retry = NextUpstreamLayer::new()
             .tries(3)
             .retry_on_status(|s| matches!(s.as_u16(), 502..=504))
-            .timeout(Duration::from_secs(10));
+            .timeout(Duration::from_secs(10))
+            .clock(tower_lb::proxy::task_now);
         let stack = ServiceBuilder::new()
             .layer(retry)
             .layer(inner)

@@ -93,6 +93,9 @@ impl RetryOptions {
             .tries(self.tries)
             // A short body is read whole first: nginx's client_body_timeout.
             .body_timeout(tower_lb::proxy::DEFAULT_CLIENT_BODY_TIMEOUT, TimerPool)
+            // The budget's start shares the clock reading the rest of the
+            // request's first poll makes.
+            .clock(tower_lb::proxy::task_now)
             .retry_on_status(|s| matches!(s.as_u16(), 502..=504))
             // Both clients know when they never connected (refused, connect
             // timeout, DNS): such a request may be retried, POST included.

@@ -226,7 +226,7 @@ impl H1Conn {
         H1Conn {
             stream,
             buf: BytesMut::new(),
-            idle_since: Instant::now(),
+            idle_since: super::clock::task_now(),
         }
     }
 
@@ -260,7 +260,7 @@ impl H1Conn {
         } else {
             self.buf.clear();
         }
-        self.idle_since = Instant::now();
+        self.idle_since = super::clock::task_now();
     }
 
     /// Whether a response read to its end left nothing behind it.

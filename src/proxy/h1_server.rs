@@ -288,7 +288,7 @@ impl<I: Read + Write + Unpin> Conn<I> {
                 let deadline = match self.head_deadline {
                     Some(deadline) => deadline,
                     None => {
-                        let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+                        let deadline = super::clock::now() + HEADER_READ_TIMEOUT;
                         self.head_deadline = Some(deadline);
                         deadline
                     }
@@ -307,7 +307,7 @@ impl<I: Read + Write + Unpin> Conn<I> {
                     if clock.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    if tokio::time::Instant::now() >= deadline {
+                    if super::clock::now() >= deadline {
                         return Poll::Ready(Err(Error::ClientConnection {
                             reason:
                                 "the request head did not arrive within the header read timeout",

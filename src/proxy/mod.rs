@@ -69,6 +69,7 @@ use tower_service::Service;
 
 use crate::{BoxError, Error};
 
+mod clock;
 mod field_name;
 mod head_timer;
 mod send_timeout;
@@ -81,6 +82,7 @@ mod request_body;
 mod timer_pool;
 mod worker_upstream;
 
+pub use self::clock::task_now;
 pub use self::request_body::RequestBody;
 pub use self::timer_pool::{PooledSleep, TimerPool};
 
@@ -425,7 +427,8 @@ where
     B::Error: Into<BoxError>,
     E: Fn(&Error, SocketAddr) + Send + Sync + 'static,
 {
-    h1_server::serve(io, peer, stack, Arc::new(on_error)).await
+    // Each poll of the connection's task reads the clock once at most.
+    clock::Scoped::new(h1_server::serve(io, peer, stack, Arc::new(on_error))).await
 }
 
 /// An HTTP/1.0 client cannot be sent a body of unknown length except by

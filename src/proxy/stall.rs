@@ -50,7 +50,7 @@ impl StallClock {
         };
         if !self.running {
             // A limit too far to reach is no limit (and cannot overflow).
-            let Some(deadline) = tokio::time::Instant::now().checked_add(limit) else {
+            let Some(deadline) = super::clock::now().checked_add(limit) else {
                 return false;
             };
             self.running = true;

@@ -140,7 +140,7 @@ impl PooledSleep {
 /// `duration` from now, or about 30 years from now if that overflows (as
 /// `tokio::time::sleep` has it).
 fn deadline_after(duration: Duration) -> Instant {
-    let now = Instant::now();
+    let now = super::clock::now();
     now.checked_add(duration)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }

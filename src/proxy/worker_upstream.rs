@@ -388,7 +388,7 @@ impl<B> Pool<B> {
     /// Closes every expired idle connection, and forgets the slots left
     /// empty that no response holds.
     fn sweep(&self, by_backend: &mut SlotMap<B>) {
-        let now = Instant::now();
+        let now = super::clock::task_now();
         by_backend.retain(|_, slot| {
             let mut idle = lock(&slot.idle);
             idle.expire(now, slot.idle_timeout);
@@ -426,7 +426,7 @@ impl<B> Slot<B> {
         if list(&mut idle).is_empty() {
             return None;
         }
-        let now = Instant::now();
+        let now = super::clock::task_now();
         idle.expire(now, self.idle_timeout);
         list(&mut idle).pop().map(|conn| (conn, now))
     }
@@ -461,7 +461,7 @@ impl<B> Slot<B> {
         self.keep_idle(
             conn,
             |idle| &mut idle.direct,
-            |oldest| !oldest.is_open_and_quiet(Instant::now()),
+            |oldest| !oldest.is_open_and_quiet(super::clock::task_now()),
         );
     }
 }
@@ -490,7 +490,7 @@ where
         if conn.io.is_none() || !conn.send.is_ready() {
             return;
         }
-        conn.idle_since = Instant::now();
+        conn.idle_since = super::clock::task_now();
         self.keep_idle(
             conn,
             |idle| &mut idle.conns,
@@ -621,7 +621,7 @@ where
     let (send, io) = http1::handshake(TokioIo::new(stream)).await?;
     Ok(Conn {
         send,
-        idle_since: Instant::now(),
+        idle_since: super::clock::task_now(),
         io: Some(Mutex::new(Box::pin(io))),
     })
 }
