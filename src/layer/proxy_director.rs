@@ -979,24 +979,24 @@ fn remove_hop_by_hop_keeping(
     websocket_allowed: bool,
 ) -> Result<(), Error> {
     // One pass finds the hop-by-hop headers present (usually none, or just
-    // Connection), so only those are removed.
-    // The six of HOP_BY_HOP, Keep-Alive, Proxy-Connection and
-    // HTTP2-Settings.
-    const MAX_FOUND: usize = 9;
-    let mut found: [Option<HeaderName>; MAX_FOUND] = Default::default();
+    // Connection), so only those are removed: their places in
+    // ALL_HOP_BY_HOP, in the order the map has them (nine bytes, not nine
+    // names to set up and drop on every request and response).
+    let mut order = [0u8; 9];
     let mut count = 0;
+    let mut found = 0u16;
     for name in headers.keys() {
-        // `keys()` yields each name once, and at most MAX_FOUND names are
-        // hop-by-hop, so `found` cannot overflow.
-        if is_hop_by_hop(name) {
-            found[count] = Some(name.clone());
+        // `keys()` yields each name once, so `order` cannot overflow.
+        if let Some(at) = hop_by_hop_index(name) {
+            order[count] = at as u8;
             count += 1;
+            found |= 1 << at;
         }
     }
     if count == 0 {
         return Ok(());
     }
-    let has = |name: &HeaderName| found.iter().any(|f| f.as_ref() == Some(name));
+    let has = |name: &HeaderName| hop_by_hop_index(name).is_some_and(|at| found & (1 << at) != 0);
     // An `Upgrade` that may not stay goes first, as it always has (each
     // removal moves the last field into the gap: the order of what is left
     // depends on the order of removals).
@@ -1042,16 +1042,18 @@ fn remove_hop_by_hop_keeping(
             }
         }
     };
+    // One look-up finds the Connection lines and takes them out.
     if !has(&CONNECTION) {
         // Nothing listed.
-    } else if headers.get_all(CONNECTION).iter().nth(1).is_none() {
-        if let Some(value) = headers.remove(CONNECTION) {
-            listed(&value, headers);
-        }
     } else if let Entry::Occupied(entry) = headers.entry(CONNECTION) {
-        let values: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
-        for value in &values {
-            listed(value, headers);
+        if entry.iter().nth(1).is_none() {
+            let value = entry.remove();
+            listed(&value, headers);
+        } else {
+            let values: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
+            for value in &values {
+                listed(value, headers);
+            }
         }
     }
     // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an
@@ -1062,10 +1064,10 @@ fn remove_hop_by_hop_keeping(
         headers.remove(CONTENT_LENGTH);
     }
     // (`Connection` is gone already, and a refused `Upgrade`.)
-    for name in found
-        .into_iter()
-        .flatten()
-        .filter(|name| name != CONNECTION && !(upgrade_refused && name == UPGRADE))
+    for name in order[..count]
+        .iter()
+        .map(|&at| &ALL_HOP_BY_HOP[usize::from(at)])
+        .filter(|name| *name != CONNECTION && !(upgrade_refused && *name == UPGRADE))
     {
         headers.remove(name);
     }
@@ -1177,29 +1179,32 @@ pub(crate) fn check_response_codings(headers: &HeaderMap) -> Result<(), Error> {
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
-// Not `Trailer`: it is end-to-end. (Go's list has it because net/http
-// announces trailers itself, from `Request.Trailer`; hyper does not.)
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// The hop-by-hop names: RFC 9110 §7.6.1's, the obsolete Keep-Alive and
+/// Proxy-Connection, and HTTP2-Settings. Not `Trailer`: it is end-to-end.
+/// (Go's list has it because net/http announces trailers itself, from
+/// `Request.Trailer`; hyper does not.) A `static`, so a look-up does not
+/// build the list.
+static ALL_HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
     TE,
     TRANSFER_ENCODING,
     UPGRADE,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    HTTP2_SETTINGS,
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
-        || *name == HTTP2_SETTINGS
+/// Where `name` is in [`ALL_HOP_BY_HOP`].
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    ALL_HOP_BY_HOP.iter().position(|known| known == name)
 }
 
-/// Whether a `Connection` option names a header [`is_hop_by_hop`] accepts.
+/// Whether a `Connection` option names a header of [`ALL_HOP_BY_HOP`].
 fn names_hop_by_hop(token: &str) -> bool {
-    HOP_BY_HOP
+    ALL_HOP_BY_HOP
         .iter()
-        .chain([&KEEP_ALIVE, &PROXY_CONNECTION, &HTTP2_SETTINGS])
         .any(|name| token.eq_ignore_ascii_case(name.as_str()))
 }
 
@@ -1258,7 +1263,11 @@ mod tests {
             "host",
         ] {
             let name = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()).unwrap();
-            assert_eq!(names_hop_by_hop(token), is_hop_by_hop(&name), "{token}");
+            assert_eq!(
+                names_hop_by_hop(token),
+                hop_by_hop_index(&name).is_some(),
+                "{token}"
+            );
         }
     }
 

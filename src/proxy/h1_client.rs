@@ -33,7 +33,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::field_name::field_name;
-use crate::layer::{contains_token, lists_token};
+use crate::layer::lists_token;
 use crate::BoxError;
 
 /// The most bytes a response head may take: hyper's default read buffer
@@ -161,22 +161,16 @@ pub(super) fn encode_request(
 ) -> (HeaderMap, bool) {
     let (parts, ()) = req.into_parts();
     let mut headers = parts.headers;
-    match body {
-        // A request without a body is sent without one, whatever it said.
-        None => {
-            headers.remove(TRANSFER_ENCODING);
-        }
-        // hyper's `Content-Length` for a body of known length: the one
-        // given if it is right, else its own.
-        Some(chunks) => {
-            let len = chunks.iter().map(|c| c.len() as u64).sum::<u64>();
-            if request_length(&headers) != Some(Some(len)) {
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
-            }
+    // hyper's `Content-Length` for a body of known length: the one given if
+    // it is right, else its own.
+    if let Some(chunks) = body {
+        let len = chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+        if request_length(&headers) != Some(Some(len)) {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
         }
     }
-    let keep_alive =
-        parts.version != Version::HTTP_10 && !contains_token(&headers, &CONNECTION, "close");
+    // What the fields say is read as they are written: no look-up.
+    let mut close = false;
     dst.reserve(32 + headers.len() * 32);
     dst.extend_from_slice(parts.method.as_str().as_bytes());
     dst.push(b' ');
@@ -198,6 +192,11 @@ pub(super) fn encode_request(
         b" HTTP/1.1\r\n"
     });
     for (name, value) in &headers {
+        // A request without a body is sent without one, whatever it said.
+        if body.is_none() && name == TRANSFER_ENCODING {
+            continue;
+        }
+        close = close || (name == CONNECTION && lists_token(value, "close"));
         dst.extend_from_slice(name.as_str().as_bytes());
         dst.extend_from_slice(b": ");
         dst.extend_from_slice(value.as_bytes());
@@ -208,7 +207,7 @@ pub(super) fn encode_request(
         dst.extend_from_slice(chunk);
     }
     headers.clear();
-    (headers, keep_alive)
+    (headers, parts.version != Version::HTTP_10 && !close)
 }
 
 /// A request's `Content-Length`: `None` without one, `Some(None)` if a
@@ -850,6 +849,54 @@ mod tests {
 
     fn head_of(raw: &[u8]) -> Result<Parsed, BoxError> {
         head(raw, Method::GET)
+    }
+
+    fn encoded(req: Request<()>, body: Option<&[Bytes]>) -> (String, bool) {
+        let mut dst = Vec::new();
+        let (emptied, keep_alive) = encode_request(req, body, &mut dst);
+        assert!(emptied.is_empty());
+        (String::from_utf8(dst).unwrap(), keep_alive)
+    }
+
+    #[test]
+    fn a_request_is_written_with_its_fields_in_order_and_its_close_heard() {
+        let get = Request::get("/a?b=1")
+            .header("host", "backend")
+            .header("transfer-encoding", "chunked")
+            .header("connection", "keep-alive, Close")
+            .header("x-a", "1")
+            .body(())
+            .unwrap();
+        // No body: no Transfer-Encoding, whatever it said.
+        assert_eq!(
+            encoded(get, None),
+            (
+                "GET /a?b=1 HTTP/1.1\r\nhost: backend\r\nconnection: keep-alive, Close\r\nx-a: 1\r\n\r\n"
+                    .to_owned(),
+                false
+            )
+        );
+        let post = Request::post("/")
+            .header("host", "backend")
+            .header("content-length", "9")
+            .body(())
+            .unwrap();
+        // A wrong length is replaced by the body's; no close asked for.
+        assert_eq!(
+            encoded(post, Some(&[Bytes::from_static(b"abc")])),
+            (
+                "POST / HTTP/1.1\r\nhost: backend\r\ncontent-length: 3\r\n\r\nabc".to_owned(),
+                true
+            )
+        );
+        let old = Request::get("/")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encoded(old, None),
+            ("GET / HTTP/1.0\r\n\r\n".to_owned(), false)
+        );
     }
 
     fn complete(raw: &[u8], method: Method) -> Head {
