@@ -1196,9 +1196,31 @@ static ALL_HOP_BY_HOP: [HeaderName; 9] = [
     HTTP2_SETTINGS,
 ];
 
-/// Where `name` is in [`ALL_HOP_BY_HOP`].
+/// Where `name` is in [`ALL_HOP_BY_HOP`]. Written out: a standard name is
+/// told by its tag, the other three by their text, which is only looked at
+/// once no standard one matched.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    ALL_HOP_BY_HOP.iter().position(|known| known == name)
+    let at = if *name == CONNECTION {
+        0
+    } else if *name == PROXY_AUTHENTICATE {
+        1
+    } else if *name == PROXY_AUTHORIZATION {
+        2
+    } else if *name == TE {
+        3
+    } else if *name == TRANSFER_ENCODING {
+        4
+    } else if *name == UPGRADE {
+        5
+    } else {
+        match name.as_str() {
+            "keep-alive" => 6,
+            "proxy-connection" => 7,
+            "http2-settings" => 8,
+            _ => return None,
+        }
+    };
+    Some(at)
 }
 
 /// Whether a `Connection` option names a header of [`ALL_HOP_BY_HOP`].
@@ -1268,6 +1290,25 @@ mod tests {
                 hop_by_hop_index(&name).is_some(),
                 "{token}"
             );
+        }
+    }
+
+    #[test]
+    fn each_hop_by_hop_name_is_found_at_its_place_in_the_list() {
+        for (at, name) in ALL_HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(at), "{name}");
+            let parsed = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap();
+            assert_eq!(hop_by_hop_index(&parsed), Some(at), "{name}");
+        }
+        for other in [
+            "host",
+            "trailer",
+            "keep-alive2",
+            "x-connection",
+            "content-length",
+        ] {
+            let name = HeaderName::from_bytes(other.as_bytes()).unwrap();
+            assert_eq!(hop_by_hop_index(&name), None, "{other}");
         }
     }
 
