@@ -198,9 +198,13 @@ fn count(flag: &str, value: String, max: usize) -> Result<usize, String> {
         .ok_or_else(|| format!("{flag} takes a number from 1 to {max}"))
 }
 
+/// The affinity key's header, named once: a look-up by `&str` would check
+/// and lower-case the name on every request.
+static X_USER: http::HeaderName = http::HeaderName::from_static("x-user");
+
 /// The affinity key: the `x-user` header.
 fn user_key(req: &Request<ReplayBody<tower_lb::proxy::RequestBody>>) -> Option<AffinityKey<'_>> {
-    req.headers().get("x-user").map(|v| v.as_bytes().into())
+    req.headers().get(&X_USER).map(|v| v.as_bytes().into())
 }
 
 fn main() -> ExitCode {

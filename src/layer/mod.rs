@@ -114,10 +114,16 @@ pub(crate) fn lists_token(value: &http::HeaderValue, token: &str) -> bool {
         return true;
     }
     // Listed, if the value is text as `to_str` takes it (visible ASCII,
-    // spaces and tabs: the only blanks `trim` would have trimmed).
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    // spaces and tabs: the only blanks `trim` would have trimmed). A value
+    // without a comma (`keep-alive` asked about `close`) is one token.
+    let listed = if value.contains(&b',') {
+        value
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    } else {
+        value.trim_ascii().eq_ignore_ascii_case(token)
+    };
+    listed
         && value
             .iter()
             .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))

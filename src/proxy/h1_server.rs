@@ -116,15 +116,20 @@ where
             keep_alive,
         } = plain;
         let res = {
-            // Pinned where it is made (the stack's future is large, and each
-            // move of it is a copy), and dropped with this block, before the
-            // answer is written: what it holds (a concurrency permit, say)
-            // goes as soon as the answer is there.
-            let call = pin!(async {
-                poll_fn(|cx| stack.poll_ready(cx)).await?;
-                stack.call(request).await
-            });
-            match conn.watching(call).await? {
+            let ready = conn.watching(poll_fn(|cx| stack.poll_ready(cx))).await?;
+            let answered = match ready {
+                Ok(()) => {
+                    // Pinned where it is made (the stack's future is large,
+                    // and each move of it is a copy) and watched through
+                    // its pin; dropped with this block, before the answer
+                    // is written: what it holds (a concurrency permit,
+                    // say) goes as soon as the answer is there.
+                    let call = pin!(stack.call(request));
+                    conn.watching(call).await?
+                }
+                Err(error) => Err(error),
+            };
+            match answered {
                 Ok(res) => res.map(Either::Left),
                 Err(error) => {
                     on_error(&error, peer);

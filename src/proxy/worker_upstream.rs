@@ -930,7 +930,7 @@ fn direct<B>(
     body: Option<Vec<Bytes>>,
     timeout: Option<Duration>,
     read_timeout: Option<Duration>,
-) -> Result<impl Future<Output = Result<Response<UpstreamBody<B>>, BoxError>>, BoxError>
+) -> Result<Pin<Box<impl Future<Output = Answer<B>>>>, BoxError>
 where
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -956,7 +956,9 @@ where
         body.as_deref(),
         &mut request.0,
     );
-    Ok(async move {
+    // Boxed where it is made: the future is put in its box as it is built,
+    // not built and then copied there.
+    Ok(Box::pin(async move {
         let on_sent = || {
             if let Some(sent) = &sent {
                 sent.progressed();
@@ -1009,7 +1011,7 @@ where
             *response.extensions_mut() = extensions;
         }
         Ok(response.map(|()| body))
-    })
+    }))
 }
 
 /// An encoded request, in a buffer kept per thread for the next one: no
@@ -1056,16 +1058,19 @@ impl Drop for RequestBytes {
     }
 }
 
+/// What a request to a backend comes to.
+type Answer<B> = Result<Response<UpstreamBody<B>>, BoxError>;
+
 /// [`direct`]'s future, or its error, boxed as [`WorkerUpstream`]'s.
 fn boxed<F, T>(
-    direct: Result<F, BoxError>,
+    direct: Result<Pin<Box<F>>, BoxError>,
 ) -> Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>
 where
     F: Future<Output = Result<T, BoxError>> + Send + 'static,
     T: Send + 'static,
 {
     match direct {
-        Ok(exchange) => Box::pin(exchange),
+        Ok(exchange) => exchange,
         Err(error) => Box::pin(std::future::ready(Err(error))),
     }
 }
