@@ -33,7 +33,14 @@ thread_local! {
 ///
 /// A poll does not wait: it lasts as long as the work the task can do at
 /// once (microseconds), so a reading is that old at most. Timeouts of
-/// seconds, idle stamps and retry budgets do not see the difference.
+/// seconds, idle stamps and retry budgets do not see the difference. Work
+/// that blocks inside a poll (a hook that takes a contended lock, a
+/// `block_in_place`) ages the reading as it ages nginx's: a timer started
+/// after it in the same poll (a [`TimerPool`](super::TimerPool) response
+/// timeout, the next head's deadline) is measured from before the block,
+/// and rings that much sooner. Under `tokio::time::pause` it follows the
+/// paused clock, so compare it with `tokio::time::Instant`, not with
+/// `std::time::Instant::now()`.
 ///
 /// For [`NextUpstreamLayer::clock`](crate::layer::NextUpstreamLayer::clock),
 /// so that a retry budget shares the reading:

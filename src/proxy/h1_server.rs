@@ -312,7 +312,11 @@ impl<I: Read + Write + Unpin> Conn<I> {
                     if clock.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    if super::clock::now() >= deadline {
+                    // A fresh reading: the clock rang, so time has moved
+                    // since any reading this poll shares, and a shared one
+                    // below the deadline would reset and poll it round and
+                    // round.
+                    if tokio::time::Instant::now() >= deadline {
                         return Poll::Ready(Err(Error::ClientConnection {
                             reason:
                                 "the request head did not arrive within the header read timeout",
