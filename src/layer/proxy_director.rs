@@ -982,21 +982,24 @@ fn remove_hop_by_hop_keeping(
     // Connection), so only those are removed: their places in
     // ALL_HOP_BY_HOP, in the order the map has them (nine bytes, not nine
     // names to set up and drop on every request and response).
-    let mut order = [0u8; 9];
+    let mut order = [0u8; HOP_BY_HOP_NAMES];
     let mut count = 0;
-    let mut found = 0u16;
     for name in headers.keys() {
         // `keys()` yields each name once, so `order` cannot overflow.
         if let Some(at) = hop_by_hop_index(name) {
             order[count] = at as u8;
             count += 1;
-            found |= 1 << at;
         }
     }
     if count == 0 {
         return Ok(());
     }
-    let has = |name: &HeaderName| hop_by_hop_index(name).is_some_and(|at| found & (1 << at) != 0);
+    let found = || {
+        order[..count]
+            .iter()
+            .map(|&at| &ALL_HOP_BY_HOP[usize::from(at)])
+    };
+    let has = |name: &HeaderName| found().any(|known| known == name);
     // An `Upgrade` that may not stay goes first, as it always has (each
     // removal moves the last field into the gap: the order of what is left
     // depends on the order of removals).
@@ -1064,10 +1067,7 @@ fn remove_hop_by_hop_keeping(
         headers.remove(CONTENT_LENGTH);
     }
     // (`Connection` is gone already, and a refused `Upgrade`.)
-    for name in order[..count]
-        .iter()
-        .map(|&at| &ALL_HOP_BY_HOP[usize::from(at)])
-        .filter(|name| *name != CONNECTION && !(upgrade_refused && *name == UPGRADE))
+    for name in found().filter(|name| *name != CONNECTION && !(upgrade_refused && *name == UPGRADE))
     {
         headers.remove(name);
     }
@@ -1179,12 +1179,15 @@ pub(crate) fn check_response_codings(headers: &HeaderMap) -> Result<(), Error> {
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+/// How many names [`ALL_HOP_BY_HOP`] holds.
+const HOP_BY_HOP_NAMES: usize = 9;
+
 /// The hop-by-hop names: RFC 9110 §7.6.1's, the obsolete Keep-Alive and
 /// Proxy-Connection, and HTTP2-Settings. Not `Trailer`: it is end-to-end.
 /// (Go's list has it because net/http announces trailers itself, from
 /// `Request.Trailer`; hyper does not.) A `static`, so a look-up does not
 /// build the list.
-static ALL_HOP_BY_HOP: [HeaderName; 9] = [
+static ALL_HOP_BY_HOP: [HeaderName; HOP_BY_HOP_NAMES] = [
     CONNECTION,
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
