@@ -18,7 +18,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_lb::layer::{
     LoadBalanceLayer, NextUpstreamLayer, ReplayBody, ResponseTimeoutLayer, TriedBackends,
 };
-use tower_lb::sticky::{AffinityKey, Secret, StickyCookie};
+use tower_lb::sticky::{AffinityKey, ClientAddr, Secret, StickyCookie};
 use tower_lb::{BoxError, Error, LoadBalancer, Member, Strategy};
 
 /// How a fake backend answers.
@@ -909,4 +909,81 @@ async fn never_sent_lets_a_client_say_which_errors_left_the_request_unsent() {
     let res = svc.ready().await.unwrap().call(post(b"x")).await.unwrap();
     assert_eq!(res.body(), "10.0.0.2");
     assert_eq!(ids(&seen), ["10.0.0.1", "10.0.0.2"]);
+}
+
+/// A user's own extension, for the test below.
+#[derive(Clone, Debug, PartialEq)]
+struct Tenant(&'static str);
+
+#[tokio::test]
+async fn every_attempt_gets_the_clients_head_and_extensions_whatever_the_map_holds() {
+    // With only the client's address in the map (what the crate's server
+    // puts there) and with an extension of the user's beside it.
+    for tenant in [None, Some(Tenant("blue"))] {
+        let lb = balancer(Strategy::RoundRobin);
+        let peer: std::net::SocketAddr = "192.0.2.7:4444".parse().unwrap();
+        let mut req = Request::builder()
+            .uri("/a?b=c")
+            .header("x-user", "u1")
+            .header("x-user", "u2")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        req.extensions_mut().insert(ClientAddr(peer));
+        if let Some(tenant) = &tenant {
+            req.extensions_mut().insert(tenant.clone());
+        }
+        type Attempt = (
+            String,
+            String,
+            Vec<String>,
+            Option<ClientAddr>,
+            Option<Tenant>,
+        );
+        let attempts = Arc::new(Mutex::new(Vec::<Attempt>::new()));
+        let seen = attempts.clone();
+        let mut svc = ServiceBuilder::new()
+            .layer(NextUpstreamLayer::new())
+            .layer(LoadBalanceLayer::new(lb.clone()))
+            .service(tower::service_fn(
+                move |req: Request<ReplayBody<Full<Bytes>>>| {
+                    let id = req.extensions().get::<Member>().unwrap().id().to_owned();
+                    let users = req
+                        .headers()
+                        .get_all("x-user")
+                        .iter()
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .collect();
+                    seen.lock().unwrap().push((
+                        id.clone(),
+                        req.uri().to_string(),
+                        users,
+                        req.extensions().get::<ClientAddr>().copied(),
+                        req.extensions().get::<Tenant>().cloned(),
+                    ));
+                    async move {
+                        if id == "10.0.0.1" {
+                            Err(BoxError::from(io::Error::from(
+                                io::ErrorKind::ConnectionRefused,
+                            )))
+                        } else {
+                            Ok(Response::new(id))
+                        }
+                    }
+                },
+            ));
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.body(), "10.0.0.2");
+        let attempts = attempts.lock().unwrap();
+        assert_eq!(attempts.len(), 2);
+        for (attempt, id) in attempts.iter().zip(["10.0.0.1", "10.0.0.2"]) {
+            assert_eq!(attempt.0, id);
+            assert_eq!(attempt.1, "/a?b=c");
+            assert_eq!(attempt.2, ["u1", "u2"]);
+            assert_eq!(attempt.3, Some(ClientAddr(peer)));
+            assert_eq!(attempt.4, tenant);
+        }
+        // The refusal counted against the first backend (the retry kept
+        // this layer's say over statuses, and errors count at once).
+        assert_eq!(lb.get("10.0.0.1").unwrap().load().failures(), 1);
+    }
 }

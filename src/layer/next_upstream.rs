@@ -174,6 +174,7 @@ use tower_service::Service;
 
 use crate::layer::load_balance::{PendingStatusFailure, RetryDecides};
 use crate::layer::{has_io_error, upstream_error, TriedBackends};
+use crate::sticky::ClientAddr;
 use crate::{BoxError, Error, Member};
 
 /// The default [`NextUpstreamLayer::buffer_limit`]: 64 KiB.
@@ -460,7 +461,45 @@ struct Template {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// How many names the fields have (the map's entries).
     names: usize,
-    extensions: Extensions,
+    extensions: KeptExtensions,
+}
+
+/// The request's extensions, as each retry gets them again.
+enum KeptExtensions {
+    /// Only what this crate put there itself: this layer's marker and the
+    /// client's address (from the crate's own server). Rebuilt for a retry:
+    /// a copy of the map takes an allocation for the map, one for its table
+    /// and one per entry that is not empty, for every request, for a retry
+    /// that rarely comes.
+    Known { client: Option<ClientAddr> },
+    /// Anything else: a copy of the map.
+    Copied(Extensions),
+}
+
+impl KeptExtensions {
+    fn of(extensions: &Extensions) -> Self {
+        let client = extensions.get::<ClientAddr>().copied();
+        let known = 1 + usize::from(client.is_some());
+        if extensions.len() == known && extensions.get::<RetryDecides>().is_some() {
+            KeptExtensions::Known { client }
+        } else {
+            KeptExtensions::Copied(extensions.clone())
+        }
+    }
+
+    fn extensions(&self) -> Extensions {
+        match self {
+            KeptExtensions::Known { client } => {
+                let mut extensions = Extensions::new();
+                extensions.insert(RetryDecides);
+                if let Some(client) = client {
+                    extensions.insert(*client);
+                }
+                extensions
+            }
+            KeptExtensions::Copied(extensions) => extensions.clone(),
+        }
+    }
 }
 
 impl Template {
@@ -481,7 +520,7 @@ impl Template {
                 fields
             },
             names: parts.headers.keys_len(),
-            extensions: parts.extensions.clone(),
+            extensions: KeptExtensions::of(&parts.extensions),
         }
     }
 
@@ -497,7 +536,7 @@ impl Template {
         for (name, value) in &self.headers {
             headers.append(name.clone(), value.clone());
         }
-        *req.extensions_mut() = self.extensions.clone();
+        *req.extensions_mut() = self.extensions.extensions();
         req
     }
 
