@@ -34,7 +34,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -172,6 +172,11 @@ struct Conn<I> {
     /// [`HEAD_CLOCK_SLACK`] before the head's deadline, moved on to it if
     /// it rings first.
     head_clock: Option<Pin<Box<Sleep>>>,
+    /// The waker the head clock was last polled with, while the clock
+    /// holds it (until it rings). Waiting again from the same task needs no
+    /// new poll: each poll of a tokio timer swaps in a fresh copy of the
+    /// waker, four atomic operations a request on this side alone.
+    head_clock_waker: Option<Waker>,
     /// When the head being read must be in.
     head_deadline: Option<tokio::time::Instant>,
     /// An empty field map and extension map for the next request.
@@ -240,6 +245,7 @@ impl<I: Read + Write + Unpin> Conn<I> {
             start: 0,
             end: 0,
             head_clock: None,
+            head_clock_waker: None,
             head_deadline: None,
             spare: None,
             out: Vec::new(),
@@ -301,6 +307,14 @@ impl<I: Read + Write + Unpin> Conn<I> {
                 let clock = self
                     .head_clock
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                // Armed with this task's waker: a clock that has not rung
+                // still holds it, moved on or not (tokio keeps a timer's
+                // waker when it is reset, and wakes it when it rings).
+                let armed = !clock.is_elapsed()
+                    && self
+                        .head_clock_waker
+                        .as_ref()
+                        .is_some_and(|waker| waker.will_wake(cx.waker()));
                 // A clock set for an earlier head up to a second before this
                 // one's deadline is left as it is (most heads of a busy
                 // connection come within a second of the last): when it
@@ -308,8 +322,12 @@ impl<I: Read + Write + Unpin> Conn<I> {
                 if clock.deadline() > deadline || clock.deadline() + HEAD_CLOCK_SLACK < deadline {
                     clock.as_mut().reset(deadline);
                 }
+                if armed {
+                    return Poll::Pending;
+                }
                 loop {
                     if clock.as_mut().poll(cx).is_pending() {
+                        self.head_clock_waker = Some(cx.waker().clone());
                         return Poll::Pending;
                     }
                     // A fresh reading: the clock rang, so time has moved
