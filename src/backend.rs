@@ -201,11 +201,6 @@ impl Backend {
         &self.id
     }
 
-    #[inline]
-    pub(crate) fn shared_id(&self) -> &Arc<str> {
-        &self.id
-    }
-
     /// The weight; 0 means draining.
     #[inline]
     pub fn weight(&self) -> u32 {
@@ -380,13 +375,29 @@ impl Load {
     /// ```
     #[inline]
     pub fn start(this: &Arc<Load>) -> InFlight {
-        this.in_flight.fetch_add(1, Ordering::Relaxed);
-        this.started.fetch_add(1, Ordering::Relaxed);
-        if let Some(pool) = &this.pool {
-            pool.fetch_add(1, Ordering::Relaxed);
-        }
+        this.begin();
         InFlight {
             load: Arc::clone(this),
+        }
+    }
+
+    /// Counts one request as started, with no guard: [`end`](Self::end)
+    /// counts it finished.
+    #[inline]
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        if let Some(pool) = &self.pool {
+            pool.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request [`begin`](Self::begin) counted as finished.
+    #[inline]
+    pub(crate) fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(pool) = &self.pool {
+            pool.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -416,6 +427,11 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// The guard of a request [`Load::begin`] counted.
+    pub(crate) fn adopt(load: Arc<Load>) -> Self {
+        InFlight { load }
+    }
+
     /// The counters this request is counted in.
     #[inline]
     pub fn load(&self) -> &Load {
@@ -426,10 +442,7 @@ impl InFlight {
 impl Drop for InFlight {
     #[inline]
     fn drop(&mut self) {
-        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(pool) = &self.load.pool {
-            pool.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.load.end();
     }
 }
 

@@ -1078,6 +1078,27 @@ async fn load_balance_without_backends_is_a_503_error_and_skips_the_inner_servic
 }
 
 #[tokio::test]
+async fn a_request_dropped_in_flight_is_no_longer_counted_nor_reported() {
+    let lb = lb(Strategy::RoundRobin, &["http://a"]);
+    let svc = ServiceBuilder::new()
+        .layer(LoadBalanceLayer::new(lb.clone()))
+        .service(service_fn(|_req: Req| {
+            std::future::pending::<Result<Response<()>, Infallible>>()
+        }));
+    let load = lb.get("a").unwrap().load().clone();
+    let mut future = Box::pin(svc.oneshot(Request::new(())));
+    let polled = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(future.as_mut(), cx).is_pending())
+    })
+    .await;
+    assert!(polled, "the backend never answers");
+    assert_eq!((load.in_flight(), load.started()), (1, 1));
+    drop(future);
+    assert_eq!(load.in_flight(), 0);
+    assert_eq!((load.successes(), load.failures()), (0, 0));
+}
+
+#[tokio::test]
 async fn load_balance_counts_in_flight_requests_until_the_response() {
     let lb = lb(Strategy::RoundRobin, &["http://a"]);
     let (release, wait) = tokio::sync::oneshot::channel::<()>();

@@ -133,7 +133,7 @@ use tower_service::Service;
 
 use crate::layer::upstream_error;
 use crate::sticky::{AffinityKey, KeyExtractor, NoKey, StickyCookie};
-use crate::{BoxError, Error, InFlight, Load, LoadBalancer, Member, Outcome};
+use crate::{BoxError, Error, InFlight, LoadBalancer, Member, Outcome};
 
 pub use crate::health::FailurePolicy;
 
@@ -328,15 +328,72 @@ impl<S, K> LoadBalance<S, K> {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct PickedBackend {
-    id: Arc<str>,
+    // The pick itself, handed on from the request's future: no count
+    // taken on the id.
+    member: Member,
 }
 
 impl PickedBackend {
     /// The backend's id.
     pub fn id(&self) -> &str {
-        &self.id
+        self.member.id()
+    }
+}
+
+impl PartialEq for PickedBackend {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl Eq for PickedBackend {}
+
+impl fmt::Debug for PickedBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PickedBackend")
+            .field("id", &self.id())
+            .finish()
+    }
+}
+
+/// A picked member, its request counted in flight on it until this is
+/// dropped or [`finish`](Self::finish)ed: the count read through the
+/// member's own reference, with none of its own taken (an [`InFlight`]
+/// takes one on the counters).
+struct Counted(Option<Member>);
+
+impl Counted {
+    fn start(member: Member) -> Self {
+        member.load().begin();
+        Counted(Some(member))
+    }
+
+    fn member(&self) -> &Member {
+        self.0.as_ref().expect("counted until finished")
+    }
+
+    /// Counts the request as finished, and gives the member back.
+    fn finish(mut self) -> Member {
+        let member = self.0.take().expect("counted until finished");
+        member.load().end();
+        member
+    }
+
+    /// The member, and its request's count handed to a guard.
+    fn into_in_flight(mut self) -> (Member, InFlight) {
+        let member = self.0.take().expect("counted until finished");
+        let in_flight = InFlight::adopt(Arc::clone(member.load()));
+        (member, in_flight)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(member) = &self.0 {
+            member.load().end();
+        }
     }
 }
 
@@ -502,14 +559,12 @@ where
             Ok(member) => member,
             Err(error) => return ResponseFuture::failed(error),
         };
-        let in_flight = Load::start(member.load());
         let retry_decides = req.extensions().get::<RetryDecides>().is_some();
         req.extensions_mut().insert(member.clone());
         ResponseFuture {
             state: State::Called {
                 future: self.inner.call(req),
-                member,
-                in_flight: Some(in_flight),
+                member: Counted::start(member),
                 ctx: Arc::clone(ctx),
                 insert,
                 retry_decides,
@@ -624,12 +679,12 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
+    #[project_replace = StateProjReplace]
     enum State<F> {
         Called {
             #[pin]
             future: F,
-            member: Member,
-            in_flight: Option<InFlight>,
+            member: Counted,
             ctx: Arc<Ctx>,
             // Whether the response is to carry a fresh sticky cookie.
             insert: bool,
@@ -658,81 +713,85 @@ where
     type Output = Result<Response<B>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Called {
-                future,
-                member,
-                in_flight,
-                ctx,
-                insert,
-                retry_decides,
-            } => {
-                let result = ready!(future.poll(cx));
-                let Some(in_flight) = in_flight.take() else {
-                    panic!("ResponseFuture polled after completion");
-                };
-                Poll::Ready(match result {
-                    Ok(mut res) => {
-                        let failed = ctx.policy.is_response_failure(&res);
-                        let deferred =
-                            ctx.hold && !failed && FailurePolicy::awaits_grpc_trailers(&res);
-                        // A failing status, not a gRPC error in the
-                        // headers (an HTTP 200 a retry never moves on from).
-                        if failed && *retry_decides && ctx.policy.is_failure(res.status()) {
-                            // The retry layer outside says whether this
-                            // status counts (see `PendingStatusFailure`).
-                            res.extensions_mut().insert(PendingStatusFailure {
-                                verdict: Arc::new(PendingVerdict(Mutex::new(Some((
-                                    member.clone(),
-                                    Arc::clone(ctx),
-                                ))))),
-                            });
-                        } else if !deferred {
-                            ctx.lb.report(member, outcome(failed));
-                        }
-                        if failed {
-                            // Where the failed attempt went, for a retry
-                            // layer outside (see `TriedBackends`).
-                            res.extensions_mut().insert(member.clone());
-                        }
-                        if let Some(sticky) = &ctx.sticky {
-                            // Only the balancer says where a client sticks
-                            // (unless the cookie is configured to preserve
-                            // a backend's own).
-                            let kept = sticky.remove_backend_cookie(res.headers_mut());
-                            // A client is not pinned to a backend that just
-                            // failed it.
-                            if *insert && !failed && !kept {
-                                // Ids are valid by construction; a failure
-                                // only means no cookie this time.
-                                let _ = sticky.insert(res.headers_mut(), member.id());
-                            }
-                        }
-                        res.extensions_mut().insert(PickedBackend {
-                            id: Arc::clone(member.backend().shared_id()),
-                        });
-                        if ctx.hold {
-                            let deferred = deferred.then(|| (member.clone(), Arc::clone(ctx)));
-                            res.extensions_mut()
-                                .insert(InFlightGuard::new(in_flight, deferred));
-                        }
-                        // Otherwise dropping the guard counts the request as
-                        // finished.
-                        Ok(res)
-                    }
-                    Err(error) => {
-                        let error = upstream_error(error, member.id());
-                        if ctx.policy.is_error_failure(&error) {
-                            ctx.lb.report(member, Outcome::Failure);
-                        }
-                        Err(error)
-                    }
-                })
+        let mut state = self.project().state;
+        let result = match state.as_mut().project() {
+            StateProj::Called { future, .. } => ready!(future.poll(cx)),
+            StateProj::Failed { error } => {
+                return Poll::Ready(Err(error
+                    .take()
+                    .expect("ResponseFuture polled after completion")))
             }
-            StateProj::Failed { error } => Poll::Ready(Err(error
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-        }
+        };
+        // Done with the inner future: its state is let go, and what the
+        // answer needs is taken out.
+        let StateProjReplace::Called {
+            member: counted,
+            ctx,
+            insert,
+            retry_decides,
+            ..
+        } = state.project_replace(State::Failed { error: None })
+        else {
+            unreachable!("the state was `Called` above")
+        };
+        let member = counted.member();
+        Poll::Ready(match result {
+            Ok(mut res) => {
+                let failed = ctx.policy.is_response_failure(&res);
+                let deferred = ctx.hold && !failed && FailurePolicy::awaits_grpc_trailers(&res);
+                // A failing status, not a gRPC error in the
+                // headers (an HTTP 200 a retry never moves on from).
+                if failed && retry_decides && ctx.policy.is_failure(res.status()) {
+                    // The retry layer outside says whether this
+                    // status counts (see `PendingStatusFailure`).
+                    res.extensions_mut().insert(PendingStatusFailure {
+                        verdict: Arc::new(PendingVerdict(Mutex::new(Some((
+                            member.clone(),
+                            Arc::clone(&ctx),
+                        ))))),
+                    });
+                } else if !deferred {
+                    ctx.lb.report(member, outcome(failed));
+                }
+                if failed {
+                    // Where the failed attempt went, for a retry
+                    // layer outside (see `TriedBackends`).
+                    res.extensions_mut().insert(member.clone());
+                }
+                if let Some(sticky) = &ctx.sticky {
+                    // Only the balancer says where a client sticks
+                    // (unless the cookie is configured to preserve
+                    // a backend's own).
+                    let kept = sticky.remove_backend_cookie(res.headers_mut());
+                    // A client is not pinned to a backend that just
+                    // failed it.
+                    if insert && !failed && !kept {
+                        // Ids are valid by construction; a failure
+                        // only means no cookie this time.
+                        let _ = sticky.insert(res.headers_mut(), member.id());
+                    }
+                }
+                let member = if ctx.hold {
+                    let (member, in_flight) = counted.into_in_flight();
+                    let deferred = deferred.then(|| (member.clone(), Arc::clone(&ctx)));
+                    res.extensions_mut()
+                        .insert(InFlightGuard::new(in_flight, deferred));
+                    member
+                } else {
+                    // The request is finished.
+                    counted.finish()
+                };
+                res.extensions_mut().insert(PickedBackend { member });
+                Ok(res)
+            }
+            Err(error) => {
+                let error = upstream_error(error, member.id());
+                if ctx.policy.is_error_failure(&error) {
+                    ctx.lb.report(member, Outcome::Failure);
+                }
+                Err(error)
+            }
+        })
     }
 }
 
