@@ -748,7 +748,6 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let pool = Arc::clone(&self.pool);
         let timeout = self.connect_timeout;
         let read_timeout = self.read_timeout;
         if is_upgrade(req.headers()) {
@@ -759,12 +758,12 @@ where
         let mut held = None;
         if req.method() != Method::CONNECT {
             if req.body().is_end_stream() {
-                return boxed(direct(pool, req, None, timeout, read_timeout));
+                return boxed(direct(&self.pool, req, None, timeout, read_timeout));
             }
             let announced = req.body().size_hint();
             let (frames, inner_ended) = match take_whole(req.body_mut()) {
                 Taken::Whole(chunks) if sendable_whole(req.headers(), &chunks) => {
-                    return boxed(direct(pool, req, Some(chunks), timeout, read_timeout));
+                    return boxed(direct(&self.pool, req, Some(chunks), timeout, read_timeout));
                 }
                 Taken::Whole(chunks) => (as_frames(chunks), true),
                 Taken::Ended(frames) => (frames, true),
@@ -780,6 +779,7 @@ where
             }
         }
         let client_body_timeout = self.client_body_timeout;
+        let pool = Arc::clone(&self.pool);
         Box::pin(async move {
             let backend = prepare(&mut req)?;
             // Only a body still to send has an end to report.
@@ -925,7 +925,7 @@ fn sendable_whole(headers: &HeaderMap, chunks: &[Bytes]) -> bool {
 /// every request's future too large for the allocator's fast sizes (it
 /// was 1.5 KiB; the boxed retry below is kept out of it the same way).
 fn direct<B>(
-    pool: Arc<Pool<TimedBody<B>>>,
+    pool: &Pool<TimedBody<B>>,
     mut req: Request<B>,
     body: Option<Vec<Bytes>>,
     timeout: Option<Duration>,
@@ -956,6 +956,9 @@ where
         body.as_deref(),
         &mut request.0,
     );
+    // The backend's slot is found here, so that the future holds it and
+    // not a count on the whole pool.
+    let slot = pool.slot(backend.as_str());
     // Boxed where it is made: the future is put in its box as it is built,
     // not built and then copied there.
     Ok(Box::pin(async move {
@@ -965,7 +968,6 @@ where
                 sent.done();
             }
         };
-        let slot = pool.slot(backend.as_str());
         // The newest idle connection that is still open and quiet.
         let mut reused = true;
         let mut conn = loop {
