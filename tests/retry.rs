@@ -928,6 +928,9 @@ async fn every_attempt_gets_the_clients_head_and_extensions_whatever_the_map_hol
             .header("x-user", "u2")
             .body(Full::<Bytes>::default())
             .unwrap();
+        let mut secret = http::HeaderValue::from_static("Bearer s3cr3t");
+        secret.set_sensitive(true);
+        req.headers_mut().insert(header::AUTHORIZATION, secret);
         req.extensions_mut().insert(ClientAddr(peer));
         if let Some(tenant) = &tenant {
             req.extensions_mut().insert(tenant.clone());
@@ -938,6 +941,7 @@ async fn every_attempt_gets_the_clients_head_and_extensions_whatever_the_map_hol
             Vec<String>,
             Option<ClientAddr>,
             Option<Tenant>,
+            Option<(String, bool)>,
         );
         let attempts = Arc::new(Mutex::new(Vec::<Attempt>::new()));
         let seen = attempts.clone();
@@ -959,6 +963,9 @@ async fn every_attempt_gets_the_clients_head_and_extensions_whatever_the_map_hol
                         users,
                         req.extensions().get::<ClientAddr>().copied(),
                         req.extensions().get::<Tenant>().cloned(),
+                        req.headers()
+                            .get(header::AUTHORIZATION)
+                            .map(|v| (v.to_str().unwrap().to_owned(), v.is_sensitive())),
                     ));
                     async move {
                         if id == "10.0.0.1" {
@@ -981,6 +988,7 @@ async fn every_attempt_gets_the_clients_head_and_extensions_whatever_the_map_hol
             assert_eq!(attempt.2, ["u1", "u2"]);
             assert_eq!(attempt.3, Some(ClientAddr(peer)));
             assert_eq!(attempt.4, tenant);
+            assert_eq!(attempt.5, Some(("Bearer s3cr3t".to_owned(), true)));
         }
         // The refusal counted against the first backend (the retry kept
         // this layer's say over statuses, and errors count at once).

@@ -103,8 +103,14 @@ pub(crate) use self::response_timeout::RequestSent;
 /// lists `token`, case-insensitively.
 /// A value that is not text (`HeaderValue::to_str` refuses it) lists
 /// nothing.
+#[inline]
 pub(crate) fn lists_token(value: &http::HeaderValue, token: &str) -> bool {
-    let (value, token) = (value.as_bytes(), token.as_bytes());
+    lists_token_in(value.as_bytes(), token)
+}
+
+/// [`lists_token`] on a field value's bytes.
+pub(crate) fn lists_token_in(value: &[u8], token: &str) -> bool {
+    let token = token.as_bytes();
     // The usual values, `keep-alive` and `close`: a single token, told
     // apart by its length alone or by one compare, with no list to split.
     if value.len() < token.len() {

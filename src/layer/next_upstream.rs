@@ -454,11 +454,14 @@ struct Template {
     method: Method,
     uri: Uri,
     version: Version,
-    /// The fields as the map yields them. A list, one allocation: a
-    /// `HeaderMap`'s copy takes two, and as many frees, and this copy is
-    /// made for every request that a retry could replay, while a retry,
-    /// which rebuilds the map, is rare.
-    headers: Vec<(HeaderName, HeaderValue)>,
+    /// The fields as the map yields them, their bytes copied one after
+    /// the other (see [`Fields`]): one allocation, and no count taken on the
+    /// head's bytes. This copy is made for every request that a retry could
+    /// replay, while a retry, which rebuilds the map, is rare: a copy of the
+    /// map takes two allocations, and a list of its fields one count a
+    /// value (and one a name that is not a standard one), each an atomic
+    /// operation, and as many again when it is dropped.
+    fields: Vec<u8>,
     /// How many names the fields have (the map's entries).
     names: usize,
     extensions: KeptExtensions,
@@ -508,15 +511,23 @@ impl Template {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: {
-                // `len` counts every value; the iterator's hint, only names.
-                let mut fields = Vec::with_capacity(parts.headers.len());
-                fields.extend(
-                    parts
-                        .headers
-                        .iter()
-                        .map(|(name, value)| (name.clone(), value.clone())),
-                );
+            fields: {
+                let size = parts
+                    .headers
+                    .iter()
+                    .map(|(name, value)| 9 + name.as_str().len() + value.len())
+                    .sum();
+                let mut fields = Vec::with_capacity(size);
+                for (name, value) in &parts.headers {
+                    let (name, value_bytes) = (name.as_str().as_bytes(), value.as_bytes());
+                    // Lengths fit: `http` holds a name to 64 KiB, and a
+                    // value to what a `Vec` holds.
+                    fields.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                    fields.extend_from_slice(&(value_bytes.len() as u32).to_le_bytes());
+                    fields.push(u8::from(value.is_sensitive()));
+                    fields.extend_from_slice(name);
+                    fields.extend_from_slice(value_bytes);
+                }
                 fields
             },
             names: parts.headers.keys_len(),
@@ -533,8 +544,16 @@ impl Template {
         // Room for the names the request had, which its own map held: a
         // count of values could pass the map's limit, and `reserve` panics.
         headers.reserve(self.names);
-        for (name, value) in &self.headers {
-            headers.append(name.clone(), value.clone());
+        for (name, value, sensitive) in Fields(&self.fields) {
+            // Copied from a `HeaderName` and a `HeaderValue`: they parse
+            // again.
+            let (Ok(name), Ok(mut value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            else {
+                continue;
+            };
+            value.set_sensitive(sensitive);
+            headers.append(name, value);
         }
         *req.extensions_mut() = self.extensions.extensions();
         req
@@ -543,11 +562,33 @@ impl Template {
     /// Whether the request asks to switch protocols
     /// ([`is_upgrade`](super::is_upgrade) on the fields kept).
     fn is_upgrade(&self) -> bool {
-        self.headers.iter().any(|(name, _)| name == UPGRADE)
-            && self
-                .headers
-                .iter()
-                .any(|(name, value)| name == CONNECTION && super::lists_token(value, "upgrade"))
+        Fields(&self.fields).any(|(name, ..)| name == UPGRADE.as_str().as_bytes())
+            && Fields(&self.fields).any(|(name, value, _)| {
+                name == CONNECTION.as_str().as_bytes() && super::lists_token_in(value, "upgrade")
+            })
+    }
+}
+
+/// The fields a [`Template`] copied, read back: each its name's length and
+/// its value's (four bytes each, little-endian), whether the value is
+/// sensitive (one byte), then the name and the value.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Iterator for Fields<'a> {
+    /// The name, the value, and whether it is sensitive.
+    type Item = (&'a [u8], &'a [u8], bool);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (lengths, rest) = self.0.split_first_chunk::<9>()?;
+        let length = |at: usize| {
+            let mut four = [0; 4];
+            four.copy_from_slice(&lengths[at..at + 4]);
+            u32::from_le_bytes(four) as usize
+        };
+        let (name, rest) = rest.split_at_checked(length(0))?;
+        let (value, rest) = rest.split_at_checked(length(4))?;
+        self.0 = rest;
+        Some((name, value, lengths[8] != 0))
     }
 }
 
