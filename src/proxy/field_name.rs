@@ -7,7 +7,7 @@
 //! (`content-length`); [`field_name`] recognises those spellings in a few
 //! compares and leaves every other name to `from_bytes`.
 
-use http::header::{self, HeaderName, InvalidHeaderName};
+use http::header::{self, HeaderName, HeaderValue, InvalidHeaderName};
 
 /// `name` as a [`HeaderName`]: the same name, and the same errors, as
 /// [`HeaderName::from_bytes`], quicker for the common names in their common
@@ -42,9 +42,83 @@ pub(crate) fn field_name(name: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
     Ok(known)
 }
 
+/// `value` as a [`HeaderValue`] that needs no bytes of its own, if it is
+/// one of the values most responses carry (as HTTP/2's static table has
+/// them): each field value read off the wire is otherwise a slice of the
+/// head's bytes, a count taken on them and given back (two atomic
+/// operations). The same value, byte for byte, as
+/// [`HeaderValue::from_bytes`] makes.
+pub(crate) fn common_value(value: &[u8]) -> Option<HeaderValue> {
+    let known = match value {
+        b"keep-alive" => "keep-alive",
+        b"close" => "close",
+        b"chunked" => "chunked",
+        b"gzip" => "gzip",
+        b"br" => "br",
+        b"deflate" => "deflate",
+        b"bytes" => "bytes",
+        b"0" => "0",
+        b"*" => "*",
+        b"text/plain" => "text/plain",
+        b"text/html" => "text/html",
+        b"text/css" => "text/css",
+        b"text/javascript" => "text/javascript",
+        b"application/json" => "application/json",
+        b"application/javascript" => "application/javascript",
+        b"application/octet-stream" => "application/octet-stream",
+        b"text/plain; charset=utf-8" => "text/plain; charset=utf-8",
+        b"text/html; charset=utf-8" => "text/html; charset=utf-8",
+        b"text/html; charset=UTF-8" => "text/html; charset=UTF-8",
+        b"application/json; charset=utf-8" => "application/json; charset=utf-8",
+        b"no-cache" => "no-cache",
+        b"no-store" => "no-store",
+        b"private" => "private",
+        b"nosniff" => "nosniff",
+        b"DENY" => "DENY",
+        b"SAMEORIGIN" => "SAMEORIGIN",
+        b"Accept-Encoding" => "Accept-Encoding",
+        b"Origin" => "Origin",
+        b"websocket" => "websocket",
+        b"Upgrade" => "Upgrade",
+        b"upgrade" => "upgrade",
+        _ => return None,
+    };
+    Some(HeaderValue::from_static(known))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_common_value_is_the_value_from_bytes_makes() {
+        let values: &[&[u8]] = &[
+            b"keep-alive",
+            b"close",
+            b"chunked",
+            b"gzip",
+            b"text/plain",
+            b"application/json; charset=utf-8",
+            b"nosniff",
+            b"upgrade",
+        ];
+        for value in values {
+            let common = common_value(value).expect("a common value");
+            assert_eq!(common, HeaderValue::from_bytes(value).unwrap());
+            assert_eq!(common.as_bytes(), *value);
+            assert!(!common.is_sensitive());
+        }
+        for other in [
+            &b"Keep-Alive"[..],
+            b"close ",
+            b"",
+            b"nginx/1.22.1",
+            b"10",
+            b"\xff",
+        ] {
+            assert!(common_value(other).is_none(), "{other:?}");
+        }
+    }
 
     /// Every spelling: what `from_bytes` makes of it, errors included.
     #[test]

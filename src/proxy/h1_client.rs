@@ -32,7 +32,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::field_name::field_name;
+use super::field_name::{common_value, field_name};
 use crate::layer::lists_token;
 use crate::BoxError;
 
@@ -715,8 +715,12 @@ fn parse_head(
     for field in at {
         let name = field_name(&head[field.name.0..field.name.1])
             .map_err(|_| invalid("a header field's name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(field.value.0..field.value.1))
-            .map_err(|_| invalid("a header field's value"))?;
+        let bytes = &head[field.value.0..field.value.1];
+        let value = match common_value(bytes) {
+            Some(value) => value,
+            None => HeaderValue::from_maybe_shared(head.slice(field.value.0..field.value.1))
+                .map_err(|_| invalid("a header field's value"))?,
+        };
         if name == CONNECTION {
             if lists_token(&value, "close") {
                 keep_alive = false;
