@@ -197,40 +197,50 @@ impl std::fmt::Debug for PooledSleep {
 impl PooledSleep {
     fn new(duration: Duration) -> Self {
         let deadline = deadline_after(duration);
-        // Outside a runtime this panics, as `tokio::time::sleep` does.
-        let runtime = Handle::current().id();
         let task = tokio::task::try_id();
-        let kept = KEPT
-            .try_with(|kept| {
-                let mut kept = kept.borrow_mut();
-                // This task's own timer, if it is on this runtime (a task
-                // id names one task at a time).
-                if let Some(timer) = task.and_then(|task| kept.by_task.remove(&task)) {
-                    if timer.runtime == runtime {
-                        return Some(timer);
-                    }
-                }
-                match kept.idle.last() {
-                    Some(timer) if timer.runtime == runtime => kept.idle.pop(),
-                    // Another runtime's (an earlier one on this thread,
-                    // shut down by now, most likely): of no use here.
-                    Some(_) => {
-                        let stale = std::mem::take(&mut kept.idle);
-                        drop(kept);
-                        drop(stale);
-                        None
-                    }
-                    None => None,
-                }
-            })
-            .ok()
-            .flatten();
-        let timer = match kept {
+        // This task's own timer. Which runtime it is on is checked when it
+        // is next polled (see `poll`), not here: a request finds it armed
+        // with its task's waker, and never polls it.
+        let own = task.and_then(|task| {
+            KEPT.try_with(|kept| kept.borrow_mut().by_task.remove(&task))
+                .ok()
+                .flatten()
+        });
+        let timer = match own {
             Some(mut timer) => {
                 timer.set(deadline);
                 timer
             }
-            None => Timer::new(runtime, deadline),
+            None => {
+                // Outside a runtime this panics, as `tokio::time::sleep` does.
+                let runtime = Handle::current().id();
+                let kept = KEPT
+                    .try_with(|kept| {
+                        let mut kept = kept.borrow_mut();
+                        match kept.idle.last() {
+                            Some(timer) if timer.runtime == runtime => kept.idle.pop(),
+                            // Another runtime's (an earlier one on this
+                            // thread, shut down by now, most likely): of no
+                            // use here.
+                            Some(_) => {
+                                let stale = std::mem::take(&mut kept.idle);
+                                drop(kept);
+                                drop(stale);
+                                None
+                            }
+                            None => None,
+                        }
+                    })
+                    .ok()
+                    .flatten();
+                match kept {
+                    Some(mut timer) => {
+                        timer.set(deadline);
+                        timer
+                    }
+                    None => Timer::new(runtime, deadline),
+                }
+            }
         };
         PooledSleep {
             timer: Some(timer),
@@ -263,6 +273,13 @@ impl Future for PooledSleep {
         // it when a timer is reset, and wakes it when it rings).
         if timer.waker == Some(waker) && !timer.sleep.is_elapsed() {
             return Poll::Pending;
+        }
+        // A timer is polled only on its own runtime (one shut down would
+        // panic): a task's own timer was kept by its task id, which names
+        // one task at a time, not for ever.
+        let runtime = Handle::current().id();
+        if timer.runtime != runtime {
+            *timer = Timer::new(runtime, this.deadline);
         }
         loop {
             if timer.sleep.as_mut().poll(cx).is_pending() {
