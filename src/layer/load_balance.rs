@@ -561,10 +561,13 @@ where
         };
         let retry_decides = req.extensions().get::<RetryDecides>().is_some();
         req.extensions_mut().insert(member.clone());
+        // Counted before the inner service is called, as a pick on another
+        // thread meanwhile must see it.
+        let member = Counted::start(member);
         ResponseFuture {
             state: State::Called {
                 future: self.inner.call(req),
-                member: Counted::start(member),
+                member,
                 ctx: Arc::clone(ctx),
                 insert,
                 retry_decides,

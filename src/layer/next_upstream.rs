@@ -515,15 +515,13 @@ impl Template {
                 let size = parts
                     .headers
                     .iter()
-                    .map(|(name, value)| 9 + name.as_str().len() + value.len())
+                    .map(|(name, value)| FIELD_LENGTHS + name.as_str().len() + value.len())
                     .sum();
                 let mut fields = Vec::with_capacity(size);
                 for (name, value) in &parts.headers {
                     let (name, value_bytes) = (name.as_str().as_bytes(), value.as_bytes());
-                    // Lengths fit: `http` holds a name to 64 KiB, and a
-                    // value to what a `Vec` holds.
-                    fields.extend_from_slice(&(name.len() as u32).to_le_bytes());
-                    fields.extend_from_slice(&(value_bytes.len() as u32).to_le_bytes());
+                    fields.extend_from_slice(&name.len().to_ne_bytes());
+                    fields.extend_from_slice(&value_bytes.len().to_ne_bytes());
                     fields.push(u8::from(value.is_sensitive()));
                     fields.extend_from_slice(name);
                     fields.extend_from_slice(value_bytes);
@@ -546,10 +544,13 @@ impl Template {
         headers.reserve(self.names);
         for (name, value, sensitive) in Fields(&self.fields) {
             // Copied from a `HeaderName` and a `HeaderValue`: they parse
-            // again.
+            // again (only a value made with `from_maybe_shared_unchecked`
+            // outside the rules, which `unsafe` code alone can make, would
+            // not, and is left out).
             let (Ok(name), Ok(mut value)) =
                 (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
             else {
+                debug_assert!(false, "a field copied from the request no longer parses");
                 continue;
             };
             value.set_sensitive(sensitive);
@@ -569,9 +570,14 @@ impl Template {
     }
 }
 
-/// The fields a [`Template`] copied, read back: each its name's length and
-/// its value's (four bytes each, little-endian), whether the value is
-/// sensitive (one byte), then the name and the value.
+/// The bytes before each field a [`Template`] copied: its name's length
+/// and its value's (a `usize` each, in this machine's order), and whether
+/// the value is sensitive (one byte).
+const FIELD_LENGTHS: usize = 2 * WORD + 1;
+const WORD: usize = std::mem::size_of::<usize>();
+
+/// The fields a [`Template`] copied, read back: each [`FIELD_LENGTHS`],
+/// then the name and the value.
 struct Fields<'a>(&'a [u8]);
 
 impl<'a> Iterator for Fields<'a> {
@@ -579,16 +585,16 @@ impl<'a> Iterator for Fields<'a> {
     type Item = (&'a [u8], &'a [u8], bool);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (lengths, rest) = self.0.split_first_chunk::<9>()?;
+        let (lengths, rest) = self.0.split_first_chunk::<FIELD_LENGTHS>()?;
         let length = |at: usize| {
-            let mut four = [0; 4];
-            four.copy_from_slice(&lengths[at..at + 4]);
-            u32::from_le_bytes(four) as usize
+            let mut word = [0; WORD];
+            word.copy_from_slice(&lengths[at..at + WORD]);
+            usize::from_ne_bytes(word)
         };
         let (name, rest) = rest.split_at_checked(length(0))?;
-        let (value, rest) = rest.split_at_checked(length(4))?;
+        let (value, rest) = rest.split_at_checked(length(WORD))?;
         self.0 = rest;
-        Some((name, value, lengths[8] != 0))
+        Some((name, value, lengths[2 * WORD] != 0))
     }
 }
 

@@ -308,9 +308,8 @@ impl<I: Read + Write + Unpin> Conn<I> {
                     .head_clock
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 // Armed with this task's waker: a clock that has not rung
-                // still holds it, moved on or not (tokio keeps a timer's
-                // waker when it is reset, and wakes it when it rings).
-                let armed = !clock.is_elapsed()
+                // still holds it (tokio wakes it when the clock rings).
+                let mut armed = !clock.is_elapsed()
                     && self
                         .head_clock_waker
                         .as_ref()
@@ -321,6 +320,10 @@ impl<I: Read + Write + Unpin> Conn<I> {
                 // rings early, it is moved on to the deadline then.
                 if clock.deadline() > deadline || clock.deadline() + HEAD_CLOCK_SLACK < deadline {
                     clock.as_mut().reset(deadline);
+                    // It may have rung (on another worker) since it was
+                    // looked at, and a clock reset after it rang holds no
+                    // waker: polled again.
+                    armed = false;
                 }
                 if armed {
                     return Poll::Pending;

@@ -88,6 +88,10 @@ impl Timer {
         let set = self.sleep.deadline();
         if set > deadline || set + SLACK < deadline {
             self.sleep.as_mut().reset(deadline);
+            // A timer that rang gave its waker away, and reset it holds
+            // none (it may ring on another thread until the moment it is
+            // reset): polled again before it is trusted to wake anyone.
+            self.waker = None;
         }
     }
 }
@@ -113,7 +117,7 @@ fn identity(waker: &Waker) -> (usize, usize) {
 /// system call, as if another thread were waiting in it. A timer taken
 /// from this pool goes back to it when the request is done; while it is
 /// still armed, moving it to a later deadline (the same timeout, request
-/// after request) is one atomic store: no wheel operation, no system call.
+/// after request) is one compare-and-swap: no wheel operation, no system call.
 /// A timer that went off, or one moved to an earlier deadline, is put on
 /// the wheel again as a new one would be. A timer is only reused on the
 /// runtime that made it; the pool is per thread and keeps up to 1,024,
@@ -275,11 +279,14 @@ impl Future for PooledSleep {
             return Poll::Pending;
         }
         // A timer is polled only on its own runtime (one shut down would
-        // panic): a task's own timer was kept by its task id, which names
-        // one task at a time, not for ever.
-        let runtime = Handle::current().id();
-        if timer.runtime != runtime {
-            *timer = Timer::new(runtime, this.deadline);
+        // panic): a task's own timer was kept by its task id, which tokio
+        // says names one task at a time, not for ever. (Polled outside any
+        // runtime's context, as a tokio timer may be, it is polled as is.)
+        if let Ok(current) = Handle::try_current() {
+            let runtime = current.id();
+            if timer.runtime != runtime {
+                *timer = Timer::new(runtime, this.deadline);
+            }
         }
         loop {
             if timer.sleep.as_mut().poll(cx).is_pending() {
@@ -310,10 +317,11 @@ impl Drop for PooledSleep {
             let mut ended = None;
             let spare = match self.task {
                 Some(task) => {
-                    // Tasks that ended leave their timers here: they go
-                    // when the map is full, all at once.
+                    // Tasks that ended leave their timers here: when the
+                    // map is full, one of them goes for each that comes.
                     if kept.by_task.len() >= KEPT_PER_THREAD && !kept.by_task.contains_key(&task) {
-                        ended = Some(std::mem::take(&mut kept.by_task));
+                        let any = kept.by_task.keys().next().copied();
+                        ended = any.and_then(|any| kept.by_task.remove(&any));
                     }
                     // Two at once in one task: the other one is idle.
                     kept.by_task.insert(task, timer)
@@ -370,6 +378,28 @@ mod tests {
             drop(TimerPool.sleep(Duration::from_secs(1)));
             TimerPool.sleep(Duration::from_secs(40)).await;
             assert_eq!(start.elapsed(), Duration::from_secs(40));
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_timer_that_rang_while_kept_wakes_its_task_when_used_again() {
+        tokio::spawn(async {
+            let mut first = TimerPool.sleep(Duration::from_secs(30));
+            assert!(futures_poll_once(&mut first).await.is_pending());
+            drop(first);
+            // The kept timer rings with no one waiting on it, and gives its
+            // waker away.
+            tokio::time::sleep(Duration::from_secs(31)).await;
+            // Moved on after it rang, it holds no waker: it must be polled
+            // again to wake this task.
+            let start = Instant::now();
+            let second = TimerPool.sleep(Duration::from_secs(30));
+            tokio::time::timeout(Duration::from_secs(60), second)
+                .await
+                .expect("the timer woke its task");
+            assert_eq!(start.elapsed(), Duration::from_secs(30));
         })
         .await
         .unwrap();
