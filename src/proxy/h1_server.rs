@@ -34,7 +34,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -45,13 +45,13 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
 use hyper::server::conn::http1;
-use tokio::time::Sleep;
 use tower::ServiceExt;
 use tower_service::Service;
 
 use super::field_name::field_name;
 use super::head_timer::HeadTimer;
 use super::send_timeout::SendTimeout;
+use super::timer_pool::Alarm;
 use super::{close_if_unframed, ProxyBody, RequestBody, HEADER_READ_TIMEOUT, SEND_TIMEOUT};
 use crate::layer::lists_token;
 use crate::sticky::ClientAddr;
@@ -70,10 +70,6 @@ const ROOM_FOR_DIRECTOR: usize = 6;
 
 /// The read buffer's first size.
 const FIRST_READ: usize = 4 * 1024;
-
-/// How much earlier than a head's deadline the head clock may be set (see
-/// [`Conn::poll_head_read`]).
-const HEAD_CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The largest answer buffer a connection keeps between answers.
 const KEPT_OUT: usize = 2 * 1024;
@@ -168,15 +164,11 @@ struct Conn<I> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// The clock on each head ([`HEADER_READ_TIMEOUT`]): set up to
-    /// [`HEAD_CLOCK_SLACK`] before the head's deadline, moved on to it if
-    /// it rings first.
-    head_clock: Option<Pin<Box<Sleep>>>,
-    /// The waker the head clock was last polled with, while the clock
-    /// holds it (until it rings). Waiting again from the same task needs no
-    /// new poll: each poll of a tokio timer swaps in a fresh copy of the
-    /// waker, four atomic operations a request on this side alone.
-    head_clock_waker: Option<Waker>,
+    /// The clock on each head ([`HEADER_READ_TIMEOUT`]): set up to a second
+    /// before the head's deadline (most heads of a busy connection come
+    /// within a second of the last), moved on to it if it rings first, and
+    /// not polled again by the task whose waker it holds.
+    head_clock: Option<Alarm>,
     /// When the head being read must be in.
     head_deadline: Option<tokio::time::Instant>,
     /// An empty field map and extension map for the next request.
@@ -245,7 +237,6 @@ impl<I: Read + Write + Unpin> Conn<I> {
             start: 0,
             end: 0,
             head_clock: None,
-            head_clock_waker: None,
             head_deadline: None,
             spare: None,
             out: Vec::new(),
@@ -304,49 +295,13 @@ impl<I: Read + Write + Unpin> Conn<I> {
                         deadline
                     }
                 };
-                let clock = self
-                    .head_clock
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                // Armed with this task's waker: a clock that has not rung
-                // still holds it (tokio wakes it when the clock rings).
-                let mut armed = !clock.is_elapsed()
-                    && self
-                        .head_clock_waker
-                        .as_ref()
-                        .is_some_and(|waker| waker.will_wake(cx.waker()));
-                // A clock set for an earlier head up to a second before this
-                // one's deadline is left as it is (most heads of a busy
-                // connection come within a second of the last): when it
-                // rings early, it is moved on to the deadline then.
-                if clock.deadline() > deadline || clock.deadline() + HEAD_CLOCK_SLACK < deadline {
-                    clock.as_mut().reset(deadline);
-                    // It may have rung (on another worker) since it was
-                    // looked at, and a clock reset after it rang holds no
-                    // waker: polled again.
-                    armed = false;
-                }
-                if armed {
-                    return Poll::Pending;
-                }
-                loop {
-                    if clock.as_mut().poll(cx).is_pending() {
-                        self.head_clock_waker = Some(cx.waker().clone());
-                        return Poll::Pending;
-                    }
-                    // A fresh reading: the clock rang, so time has moved
-                    // since any reading this poll shares, and a shared one
-                    // below the deadline would reset and poll it round and
-                    // round.
-                    if tokio::time::Instant::now() >= deadline {
-                        return Poll::Ready(Err(Error::ClientConnection {
-                            reason:
-                                "the request head did not arrive within the header read timeout",
-                            timed_out: true,
-                            source: None,
-                        }));
-                    }
-                    clock.as_mut().reset(deadline);
-                }
+                let clock = self.head_clock.get_or_insert_with(|| Alarm::new(deadline));
+                ready!(clock.poll_until(deadline, cx));
+                Poll::Ready(Err(Error::ClientConnection {
+                    reason: "the request head did not arrive within the header read timeout",
+                    timed_out: true,
+                    source: None,
+                }))
             }
         }
     }

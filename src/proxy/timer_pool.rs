@@ -21,10 +21,10 @@ const KEPT_PER_THREAD: usize = 1024;
 /// deadline passes or it is reused.
 const KEPT_UP_TO: Duration = Duration::from_secs(5 * 60);
 
-/// A kept timer set up to this much before the next deadline is left as it
-/// is, and moved on if it rings first: most requests on a busy connection
-/// end within a second of the last, and setting a tokio timer is three
-/// atomic operations.
+/// An [`Alarm`] set up to this much before its next deadline is left as it
+/// is, and moved on if it rings first: most requests (and heads) on a busy
+/// connection come within a second of the last, and moving a tokio timer
+/// is three atomic operations.
 const SLACK: Duration = Duration::from_secs(1);
 
 thread_local! {
@@ -64,34 +64,76 @@ impl Hasher for TaskIdHasher {
     }
 }
 
-/// A tokio timer and what is known of it.
-struct Timer {
-    /// The runtime whose clock it runs on.
-    runtime: Id,
+/// A tokio timer moved from deadline to deadline, and polled only when it
+/// may not hold the waker of the task waiting on it: polling a tokio timer
+/// swaps in a fresh copy of the waker, four atomic operations, even when it
+/// holds the same task's. What `TimerPool` keeps, and each plain client
+/// connection's head clock.
+///
+/// It leans on a tokio timer waking the waker it was last polled with when
+/// it rings, and giving it away then: one that has rung is polled again,
+/// and so is one that was moved (moved after it rang, perhaps on another
+/// worker between the look and the move, it holds no waker).
+pub(super) struct Alarm {
     sleep: Pin<Box<tokio::time::Sleep>>,
     /// The waker it was last polled with (its data and vtable addresses),
-    /// which it holds until it rings.
+    /// which it holds until it rings or is moved.
     waker: Option<(usize, usize)>,
+}
+
+impl Alarm {
+    /// An alarm for `deadline`.
+    pub(super) fn new(deadline: Instant) -> Self {
+        Alarm {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            waker: None,
+        }
+    }
+
+    /// Whether it will wake the task `cx` wakes, with no poll.
+    fn holds(&self, cx: &Context<'_>) -> bool {
+        self.waker == Some(identity(cx.waker())) && !self.sleep.is_elapsed()
+    }
+
+    /// Ready once `deadline` has passed. Set to ring at it or up to
+    /// [`SLACK`] before it; an early ring moves it on to the deadline.
+    pub(super) fn poll_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let set = self.sleep.deadline();
+        if set > deadline || set + SLACK < deadline {
+            self.sleep.as_mut().reset(deadline);
+            self.waker = None;
+        }
+        if self.holds(cx) {
+            return Poll::Pending;
+        }
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                self.waker = Some(identity(cx.waker()));
+                return Poll::Pending;
+            }
+            self.waker = None;
+            // A fresh reading: the timer rang, so time has moved since any
+            // reading this poll shares, and a shared one below the
+            // deadline would move it and poll it round and round.
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// A kept alarm, with the runtime whose clock it runs on.
+struct Timer {
+    runtime: Id,
+    alarm: Alarm,
 }
 
 impl Timer {
     fn new(runtime: Id, deadline: Instant) -> Self {
         Timer {
             runtime,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
-            waker: None,
-        }
-    }
-
-    /// Made to ring at `deadline` or up to [`SLACK`] before it.
-    fn set(&mut self, deadline: Instant) {
-        let set = self.sleep.deadline();
-        if set > deadline || set + SLACK < deadline {
-            self.sleep.as_mut().reset(deadline);
-            // A timer that rang gave its waker away, and reset it holds
-            // none (it may ring on another thread until the moment it is
-            // reset): polled again before it is trusted to wake anyone.
-            self.waker = None;
+            alarm: Alarm::new(deadline),
         }
     }
 }
@@ -210,11 +252,9 @@ impl PooledSleep {
                 .ok()
                 .flatten()
         });
+        // A timer kept is moved to the deadline when it is polled.
         let timer = match own {
-            Some(mut timer) => {
-                timer.set(deadline);
-                timer
-            }
+            Some(timer) => timer,
             None => {
                 // Outside a runtime this panics, as `tokio::time::sleep` does.
                 let runtime = Handle::current().id();
@@ -237,13 +277,7 @@ impl PooledSleep {
                     })
                     .ok()
                     .flatten();
-                match kept {
-                    Some(mut timer) => {
-                        timer.set(deadline);
-                        timer
-                    }
-                    None => Timer::new(runtime, deadline),
-                }
+                kept.unwrap_or_else(|| Timer::new(runtime, deadline))
             }
         };
         PooledSleep {
@@ -271,37 +305,20 @@ impl Future for PooledSleep {
         let Some(timer) = &mut this.timer else {
             return Poll::Ready(());
         };
-        let waker = identity(cx.waker());
-        // Armed for this task already: a timer that has not rung still
-        // holds the waker it was polled with, moved on or not (tokio keeps
-        // it when a timer is reset, and wakes it when it rings).
-        if timer.waker == Some(waker) && !timer.sleep.is_elapsed() {
-            return Poll::Pending;
-        }
         // A timer is polled only on its own runtime (one shut down would
         // panic): a task's own timer was kept by its task id, which tokio
-        // says names one task at a time, not for ever. (Polled outside any
+        // says names one task at a time, not for ever. One that holds this
+        // task's waker is on this task's runtime. (Polled outside any
         // runtime's context, as a tokio timer may be, it is polled as is.)
-        if let Ok(current) = Handle::try_current() {
-            let runtime = current.id();
-            if timer.runtime != runtime {
-                *timer = Timer::new(runtime, this.deadline);
+        if !timer.alarm.holds(cx) {
+            if let Ok(current) = Handle::try_current() {
+                let runtime = current.id();
+                if timer.runtime != runtime {
+                    *timer = Timer::new(runtime, this.deadline);
+                }
             }
         }
-        loop {
-            if timer.sleep.as_mut().poll(cx).is_pending() {
-                timer.waker = Some(waker);
-                return Poll::Pending;
-            }
-            timer.waker = None;
-            // A fresh reading: the timer rang, so time has moved since any
-            // reading this poll shares.
-            if tokio::time::Instant::now() >= this.deadline {
-                return Poll::Ready(());
-            }
-            // It rang early (see `SLACK`): on to the deadline.
-            timer.sleep.as_mut().reset(this.deadline);
-        }
+        timer.alarm.poll_until(this.deadline, cx)
     }
 }
 
