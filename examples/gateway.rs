@@ -72,14 +72,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Either as BodyEither, Full};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use tokio::net::TcpListener;
-use tower::util::Either;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_lb::layer::{DirectorLayer, LoadBalanceLayer, ProxyDirector, ReplayBody};
+use tower_lb::proxy::RequestBody;
 use tower_lb::sticky::{AffinityKey, Secret, StickyCookie};
 use tower_lb::{Backend, LoadBalancer, Strategy};
 
@@ -203,7 +204,7 @@ fn count(flag: &str, value: String, max: usize) -> Result<usize, String> {
 static X_USER: http::HeaderName = http::HeaderName::from_static("x-user");
 
 /// The affinity key: the `x-user` header.
-fn user_key(req: &Request<ReplayBody<tower_lb::proxy::RequestBody>>) -> Option<AffinityKey<'_>> {
+fn user_key(req: &Request<ReplayBody<RequestBody>>) -> Option<AffinityKey<'_>> {
     req.headers().get(&X_USER).map(|v| v.as_bytes().into())
 }
 
@@ -243,6 +244,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The gateway's stack over `upstream`: retries on the next backend,
+/// balancing, the response timeout and the director. A macro rather than a
+/// function, so that each upstream's stack keeps its own type without a
+/// bound spelled out for every layer.
+macro_rules! stack_over {
+    ($o:expr, $balance:expr, $https:expr, $upstream:expr) => {
+        ServiceBuilder::new()
+            .layer($o.retry.next_upstream())
+            .layer($balance)
+            .layer($o.retry.response_timeout())
+            .layer(DirectorLayer::new(ProxyDirector::new().https($https)))
+            .service($upstream)
+    };
+}
+
 async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     let tls = match (&o.tls_cert, &o.tls_key) {
         (Some(cert), Some(key)) => Some(support::tls::server_config_from_files(cert, key)?),
@@ -280,35 +296,14 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         println!("{name:>10}  http://{addr}  weight {weight}");
         backends.push(backend);
     }
-    // Plain http backends get the per-worker client that drives each
-    // backend connection from the request's own task (tower_lb's
-    // `WorkerUpstream`); a set with `https://` backends gets hyper-util's
-    // client with a TLS connector.
     let need_roots = backends
         .iter()
         .any(|b| b.uri().scheme_str() == Some("https"));
-    let upstream = if need_roots {
-        let tls_client = support::tls::upstream_with(
-            support::tls::upstream_roots(o.upstream_ca.as_deref(), true)?,
-            o.retry.connect_timeout,
-        )?;
-        Either::Right(
-            tls_client
-                .map_response(|res| res.map(BodyEither::Right))
-                .map_err(tower_lb::BoxError::from),
-        )
-    } else {
-        Either::Left(
-            o.retry
-                .upstream()
-                .map_response(|res| res.map(BodyEither::Left)),
-        )
-    };
     // Passive ejection with nginx's defaults: max_fails=1, fail_timeout=10s.
     let lb = LoadBalancer::new(o.strategy, backends)?
         .with_health_policy(tower_lb::health::HealthPolicy::default());
 
-    let mut balance = LoadBalanceLayer::new(lb.clone()).key(user_key);
+    let mut balance = LoadBalanceLayer::new(lb).key(user_key);
     if o.sticky {
         // Base64 or hex: an environment variable cannot hold every byte
         // string (NUL), and a refusal says how to make a good secret.
@@ -319,21 +314,64 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         };
         balance = balance.sticky(StickyCookie::new("lb", secret)?.secure(tls.is_some()));
     }
-    let stack = ServiceBuilder::new()
-        .layer(o.retry.next_upstream())
-        .layer(balance)
-        .layer(o.retry.response_timeout())
-        .layer(DirectorLayer::new(
-            ProxyDirector::new().https(tls.is_some()),
-        ))
-        .service(upstream);
-    // tower's policies box the stack; without any, nothing is boxed.
-    let stack = if o.policies.any() {
-        Either::Left(support::policy::protect(o.policies, stack))
+    // Plain http backends get the per-worker client that drives each
+    // backend connection from the request's own task (tower_lb's
+    // `WorkerUpstream`); a set with `https://` backends gets hyper-util's
+    // client with a TLS connector. Each gives the stack a type of its own,
+    // so that nothing stands between the layers on a request's path (an
+    // `Either` choosing between them moved every request and response once
+    // more, and cost 3 % of the gateway's CPU: docs/benchmarks.md, round 13).
+    let https = tls.is_some();
+    if need_roots {
+        let upstream = support::tls::upstream_with(
+            support::tls::upstream_roots(o.upstream_ca.as_deref(), true)?,
+            o.retry.connect_timeout,
+        )?
+        .map_err(tower_lb::BoxError::from);
+        serve(&o, tls, stack_over!(o, balance, https, upstream)).await
     } else {
-        Either::Right(stack.map_response(|res| res.map(BodyEither::Left)))
-    };
+        serve(&o, tls, stack_over!(o, balance, https, o.retry.upstream())).await
+    }
+}
 
+/// Serves `stack`, behind tower's policies if any were asked for (they box
+/// it; without any, nothing is boxed).
+async fn serve<S, B>(
+    o: &Options,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stack: S,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = tower_lb::Error>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower_lb::BoxError>,
+{
+    if o.policies.any() {
+        listen(o, tls, support::policy::protect(o.policies, stack)).await
+    } else {
+        listen(o, tls, stack).await
+    }
+}
+
+/// Listens, serves `stack` there, and runs the demo or waits for Ctrl-C.
+async fn listen<S, B>(
+    o: &Options,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stack: S,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = tower_lb::Error>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower_lb::BoxError>,
+{
     let listener = match TcpListener::bind(o.listen).await {
         Ok(l) => l,
         Err(e) if !o.demo => {
