@@ -1346,6 +1346,14 @@ impl<B> DirectLease<B> {
 /// waits longer than its `WorkerUpstream`'s
 /// [`read_timeout`](WorkerUpstream::read_timeout) for the backend fails.
 pub struct UpstreamBody<B> {
+    /// Boxed: a response is moved once by each layer it goes back through,
+    /// and with its body one pointer wide the moves are inline copies, not
+    /// calls to `memcpy` (docs/benchmarks.md, round 13).
+    state: Box<BodyState<B>>,
+}
+
+/// What an [`UpstreamBody`] reads from, and its clock.
+struct BodyState<B> {
     from: Source<B>,
     stall: StallClock,
 }
@@ -1375,7 +1383,7 @@ fn read_timed_out(limit: Duration) -> BoxError {
 
 impl<B> std::fmt::Debug for UpstreamBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.from {
+        match &self.state.from {
             Source::Hyper { inner, lease } => f
                 .debug_struct("UpstreamBody")
                 .field("inner", inner)
@@ -1404,17 +1412,11 @@ where
             let mut noop = Context::from_waker(std::task::Waker::noop());
             release(&mut lease, &mut noop);
         }
-        UpstreamBody {
-            from: Source::Hyper { inner, lease },
-            stall: StallClock::new(read_timeout),
-        }
+        UpstreamBody::new(Source::Hyper { inner, lease }, read_timeout)
     }
 
     fn plain(inner: Incoming, read_timeout: Option<Duration>) -> Self {
-        UpstreamBody {
-            from: Source::Hyper { inner, lease: None },
-            stall: StallClock::new(read_timeout),
-        }
+        UpstreamBody::new(Source::Hyper { inner, lease: None }, read_timeout)
     }
 }
 
@@ -1427,9 +1429,15 @@ impl<B> UpstreamBody<B> {
         } else {
             Some(lease)
         };
+        UpstreamBody::new(Source::Direct { framing, lease }, read_timeout)
+    }
+
+    fn new(from: Source<B>, read_timeout: Option<Duration>) -> Self {
         UpstreamBody {
-            from: Source::Direct { framing, lease },
-            stall: StallClock::new(read_timeout),
+            state: Box::new(BodyState {
+                from,
+                stall: StallClock::new(read_timeout),
+            }),
         }
     }
 }
@@ -1559,7 +1567,7 @@ where
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
-        let this = self.get_mut();
+        let this = &mut *self.get_mut().state;
         match &mut this.from {
             Source::Hyper { inner, lease } => poll_hyper(inner, lease, &mut this.stall, cx),
             Source::Direct { framing, lease } => poll_direct(framing, lease, &mut this.stall, cx),
@@ -1567,14 +1575,14 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.from {
+        match &self.state.from {
             Source::Hyper { inner, .. } => inner.is_end_stream(),
             Source::Direct { framing, .. } => framing.is_done(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.from {
+        match &self.state.from {
             Source::Hyper { inner, .. } => inner.size_hint(),
             Source::Direct { framing, .. } => match framing {
                 Framing::Length(left) => SizeHint::with_exact(*left),
