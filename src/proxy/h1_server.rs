@@ -100,17 +100,23 @@ where
     // request, as hyper's server does with its service: no clone (and no
     // drop) of the whole stack per request.
     loop {
+        // The request is taken from where the parse built it, not moved
+        // back out through the reads' futures: each move is a copy of some
+        // 250 bytes (docs/benchmarks.md, round 13).
         let plain = match conn.read_head(peer).await? {
-            Head::Plain(plain) => plain,
+            Head::Plain => conn.parsed.take(),
             Head::Closed => return conn.shutdown().await,
-            Head::Other => return hand_over(conn, None, peer, stack, on_error).await,
+            Head::Other => None,
         };
-        let Plain {
+        let Some(Plain {
             request,
             head,
             method_is_head,
             keep_alive,
-        } = plain;
+        }) = plain
+        else {
+            return hand_over(conn, None, peer, stack, on_error).await;
+        };
         let res = {
             let ready = conn.watching(poll_fn(|cx| stack.poll_ready(cx))).await?;
             let answered = match ready {
@@ -173,6 +179,8 @@ struct Conn<I> {
     head_deadline: Option<tokio::time::Instant>,
     /// An empty field map and extension map for the next request.
     spare: Option<(HeaderMap, http::Extensions)>,
+    /// The plain request [`read_head`](Self::read_head) found.
+    parsed: Option<Plain>,
     /// The buffer the last answer's head was written in, for the next.
     out: Vec<u8>,
 }
@@ -210,10 +218,9 @@ fn shared_copy(bytes: &[u8]) -> Bytes {
 }
 
 /// What [`Conn::read_head`] found.
-// Moved once per request; boxing the request would cost an allocation.
-#[allow(clippy::large_enum_variant)]
 enum Head {
-    Plain(Plain),
+    /// A plain request, in [`Conn::parsed`].
+    Plain,
     /// The client closed the connection between requests.
     Closed,
     /// Not a plain request (or not one yet): hyper's to read.
@@ -239,6 +246,7 @@ impl<I: Read + Write + Unpin> Conn<I> {
             head_clock: None,
             head_deadline: None,
             spare: None,
+            parsed: None,
             out: Vec::new(),
         }
     }
@@ -256,11 +264,11 @@ impl<I: Read + Write + Unpin> Conn<I> {
             let unread = &self.buf[self.start..self.end];
             if !unread.is_empty() && seen.is_none_or(|seen| may_end_head(unread, seen)) {
                 seen = Some(unread.len());
-                match parse_plain(unread, peer, &mut self.spare) {
-                    Parsed::Plain(len, plain) => {
+                match parse_plain(unread, peer, &mut self.spare, &mut self.parsed) {
+                    Parsed::Plain(len) => {
                         // (`poll_fill` moves an emptied buffer's ends back.)
                         self.start += len;
-                        return Ok(Head::Plain(plain));
+                        return Ok(Head::Plain);
                     }
                     Parsed::Partial if self.end - self.start < MAX_HEAD => {}
                     Parsed::Partial | Parsed::Other => return Ok(Head::Other),
@@ -502,21 +510,23 @@ fn io_error(reason: &'static str, error: io::Error) -> Error {
 /// What [`parse_plain`] made of the buffered bytes.
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
-    /// A plain request, from the first `usize` bytes.
-    Plain(usize, Plain),
+    /// A plain request, from the first `usize` bytes, put in the `out`
+    /// [`parse_plain`] was given.
+    Plain(usize),
     /// Not a whole head yet.
     Partial,
     /// Not a plain request: hyper's.
     Other,
 }
 
-/// Parses the head at the start of `buf`; a plain request comes back
-/// built, with [`ClientAddr`]`(peer)` on it, its fields and extensions in `spare`'s maps
-/// if there is one.
+/// Parses the head at the start of `buf`; a plain request is built in
+/// `out`, with [`ClientAddr`]`(peer)` on it, its fields and extensions in
+/// `spare`'s maps if there is one.
 fn parse_plain(
     buf: &[u8],
     peer: SocketAddr,
     spare: &mut Option<(HeaderMap, http::Extensions)>,
+    out: &mut Option<Plain>,
 ) -> Parsed {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
@@ -589,15 +599,13 @@ fn parse_plain(
     *request.headers_mut() = headers;
     *request.extensions_mut() = extensions;
     request.extensions_mut().insert(ClientAddr(peer));
-    Parsed::Plain(
-        len,
-        Plain {
-            request,
-            head,
-            method_is_head,
-            keep_alive,
-        },
-    )
+    *out = Some(Plain {
+        request,
+        head,
+        method_is_head,
+        keep_alive,
+    });
+    Parsed::Plain(len)
 }
 
 /// A response head as hyper's server writes it, and what follows.
