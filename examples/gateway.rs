@@ -317,10 +317,12 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     // Plain http backends get the per-worker client that drives each
     // backend connection from the request's own task (tower_lb's
     // `WorkerUpstream`); a set with `https://` backends gets hyper-util's
-    // client with a TLS connector. Each gives the stack a type of its own,
-    // so that nothing stands between the layers on a request's path (an
-    // `Either` choosing between them moved every request and response once
-    // more, and cost 3 % of the gateway's CPU: docs/benchmarks.md, round 13).
+    // client with a TLS connector. Each, behind tower's policies or not,
+    // gives the stack a type of its own: without policies nothing stands
+    // between the layers on a request's path. (`Either`s choosing between
+    // the clients and between the policies or none, with the response body
+    // mapped into an `Either` under each, moved every request and response
+    // more often: 2-3 % of the gateway's CPU, docs/benchmarks.md, round 13.)
     let https = tls.is_some();
     if need_roots {
         let upstream = support::tls::upstream_with(
