@@ -336,31 +336,10 @@ async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// Serves `stack`, behind tower's policies if any were asked for (they box
-/// it; without any, nothing is boxed).
+/// Listens, serves `stack` there (behind tower's policies if any were asked
+/// for: they box it; without any, nothing is boxed), and runs the demo or
+/// waits for Ctrl-C.
 async fn serve<S, B>(
-    o: &Options,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    stack: S,
-) -> Result<(), Box<dyn std::error::Error>>
-where
-    S: Service<Request<RequestBody>, Response = Response<B>, Error = tower_lb::Error>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tower_lb::BoxError>,
-{
-    if o.policies.any() {
-        listen(o, tls, support::policy::protect(o.policies, stack)).await
-    } else {
-        listen(o, tls, stack).await
-    }
-}
-
-/// Listens, serves `stack` there, and runs the demo or waits for Ctrl-C.
-async fn listen<S, B>(
     o: &Options,
     tls: Option<Arc<rustls::ServerConfig>>,
     stack: S,
@@ -397,9 +376,21 @@ where
     println!("            {}", o.retry.describe());
     let demo_client = support::tls::demo_client(o.tls_cert.as_deref())?;
     let tls_port = tls.is_some().then_some(proxy.port());
-    match tls {
-        Some(config) => tokio::spawn(support::tls::serve_proxy_tls(listener, config, stack)),
-        None => tokio::spawn(support::serve_proxy(listener, stack)),
+    let policies = o.policies.any().then_some(o.policies);
+    match (tls, policies) {
+        (Some(config), Some(policies)) => tokio::spawn(support::tls::serve_proxy_tls(
+            listener,
+            config,
+            support::policy::protect(policies, stack),
+        )),
+        (Some(config), None) => {
+            tokio::spawn(support::tls::serve_proxy_tls(listener, config, stack))
+        }
+        (None, Some(policies)) => tokio::spawn(support::serve_proxy(
+            listener,
+            support::policy::protect(policies, stack),
+        )),
+        (None, None) => tokio::spawn(support::serve_proxy(listener, stack)),
     };
 
     if o.demo {
