@@ -141,6 +141,14 @@ wait_port() {
     exit 1
 }
 
+# A port already taken would be measured in place of ours (the gateway even
+# moves to a free port when its own is taken): refuse instead.
+for port in $B1 $B2 $NGINX_PORT $GATEWAY_PORT; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "127.0.0.1:$port is already in use: stop what listens there, or set BASE_PORT" >&2
+        exit 1
+    fi
+done
 start backends "$NGINX" -p "$WORK" -c "$WORK/backends.conf"
 start nginx "$NGINX" -p "$WORK" -c "$WORK/proxy.conf"
 # shellcheck disable=SC2086
